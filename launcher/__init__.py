@@ -1,0 +1,1 @@
+"""How a run starts: spawn ranks locally (and, later, SLURM and SSH)."""

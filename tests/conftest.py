@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny configs, HF reference models, and a helper that runs ranks under torchrun."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def tiny_hf_config(num_heads: int = 4, hidden: int = 64, layers: int = 2, vocab: int = 512):
+    from transformers import BloomConfig
+    return BloomConfig(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=num_heads,
+                       hidden_dropout=0.0, attention_dropout=0.0, initializer_range=0.05)
+
+
+@pytest.fixture
+def hf_model_dir(tmp_path):
+    """A random tiny HF BLOOM saved as safetensors (the reference's own format)."""
+    import torch
+    from transformers import BloomForCausalLM
+
+    def make(num_heads: int = 4, hidden: int = 64, layers: int = 2, vocab: int = 512, seed: int = 0) -> Path:
+        torch.manual_seed(seed)
+        model = BloomForCausalLM(tiny_hf_config(num_heads, hidden, layers, vocab)).eval()
+        out = tmp_path / f"hf-{num_heads}-{hidden}-{layers}-{vocab}-{seed}"
+        model.save_pretrained(out)
+        return out
+    return make

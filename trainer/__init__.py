@@ -1,0 +1,1 @@
+"""The BLOOM 3D-parallel DeepSpeed trainer. Imports nothing from ``bigops`` or ``launcher``."""

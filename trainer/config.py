@@ -1,0 +1,360 @@
+"""One typed config tree for a BLOOM training run: model, parallelism, training.
+
+A config is built once from a preset (``tiny``, ``bloom-560m``, ... ``bloom-176b``), then a TOML file,
+then ``--set section.key=value`` overrides, and validated once by :func:`validate`. Every user error is a
+:class:`ConfigError` whose message names the option(s) to change, e.g.::
+
+    parallel.tp=3 does not divide model.num_attention_heads=16: choose a parallel.tp among 1, 2, 4, 8, 16
+
+Nothing here touches torch or torch.distributed: the launcher, the CLI and the trainer all use it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """A configuration the user must change; the message names the option."""
+
+
+@dataclass
+class ModelConfig:
+    """BLOOM architecture. Field names follow Megatron-DeepSpeed / HF ``BloomConfig`` where they exist."""
+
+    hidden_size: int = 64
+    """Width of the residual stream (BLOOM-176B: 14336)."""
+    num_layers: int = 4
+    """Number of transformer blocks (BLOOM-176B: 70)."""
+    num_attention_heads: int = 4
+    """Attention heads per block; need not be a power of two (BLOOM-176B: 112)."""
+    vocab_size: int = 8192
+    """Tokenizer vocabulary; the embedding is padded past it (see ``make_vocab_size_divisible_by``)."""
+    make_vocab_size_divisible_by: int = 128
+    """The padded vocabulary is a multiple of this times ``parallel.tp`` (BLOOM: 250680 -> 250880 at TP 4)."""
+    layernorm_epsilon: float = 1e-5
+    hidden_dropout: float = 0.0
+    """Dropout on the attention and MLP outputs before the residual add (BLOOM-176B trained with 0)."""
+    attention_dropout: float = 0.0
+    """Dropout on the attention probabilities."""
+    init_std: float | None = None
+    """Std of the normal init; ``None`` means BLOOM's sqrt(0.3333 / hidden_size) (0.0048 at 14336)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def resolved_init_std(self) -> float:
+        return self.init_std if self.init_std is not None else math.sqrt(0.3333 / self.hidden_size)
+
+    def padded_vocab_size(self, tp: int) -> int:
+        """The embedding's row count: ``vocab_size`` rounded up to a multiple of divisible_by x TP."""
+        multiple = self.make_vocab_size_divisible_by * tp
+        return -(-self.vocab_size // multiple) * multiple
+
+
+@dataclass
+class ParallelConfig:
+    """3D parallelism: world size = tp x pp x dp."""
+
+    tp: int = 1
+    """Tensor-parallel degree (Megatron-style column/row-parallel layers)."""
+    pp: int = 1
+    """Pipeline-parallel degree (DeepSpeed PipelineModule stages)."""
+    dp: int | None = None
+    """Data-parallel degree; ``None`` means world_size / (tp x pp)."""
+    zero_stage: int = 1
+    """ZeRO stage of the optimizer: 0 or 1 (DeepSpeed refuses 2 and 3 with pipeline parallelism)."""
+    partition_method: str = "type:transformer|embedding"
+    """How layers are spread over stages; BLOOM's default counts the embeddings as layers."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (saves memory, costs ~30% compute)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimization and batch sizes (Megatron-DeepSpeed names)."""
+
+    seq_length: int = 64
+    micro_batch_size: int = 4
+    """Samples per micro-batch per data-parallel rank."""
+    global_batch_size: int = 16
+    """Samples per optimizer step over all ranks; a multiple of micro_batch_size x dp."""
+    train_steps: int = 100
+    """Target optimizer step of the run."""
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 10
+    lr_decay_style: str = "cosine"
+    """``cosine``, ``linear`` or ``constant`` decay after warm-up, down to ``min_lr`` at train_steps."""
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global gradient-norm clipping; 0 disables it."""
+    seed: int = 42
+    precision: str = "fp32"
+    """``fp32`` or ``bf16`` (bf16 weights, fp32 master weights and grad accumulation, as BLOOM)."""
+
+
+@dataclass
+class RunConfig:
+    """The whole tree; ``run.toml`` in a run directory is this, resolved."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return self.model.padded_vocab_size(self.parallel.tp)
+
+
+# ----------------------------------------------------------------------------------------------- presets
+
+_BLOOM_VOCAB = 250680  # the BLOOM tokenizer; padded to 250880 at TP 4
+
+
+def _bloom(hidden: int, layers: int, heads: int, lr: float, gbs: int, tp: int = 1, pp: int = 1,
+           micro: int = 1) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(hidden_size=hidden, num_layers=layers, num_attention_heads=heads,
+                          vocab_size=_BLOOM_VOCAB),
+        parallel=ParallelConfig(tp=tp, pp=pp),
+        train=TrainConfig(seq_length=2048, micro_batch_size=micro, global_batch_size=gbs, lr=lr,
+                          min_lr=lr / 10, warmup_steps=375, train_steps=100_000, precision="bf16"),
+    )
+
+
+PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
+    # Runs on a laptop CPU in seconds; TP 2 x PP 2 on 4 ranks is the default local job.
+    "tiny": lambda: RunConfig(parallel=ParallelConfig(tp=2, pp=2)),
+    # Sizes, learning rates and batch sizes from the BLOOM paper (Table 3).
+    "bloom-560m": lambda: _bloom(1024, 24, 16, 3e-4, 256),
+    "bloom-1b7": lambda: _bloom(2048, 24, 16, 2e-4, 512),
+    "bloom-7b1": lambda: _bloom(4096, 30, 32, 1.2e-4, 512),
+    # As trained on Jean Zay: 384 A100s as TP 4 x PP 12 x DP 8, micro-batch 2, global batch 2048.
+    "bloom-176b": lambda: dataclasses.replace(
+        _bloom(14336, 70, 112, 6e-5, 2048, tp=4, pp=12, micro=2),
+        model=ModelConfig(hidden_size=14336, num_layers=70, num_attention_heads=112,
+                          vocab_size=_BLOOM_VOCAB, init_std=0.0048)),
+}
+
+
+def preset(name: str) -> RunConfig:
+    """A fresh copy of a named preset."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
+
+
+# ------------------------------------------------------------------------------ overrides and TOML files
+
+def _field_type(section: Any, key: str) -> Any:
+    hints = typing.get_type_hints(type(section))
+    return hints[key]
+
+
+def _coerce(value: Any, annotation: Any, option: str) -> Any:
+    """Convert ``value`` (a string from the command line, or a TOML value) to the field's type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        annotation = args[0]
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return value.lower() in ("true", "1", "yes", "on")
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise AssertionError(f"unsupported config field type {annotation!r}")
+    raise ConfigError(f"{option}={value!r} is not a valid {getattr(annotation, '__name__', annotation)}")
+
+
+def _set(cfg: RunConfig, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2 or parts[0] not in {f.name for f in dataclasses.fields(RunConfig)}:
+        raise ConfigError(f"unknown option {dotted!r}: use section.key with a section among "
+                          f"{', '.join(f.name for f in dataclasses.fields(RunConfig))}")
+    section = getattr(cfg, parts[0])
+    names = {f.name for f in dataclasses.fields(section)}
+    if parts[1] not in names:
+        raise ConfigError(f"unknown option {dotted!r}: {parts[0]} has {', '.join(sorted(names))}")
+    setattr(section, parts[1], _coerce(value, _field_type(section, parts[1]), dotted))
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.key=value`` strings (the ``--set`` option) to a copy of ``cfg``."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r} is not of the form section.key=value")
+        _set(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def apply_mapping(cfg: RunConfig, data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Apply a nested mapping such as a parsed TOML file (``[model] hidden_size = 96``) to a copy."""
+    cfg = copy.deepcopy(cfg)
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {section!r} must be a table such as [{section}]")
+        for key, value in values.items():
+            _set(cfg, f"{section}.{key}", value)
+    return cfg
+
+
+def load_toml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    """Read a TOML file on top of ``base`` (default: the ``tiny`` preset, or the file's ``preset = ...``)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    name = data.pop("preset", None)
+    if base is None:
+        base = preset(name or "tiny")
+    elif name is not None:
+        base = preset(name)
+    return apply_mapping(base, data, source=str(path))
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The tree as plain nested dicts, ``None`` fields left out (TOML has no null)."""
+    return {f.name: {k: v for k, v in dataclasses.asdict(getattr(cfg, f.name)).items() if v is not None}
+            for f in dataclasses.fields(RunConfig)}
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Inverse of :func:`to_dict` (missing fields take their defaults)."""
+    return apply_mapping(RunConfig(), data)
+
+
+def dumps_toml(cfg: RunConfig) -> str:
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def resolve(preset_name: str = "tiny", config_file: str | Path | None = None,
+            overrides: list[str] | None = None) -> RunConfig:
+    """Preset, then file, then ``--set`` overrides; not yet validated."""
+    cfg = preset(preset_name)
+    if config_file is not None:
+        cfg = load_toml(config_file, base=cfg)
+    return apply_overrides(cfg, overrides or [])
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
+    """Check the tree once; fill ``parallel.dp`` from ``world_size``. Raises :class:`ConfigError`."""
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+    positive = {
+        "model.hidden_size": m.hidden_size, "model.num_layers": m.num_layers,
+        "model.num_attention_heads": m.num_attention_heads, "model.vocab_size": m.vocab_size,
+        "model.make_vocab_size_divisible_by": m.make_vocab_size_divisible_by,
+        "parallel.tp": p.tp, "parallel.pp": p.pp, "train.seq_length": t.seq_length,
+        "train.micro_batch_size": t.micro_batch_size, "train.global_batch_size": t.global_batch_size,
+        "train.train_steps": t.train_steps,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be a positive integer")
+    if p.dp is not None and p.dp < 1:
+        raise ConfigError(f"parallel.dp={p.dp} must be a positive integer")
+    for name, value in {"model.hidden_dropout": m.hidden_dropout,
+                        "model.attention_dropout": m.attention_dropout}.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name}={value} must be in [0, 1)")
+    if m.init_std is not None and m.init_std <= 0:
+        raise ConfigError(f"model.init_std={m.init_std} must be positive (or unset for BLOOM's default)")
+    if m.hidden_size % m.num_attention_heads:
+        raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by "
+                          f"model.num_attention_heads={m.num_attention_heads}")
+    if m.num_attention_heads % p.tp:
+        raise ConfigError(f"parallel.tp={p.tp} does not divide model.num_attention_heads="
+                          f"{m.num_attention_heads}: choose parallel.tp among {_divisors(m.num_attention_heads)}")
+    if (4 * m.hidden_size) % p.tp:
+        raise ConfigError(f"parallel.tp={p.tp} does not divide the MLP width 4 x model.hidden_size")
+    if p.pp > m.num_layers + 2:
+        raise ConfigError(f"parallel.pp={p.pp} is more than the {m.num_layers + 2} pipeline layers "
+                          f"(model.num_layers={m.num_layers} blocks + 2 embeddings): lower parallel.pp")
+    if p.zero_stage not in (0, 1):
+        raise ConfigError(f"parallel.zero_stage={p.zero_stage} is not supported: use 0 or 1 "
+                          f"(DeepSpeed refuses ZeRO-2/3 with pipeline parallelism)")
+    if t.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"train.precision={t.precision!r} is not supported: use fp32 or bf16")
+    if t.lr_decay_style not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"train.lr_decay_style={t.lr_decay_style!r}: use cosine, linear or constant")
+    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
+        raise ConfigError(f"train.lr={t.lr} must be positive and train.min_lr={t.min_lr} in [0, train.lr]")
+    if t.warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be >= 0")
+    if not (0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1):
+        raise ConfigError("train.adam_beta1 and train.adam_beta2 must be in [0, 1)")
+    if t.clip_grad < 0 or t.weight_decay < 0 or t.adam_eps <= 0:
+        raise ConfigError("train.clip_grad and train.weight_decay must be >= 0, train.adam_eps > 0")
+
+    model_parallel = p.tp * p.pp
+    if world_size is not None:
+        if world_size % model_parallel:
+            raise ConfigError(f"parallel.tp={p.tp} x parallel.pp={p.pp} = {model_parallel} does not divide "
+                              f"the world size {world_size}")
+        dp = world_size // model_parallel
+        if p.dp is not None and p.dp != dp:
+            raise ConfigError(f"parallel.tp={p.tp} x parallel.pp={p.pp} x parallel.dp={p.dp} = "
+                              f"{model_parallel * p.dp} != world size {world_size}")
+        p.dp = dp
+    dp = p.dp or 1
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
+                          f"train.micro_batch_size={t.micro_batch_size} x parallel.dp={dp}")
+    return cfg
+
+
+def world_size_of(cfg: RunConfig) -> int:
+    """tp x pp x dp (dp defaulting to 1)."""
+    return cfg.parallel.tp * cfg.parallel.pp * (cfg.parallel.dp or 1)
+
+
+def gradient_accumulation_steps(cfg: RunConfig) -> int:
+    return cfg.train.global_batch_size // (cfg.train.micro_batch_size * (cfg.parallel.dp or 1))

@@ -1,0 +1,1 @@
+"""Training data: token sources and the deterministic, layout-independent sampler."""

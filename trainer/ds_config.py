@@ -1,0 +1,50 @@
+"""The DeepSpeed config of a run, as a pure function of the run config, plus the LR schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from trainer.config import RunConfig, gradient_accumulation_steps
+
+
+def deepspeed_config(cfg: RunConfig) -> dict[str, Any]:
+    """DeepSpeed's JSON config. AdamW is torch's (``torch_adam``): DeepSpeed's fused Adam would be
+    JIT-compiled on CPU. bf16 keeps fp32 master weights and fp32 gradient accumulation (BLOOM's setting)."""
+    t, p = cfg.train, cfg.parallel
+    bf16 = t.precision == "bf16"
+    config: dict[str, Any] = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps(cfg),
+        "gradient_clipping": t.clip_grad,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": t.lr, "betas": [t.adam_beta1, t.adam_beta2], "eps": t.adam_eps,
+                       "weight_decay": t.weight_decay, "torch_adam": True},
+        },
+        "zero_optimization": {"stage": p.zero_stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+    if bf16:
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return config
+
+
+def lr_at(cfg: RunConfig, step: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then decay to ``min_lr``."""
+    t = cfg.train
+    if t.warmup_steps and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.lr_decay_style == "constant":
+        return t.lr
+    span = max(1, t.train_steps - t.warmup_steps)
+    progress = min(1.0, (step - t.warmup_steps) / span)
+    if t.lr_decay_style == "linear":
+        factor = 1.0 - progress
+    else:
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return t.min_lr + (t.lr - t.min_lr) * factor

@@ -1,0 +1,1 @@
+"""Tensor, pipeline and data parallelism, applied to the BLOOM model from outside."""

@@ -1,0 +1,157 @@
+"""BLOOM as a DeepSpeed ``PipelineModule``: the layer list, its TP-sharded layers, and weight loading.
+
+Pipeline layers, in order (index = DeepSpeed's ``layer_XX`` in checkpoint file names)::
+
+    0        EmbeddingPipe          word embeddings (vocab-parallel), tied to the LM head
+    1        EmbedLayerNormPipe     the embedding LayerNorm
+    2..L+1   TransformerBlockPipe   BLOOM blocks h.0 .. h.L-1 (column/row-parallel linears)
+    L+2      FinalLayerNormPipe     ln_f
+    L+3      (tied) EmbeddingPipe   as the LM head: vocab-parallel logits (not saved: same weights as 0)
+
+Partitioning with ``type:transformer|embedding`` counts both embedding occurrences as layers, as BLOOM did
+(70 blocks + 2 = 72 layers over 12 stages). Every layer's ``state_dict`` keys, prefixed with
+:func:`layer_prefix`, are the Hugging Face parameter names.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+from torch import nn
+
+from trainer.config import RunConfig
+from trainer.model.bloom import BloomBlock, init_parameters
+from trainer.parallel.cross_entropy import mean_vocab_parallel_cross_entropy
+from trainer.parallel.layers import VocabParallelEmbedding, parallel_lm_logits
+from trainer.parallel.mappings import TPGroup
+from trainer.parallel.plan import local_alibi_slopes, parallelize_block, shard
+
+TIED_KEY = "word_embeddings"
+
+
+def _initialize(module: nn.Module, cfg: RunConfig, tp: TPGroup, prefix: str) -> None:
+    sharded = {n for n, p in module.named_parameters() if getattr(p, "tensor_model_parallel", False)}
+    init_parameters(module, cfg.model, cfg.train.seed, prefix=prefix, shard=tp.rank, sharded_names=sharded)
+
+
+class EmbeddingPipe(nn.Module):
+    """Token ids (B, T) -> embeddings (B, T, C); as the tied LM head see :func:`lm_head_forward`."""
+
+    def __init__(self, cfg: RunConfig, tp: TPGroup):
+        super().__init__()
+        self.tp = tp
+        self.word_embeddings = VocabParallelEmbedding(cfg.padded_vocab_size, cfg.model.hidden_size, tp)
+        _initialize(self, cfg, tp, prefix="")
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(input_ids)
+
+
+def lm_head_forward(embedding: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
+    """The tied LM head: (B, T, C) -> this TP rank's vocabulary shard of the logits (B, T, V/p)."""
+    return parallel_lm_logits(hidden, embedding.word_embeddings.weight, embedding.tp)
+
+
+class EmbedLayerNormPipe(nn.Module):
+    """BLOOM's LayerNorm right after the word embeddings (what made BLOOM-176B train stably)."""
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        self.word_embeddings_layernorm = nn.LayerNorm(cfg.model.hidden_size, eps=cfg.model.layernorm_epsilon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings_layernorm(x)
+
+
+class TransformerBlockPipe(BloomBlock):
+    """A BLOOM block whose linears hold this TP rank's shard; built on ``meta``, then materialized."""
+
+    def __init__(self, cfg: RunConfig, tp: TPGroup, layer_number: int):
+        with torch.device("meta"):
+            super().__init__(cfg.model)
+            parallelize_block(self, tp)
+        self.to_empty(device="cpu")
+        self.self_attention.alibi_slopes = local_alibi_slopes(cfg.model.num_attention_heads, tp)
+        _initialize(self, cfg, tp, prefix=f"h.{layer_number}.")
+
+
+class FinalLayerNormPipe(nn.Module):
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        self.ln_f = nn.LayerNorm(cfg.model.hidden_size, eps=cfg.model.layernorm_epsilon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln_f(x)
+
+
+def num_pipeline_layers(cfg: RunConfig) -> int:
+    return cfg.model.num_layers + 4
+
+
+def layer_prefix(cfg: RunConfig, layer_index: int) -> str:
+    """The HF name prefix of the parameters saved in ``layer_{layer_index:02d}-*`` files."""
+    first_block, last_block = 2, cfg.model.num_layers + 1
+    return f"h.{layer_index - first_block}." if first_block <= layer_index <= last_block else ""
+
+
+def layer_specs(cfg: RunConfig, tp: TPGroup) -> list:
+    from deepspeed.pipe import LayerSpec, TiedLayerSpec
+
+    weight = "word_embeddings.weight"
+    return [
+        TiedLayerSpec(TIED_KEY, EmbeddingPipe, cfg, tp, tied_weight_attr=weight),
+        LayerSpec(EmbedLayerNormPipe, cfg),
+        *[LayerSpec(TransformerBlockPipe, cfg, tp, i) for i in range(cfg.model.num_layers)],
+        LayerSpec(FinalLayerNormPipe, cfg),
+        TiedLayerSpec(TIED_KEY, EmbeddingPipe, cfg, tp, forward_fn=lm_head_forward, tied_weight_attr=weight),
+    ]
+
+
+def build_pipeline_module(cfg: RunConfig, topology, tp: TPGroup):
+    """This rank's stage of BLOOM, as a DeepSpeed PipelineModule over the given topology."""
+    from deepspeed.pipe import PipelineModule
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return mean_vocab_parallel_cross_entropy(logits, labels, tp)
+
+    return PipelineModule(
+        layers=layer_specs(cfg, tp),
+        topology=topology,
+        loss_fn=loss_fn,
+        partition_method=cfg.parallel.partition_method,
+        activation_checkpoint_interval=1 if cfg.parallel.activation_checkpointing else 0,
+        checkpointable_layers=["TransformerBlockPipe"],
+    )
+
+
+@torch.no_grad()
+def load_global_weights(pipe, cfg: RunConfig, tp: TPGroup, get_tensor: Callable[[str], torch.Tensor]) -> int:
+    """Copy full (unsharded, HF-named) tensors into this rank's layers, slicing each for its TP rank.
+
+    ``get_tensor(name)`` returns the full tensor of a global name (e.g. from a safetensors file, lazily).
+    The word embedding may have fewer rows than our padded vocabulary: the extra rows are zero. Returns the
+    number of tensors copied.
+    """
+    copied = 0
+    seen: set[int] = set()
+    for local_index, layer in enumerate(pipe.forward_funcs):
+        module = layer.args[0] if isinstance(layer, functools.partial) else layer  # the tied LM head
+        if not isinstance(module, nn.Module) or id(module) in seen:
+            continue
+        seen.add(id(module))
+        prefix = layer_prefix(cfg, pipe._local_start + local_index)
+        for local_name, param in module.named_parameters():
+            name = prefix + local_name
+            full = get_tensor(name)
+            if name == "word_embeddings.weight" and full.size(0) < cfg.padded_vocab_size:
+                pad = full.new_zeros(cfg.padded_vocab_size - full.size(0), full.size(1))
+                full = torch.cat([full, pad])
+            part = shard(name, full, tp.rank, tp.size)
+            if part.shape != param.shape:
+                raise ValueError(f"{name}: the checkpoint has shape {tuple(full.shape)}, which does not fit "
+                                 f"this model's {tuple(param.shape)} at TP {tp.size}")
+            param.copy_(part.to(param.dtype))
+            copied += 1
+    return copied

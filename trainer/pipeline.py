@@ -24,7 +24,7 @@ from torch import nn
 from trainer.config import RunConfig
 from trainer.model.bloom import BloomBlock, init_parameters
 from trainer.parallel.cross_entropy import mean_vocab_parallel_cross_entropy
-from trainer.parallel.layers import VocabParallelEmbedding, parallel_lm_logits
+from trainer.parallel.layers import VocabParallelEmbedding, mark_parallel_parameters, parallel_lm_logits
 from trainer.parallel.mappings import TPGroup
 from trainer.parallel.plan import local_alibi_slopes, parallelize_block, shard
 
@@ -73,6 +73,7 @@ class TransformerBlockPipe(BloomBlock):
             super().__init__(cfg.model)
             parallelize_block(self, tp)
         self.to_empty(device="cpu")
+        mark_parallel_parameters(self)  # to_empty made new Parameter objects, without the TP tags
         self.self_attention.alibi_slopes = local_alibi_slopes(cfg.model.num_attention_heads, tp)
         _initialize(self, cfg, tp, prefix=f"h.{layer_number}.")
 

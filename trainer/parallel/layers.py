@@ -25,6 +25,14 @@ def mark_tensor_parallel(param: nn.Parameter, partition_dim: int) -> None:
     param.partition_dim = partition_dim
 
 
+def mark_parallel_parameters(module: nn.Module) -> None:
+    """Re-tag every TP layer's shards under ``module``. Needed after anything that replaces Parameter
+    objects (``Module.to_empty`` from ``meta``, some ``.to()`` calls): the tags live on the objects."""
+    for sub in module.modules():
+        if isinstance(sub, (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding)):
+            sub.mark_parameters()
+
+
 def _divide(n: int, tp: TPGroup, what: str) -> int:
     if n % tp.size:
         raise ValueError(f"{what}={n} is not divisible by the tensor-parallel size {tp.size}")
@@ -45,12 +53,16 @@ class ColumnParallelLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         local_out = _divide(out_features, tp, "output features")
         self.weight = nn.Parameter(torch.empty(local_out, in_features, device=device, dtype=dtype))
-        mark_tensor_parallel(self.weight, 0)
         if bias:
             self.bias = nn.Parameter(torch.empty(local_out, device=device, dtype=dtype))
-            mark_tensor_parallel(self.bias, 0)
         else:
             self.register_parameter("bias", None)
+        self.mark_parameters()
+
+    def mark_parameters(self) -> None:
+        mark_tensor_parallel(self.weight, 0)
+        if self.bias is not None:
+            mark_tensor_parallel(self.bias, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = copy_to_tensor_model_parallel_region(x, self.tp)
@@ -72,11 +84,14 @@ class RowParallelLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         local_in = _divide(in_features, tp, "input features")
         self.weight = nn.Parameter(torch.empty(out_features, local_in, device=device, dtype=dtype))
-        mark_tensor_parallel(self.weight, 1)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
+        self.mark_parameters()
+
+    def mark_parameters(self) -> None:
+        mark_tensor_parallel(self.weight, 1)  # the bias is duplicated on every TP rank: not tagged
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
@@ -99,6 +114,9 @@ class VocabParallelEmbedding(nn.Module):
         per_rank = _divide(num_embeddings, tp, "padded vocabulary size")
         self.vocab_start, self.vocab_end = tp.rank * per_rank, (tp.rank + 1) * per_rank
         self.weight = nn.Parameter(torch.empty(per_rank, embedding_dim, device=device, dtype=dtype))
+        self.mark_parameters()
+
+    def mark_parameters(self) -> None:
         mark_tensor_parallel(self.weight, 0)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

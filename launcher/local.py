@@ -1,0 +1,60 @@
+"""Start a run's ranks on this machine with torch's elastic launcher (torchrun), gloo on CPU.
+
+The command is built as an argument list (never a shell string) and the environment sets
+``OMP_NUM_THREADS`` to share this machine's cores between ranks: without it, 4 ranks on 2 cores ran 5x
+slower (../shared/FACTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for the rendezvous of one local run)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def rank_command(run_dir: str | Path, nproc: int, master_port: int, trainer_args: list[str] = ()) -> list[str]:
+    """torchrun's command line for ``nproc`` ranks of ``trainer.train`` on this host."""
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc-per-node={nproc}", "--nnodes=1", "--node-rank=0",
+        "--master-addr=127.0.0.1", f"--master-port={master_port}",
+        "-m", "trainer.train", "--run-dir", str(run_dir), *trainer_args,
+    ]
+
+
+def rank_env(nproc: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The ranks' environment: OMP threads split over the cores, CPU accelerator when there is no GPU."""
+    env = dict(os.environ if base is None else base)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            env.setdefault("DS_ACCELERATOR", "cpu")
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return env
+
+
+def spawn(run_dir: str | Path, nproc: int, trainer_args: list[str] = (), log_path: Path | None = None,
+          master_port: int | None = None) -> subprocess.Popen:
+    """Start the ranks in their own process group (so the whole run can be signalled at once)."""
+    command = rank_command(run_dir, nproc, master_port or free_port(), list(trainer_args))
+    stdout = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(command, env=rank_env(nproc), stdout=stdout, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    finally:
+        if log_path:
+            stdout.close()

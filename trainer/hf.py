@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -146,21 +148,34 @@ def hf_config_dict(model: ModelConfig, vocab_size: int, dtype: torch.dtype) -> d
 def write_hf_directory(out_dir: str | Path, config: dict, tensors: Iterable[tuple[str, torch.Tensor]],
                        max_shard_bytes: int = 5 * 1024 ** 3) -> list[Path]:
     """Write ``config.json`` and safetensors shards (with an index when there are several) into a new
-    directory, atomically: everything goes to ``OUT.partial`` first, which is renamed when complete.
+    directory, atomically: everything goes to a hidden ``.OUT.*.partial`` beside it, renamed when complete
+    and removed on any failure.
 
     ``tensors`` yields (our name, full tensor) one at a time; at most one shard is held in memory.
     Refuses an ``out_dir`` that already exists (never overwrites).
     """
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists: choose a new output directory")
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if tmp.exists():
-        import shutil
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh hidden temp dir beside the target: same filesystem for the final rename, and never a
+    # directory someone else owns.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
+    try:
+        files = _write_shards(tmp, out_dir, config, tensors, max_shard_bytes)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return files
+
+
+def _write_shards(tmp: Path, out_dir: Path, config: dict, tensors: Iterable[tuple[str, torch.Tensor]],
+                  max_shard_bytes: int) -> list[Path]:
+    from safetensors.torch import save_file
 
     shard: dict[str, torch.Tensor] = {}
     written: list[tuple[str, list[str]]] = []  # (file name, tensor names): tensors are not kept
@@ -197,5 +212,4 @@ def write_hf_directory(out_dir: str | Path, config: dict, tensors: Iterable[tupl
     for f in tmp.iterdir():
         with open(f, "rb") as handle:
             os.fsync(handle.fileno())
-    os.replace(tmp, out_dir)
     return files

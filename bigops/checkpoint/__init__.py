@@ -1,0 +1,1 @@
+"""Checkpoint tools: read DeepSpeed checkpoints of any layout, export them."""

@@ -1,0 +1,87 @@
+"""Read a bigops DeepSpeed checkpoint of any TP/PP/DP layout, one pipeline layer at a time.
+
+A tag directory holds ``layer_XX-model_YY-model_states.pt`` (layer XX of the pipeline, TP rank YY: a
+plain state dict), ``mp_rank_XX_model_states.pt`` (engine state; ours carries the run config under
+``bigops``) and the optimizer files. Only the model-state files are read here, all with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from bigops.errors import CheckpointError
+from trainer import config as config_mod
+from trainer.parallel.plan import merge
+from trainer.pipeline import layer_prefix
+from trainer.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint tag of a run, with the config it was trained with."""
+
+    path: Path
+    tag: str
+    config: config_mod.RunConfig
+    step: int | None
+
+    def layer_file(self, layer: int, tp_rank: int) -> Path:
+        return self.path / f"layer_{layer:02d}-model_{tp_rank:02d}-model_states.pt"
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the checkpoint is partial")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt or foreign: one line, never a traceback
+        raise CheckpointError(f"{path} cannot be loaded ({type(exc).__name__}): the file is damaged") from None
+
+
+def open_checkpoint(run_dir: str | Path, tag: str | None = None) -> CheckpointRef:
+    """The checkpoint ``tag`` of a run directory (default: the one ``checkpoints/latest`` names)."""
+    run = RunDir(Path(run_dir))
+    if not run.root.is_dir():
+        raise CheckpointError(f"{run.root} is not a directory")
+    tag = tag or run.latest_tag()
+    if tag is None:
+        raise CheckpointError(f"{run.root} has no checkpoint yet (no {run.latest.relative_to(run.root)})")
+    if "/" in tag or tag in (".", "..") or tag.startswith("."):
+        raise CheckpointError(f"invalid checkpoint tag {tag!r}")
+    path = run.checkpoint(tag)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {tag!r} does not exist under {run.checkpoints}")
+    state = _load(path / "mp_rank_00_model_states.pt")
+    ours = state.get("bigops")
+    if not isinstance(ours, dict) or "config" not in ours:
+        raise CheckpointError(f"{path} was not written by bigops (no run config inside)")
+    try:
+        cfg = config_mod.from_dict(ours["config"])
+    except config_mod.ConfigError as exc:
+        raise CheckpointError(f"{path}: its run config is invalid: {exc}") from None
+    return CheckpointRef(path=path, tag=tag, config=cfg, step=ours.get("step"))
+
+
+def iter_full_tensors(ckpt: CheckpointRef, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name without ``transformer.``, full tensor), merged over TP ranks, one layer at a time.
+
+    The tied LM head (the last pipeline layer) is not stored separately: it is ``word_embeddings``.
+    """
+    cfg = ckpt.config
+    tp = cfg.parallel.tp
+    last_saved_layer = cfg.model.num_layers + 2  # ln_f
+    for layer in range(last_saved_layer + 1):
+        shards = [_load(ckpt.layer_file(layer, rank)) for rank in range(tp)]
+        prefix = layer_prefix(cfg, layer)
+        for key in shards[0]:
+            missing = [r for r, s in enumerate(shards) if key not in s]
+            if missing:
+                raise CheckpointError(f"{ckpt.layer_file(layer, missing[0])} lacks {key}: the checkpoint is damaged")
+            name = prefix + key
+            full = merge(name, [s[key] for s in shards])
+            yield name, (full.to(dtype) if dtype is not None else full)

@@ -1,0 +1,1 @@
+"""The ``bigops`` command line: one module per command group."""

@@ -1,0 +1,142 @@
+"""``bigops launch``: train BLOOM locally (default: the tiny preset, TP 2 x PP 2 on this machine's CPUs)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from bigops.cli.options import ConfigOpt, PresetOpt, SetOpt
+from bigops.errors import BigopsError
+from launcher import local, plan
+from trainer import config as config_mod
+from trainer.rundir import RunDir, atomic_write_text, read_jsonl
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+class TrainingFailed(BigopsError):
+    exit_code = 1
+
+
+def _flag_overrides(tp, pp, dp, steps, seed, precision) -> list[str]:
+    pairs = {"parallel.tp": tp, "parallel.pp": pp, "parallel.dp": dp, "train.train_steps": steps,
+             "train.seed": seed, "train.precision": precision}
+    return [f"{k}={v}" for k, v in pairs.items() if v is not None]
+
+
+def launch(
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory (created; resumed if it has a "
+                                                            "checkpoint).")] = Path("runs/tiny"),
+    preset: PresetOpt = "tiny",
+    tp: Annotated[Optional[int], typer.Option("--tp", help="Tensor-parallel degree (parallel.tp).")] = None,
+    pp: Annotated[Optional[int], typer.Option("--pp", help="Pipeline-parallel degree (parallel.pp).")] = None,
+    dp: Annotated[Optional[int], typer.Option("--dp", help="Data-parallel degree (parallel.dp).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Target step (train.train_steps); a resumed "
+                                                                 "run trains until its counter reaches it.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="train.seed")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="fp32 or bf16 (train.precision).")] = None,
+    save_interval: Annotated[int, typer.Option("--save-interval", help="Checkpoint every N steps (0: at the "
+                                                                       "end only).")] = 0,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    init_hf: Annotated[Optional[Path], typer.Option("--init-hf", help="Initial weights from a Hugging Face "
+                                                                      "BLOOM directory.")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from "
+                                                   "checkpoints/latest (default: when there is one).")] = None,
+) -> None:
+    """Train BLOOM on this machine's ranks (torchrun, gloo on CPU) and show live progress."""
+    run = RunDir(run_dir)
+    overrides = [*(set_ or []), *_flag_overrides(tp, pp, dp, steps, seed, precision)]
+    has_checkpoint = run.latest_tag() is not None
+    if resume is None:
+        resume = has_checkpoint
+    if resume and not has_checkpoint:
+        raise config_mod.ConfigError(f"--resume: {run.root} has no checkpoint to resume from")
+    if not resume and has_checkpoint:
+        raise config_mod.ConfigError(f"{run.root} already holds checkpoints: resume it (the default) or choose a "
+                                     f"new --run-dir; bigops never overwrites a run")
+    if resume:
+        if config is not None:
+            overrides = [*_file_overrides(config), *overrides]
+        cfg = plan.resumed_config(config_mod.load_toml(run.run_toml, base=config_mod.RunConfig()), overrides)
+    else:
+        cfg = plan.fresh_config(preset, config, overrides)
+    if init_hf is not None and resume:
+        raise config_mod.ConfigError("--init-hf only applies to a new run: this one resumes from its checkpoint")
+    if init_hf is not None:
+        from trainer.hf import check_compatible, read_hf_config
+        check_compatible(cfg.model, read_hf_config(init_hf))
+
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.logs.mkdir(exist_ok=True)
+    atomic_write_text(run.run_toml, config_mod.dumps_toml(cfg))
+    world = config_mod.world_size_of(cfg)
+    trainer_args = ["--save-interval", str(save_interval)]
+    if init_hf is not None:
+        trainer_args += ["--init-hf", str(init_hf)]
+
+    done_before = len(read_jsonl(run.metrics))
+    console.print(f"[bold]bigops launch[/] {run.root}: BLOOM {cfg.model.num_layers}x{cfg.model.hidden_size} "
+                  f"({cfg.model.num_attention_heads} heads), TP {cfg.parallel.tp} x PP {cfg.parallel.pp} x DP "
+                  f"{cfg.parallel.dp} = {world} ranks, {cfg.train.precision}, target step {cfg.train.train_steps}"
+                  + (f", resuming from {run.latest_tag()}" if resume else ""))
+    proc = local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log")
+    try:
+        _follow(run, cfg, proc, done_before)
+    except KeyboardInterrupt:
+        _stop(proc)
+        raise
+    if proc.returncode != 0:
+        raise TrainingFailed(f"training ranks exited with code {proc.returncode}; see {run.logs / 'ranks.log'}")
+    _summary(run, done_before)
+
+
+def _file_overrides(path: Path) -> list[str]:
+    import tomllib
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise config_mod.ConfigError(f"config file {path} cannot be read: {exc}") from None
+    return [f"{s}.{k}={v}" for s, values in data.items() if isinstance(values, dict) for k, v in values.items()]
+
+
+def _follow(run: RunDir, cfg: config_mod.RunConfig, proc, done_before: int) -> None:
+    """Live progress from ``telemetry/metrics.jsonl`` until the ranks exit."""
+    columns = [TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
+               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+               TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("train", total=cfg.train.train_steps, loss="-", tps="-")
+        while proc.poll() is None:
+            time.sleep(0.5)
+            records = read_jsonl(run.metrics)[done_before:]
+            if records:
+                last = records[-1]
+                progress.update(task, completed=last["step"], loss=f"{last['loss']:.4f}",
+                                tps=f"{last['tokens_per_second']:,.0f}")
+
+
+def _stop(proc) -> None:
+    import os
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, TimeoutError):
+        pass
+
+
+def _summary(run: RunDir, done_before: int) -> None:
+    records = read_jsonl(run.metrics)[done_before:]
+    if not records:
+        console.print(f"nothing to do: the run is already at its target step; checkpoint {run.latest_tag()}")
+        return
+    speeds = sorted(r["tokens_per_second"] for r in records)
+    console.print(f"[bold green]done[/]: steps {records[0]['step']}..{records[-1]['step']}, loss "
+                  f"{records[0]['loss']:.4f} -> {records[-1]['loss']:.4f}, median {speeds[len(speeds) // 2]:,.0f} "
+                  f"tokens/s, checkpoint {run.checkpoint(run.latest_tag() or '?')}")

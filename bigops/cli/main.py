@@ -1,0 +1,86 @@
+"""``bigops``: the entry point. Known errors become one line on stderr and an exit code (``bigops.exitcodes``);
+set ``BIGOPS_DEBUG=1`` to see the full traceback instead."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from bigops import __version__, exitcodes
+from bigops.errors import BigopsError, ConfigError, HFCheckpointError
+
+app = typer.Typer(
+    name="bigops",
+    help="Keep a long LLM pre-training run alive: launch a DeepSpeed 3D-parallel BLOOM, watch it, repair it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one error = one line
+
+
+@app.command()
+def version() -> None:
+    """Print the bigops version and those of its engines (torch, deepspeed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
+
+    def ver(name: str) -> str:
+        try:
+            return pkg_version(name)
+        except PackageNotFoundError:
+            return "not installed"
+    typer.echo(f"bigops {__version__} (torch {ver('torch')}, deepspeed {ver('deepspeed')}, "
+               f"python {sys.version.split()[0]})")
+
+
+def _register() -> None:
+    from bigops.cli import ckpt, launch
+    app.command(name="launch")(launch.launch)
+    app.add_typer(ckpt.app, name="ckpt")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map known errors to one line + exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+        return exitcodes.OK
+    except SystemExit as exc:  # typer.Exit inside commands
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return exitcodes.INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        import click
+        if os.environ.get("BIGOPS_DEBUG"):
+            raise
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exitcodes.USAGE
+        if isinstance(exc, click.exceptions.Abort):
+            err_console.print("aborted")
+            return exitcodes.INTERRUPTED
+        if isinstance(exc, (ConfigError, HFCheckpointError)):
+            code = exitcodes.USAGE
+        elif isinstance(exc, BigopsError):
+            code = exc.exit_code
+        elif isinstance(exc, OSError):
+            code = exitcodes.FAILURE
+        else:
+            err_console.print(f"error: unexpected {type(exc).__name__}: {exc} "
+                              f"(run with BIGOPS_DEBUG=1 for the traceback)", markup=False)
+            return exitcodes.FAILURE
+        err_console.print(f"error: {exc}", markup=False)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

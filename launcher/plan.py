@@ -1,0 +1,33 @@
+"""Decide what a launch runs: a fresh run's config, or a resumed run's stored config plus what may change.
+
+Pure functions of the stored and requested configs; the CLI does the file I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from trainer import config as config_mod
+
+# What a resumed run may not change: the checkpoint's shapes and shards depend on them.
+FROZEN_ON_RESUME = ("model", "parallel")
+
+
+def fresh_config(preset: str, config_file, overrides: list[str]) -> config_mod.RunConfig:
+    """Preset + file + overrides, validated; the world size is tp x pp x dp (dp defaults to 1 locally)."""
+    cfg = config_mod.resolve(preset, config_file, overrides)
+    return config_mod.validate(cfg, world_size=config_mod.world_size_of(cfg))
+
+
+def resumed_config(stored: config_mod.RunConfig, overrides: list[str]) -> config_mod.RunConfig:
+    """The stored run config with ``overrides`` applied; refuses a change to the model or the layout."""
+    cfg = config_mod.apply_overrides(stored, overrides)
+    for section in FROZEN_ON_RESUME:
+        before, after = getattr(stored, section), getattr(cfg, section)
+        for f in dataclasses.fields(before):
+            old, new = getattr(before, f.name), getattr(after, f.name)
+            if old != new and not (section == "parallel" and f.name == "dp" and new is None):
+                raise config_mod.ConfigError(
+                    f"{section}.{f.name}={new} differs from the run's {section}.{f.name}={old}: a resumed run keeps "
+                    f"its model and layout (start a new --run-dir, or convert the checkpoint)")
+    return config_mod.validate(cfg, world_size=config_mod.world_size_of(stored))

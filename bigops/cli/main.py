@@ -56,18 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return exitcodes.INTERRUPTED
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return exitcodes.INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
-        import click
         if os.environ.get("BIGOPS_DEBUG"):
             raise
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exitcodes.USAGE
-        if isinstance(exc, click.exceptions.Abort):
-            err_console.print("aborted")
-            return exitcodes.INTERRUPTED
+        if isinstance(exc, typer.TyperException) and hasattr(exc, "format_message"):
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: show its help
+                exc.show()
+                return exitcodes.USAGE
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            err_console.print(f"error: {exc.format_message()}{hint}", markup=False)
+            return getattr(exc, "exit_code", exitcodes.USAGE)
         if isinstance(exc, (ConfigError, HFCheckpointError)):
             code = exitcodes.USAGE
         elif isinstance(exc, BigopsError):

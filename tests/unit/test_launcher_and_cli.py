@@ -1,0 +1,66 @@
+"""The local launcher's command (an argument list, never a shell string) and the CLI's error contract."""
+
+import subprocess
+import sys
+
+import pytest
+
+from bigops.cli.main import main
+from launcher.local import rank_command, rank_env
+from launcher.plan import resumed_config
+from trainer import config as c
+
+
+def test_rank_command_is_an_argument_list_with_hostile_paths_kept_whole():
+    hostile = "/tmp/run; rm -rf ~ $(reboot)"
+    cmd = rank_command(hostile, 4, 29500, ["--save-interval", "5"])
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--nproc-per-node=4" in cmd and "--master-addr=127.0.0.1" in cmd
+    assert cmd[cmd.index("--run-dir") + 1] == hostile
+
+
+def test_rank_env_shares_the_cores():
+    env = rank_env(4, base={})
+    assert int(env["OMP_NUM_THREADS"]) >= 1
+    assert rank_env(4, base={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
+
+
+def test_resume_refuses_a_layout_change_but_allows_more_steps():
+    stored = c.validate(c.preset("tiny"), world_size=4)
+    assert resumed_config(stored, ["train.train_steps=500"]).train.train_steps == 500
+    with pytest.raises(c.ConfigError, match="parallel.tp=1 differs from the run's parallel.tp=2"):
+        resumed_config(stored, ["parallel.tp=1"])
+    with pytest.raises(c.ConfigError, match="model.hidden_size=128 differs"):
+        resumed_config(stored, ["model.hidden_size=128"])
+
+
+def test_version_and_help(capsys):
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.startswith("bigops 0.1.0 (torch ")
+    assert main(["--help"]) == 0
+    assert "launch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["launch", "--tp", "3"], 2, "error: parallel.tp=3 does not divide model.num_attention_heads=4"),
+    (["launch", "--set", "train.global_batch_size=10"], 2, "train.global_batch_size=10 is not a multiple"),
+    (["launch", "--preset", "bloom-3b"], 2, "error: unknown preset 'bloom-3b'"),
+    (["launch", "--set", "oops"], 2, "is not of the form section.key=value"),
+    (["launch", "--resume"], 2, "has no checkpoint to resume from"),
+    (["launch", "--init-hf", "/nonexistent"], 2, "has no config.json"),
+    (["ckpt", "export-hf", "/nonexistent/run", "/tmp/x"], 3, "error: /nonexistent/run is not a directory"),
+    (["ckpt", "export-hf", "RUN", "/tmp/x"], 3, "has no checkpoint yet"),
+    (["ckpt", "export-hf", "RUN", "/tmp/x", "--dtype", "int8"], 2, "--dtype 'int8'"),
+    (["launch", "--bogus"], 2, "No such option"),
+])
+def test_bad_input_is_one_line_and_an_exit_code(args, code, message, tmp_path):
+    args = [str(tmp_path) if a == "RUN" else a for a in args]
+    if args[0] == "launch":
+        args += ["--run-dir", str(tmp_path / "run")]
+    proc = subprocess.run([sys.executable, "-m", "bigops.cli.main", *args], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,0 +1,58 @@
+"""The TP plan table, the pipeline layer layout and its HF names, without any process group."""
+
+import torch
+
+from trainer import config as c
+from trainer.parallel.mappings import TPGroup
+from trainer.parallel.plan import is_tp_duplicated, merge, shard, shard_dim
+from trainer.pipeline import EmbeddingPipe, TransformerBlockPipe, layer_prefix, num_pipeline_layers
+
+
+def test_shard_dims_follow_megatron():
+    assert shard_dim("h.3.self_attention.query_key_value.weight") == 0
+    assert shard_dim("h.3.self_attention.dense.weight") == 1
+    assert shard_dim("h.0.mlp.dense_4h_to_h.weight") == 1
+    assert shard_dim("word_embeddings.weight") == 0
+    for dup in ("h.1.input_layernorm.weight", "h.1.self_attention.dense.bias", "h.1.mlp.dense_4h_to_h.bias",
+                "word_embeddings_layernorm.bias", "ln_f.weight"):
+        assert is_tp_duplicated(dup), dup
+
+
+def test_shard_then_merge_is_identity():
+    full = torch.arange(4 * 6 * 3, dtype=torch.float32).reshape(12, 6)
+    for name in ("h.0.self_attention.query_key_value.weight", "h.0.mlp.dense_4h_to_h.weight", "ln_f.weight"):
+        parts = [shard(name, full, r, 3) for r in range(3)]
+        assert torch.equal(merge(name, parts), full)
+
+
+def test_qkv_shards_keep_whole_heads():
+    """QKV's output is laid out (heads, 3, head_dim): a contiguous split gives each rank whole heads."""
+    heads, hs = 4, 2
+    layout = torch.arange(heads).repeat_interleave(3 * hs)  # head id of each output row
+    parts = [shard("self_attention.query_key_value.weight", layout[:, None], r, 2) for r in range(2)]
+    assert parts[0].unique().tolist() == [0, 1] and parts[1].unique().tolist() == [2, 3]
+
+
+def test_pipeline_layer_names():
+    cfg = c.preset("tiny")
+    assert num_pipeline_layers(cfg) == 8
+    assert [layer_prefix(cfg, i) for i in range(7)] == ["", "", "h.0.", "h.1.", "h.2.", "h.3.", ""]
+
+
+def test_pipe_layers_are_tagged_and_initialized_like_bloom():
+    cfg = c.preset("tiny")
+    block = TransformerBlockPipe(cfg, TPGroup.single(), layer_number=0)
+    tagged = {n for n, p in block.named_parameters() if getattr(p, "tensor_model_parallel", False)}
+    assert tagged == {"self_attention.query_key_value.weight", "self_attention.query_key_value.bias",
+                      "self_attention.dense.weight", "mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias",
+                      "mlp.dense_4h_to_h.weight"}
+    assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in block.parameters())
+    assert torch.all(block.input_layernorm.weight == 1)
+    # The same global name and seed give the same weights whatever builds them (PP/DP-independent init).
+    again = TransformerBlockPipe(cfg, TPGroup.single(), layer_number=0)
+    assert torch.equal(block.mlp.dense_h_to_4h.weight, again.mlp.dense_h_to_4h.weight)
+    other = TransformerBlockPipe(cfg, TPGroup.single(), layer_number=1)
+    assert not torch.equal(block.mlp.dense_h_to_4h.weight, other.mlp.dense_h_to_4h.weight)
+    emb = EmbeddingPipe(cfg, TPGroup.single())
+    assert emb.word_embeddings.weight.shape == (cfg.padded_vocab_size, 64)
+    assert emb.word_embeddings.weight.tensor_model_parallel

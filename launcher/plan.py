@@ -13,9 +13,23 @@ from trainer import config as config_mod
 FROZEN_ON_RESUME = ("model", "parallel")
 
 
-def fresh_config(preset: str, config_file, overrides: list[str]) -> config_mod.RunConfig:
-    """Preset + file + overrides, validated; the world size is tp x pp x dp (dp defaults to 1 locally)."""
-    cfg = config_mod.resolve(preset, config_file, overrides)
+def fresh_config(preset: str, config_file, overrides: list[str], hf_config: dict | None = None,
+                 cuda_available: bool = False) -> config_mod.RunConfig:
+    """Preset + file (+ the model shape of a HF checkpoint to start from) + overrides, validated.
+
+    The world size is tp x pp x dp (dp defaults to 1 locally); ``train.precision = "auto"`` is resolved
+    for this machine. An override that contradicts the HF checkpoint's shape is an error naming it.
+    """
+    cfg = config_mod.resolve(preset, config_file, [])
+    if hf_config is not None:
+        from trainer.hf import check_compatible, model_config_from_hf
+        cfg.model = model_config_from_hf(hf_config, base=cfg.model)
+    cfg = config_mod.apply_overrides(cfg, overrides)
+    if hf_config is not None:
+        check_compatible(cfg.model, hf_config)
+    cfg = config_mod.resolve_precision(cfg, cuda_available)
+    if cfg.train.lr_decay_steps is None:  # fix the schedule now: a later --steps must not change it
+        cfg.train.lr_decay_steps = cfg.train.train_steps
     return config_mod.validate(cfg, world_size=config_mod.world_size_of(cfg))
 
 

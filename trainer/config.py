@@ -92,7 +92,11 @@ class TrainConfig:
     global_batch_size: int = 16
     """Samples per optimizer step over all ranks; a multiple of micro_batch_size x dp."""
     train_steps: int = 100
-    """Target optimizer step of the run."""
+    """Target optimizer step: the ranks stop when their step counter reaches it (``--steps``)."""
+    lr_decay_steps: int | None = None
+    """Steps over which the LR warms up and decays to ``min_lr`` (then stays there). Fixed when a run is
+    created (default: its first ``train_steps``), so raising the target step of a resumed run does not
+    change the schedule it has followed so far."""
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 10
@@ -105,8 +109,9 @@ class TrainConfig:
     clip_grad: float = 1.0
     """Global gradient-norm clipping; 0 disables it."""
     seed: int = 42
-    precision: str = "fp32"
-    """``fp32`` or ``bf16`` (bf16 weights, fp32 master weights and grad accumulation, as BLOOM)."""
+    precision: str = "auto"
+    """``bf16`` (bf16 weights, fp32 master weights and grad accumulation, as BLOOM), ``fp32``, or ``auto``:
+    bf16 on a GPU, fp32 on a CPU (resolved by :func:`resolve_precision` where the ranks run)."""
 
 
 @dataclass
@@ -321,12 +326,14 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     if p.zero_stage not in (0, 1):
         raise ConfigError(f"parallel.zero_stage={p.zero_stage} is not supported: use 0 or 1 "
                           f"(DeepSpeed refuses ZeRO-2/3 with pipeline parallelism)")
-    if t.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"train.precision={t.precision!r} is not supported: use fp32 or bf16")
+    if t.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.precision={t.precision!r} is not supported: use auto, fp32 or bf16")
     if t.lr_decay_style not in ("cosine", "linear", "constant"):
         raise ConfigError(f"train.lr_decay_style={t.lr_decay_style!r}: use cosine, linear or constant")
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"train.lr={t.lr} must be positive and train.min_lr={t.min_lr} in [0, train.lr]")
+    if t.lr_decay_steps is not None and t.lr_decay_steps < 1:
+        raise ConfigError(f"train.lr_decay_steps={t.lr_decay_steps} must be a positive integer")
     if t.warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be >= 0")
     if not (0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1):
@@ -348,6 +355,14 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     if t.global_batch_size % (t.micro_batch_size * dp):
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
                           f"train.micro_batch_size={t.micro_batch_size} x parallel.dp={dp}")
+    return cfg
+
+
+def resolve_precision(cfg: RunConfig, cuda_available: bool) -> RunConfig:
+    """Replace ``train.precision = "auto"`` by what the hardware runs: bf16 on a GPU, fp32 on a CPU."""
+    if cfg.train.precision == "auto":
+        cfg = copy.deepcopy(cfg)
+        cfg.train.precision = "bf16" if cuda_available else "fp32"
     return cfg
 
 

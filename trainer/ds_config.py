@@ -12,6 +12,8 @@ def deepspeed_config(cfg: RunConfig) -> dict[str, Any]:
     """DeepSpeed's JSON config. AdamW is torch's (``torch_adam``): DeepSpeed's fused Adam would be
     JIT-compiled on CPU. bf16 keeps fp32 master weights and fp32 gradient accumulation (BLOOM's setting)."""
     t, p = cfg.train, cfg.parallel
+    if t.precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision={t.precision!r} must be resolved to fp32 or bf16 first")
     bf16 = t.precision == "bf16"
     config: dict[str, Any] = {
         "train_batch_size": t.global_batch_size,
@@ -41,8 +43,8 @@ def lr_at(cfg: RunConfig, step: int) -> float:
         return t.lr * (step + 1) / t.warmup_steps
     if t.lr_decay_style == "constant":
         return t.lr
-    span = max(1, t.train_steps - t.warmup_steps)
-    progress = min(1.0, (step - t.warmup_steps) / span)
+    span = max(1, (t.lr_decay_steps or t.train_steps) - t.warmup_steps)
+    progress = min(1.0, (step - t.warmup_steps) / span)  # past the decay span: min_lr
     if t.lr_decay_style == "linear":
         factor = 1.0 - progress
     else:

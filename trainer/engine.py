@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from trainer.config import RunConfig, validate
+from trainer.config import RunConfig, resolve_precision, validate
 from trainer.ds_config import deepspeed_config, lr_at
 from trainer.parallel.mappings import TPGroup
 from trainer.parallel.topology import ParallelDims, RankCoords, coords_of, init_distributed, new_tp_group
@@ -31,9 +31,11 @@ class RankContext:
 
 def setup_rank(cfg: RunConfig) -> RankContext:
     """Initialize torch.distributed, validate the config against the world size, build the TP group."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     init_distributed()
     world, rank = dist.get_world_size(), dist.get_rank()
-    cfg = validate(cfg, world_size=world)
+    cfg = validate(resolve_precision(cfg, torch.cuda.is_available()), world_size=world)
     dims = ParallelDims(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp).check(world)
     torch.manual_seed(cfg.train.seed)
     return RankContext(cfg=cfg, dims=dims, coords=coords_of(dims, rank), tp=new_tp_group(dims, rank))

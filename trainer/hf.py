@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from trainer.config import ModelConfig
+from trainer.config import ConfigError, ModelConfig
 
 HF_PREFIX = "transformer."
 
@@ -71,10 +71,10 @@ def check_compatible(model: ModelConfig, hf: dict) -> None:
     theirs = model_config_from_hf(hf)
     for option in ("hidden_size", "num_layers", "num_attention_heads"):
         if getattr(model, option) != getattr(theirs, option):
-            raise HFCheckpointError(f"model.{option}={getattr(model, option)} but the Hugging Face checkpoint "
+            raise ConfigError(f"model.{option}={getattr(model, option)} but the Hugging Face checkpoint "
                                     f"has {getattr(theirs, option)}: set model.{option}={getattr(theirs, option)}")
     if model.vocab_size < theirs.vocab_size:
-        raise HFCheckpointError(f"model.vocab_size={model.vocab_size} is smaller than the checkpoint's "
+        raise ConfigError(f"model.vocab_size={model.vocab_size} is smaller than the checkpoint's "
                                 f"{theirs.vocab_size}: set model.vocab_size={theirs.vocab_size}")
 
 

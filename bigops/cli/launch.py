@@ -40,13 +40,13 @@ def launch(
     steps: Annotated[Optional[int], typer.Option("--steps", help="Target step (train.train_steps); a resumed "
                                                                  "run trains until its counter reaches it.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="train.seed")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="fp32 or bf16 (train.precision).")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32 or bf16 (train.precision).")] = None,
     save_interval: Annotated[int, typer.Option("--save-interval", help="Checkpoint every N steps (0: at the "
                                                                        "end only).")] = 0,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    init_hf: Annotated[Optional[Path], typer.Option("--init-hf", help="Initial weights from a Hugging Face "
-                                                                      "BLOOM directory.")] = None,
+    init_hf: Annotated[Optional[Path], typer.Option("--init-hf", help="Initial weights (and the model's shape) "
+                                                                      "from a Hugging Face BLOOM directory.")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from "
                                                    "checkpoints/latest (default: when there is one).")] = None,
 ) -> None:
@@ -61,17 +61,20 @@ def launch(
     if not resume and has_checkpoint:
         raise config_mod.ConfigError(f"{run.root} already holds checkpoints: resume it (the default) or choose a "
                                      f"new --run-dir; bigops never overwrites a run")
+    if init_hf is not None and resume:
+        raise config_mod.ConfigError("--init-hf only applies to a new run: this one resumes from its checkpoint")
     if resume:
         if config is not None:
             overrides = [*_file_overrides(config), *overrides]
         cfg = plan.resumed_config(config_mod.load_toml(run.run_toml, base=config_mod.RunConfig()), overrides)
     else:
-        cfg = plan.fresh_config(preset, config, overrides)
-    if init_hf is not None and resume:
-        raise config_mod.ConfigError("--init-hf only applies to a new run: this one resumes from its checkpoint")
-    if init_hf is not None:
-        from trainer.hf import check_compatible, read_hf_config
-        check_compatible(cfg.model, read_hf_config(init_hf))
+        hf_config = None
+        if init_hf is not None:
+            from trainer.hf import read_hf_config
+            hf_config = read_hf_config(init_hf)
+        import torch
+        cfg = plan.fresh_config(preset, config, overrides, hf_config=hf_config,
+                                cuda_available=torch.cuda.is_available())
 
     run.root.mkdir(parents=True, exist_ok=True)
     run.logs.mkdir(exist_ok=True)

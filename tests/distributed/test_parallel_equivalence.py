@@ -23,10 +23,10 @@ pytestmark = pytest.mark.distributed
 STEPS = 6
 
 
-def equivalence_config(tp: int, pp: int, dp: int) -> config_mod.RunConfig:
+def equivalence_config(tp: int, pp: int, dp: int, checkpointing: bool = False) -> config_mod.RunConfig:
     cfg = config_mod.preset("tiny")
     cfg.model = config_mod.ModelConfig(hidden_size=64, num_layers=4, num_attention_heads=4, vocab_size=512)
-    cfg.parallel = config_mod.ParallelConfig(tp=tp, pp=pp, dp=dp)
+    cfg.parallel = config_mod.ParallelConfig(tp=tp, pp=pp, dp=dp, activation_checkpointing=checkpointing)
     cfg.train = config_mod.TrainConfig(seq_length=32, micro_batch_size=2, global_batch_size=8,
                                        train_steps=STEPS, lr=1e-3, min_lr=1e-4, warmup_steps=2,
                                        precision="fp32", seed=7)
@@ -62,9 +62,10 @@ def assert_same_trajectory(got: list[dict], expected: list[dict]) -> None:
           max(abs(g["grad_norm"] - e["grad_norm"]) / e["grad_norm"] for g, e in zip(got, expected)))
 
 
-@pytest.mark.parametrize("tp,pp,dp", [(2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 2)],
-                         ids=["tp2", "pp2", "dp2", "tp2-pp2-dp2"])
-def test_layout_matches_single_rank(tp, pp, dp, reference_weights, single_rank, tmp_path):
-    got = run_ranks(tmp_path / "run", equivalence_config(tp, pp, dp), tp * pp * dp,
+@pytest.mark.parametrize("tp,pp,dp,checkpointing", [(2, 1, 1, False), (1, 2, 1, False), (1, 1, 2, False),
+                                                    (2, 2, 2, False), (2, 2, 1, True)],
+                         ids=["tp2", "pp2", "dp2", "tp2-pp2-dp2", "tp2-pp2-activation-checkpointing"])
+def test_layout_matches_single_rank(tp, pp, dp, checkpointing, reference_weights, single_rank, tmp_path):
+    got = run_ranks(tmp_path / "run", equivalence_config(tp, pp, dp, checkpointing), tp * pp * dp,
                     ["--init-hf", str(reference_weights)])
     assert_same_trajectory(got, single_rank)

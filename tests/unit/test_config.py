@@ -67,7 +67,7 @@ def test_toml_round_trip(tmp_path):
     (["model.hidden_size=50"], 4, "model.hidden_size=50 is not divisible by model.num_attention_heads=4"),
     (["train.global_batch_size=10"], 4, "train.global_batch_size=10 is not a multiple of train.micro_batch_size=4"),
     (["parallel.pp=7"], 14, "parallel.pp=7 is more than the 6 pipeline layers"),
-    (["train.precision=fp16"], 4, "train.precision='fp16' is not supported: use fp32 or bf16"),
+    (["train.precision=fp16"], 4, "train.precision='fp16' is not supported: use auto, fp32 or bf16"),
     (["parallel.zero_stage=3"], 4, "parallel.zero_stage=3 is not supported"),
     (["model.hidden_dropout=1.5"], 4, "model.hidden_dropout=1.5 must be in [0, 1)"),
 ])
@@ -102,3 +102,11 @@ def test_unknown_preset_and_missing_file(tmp_path):
     (tmp_path / "typed.toml").write_text("[model]\nhidden_size = true\n")
     with pytest.raises(c.ConfigError, match="model.hidden_size=True is not a valid int"):
         c.load_toml(tmp_path / "typed.toml")
+
+
+def test_auto_precision_is_bf16_on_gpu_fp32_on_cpu():
+    cfg = c.preset("tiny")
+    assert cfg.train.precision == "auto"
+    assert c.resolve_precision(cfg, cuda_available=True).train.precision == "bf16"
+    assert c.resolve_precision(cfg, cuda_available=False).train.precision == "fp32"
+    assert c.resolve_precision(c.preset("bloom-560m"), cuda_available=False).train.precision == "bf16"

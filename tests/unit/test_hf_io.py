@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from trainer.config import ModelConfig
+from trainer.config import ConfigError, ModelConfig
 from trainer.hf import (HFCheckpointError, check_compatible, model_config_from_hf, open_hf_tensors,
                         read_hf_config, write_hf_directory)
 
@@ -26,7 +26,7 @@ def test_config_mapping_and_compatibility(hf_model_dir):
     hf = read_hf_config(hf_model_dir(num_heads=6, hidden=48, layers=3))
     cfg = model_config_from_hf(hf)
     assert (cfg.hidden_size, cfg.num_layers, cfg.num_attention_heads, cfg.vocab_size) == (48, 3, 6, 512)
-    with pytest.raises(HFCheckpointError, match="model.num_layers=4 but the Hugging Face checkpoint has 3: "
+    with pytest.raises(ConfigError, match="model.num_layers=4 but the Hugging Face checkpoint has 3: "
                                                 "set model.num_layers=3"):
         check_compatible(ModelConfig(hidden_size=48, num_layers=4, num_attention_heads=6, vocab_size=512), hf)
 

@@ -26,12 +26,25 @@ def test_rank_env_shares_the_cores():
 
 
 def test_resume_refuses_a_layout_change_but_allows_more_steps():
-    stored = c.validate(c.preset("tiny"), world_size=4)
-    assert resumed_config(stored, ["train.train_steps=500"]).train.train_steps == 500
+    from launcher.plan import fresh_config
+    stored = fresh_config("tiny", None, ["train.train_steps=100"])
+    resumed = resumed_config(stored, ["train.train_steps=500"])
+    assert resumed.train.train_steps == 500 and resumed.train.lr_decay_steps == 100  # same LR schedule
     with pytest.raises(c.ConfigError, match="parallel.tp=1 differs from the run's parallel.tp=2"):
         resumed_config(stored, ["parallel.tp=1"])
     with pytest.raises(c.ConfigError, match="model.hidden_size=128 differs"):
         resumed_config(stored, ["model.hidden_size=128"])
+
+
+def test_init_hf_takes_the_model_shape_from_the_checkpoint(hf_model_dir):
+    from launcher.plan import fresh_config
+    from trainer.hf import read_hf_config
+    hf = read_hf_config(hf_model_dir(num_heads=6, hidden=48, layers=3))
+    cfg = fresh_config("tiny", None, ["model.hidden_dropout=0.1"], hf_config=hf)
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_attention_heads) == (48, 3, 6)
+    assert cfg.model.hidden_dropout == 0.1 and cfg.train.precision == "fp32"
+    with pytest.raises(c.ConfigError, match="model.num_layers=5 but the Hugging Face checkpoint has 3"):
+        fresh_config("tiny", None, ["model.num_layers=5"], hf_config=hf)
 
 
 def test_version_and_help(capsys):

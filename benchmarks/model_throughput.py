@@ -15,6 +15,23 @@ import time
 import torch
 
 
+# Dense bf16 tensor-core peaks (TFLOP/s) by device name, for MFU.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in device_name:
+            return value
+    return None
+
+
+def training_flops_per_token(n_params: int, layers: int, hidden: int, seq: int) -> float:
+    """6N for the matmuls of forward+backward, plus 12 L h T for attention scores and values (PaLM's
+    accounting, also the one behind BLOOM's reported ~150 TFLOP/s per A100)."""
+    return 6.0 * n_params + 12.0 * layers * hidden * seq
+
+
 def _time(fn, reps: int) -> float:
     started = time.perf_counter()
     for _ in range(reps):
@@ -23,22 +40,26 @@ def _time(fn, reps: int) -> float:
 
 
 def run(hidden: int = 256, layers: int = 4, heads: int = 8, vocab: int = 8192, seq: int = 256, batch: int = 8,
-        rounds: int = 5, reps: int = 3, dtype: str = "fp32", device: str = "cpu") -> dict:
-    from transformers import BloomConfig
-    from transformers import BloomForCausalLM as HFBloom
-
+        rounds: int = 5, reps: int = 3, dtype: str = "fp32", device: str = "cpu", reference: bool = True) -> dict:
     from trainer.config import ModelConfig
-    from trainer.model.bloom import BloomForCausalLM
+    from trainer.model.bloom import BloomForCausalLM, init_parameters
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     torch.manual_seed(0)
-    hf = HFBloom(BloomConfig(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=heads)).to(device, torch_dtype)
-    ours = BloomForCausalLM(ModelConfig(hidden_size=hidden, num_layers=layers, num_attention_heads=heads,
-                                        vocab_size=vocab), padded_vocab_size=vocab)
-    ours.load_state_dict({k.removeprefix("transformer."): v for k, v in hf.state_dict().items()
-                          if k != "lm_head.weight"})
-    ours = ours.to(device, torch_dtype)
-    hf.train(), ours.train()
+    model_cfg = ModelConfig(hidden_size=hidden, num_layers=layers, num_attention_heads=heads, vocab_size=vocab)
+    ours = BloomForCausalLM(model_cfg, padded_vocab_size=vocab)
+    init_parameters(ours, model_cfg, seed=0)
+    hf = None
+    if reference:
+        from transformers import BloomConfig
+        from transformers import BloomForCausalLM as HFBloom
+        hf = HFBloom(BloomConfig(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=heads))
+        missing, unexpected = hf.load_state_dict({"transformer." + k: v for k, v in ours.state_dict().items()},
+                                                 strict=False)
+        assert set(missing) <= {"lm_head.weight"} and not unexpected, (missing, unexpected)
+        hf.tie_weights()
+        hf = hf.to(device, torch_dtype).train()
+    ours = ours.to(device, torch_dtype).train()
     ids = torch.randint(0, vocab, (batch, seq), device=device)
 
     def step_hf():
@@ -49,23 +70,31 @@ def run(hidden: int = 256, layers: int = 4, heads: int = 8, vocab: int = 8192, s
         torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), ids[:, 1:].reshape(-1)).backward()
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for fn in (step_hf, step_ours):  # warm-up
+    steps = {"ours": step_ours, **({"transformers": step_hf} if hf is not None else {})}
+    for fn in steps.values():  # warm-up
         fn()
     sync()
-    times = {"ours": [], "transformers": []}
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
-        for name, fn in (("ours", step_ours), ("transformers", step_hf)):
+        for name, fn in steps.items():  # alternate, so that machine noise hits both alike
             sync()
             times[name].append(_time(lambda: (fn(), sync()), reps))
     tokens = batch * seq
     result = {name: tokens / statistics.median(ts) for name, ts in times.items()}
     n_params = sum(p.numel() for p in ours.parameters())
+    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    flops = training_flops_per_token(n_params, layers, hidden, seq)
+    tflops = {name: tps * flops / 1e12 for name, tps in result.items()}
+    peak = peak_tflops(device_name) if dtype == "bf16" else None
     return {
         "benchmark": "model_throughput",
         "config": {"hidden": hidden, "layers": layers, "heads": heads, "vocab": vocab, "seq": seq, "batch": batch,
-                   "dtype": dtype, "device": device, "threads": torch.get_num_threads(), "parameters": n_params},
+                   "dtype": dtype, "device": device_name, "threads": torch.get_num_threads(),
+                   "parameters": n_params},
         "tokens_per_second": result,
-        "ratio_ours_vs_transformers": result["ours"] / result["transformers"],
+        "tflops": tflops,
+        "mfu": {name: t / peak for name, t in tflops.items()} if peak else None,
+        "ratio_ours_vs_transformers": result["ours"] / result["transformers"] if hf is not None else None,
     }
 
 
@@ -76,9 +105,20 @@ def main(argv: list[str] | None = None) -> dict:
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", default=None, help="default hidden/layers/heads/vocab/seq from a preset "
+                                                           "(e.g. bloom-560m); explicit options still win")
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="skip transformers (e.g. where it is not installed)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
+    name = parser.parse_known_args(argv)[0].preset
+    if name:
+        from trainer.config import preset
+        cfg = preset(name)
+        parser.set_defaults(hidden=cfg.model.hidden_size, layers=cfg.model.num_layers,
+                            heads=cfg.model.num_attention_heads, vocab=cfg.padded_vocab_size, seq=cfg.train.seq_length)
     args = vars(parser.parse_args(argv))
     as_json = args.pop("json")
+    args.pop("preset")
     result = run(**args)
     if as_json:
         print(json.dumps(result))
@@ -87,8 +127,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"model throughput (fwd+bwd), {c['parameters']:,} params, batch {c['batch']} x seq {c['seq']}, "
               f"{c['dtype']} on {c['device']} ({c['threads']} threads)")
         for name, tps in result["tokens_per_second"].items():
-            print(f"  {name:<13} {tps:>12,.0f} tokens/s")
-        print(f"  ratio ours / transformers: {result['ratio_ours_vs_transformers']:.2f}")
+            mfu = f", MFU {result['mfu'][name]:.1%}" if result["mfu"] else ""
+            print(f"  {name:<13} {tps:>12,.0f} tokens/s  {result['tflops'][name]:8.2f} TFLOP/s{mfu}")
+        if result["ratio_ours_vs_transformers"] is not None:
+            print(f"  ratio ours / transformers: {result['ratio_ours_vs_transformers']:.2f}")
     return result
 
 

@@ -42,6 +42,9 @@ class ModelConfig:
     """Tokenizer vocabulary; the embedding is padded past it (see ``make_vocab_size_divisible_by``)."""
     make_vocab_size_divisible_by: int = 128
     """The padded vocabulary is a multiple of this times ``parallel.tp`` (BLOOM: 250680 -> 250880 at TP 4)."""
+    pad_vocab_size_to: int | None = None
+    """Pad the embedding to exactly this many rows instead (Megatron-DeepSpeed's ``--pad-vocab-size-to``):
+    the BLOOM presets use 250880 so that checkpoints match the released models at every TP degree."""
     layernorm_epsilon: float = 1e-5
     hidden_dropout: float = 0.0
     """Dropout on the attention and MLP outputs before the residual add (BLOOM-176B trained with 0)."""
@@ -59,7 +62,10 @@ class ModelConfig:
         return self.init_std if self.init_std is not None else math.sqrt(0.3333 / self.hidden_size)
 
     def padded_vocab_size(self, tp: int) -> int:
-        """The embedding's row count: ``vocab_size`` rounded up to a multiple of divisible_by x TP."""
+        """The embedding's row count: ``pad_vocab_size_to`` if set, else ``vocab_size`` rounded up to a
+        multiple of divisible_by x TP."""
+        if self.pad_vocab_size_to is not None:
+            return self.pad_vocab_size_to
         multiple = self.make_vocab_size_divisible_by * tp
         return -(-self.vocab_size // multiple) * multiple
 
@@ -129,14 +135,15 @@ class RunConfig:
 
 # ----------------------------------------------------------------------------------------------- presets
 
-_BLOOM_VOCAB = 250680  # the BLOOM tokenizer; padded to 250880 at TP 4
+_BLOOM_VOCAB = 250680  # the BLOOM tokenizer
+_BLOOM_PADDED_VOCAB = 250880  # the released models' embedding rows (250680 padded to a multiple of 128 x TP 4)
 
 
 def _bloom(hidden: int, layers: int, heads: int, lr: float, gbs: int, tp: int = 1, pp: int = 1,
            micro: int = 1) -> RunConfig:
     return RunConfig(
         model=ModelConfig(hidden_size=hidden, num_layers=layers, num_attention_heads=heads,
-                          vocab_size=_BLOOM_VOCAB),
+                          vocab_size=_BLOOM_VOCAB, pad_vocab_size_to=_BLOOM_PADDED_VOCAB),
         parallel=ParallelConfig(tp=tp, pp=pp),
         train=TrainConfig(seq_length=2048, micro_batch_size=micro, global_batch_size=gbs, lr=lr,
                           min_lr=lr / 10, warmup_steps=375, train_steps=100_000, precision="bf16"),
@@ -154,7 +161,7 @@ PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
     "bloom-176b": lambda: dataclasses.replace(
         _bloom(14336, 70, 112, 6e-5, 2048, tp=4, pp=12, micro=2),
         model=ModelConfig(hidden_size=14336, num_layers=70, num_attention_heads=112,
-                          vocab_size=_BLOOM_VOCAB, init_std=0.0048)),
+                          vocab_size=_BLOOM_VOCAB, pad_vocab_size_to=_BLOOM_PADDED_VOCAB, init_std=0.0048)),
 }
 
 
@@ -312,6 +319,9 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
             raise ConfigError(f"{name}={value} must be in [0, 1)")
     if m.init_std is not None and m.init_std <= 0:
         raise ConfigError(f"model.init_std={m.init_std} must be positive (or unset for BLOOM's default)")
+    if m.pad_vocab_size_to is not None and (m.pad_vocab_size_to < m.vocab_size or m.pad_vocab_size_to % p.tp):
+        raise ConfigError(f"model.pad_vocab_size_to={m.pad_vocab_size_to} must be >= model.vocab_size="
+                          f"{m.vocab_size} and divisible by parallel.tp={p.tp}")
     if m.hidden_size % m.num_attention_heads:
         raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by "
                           f"model.num_attention_heads={m.num_attention_heads}")

@@ -22,6 +22,18 @@ def test_bloom_176b_is_as_trained():
     assert c.gradient_accumulation_steps(cfg) == 2048 // (2 * 8)
 
 
+@pytest.mark.parametrize("name,params", [("bloom-560m", 559_214_592), ("bloom-1b7", 1_722_408_960),
+                                         ("bloom-7b1", 7_069_016_064), ("bloom-176b", 176_247_271_424)])
+def test_presets_have_the_released_parameter_counts(name, params):
+    import torch
+
+    from trainer.model.bloom import BloomForCausalLM
+    cfg = c.preset(name)
+    with torch.device("meta"):  # shapes only: no memory
+        model = BloomForCausalLM(cfg.model, padded_vocab_size=cfg.padded_vocab_size)
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
 def test_default_init_std_is_blooms():
     assert c.preset("bloom-176b").model.resolved_init_std == 0.0048
     assert abs(c.preset("bloom-7b1").model.resolved_init_std - (0.3333 / 4096) ** 0.5) < 1e-12
@@ -70,6 +82,7 @@ def test_toml_round_trip(tmp_path):
     (["train.precision=fp16"], 4, "train.precision='fp16' is not supported: use auto, fp32 or bf16"),
     (["parallel.zero_stage=3"], 4, "parallel.zero_stage=3 is not supported"),
     (["model.hidden_dropout=1.5"], 4, "model.hidden_dropout=1.5 must be in [0, 1)"),
+    (["model.pad_vocab_size_to=8000"], 4, "model.pad_vocab_size_to=8000 must be >= model.vocab_size=8192"),
 ])
 def test_invalid_combinations_name_the_options(overrides, world, message):
     cfg = c.resolve("tiny", overrides=overrides)

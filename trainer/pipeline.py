@@ -117,14 +117,17 @@ def build_pipeline_module(cfg: RunConfig, topology, tp: TPGroup):
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return mean_vocab_parallel_cross_entropy(logits, labels, tp)
 
-    return PipelineModule(
-        layers=layer_specs(cfg, tp),
-        topology=topology,
-        loss_fn=loss_fn,
-        partition_method=cfg.parallel.partition_method,
-        activation_checkpoint_interval=1 if cfg.parallel.activation_checkpointing else 0,
-        checkpointable_layers=["TransformerBlockPipe"],
-    )
+    # DeepSpeed broadcasts the tied embedding between its stages while building (and loading); under
+    # autograd that in-place c10d op would leave a backward node on the weight.
+    with torch.no_grad():
+        return PipelineModule(
+            layers=layer_specs(cfg, tp),
+            topology=topology,
+            loss_fn=loss_fn,
+            partition_method=cfg.parallel.partition_method,
+            activation_checkpoint_interval=1 if cfg.parallel.activation_checkpointing else 0,
+            checkpointable_layers=["TransformerBlockPipe"],
+        )
 
 
 @torch.no_grad()

@@ -62,7 +62,8 @@ def train(run: RunDir, init_hf: str | None = None, save_interval: int = 0) -> in
     step, consumed = 0, 0
     tag = run.latest_tag()
     if tag is not None:
-        _, client = engine.load_checkpoint(str(run.checkpoints), tag=tag)
+        with torch.no_grad():  # loading re-broadcasts tied weights (see build_pipeline_module)
+            _, client = engine.load_checkpoint(str(run.checkpoints), tag=tag)
         state = (client or {}).get("bigops", {})
         step, consumed = state.get("step", 0), state.get("consumed_samples", 0)
 
@@ -72,6 +73,7 @@ def train(run: RunDir, init_hf: str | None = None, save_interval: int = 0) -> in
                          sample=lambda i: synthetic_sample(i, seq, vocab, seed))
     tokens_per_step = cfg.train.global_batch_size * seq
     while step < cfg.train.train_steps:
+        lr = engine.get_lr()[0]  # the rate this step applies (the scheduler advances inside train_batch)
         started = time.perf_counter()
         loss = engine.train_batch(data_iter=data)
         elapsed = time.perf_counter() - started
@@ -82,7 +84,7 @@ def train(run: RunDir, init_hf: str | None = None, save_interval: int = 0) -> in
             grad_norm = float(grad_norm) if grad_norm is not None else None
             append_jsonl(run.metrics, {
                 "step": step, "time": time.time(), "loss": float(loss), "grad_norm": grad_norm,
-                "lr": engine.get_lr()[0], "tokens_per_second": tokens_per_step / elapsed,
+                "lr": lr, "tokens_per_second": tokens_per_step / elapsed,
                 "consumed_samples": consumed, "skipped": grad_norm is not None and not math.isfinite(grad_norm),
             })
         if save_interval and step % save_interval == 0 and step < cfg.train.train_steps:

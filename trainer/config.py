@@ -103,8 +103,8 @@ class TrainConfig:
     """Steps over which the LR warms up and decays to ``min_lr`` (then stays there). Fixed when a run is
     created (default: its first ``train_steps``), so raising the target step of a resumed run does not
     change the schedule it has followed so far."""
-    lr: float = 1e-3
-    min_lr: float = 1e-4
+    lr: float = 5e-3
+    min_lr: float = 5e-4
     warmup_steps: int = 10
     lr_decay_style: str = "cosine"
     """``cosine``, ``linear`` or ``constant`` decay after warm-up, down to ``min_lr`` at train_steps."""

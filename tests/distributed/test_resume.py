@@ -4,6 +4,7 @@ import pytest
 
 from tests.distributed.ranks import run_ranks
 from tests.distributed.test_export_hf import small_config
+from trainer.ds_config import lr_at
 
 pytestmark = pytest.mark.distributed
 
@@ -20,6 +21,7 @@ def test_resume_is_bit_exact(tmp_path):
     resumed = run_ranks(tmp_path / "resumed", cfg, 4)
 
     assert [r["step"] for r in resumed] == list(range(1, 7))
+    assert straight[0]["lr"] == lr_at(cfg, 0) and straight[-1]["lr"] == lr_at(cfg, 5)  # the LR each step applied
     for a, b in zip(straight, resumed):
         assert (a["loss"], a["grad_norm"], a["lr"], a["consumed_samples"]) == \
                (b["loss"], b["grad_norm"], b["lr"], b["consumed_samples"]), a["step"]

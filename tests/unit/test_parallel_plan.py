@@ -56,3 +56,20 @@ def test_pipe_layers_are_tagged_and_initialized_like_bloom():
     emb = EmbeddingPipe(cfg, TPGroup.single())
     assert emb.word_embeddings.weight.shape == (cfg.padded_vocab_size, 64)
     assert emb.word_embeddings.weight.tensor_model_parallel
+
+
+def test_embeddings_count_as_layers_for_partitioning():
+    """BLOOM's `type:transformer|embedding`: 70 blocks + 2 embedding occurrences = 72 weighted layers,
+    6 per stage over PP 12."""
+    import re
+
+    from deepspeed.runtime.utils import partition_balanced
+
+    from trainer.pipeline import layer_specs
+    cfg = c.preset("bloom-176b")
+    pattern = re.compile(cfg.parallel.partition_method.split(":")[1], re.IGNORECASE)
+    specs = layer_specs(cfg, TPGroup.single())
+    weights = [1 if pattern.search(s.typename.__name__) else 0 for s in specs]
+    assert sum(weights) == 72 and len(specs) == num_pipeline_layers(cfg)
+    parts = partition_balanced(weights=weights, num_parts=12)
+    assert [sum(weights[a:b]) for a, b in zip(parts, parts[1:])] == [6] * 12

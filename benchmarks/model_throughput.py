@@ -65,9 +65,12 @@ def run(hidden: int = 256, layers: int = 4, heads: int = 8, vocab: int = 8192, s
     def step_hf():
         hf(ids, labels=ids).loss.backward()
 
+    # Next-token labels, shifted on the label side (no copy of the (B, T, V) logits), as transformers does.
+    labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
+
     def step_ours():
-        logits = ours(ids)
-        torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), ids[:, 1:].reshape(-1)).backward()
+        logits = ours(ids)  # (B, T, V)
+        torch.nn.functional.cross_entropy(logits.view(-1, vocab).float(), labels.view(-1)).backward()
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     steps = {"ours": step_ours, **({"transformers": step_hf} if hf is not None else {})}

@@ -6,6 +6,7 @@ Pure functions of the stored and requested configs; the CLI does the file I/O.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from trainer import config as config_mod
 
@@ -28,6 +29,10 @@ def fresh_config(preset: str, config_file, overrides: list[str], hf_config: dict
     if hf_config is not None:
         check_compatible(cfg.model, hf_config)
     cfg = config_mod.resolve_precision(cfg, cuda_available)
+    if cfg.data.source not in ("stdlib", "synthetic"):  # the ranks may run elsewhere: absolute paths
+        cfg.data.source = str(Path(cfg.data.source).resolve())
+    if cfg.data.tokenizer:
+        cfg.data.tokenizer = str(Path(cfg.data.tokenizer).resolve())
     if cfg.train.lr_decay_steps is None:  # fix the schedule now: a later --steps must not change it
         cfg.train.lr_decay_steps = cfg.train.train_steps
     return config_mod.validate(cfg, world_size=config_mod.world_size_of(cfg))

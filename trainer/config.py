@@ -115,9 +115,29 @@ class TrainConfig:
     clip_grad: float = 1.0
     """Global gradient-norm clipping; 0 disables it."""
     seed: int = 42
+    save_interval: int = 0
+    """Checkpoint every N steps (0: only at the end, on request and before a stop)."""
+    exit_duration_in_mins: float | None = None
+    """Save and exit (STOPPED_BY_SIGNAL) after this many minutes, before a job's time limit (Megatron's
+    ``--exit-duration-in-mins``)."""
     precision: str = "auto"
     """``bf16`` (bf16 weights, fp32 master weights and grad accumulation, as BLOOM), ``fp32``, or ``auto``:
     bf16 on a GPU, fp32 on a CPU (resolved by :func:`resolve_precision` where the ranks run)."""
+
+
+@dataclass
+class DataConfig:
+    """Where the training text comes from and how it is tokenized (prepared once into ``RUN/data``)."""
+
+    source: str = "stdlib"
+    """``stdlib`` (docstrings then sources of Python's standard library: prose plus code, offline
+    everywhere), ``synthetic`` (random walks over token ids, for tests), or a file or folder of text."""
+    tokenizer: str | None = None
+    """A ``tokenizer.json`` to use; unset: train a byte-level BPE of ``model.vocab_size`` on the corpus."""
+    max_corpus_bytes: int = 4_000_000
+    """Read at most this much text."""
+    valid_every: int = 100
+    """Every N-th document is held out for the validation loss."""
 
 
 @dataclass
@@ -127,6 +147,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -342,6 +363,17 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
         raise ConfigError(f"train.lr_decay_style={t.lr_decay_style!r}: use cosine, linear or constant")
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"train.lr={t.lr} must be positive and train.min_lr={t.min_lr} in [0, train.lr]")
+    if t.save_interval < 0:
+        raise ConfigError(f"train.save_interval={t.save_interval} must be >= 0")
+    if t.exit_duration_in_mins is not None and t.exit_duration_in_mins <= 0:
+        raise ConfigError(f"train.exit_duration_in_mins={t.exit_duration_in_mins} must be positive")
+    if cfg.data.max_corpus_bytes < 1 or cfg.data.valid_every < 2:
+        raise ConfigError("data.max_corpus_bytes must be positive and data.valid_every at least 2")
+    if cfg.data.source not in ("stdlib", "synthetic") and not Path(cfg.data.source).exists():
+        raise ConfigError(f"data.source={cfg.data.source!r} does not exist: give a file or folder of text, "
+                          f"or stdlib / synthetic")
+    if cfg.data.tokenizer is not None and not Path(cfg.data.tokenizer).is_file():
+        raise ConfigError(f"data.tokenizer={cfg.data.tokenizer!r} does not exist")
     if t.lr_decay_steps is not None and t.lr_decay_steps < 1:
         raise ConfigError(f"train.lr_decay_steps={t.lr_decay_steps} must be a positive integer")
     if t.warmup_steps < 0:

@@ -1,14 +1,18 @@
 """The per-rank training entry point: ``python -m trainer.train --run-dir RUN`` under torchrun.
 
-Reads ``RUN/run.toml``, builds this rank's slice of BLOOM, trains to ``train.train_steps`` (resuming from
-``checkpoints/latest`` when there is one), writes one metrics record per step (rank 0) and checkpoints.
-The launcher (``bigops launch``) writes run.toml and starts the ranks.
+Reads ``RUN/run.toml``, prepares the data once (rank 0), builds this rank's slice of BLOOM, resumes from
+the newest verified checkpoint, then trains to ``train.train_steps`` while polling ``control/`` and
+signals every step, writing telemetry, and checkpointing atomically. It exits with a code from
+``trainer.exitcodes`` and records it in ``telemetry/exit.json`` (torchrun and srun do not pass a worker's
+exit code on, so the launcher and the watchdog read it there).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,31 +20,71 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from trainer import checkpoint as ckpt
 from trainer import config as config_mod
-from trainer.data.sampler import micro_batches
-from trainer.data.synthetic import synthetic_sample
+from trainer import exitcodes
+from trainer.control import ControlState, acknowledge_save, decide
+from trainer.data.dataset import DataError
+from trainer.data.sampler import batch_positions, rank_micro_batches
+from trainer.data.source import prepare_data, sample_source
 from trainer.engine import RankContext, build_engine, setup_rank
-from trainer.rundir import RunDir, append_jsonl, atomic_write_text
+from trainer.rundir import RunDir, atomic_write_text
+from trainer.telemetry import Heartbeat, MetricsSink, flops_per_token
 
-EXIT_OK = 0
-EXIT_CONFIG = 2
-
-
-def tag_for(step: int) -> str:
-    return f"global_step{step}"
+tag_for = ckpt.tag_for  # kept importable from here
 
 
-def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_samples: int) -> str:
-    """All ranks write their files, then rank 0 points ``latest`` at the new tag (atomically, last)."""
-    tag = tag_for(step)
+class TopologyMismatch(ckpt.CheckpointError):
+    pass
+
+
+def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_samples: int,
+                    heartbeat: Heartbeat | None = None) -> str:
+    """All ranks write into a partial directory; rank 0 then publishes it (manifest, rename, latest)."""
+    tag = ckpt.tag_for(step)
+    if heartbeat:
+        heartbeat.beat("checkpoint", step)
+    partial = ckpt.partial_dir(run, tag)
+    if ctx.is_logging_rank and partial.exists():  # left by a crash during an earlier save of this step
+        import shutil
+        shutil.rmtree(partial)
+    dist.barrier()
     client_state = {"bigops": {"step": step, "consumed_samples": consumed_samples,
                                "config": config_mod.to_dict(ctx.cfg)}}
-    engine.save_checkpoint(str(run.checkpoints), tag=tag, client_state=client_state, save_latest=False)
+    engine.save_checkpoint(str(run.checkpoints), tag=partial.name, client_state=client_state, save_latest=False)
     dist.barrier()
     if ctx.is_logging_rank:
-        atomic_write_text(run.latest, tag + "\n")
+        p = ctx.cfg.parallel
+        ckpt.publish(run, partial, tag, {"step": step, "consumed_samples": consumed_samples,
+                                         "topology": {"tp": p.tp, "pp": p.pp, "dp": p.dp},
+                                         "precision": ctx.cfg.train.precision})
     dist.barrier()
     return tag
+
+
+def _rank0_then_share(ctx: RankContext, fn):
+    """Run ``fn`` on rank 0 and give every rank its result, or the same exception (as a one-line error)."""
+    holder = [None]
+    if ctx.is_logging_rank:
+        try:
+            holder[0] = ("ok", fn())
+        except (ckpt.CheckpointError, DataError, config_mod.ConfigError) as exc:
+            holder[0] = ("error", type(exc).__name__, str(exc))
+    dist.broadcast_object_list(holder, src=0)
+    if holder[0][0] == "error":
+        kind = {"CheckpointError": ckpt.CheckpointError, "DataError": DataError}.get(holder[0][1],
+                                                                                     config_mod.ConfigError)
+        raise kind(holder[0][2])
+    return holder[0][1]
+
+
+def _check_topology(manifest: dict, cfg: config_mod.RunConfig, tag: str) -> None:
+    saved = manifest.get("topology") or {}
+    p = cfg.parallel
+    if (saved.get("tp"), saved.get("pp"), saved.get("dp")) != (p.tp, p.pp, p.dp):
+        raise TopologyMismatch(f"checkpoint {tag} was written at TP {saved.get('tp')} x PP {saved.get('pp')} x DP "
+                               f"{saved.get('dp')}, this run is TP {p.tp} x PP {p.pp} x DP {p.dp}: resume with the "
+                               f"checkpoint's layout (parallel.tp/pp/dp)")
 
 
 def init_from_hf(ctx: RankContext, directory: str):
@@ -53,64 +97,123 @@ def init_from_hf(ctx: RankContext, directory: str):
     return lambda pipe: load_global_weights(pipe, ctx.cfg, ctx.tp, get)
 
 
-def train(run: RunDir, init_hf: str | None = None, save_interval: int = 0) -> int:
+def _n_params(cfg: config_mod.RunConfig) -> int:
+    from trainer.model.bloom import BloomForCausalLM
+    with torch.device("meta"):
+        return sum(p.numel() for p in BloomForCausalLM(cfg.model, cfg.padded_vocab_size).parameters())
+
+
+def train(run: RunDir, init_hf: str | None = None) -> int:
     cfg = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
     ctx = setup_rank(cfg)
-    cfg = ctx.cfg
-    engine = build_engine(ctx, init_weights=init_from_hf(ctx, init_hf) if init_hf else None)
+    cfg, rank0 = ctx.cfg, ctx.is_logging_rank
+    heartbeat = Heartbeat(run, ctx.coords.rank)
+    heartbeat.beat("startup", 0, force=True)
+    exit_s = cfg.train.exit_duration_in_mins * 60 if cfg.train.exit_duration_in_mins else None
+    control = ControlState(run.root / "control", exit_duration_s=exit_s)
+    control.install_signal_handlers()
 
+    _rank0_then_share(ctx, lambda: prepare_data(run, cfg))
+    sample = sample_source(run, cfg)
+    resumable = _rank0_then_share(ctx, lambda: ckpt.find_resumable(run))
+    if resumable is not None:
+        _check_topology(resumable.manifest, cfg, resumable.tag)
+        if resumable.fell_back_from and rank0:
+            print(f"warning: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason}); resuming from "
+                  f"{resumable.tag}", file=sys.stderr, flush=True)
+    engine = build_engine(ctx, init_weights=init_from_hf(ctx, init_hf) if init_hf and resumable is None else None)
     step, consumed = 0, 0
-    tag = run.latest_tag()
-    if tag is not None:
+    if resumable is not None:
         with torch.no_grad():  # loading re-broadcasts tied weights (see build_pipeline_module)
-            _, client = engine.load_checkpoint(str(run.checkpoints), tag=tag)
+            _, client = engine.load_checkpoint(str(run.checkpoints), tag=resumable.tag)
         state = (client or {}).get("bigops", {})
         step, consumed = state.get("step", 0), state.get("consumed_samples", 0)
-
-    vocab, seq, seed = cfg.model.vocab_size, cfg.train.seq_length, cfg.train.seed
-    data = micro_batches(step, ctx.coords.dp_rank, global_batch=cfg.train.global_batch_size,
-                         micro_batch=cfg.train.micro_batch_size, dp=ctx.dims.dp,
-                         sample=lambda i: synthetic_sample(i, seq, vocab, seed))
-    tokens_per_step = cfg.train.global_batch_size * seq
-    while step < cfg.train.train_steps:
-        lr = engine.get_lr()[0]  # the rate this step applies (the scheduler advances inside train_batch)
-        started = time.perf_counter()
-        loss = engine.train_batch(data_iter=data)
-        elapsed = time.perf_counter() - started
-        step += 1
-        consumed += cfg.train.global_batch_size
-        grad_norm = engine.get_global_grad_norm()
-        if ctx.is_logging_rank:
+    heartbeat.attach(engine.module)
+    sink = MetricsSink(run) if rank0 else None
+    flops = flops_per_token(_n_params(cfg), cfg.model.num_layers, cfg.model.hidden_size, cfg.train.seq_length)
+    world = ctx.dims.world_size
+    last_saved = step if resumable is not None else -1
+    tokens_per_step = cfg.train.global_batch_size * cfg.train.seq_length
+    code = exitcodes.FINISHED
+    try:
+        while True:
+            decision = decide(control, rank0)
+            if (decision.save or decision.stop) and last_saved != step:
+                save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
+                last_saved = step
+            if decision.save and rank0:
+                acknowledge_save(control)
+            if decision.stop:
+                code = exitcodes.STOPPED_ON_REQUEST if decision.stop_requested else exitcodes.STOPPED_BY_SIGNAL
+                break
+            if step >= cfg.train.train_steps:
+                break
+            positions, next_consumed = batch_positions(consumed, cfg.train.global_batch_size, control.skip_ranges)
+            data = rank_micro_batches(positions, ctx.coords.dp_rank, micro_batch=cfg.train.micro_batch_size,
+                                      dp=ctx.dims.dp, sample=sample)
+            lr = engine.get_lr()[0]  # the rate this step applies (the scheduler advances inside train_batch)
+            started = time.perf_counter()
+            loss = float(engine.train_batch(data_iter=data))
+            elapsed = time.perf_counter() - started
+            step, consumed = step + 1, next_consumed
+            heartbeat.beat("step", step, force=True)
+            grad_norm = engine.get_global_grad_norm()
             grad_norm = float(grad_norm) if grad_norm is not None else None
-            append_jsonl(run.metrics, {
-                "step": step, "time": time.time(), "loss": float(loss), "grad_norm": grad_norm,
-                "lr": lr, "tokens_per_second": tokens_per_step / elapsed,
-                "consumed_samples": consumed, "skipped": grad_norm is not None and not math.isfinite(grad_norm),
-            })
-        if save_interval and step % save_interval == 0 and step < cfg.train.train_steps:
-            save_checkpoint(engine, ctx, run, step, consumed)
-    if run.latest_tag() != tag_for(step):
-        save_checkpoint(engine, ctx, run, step, consumed)
-    dist.barrier()
-    return EXIT_OK
+            if rank0:
+                sink.write({
+                    "step": step, "time": time.time(), "loss": loss, "grad_norm": grad_norm, "lr": lr,
+                    "tokens_per_second": tokens_per_step / elapsed,
+                    "tflops_per_gpu": tokens_per_step / elapsed * flops / world / 1e12,
+                    "consumed_samples": consumed,
+                    "skipped": not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)),
+                })
+            if cfg.train.save_interval and step % cfg.train.save_interval == 0:
+                save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
+                last_saved = step
+        if code == exitcodes.FINISHED and last_saved != step:
+            save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
+        heartbeat.beat("exit", step, force=True)
+        dist.barrier()
+    finally:
+        if sink is not None:
+            sink.close()
+    return code
+
+
+def record_exit(run: RunDir, code: int, message: str, rank: int) -> None:
+    """``telemetry/exit.json``: the code and reason of this exit, for the launcher and the watchdog."""
+    try:
+        atomic_write_text(run.telemetry / "exit.json", json.dumps(
+            {"code": code, "reason": exitcodes.describe(code), "message": message, "rank": rank,
+             "time": time.time()}) + "\n")
+    except OSError:
+        pass  # a full disk must not hide the real exit code
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--init-hf", default=None, help="initial weights from a HF BLOOM directory")
-    parser.add_argument("--save-interval", type=int, default=0)
     args = parser.parse_args(argv)
+    run = RunDir(args.run_dir)
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        return train(RunDir(args.run_dir), init_hf=args.init_hf, save_interval=args.save_interval)
-    except (config_mod.ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        code = train(run, init_hf=args.init_hf)
+        if rank == 0:
+            record_exit(run, code, exitcodes.describe(code), rank)
+        return code
+    except (config_mod.ConfigError, DataError, ckpt.CheckpointError) as exc:
+        code = exitcodes.CHECKPOINT_ERROR if isinstance(exc, ckpt.CheckpointError) else exitcodes.CONFIG_ERROR
+        record_exit(run, code, str(exc), rank)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return code
+    except Exception as exc:
+        record_exit(run, exitcodes.FAILED, f"{type(exc).__name__}: {exc}", rank)
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     sys.exit(main())

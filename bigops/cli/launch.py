@@ -14,19 +14,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bigops.cli.options import ConfigOpt, PresetOpt, SetOpt
 from bigops.errors import BigopsError
 from launcher import local, plan
+from trainer import exitcodes
 from trainer import config as config_mod
 from trainer.rundir import RunDir, atomic_write_text, read_jsonl
 
 console = Console(highlight=False, soft_wrap=True)
 
 
-class TrainingFailed(BigopsError):
-    exit_code = 1
+class TrainingEnded(BigopsError):
+    """The ranks exited with a trainer exit code other than FINISHED (see ``trainer.exitcodes``)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
-def _flag_overrides(tp, pp, dp, steps, seed, precision) -> list[str]:
+def _flag_overrides(tp, pp, dp, steps, seed, precision, save_interval, exit_duration) -> list[str]:
     pairs = {"parallel.tp": tp, "parallel.pp": pp, "parallel.dp": dp, "train.train_steps": steps,
-             "train.seed": seed, "train.precision": precision}
+             "train.seed": seed, "train.precision": precision, "train.save_interval": save_interval,
+             "train.exit_duration_in_mins": exit_duration}
     return [f"{k}={v}" for k, v in pairs.items() if v is not None]
 
 
@@ -41,8 +47,10 @@ def launch(
                                                                  "run trains until its counter reaches it.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="train.seed")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32 or bf16 (train.precision).")] = None,
-    save_interval: Annotated[int, typer.Option("--save-interval", help="Checkpoint every N steps (0: at the "
-                                                                       "end only).")] = 0,
+    save_interval: Annotated[Optional[int], typer.Option("--save-interval", help="Checkpoint every N steps "
+                                                     "(train.save_interval; 0: at the end and on request).")] = None,
+    exit_duration: Annotated[Optional[float], typer.Option("--exit-duration-in-mins", help="Save and exit after "
+                                                           "this many minutes (train.exit_duration_in_mins).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     init_hf: Annotated[Optional[Path], typer.Option("--init-hf", help="Initial weights (and the model's shape) "
@@ -52,7 +60,8 @@ def launch(
 ) -> None:
     """Train BLOOM on this machine's ranks (torchrun, gloo on CPU) and show live progress."""
     run = RunDir(run_dir)
-    overrides = [*(set_ or []), *_flag_overrides(tp, pp, dp, steps, seed, precision)]
+    overrides = [*(set_ or []), *_flag_overrides(tp, pp, dp, steps, seed, precision, save_interval,
+                                                           exit_duration)]
     has_checkpoint = run.latest_tag() is not None
     if resume is None:
         resume = has_checkpoint
@@ -80,24 +89,59 @@ def launch(
     run.logs.mkdir(exist_ok=True)
     atomic_write_text(run.run_toml, config_mod.dumps_toml(cfg))
     world = config_mod.world_size_of(cfg)
-    trainer_args = ["--save-interval", str(save_interval)]
+    _prepare_data(run, cfg)
+    trainer_args: list[str] = []
     if init_hf is not None:
         trainer_args += ["--init-hf", str(init_hf)]
 
     done_before = len(read_jsonl(run.metrics))
+    exit_record = run.telemetry / "exit.json"
+    exit_record.unlink(missing_ok=True)
     console.print(f"[bold]bigops launch[/] {run.root}: BLOOM {cfg.model.num_layers}x{cfg.model.hidden_size} "
                   f"({cfg.model.num_attention_heads} heads), TP {cfg.parallel.tp} x PP {cfg.parallel.pp} x DP "
                   f"{cfg.parallel.dp} = {world} ranks, {cfg.train.precision}, target step {cfg.train.train_steps}"
                   + (f", resuming from {run.latest_tag()}" if resume else ""))
+    spawned = time.time()
     proc = local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log")
     try:
         _follow(run, cfg, proc, done_before)
     except KeyboardInterrupt:
         _stop(proc)
         raise
-    if proc.returncode != 0:
-        raise TrainingFailed(f"training ranks exited with code {proc.returncode}; see {run.logs / 'ranks.log'}")
-    _summary(run, done_before)
+    code, message = _exit_of(proc.returncode, exit_record)
+    _summary(run, done_before, spawned)
+    if code != exitcodes.FINISHED:
+        if code in (exitcodes.STOPPED_ON_REQUEST, exitcodes.STOPPED_BY_SIGNAL):
+            console.print(f"[bold yellow]{exitcodes.describe(code)}[/]: checkpoint {run.latest_tag()}")
+            raise typer.Exit(code)
+        raise TrainingEnded(f"{message}; see {run.logs / 'ranks.log'}", code)
+
+
+def _prepare_data(run: RunDir, cfg: config_mod.RunConfig) -> None:
+    """Tokenize the corpus once, here, before the ranks start (they only memory-map it)."""
+    from trainer.data.dataset import DataError
+    from trainer.data.source import prepare_data
+    started = time.perf_counter()
+    try:
+        meta = prepare_data(run, cfg)
+    except DataError as exc:
+        raise config_mod.ConfigError(str(exc)) from None
+    if meta is not None:
+        console.print(f"data: {meta['source']}, {meta['documents']:,} documents, {meta['train_tokens']:,} train + "
+                      f"{meta['valid_tokens']:,} validation tokens, vocab {meta['vocab_size']:,} "
+                      f"({time.perf_counter() - started:.1f} s)")
+
+
+def _exit_of(returncode: int, exit_record: Path) -> tuple[int, str]:
+    """The trainer's own exit code: torchrun reports any worker failure as 1, so read telemetry/exit.json."""
+    import json
+    try:
+        record = json.loads(exit_record.read_text())
+        return int(record["code"]), str(record.get("message") or exitcodes.describe(int(record["code"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        if returncode == 0:
+            return exitcodes.FINISHED, exitcodes.describe(exitcodes.FINISHED)
+        return exitcodes.FAILED, f"training ranks exited with code {returncode}"
 
 
 def _file_overrides(path: Path) -> list[str]:
@@ -134,12 +178,16 @@ def _stop(proc) -> None:
         pass
 
 
-def _summary(run: RunDir, done_before: int) -> None:
+def _summary(run: RunDir, done_before: int, spawned: float) -> None:
     records = read_jsonl(run.metrics)[done_before:]
     if not records:
-        console.print(f"nothing to do: the run is already at its target step; checkpoint {run.latest_tag()}")
+        console.print(f"no step trained; checkpoint {run.latest_tag()}")
         return
     speeds = sorted(r["tokens_per_second"] for r in records)
-    console.print(f"[bold green]done[/]: steps {records[0]['step']}..{records[-1]['step']}, loss "
+    first_step_started = records[0]["time"]  # the end of the first step
+    startup = first_step_started - spawned
+    training = time.time() - first_step_started
+    console.print(f"[bold green]trained[/] steps {records[0]['step']}..{records[-1]['step']}: loss "
                   f"{records[0]['loss']:.4f} -> {records[-1]['loss']:.4f}, median {speeds[len(speeds) // 2]:,.0f} "
-                  f"tokens/s, checkpoint {run.checkpoint(run.latest_tag() or '?')}")
+                  f"tokens/s; start-up {startup:.1f} s (to the end of the first step), then {training:.1f} s; "
+                  f"checkpoint {run.checkpoint(run.latest_tag() or '?')}")

@@ -21,6 +21,7 @@ def small_config(tp: int, pp: int, precision: str = "fp32") -> config_mod.RunCon
     cfg.parallel = config_mod.ParallelConfig(tp=tp, pp=pp, dp=1)
     cfg.train = config_mod.TrainConfig(seq_length=16, micro_batch_size=2, global_batch_size=4, train_steps=3,
                                        lr=1e-2, warmup_steps=0, precision=precision)
+    cfg.data.source = "synthetic"
     return cfg
 
 

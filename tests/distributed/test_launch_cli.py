@@ -22,7 +22,7 @@ def test_launch_with_hf_weights_trains_checkpoints_and_resumes(hf_model_dir, tmp
     hf_dir = hf_model_dir(num_heads=4, hidden=64, layers=2, vocab=512)
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(run), "--steps", "3",
-           "--init-hf", str(hf_dir), "--set", "train.lr=1e-3"]
+           "--init-hf", str(hf_dir), "--set", "train.lr=1e-3", "--set", "data.source=synthetic"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "TP 2 x PP 2 x DP 1 = 4 ranks" in proc.stdout and "done: steps 1..3" in proc.stdout
@@ -37,7 +37,7 @@ def test_launch_with_hf_weights_trains_checkpoints_and_resumes(hf_model_dir, tmp
         expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 512), tokens[:, 1:].reshape(-1)).item()
     assert records[0]["loss"] == pytest.approx(expected, rel=1e-5)
 
-    again = subprocess.run(cmd[:-4] + ["--steps", "4"], capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd[:-6] + ["--steps", "4"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming from global_step3" in again.stdout and "done: steps 4..4" in again.stdout
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)

@@ -30,6 +30,7 @@ def equivalence_config(tp: int, pp: int, dp: int, checkpointing: bool = False) -
     cfg.train = config_mod.TrainConfig(seq_length=32, micro_batch_size=2, global_batch_size=8,
                                        train_steps=STEPS, lr=1e-3, min_lr=1e-4, warmup_steps=2,
                                        precision="fp32", seed=7)
+    cfg.data.source = "synthetic"
     return cfg
 
 

@@ -3,28 +3,37 @@
 import pytest
 
 from trainer import config as c
-from trainer.data.sampler import micro_batch_indices, micro_batches
+import torch
+
+from trainer.data.sampler import batch_positions, rank_micro_batches
 from trainer.data.synthetic import synthetic_sample
 from trainer.ds_config import deepspeed_config, lr_at
 
 
 @pytest.mark.parametrize("dp,mb", [(1, 8), (1, 2), (2, 2), (4, 1), (2, 4)])
 def test_every_layout_reads_the_same_global_batch(dp, mb):
-    gb = 8
-    for step in range(3):
-        seen = sorted(i for d in range(dp) for m in range(gb // (mb * dp))
-                      for i in micro_batch_indices(step, m, d, global_batch=gb, micro_batch=mb, dp=dp))
-        assert seen == list(range(step * gb, (step + 1) * gb))
+    sample = lambda i: torch.tensor([i, i + 1])  # noqa: E731  position -> (T+1,) with T = 1
+    positions, consumed = batch_positions(16, 8)
+    assert positions == list(range(16, 24)) and consumed == 24
+    seen = sorted(int(x) for d in range(dp)
+                  for inputs, _ in rank_micro_batches(positions, d, micro_batch=mb, dp=dp, sample=sample)
+                  for x in inputs[:, 0])
+    assert seen == positions
+
+
+def test_skip_ranges_are_jumped_over():
+    positions, consumed = batch_positions(0, 6, [(2, 4), (5, 7)])
+    assert positions == [0, 1, 4, 7, 8, 9] and consumed == 10
+    assert batch_positions(3, 2, [(0, 10)]) == ([10, 11], 12)
+    assert batch_positions(0, 3, []) == ([0, 1, 2], 3)
 
 
 def test_resume_continues_with_the_next_batch():
     sample = lambda i: synthetic_sample(i, 8, 100, seed=1)  # noqa: E731
-    full = micro_batches(0, 0, global_batch=4, micro_batch=2, dp=1, sample=sample)
-    batches = [next(full) for _ in range(6)]
-    resumed = micro_batches(2, 0, global_batch=4, micro_batch=2, dp=1, sample=sample)
-    x, y = next(resumed)
-    assert x.equal(batches[4][0]) and y.equal(batches[4][1])
-    assert x[:, 1:].equal(y[:, :-1])  # labels are the inputs shifted by one
+    first, consumed = batch_positions(0, 4)
+    second, _ = batch_positions(consumed, 4)
+    x, y = next(rank_micro_batches(second, 0, micro_batch=2, dp=1, sample=sample))
+    assert x[0].equal(sample(4)[:-1]) and y[0].equal(sample(4)[1:])
 
 
 def test_synthetic_samples_are_deterministic_and_in_vocab():

@@ -1,0 +1,94 @@
+"""Manifests, verification, fall-back to an older checkpoint, and the control-file parsing."""
+
+import pytest
+
+from trainer import checkpoint as ckpt
+from trainer.control import ControlState, parse_skip_ranges, poll_local
+from trainer.rundir import RunDir
+
+
+def make_checkpoint(run: RunDir, step: int, publish: bool = True) -> None:
+    tag = ckpt.tag_for(step)
+    partial = ckpt.partial_dir(run, tag)
+    partial.mkdir(parents=True)
+    (partial / "layer_00-model_00-model_states.pt").write_bytes(b"weights" * step)
+    (partial / "mp_rank_00_model_states.pt").write_bytes(b"engine")
+    if publish:
+        ckpt.publish(run, partial, tag, {"step": step, "topology": {"tp": 1, "pp": 1, "dp": 1}})
+
+
+def test_publish_writes_manifest_renames_then_latest(tmp_path):
+    run = RunDir(tmp_path)
+    make_checkpoint(run, 5)
+    assert run.latest_tag() == "global_step5" and not ckpt.partial_dir(run, "global_step5").exists()
+    manifest = ckpt.read_manifest(run.checkpoint("global_step5"))
+    assert set(manifest["files"]) == {"layer_00-model_00-model_states.pt", "mp_rank_00_model_states.pt"}
+    assert manifest["step"] == 5 and ckpt.verify(run.checkpoint("global_step5")) == []
+
+
+def test_a_partial_save_never_becomes_latest(tmp_path):
+    run = RunDir(tmp_path)
+    make_checkpoint(run, 5)
+    make_checkpoint(run, 10, publish=False)  # a crash before the manifest
+    assert run.latest_tag() == "global_step5"
+    assert ckpt.find_resumable(run).tag == "global_step5"
+    assert ckpt.complete_tags(run) == ["global_step5"]
+
+
+@pytest.mark.parametrize("damage,problem", [
+    (lambda p: p.unlink(), "missing"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-3]), "truncated"),
+    (lambda p: p.write_bytes(b"X" + p.read_bytes()[1:]), "sha256 differs"),
+])
+def test_damaged_latest_falls_back_to_the_previous_good_one(tmp_path, damage, problem):
+    run = RunDir(tmp_path)
+    make_checkpoint(run, 5)
+    make_checkpoint(run, 10)
+    damage(run.checkpoint("global_step10") / "layer_00-model_00-model_states.pt")
+    assert any(problem in p for p in ckpt.verify(run.checkpoint("global_step10")))
+    found = ckpt.find_resumable(run)
+    assert (found.tag, found.fell_back_from) == ("global_step5", "global_step10") and problem in found.reason
+
+
+def test_corrupt_latest_file_and_nothing_usable(tmp_path):
+    run = RunDir(tmp_path)
+    assert ckpt.find_resumable(run) is None
+    make_checkpoint(run, 5)
+    run.latest.write_bytes(b"\x00\xff garbage")
+    with pytest.raises(ckpt.CheckpointError, match="latest is corrupt"):
+        ckpt.find_resumable(run)
+    run.latest.write_text("../../etc\n")
+    with pytest.raises(ckpt.CheckpointError, match="latest is corrupt"):
+        ckpt.find_resumable(run)
+    run.latest.write_text("global_step5\n")
+    (run.checkpoint("global_step5") / "mp_rank_00_model_states.pt").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="no older one verifies"):
+        ckpt.find_resumable(run)
+
+
+def test_skip_ranges_parsing():
+    assert parse_skip_ranges("100-200\n# after the spike at step 1234\n150-300\n500-600") == [(100, 300), (500, 600)]
+    assert parse_skip_ranges("[[1, 2], [2, 5]]") == [(1, 5)]
+    assert parse_skip_ranges("  ") == []
+    for bad in ("100", "5-3", "a-b", "[[1]]", "-1-4"):
+        with pytest.raises(ValueError):
+            parse_skip_ranges(bad)
+
+
+def test_poll_reads_switches_and_ignores_a_bad_skip_file(tmp_path, capsys):
+    state = ControlState(tmp_path, exit_duration_s=None)
+    assert poll_local(state, is_rank0=True) == [0, 0, 0, 0]
+    (tmp_path / "save-switch").touch()
+    (tmp_path / "kill-switch").touch()
+    (tmp_path / "skip-ranges").write_text("10-20\n")
+    assert poll_local(state, is_rank0=True) == [1, 1, 0, 1] and state.skip_ranges == [(10, 20)]
+    assert poll_local(state, is_rank0=False) == [0, 0, 0, 0]  # only rank 0 reads files
+    (tmp_path / "skip-ranges").write_text("garbage")
+    import os
+    os.utime(tmp_path / "skip-ranges", (1, 1))
+    assert poll_local(state, is_rank0=True)[3] == 0 and state.skip_ranges == [(10, 20)]
+    assert "ignoring" in capsys.readouterr().err
+    state.signal_received = 10
+    assert poll_local(state, is_rank0=False)[2] == 1
+    timed = ControlState(tmp_path, exit_duration_s=0.0)
+    assert poll_local(timed, is_rank0=True)[2] == 1

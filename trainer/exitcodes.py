@@ -1,0 +1,35 @@
+"""Exit codes of a training run, shared by the trainer, the launcher and the watchdog.
+
+The watchdog and the SLURM chain decide what to do from these alone: continue the chain (a time-out or
+signal after a save), stop it (finished, or stopped on request), count a crash, or roll back.
+"""
+
+FINISHED = 0
+"""The run reached its target step and saved its final checkpoint."""
+FAILED = 1
+"""A crash or unexpected error: count it against the restart budget."""
+CONFIG_ERROR = 2
+"""The configuration or command line is wrong; restarting will not help."""
+CHECKPOINT_ERROR = 3
+"""No usable checkpoint to resume from (missing, damaged, or from another topology)."""
+STOPPED_ON_REQUEST = 10
+"""``control/kill-switch`` was seen: saved and exited. Do not restart automatically."""
+STOPPED_BY_SIGNAL = 11
+"""SIGUSR1/SIGTERM (e.g. SLURM's pre-timeout signal) or ``--exit-duration-in-mins``: saved and exited.
+The next job of the chain resumes."""
+NONFINITE_LIMIT = 12
+"""Too many consecutive steps with a NaN/Inf loss or grad norm were skipped: roll back past them."""
+
+DESCRIPTIONS = {
+    FINISHED: "finished",
+    FAILED: "failed",
+    CONFIG_ERROR: "configuration error",
+    CHECKPOINT_ERROR: "no usable checkpoint",
+    STOPPED_ON_REQUEST: "stopped on request (kill switch), after saving",
+    STOPPED_BY_SIGNAL: "stopped by signal or time limit, after saving",
+    NONFINITE_LIMIT: "too many non-finite steps in a row",
+}
+
+
+def describe(code: int) -> str:
+    return DESCRIPTIONS.get(code, f"exit code {code}")

@@ -55,7 +55,7 @@ class RunDir:
     def latest_tag(self) -> str | None:
         """The tag ``checkpoints/latest`` names, or None when there is no checkpoint yet."""
         try:
-            tag = self.latest.read_text().strip()
+            tag = self.latest.read_text(errors="replace").strip()  # a corrupt file is caught by its readers
         except FileNotFoundError:
             return None
         return tag or None

@@ -56,6 +56,10 @@ def open_checkpoint(run_dir: str | Path, tag: str | None = None) -> CheckpointRe
     path = run.checkpoint(tag)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {tag!r} does not exist under {run.checkpoints}")
+    from trainer.checkpoint import verify
+    problems = verify(path, hashes=False)  # `bigops ckpt verify` re-hashes; here sizes are enough to refuse
+    if problems:
+        raise CheckpointError(f"checkpoint {tag} is incomplete or damaged: {problems[0]}")
     state = _load(path / "mp_rank_00_model_states.pt")
     ours = state.get("bigops")
     if not isinstance(ours, dict) or "config" not in ours:

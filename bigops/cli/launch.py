@@ -62,7 +62,9 @@ def launch(
     run = RunDir(run_dir)
     overrides = [*(set_ or []), *_flag_overrides(tp, pp, dp, steps, seed, precision, save_interval,
                                                            exit_duration)]
-    has_checkpoint = run.latest_tag() is not None
+    from trainer.checkpoint import find_resumable
+    resumable = find_resumable(run, hashes=False)  # sizes only here; the ranks verify the hashes
+    has_checkpoint = resumable is not None
     if resume is None:
         resume = has_checkpoint
     if resume and not has_checkpoint:
@@ -100,7 +102,9 @@ def launch(
     console.print(f"[bold]bigops launch[/] {run.root}: BLOOM {cfg.model.num_layers}x{cfg.model.hidden_size} "
                   f"({cfg.model.num_attention_heads} heads), TP {cfg.parallel.tp} x PP {cfg.parallel.pp} x DP "
                   f"{cfg.parallel.dp} = {world} ranks, {cfg.train.precision}, target step {cfg.train.train_steps}"
-                  + (f", resuming from {run.latest_tag()}" if resume else ""))
+                  + (f", resuming from {resumable.tag}" if resume else ""))
+    if resumable is not None and resumable.fell_back_from:
+        console.print(f"[yellow]warning[/]: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason})")
     spawned = time.time()
     proc = local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log")
     try:

@@ -49,8 +49,9 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; map known errors to one line + exit code."""
     try:
-        app(args=argv, standalone_mode=False)
-        return exitcodes.OK
+        result = app(args=argv, standalone_mode=False)
+        # Without standalone mode, Typer returns a typer.Exit's code instead of raising it.
+        return result if isinstance(result, int) else exitcodes.OK
     except SystemExit as exc:  # typer.Exit inside commands
         return int(exc.code or 0)
     except KeyboardInterrupt:
@@ -72,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             err_console.print(f"error: {exc.format_message()}{hint}", markup=False)
             return getattr(exc, "exit_code", exitcodes.USAGE)
+        from trainer.checkpoint import CheckpointError as TrainerCheckpointError
         if isinstance(exc, (ConfigError, HFCheckpointError)):
             code = exitcodes.USAGE
+        elif isinstance(exc, TrainerCheckpointError):
+            code = exitcodes.CHECKPOINT
         elif isinstance(exc, BigopsError):
             code = exc.exit_code
         elif isinstance(exc, OSError):

@@ -72,7 +72,7 @@ def test_export_names_a_missing_shard(trained_run, tmp_path, capsys):
     (damaged / "checkpoints" / tag / "layer_03-model_01-model_states.pt").unlink()
     assert bigops_main(["ckpt", "export-hf", str(damaged), str(tmp_path / "out")]) == 3
     err = capsys.readouterr().err
-    assert "layer_03-model_01-model_states.pt is missing" in err and err.count("\n") == 1
+    assert "layer_03-model_01-model_states.pt: missing" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))  # no partial export left
 
 

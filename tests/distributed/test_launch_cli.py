@@ -25,7 +25,7 @@ def test_launch_with_hf_weights_trains_checkpoints_and_resumes(hf_model_dir, tmp
            "--init-hf", str(hf_dir), "--set", "train.lr=1e-3", "--set", "data.source=synthetic"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "TP 2 x PP 2 x DP 1 = 4 ranks" in proc.stdout and "done: steps 1..3" in proc.stdout
+    assert "TP 2 x PP 2 x DP 1 = 4 ranks" in proc.stdout and "trained steps 1..3" in proc.stdout
     assert (run / "checkpoints" / "latest").read_text().strip() == "global_step3"
     records = [json.loads(line) for line in (run / "telemetry" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -39,6 +39,6 @@ def test_launch_with_hf_weights_trains_checkpoints_and_resumes(hf_model_dir, tmp
 
     again = subprocess.run(cmd[:-6] + ["--steps", "4"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "resuming from global_step3" in again.stdout and "done: steps 4..4" in again.stdout
+    assert "resuming from global_step3" in again.stdout and "trained steps 4..4" in again.stdout
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--init-hf only applies to a new run" in refused.stderr

@@ -120,6 +120,15 @@ class TrainConfig:
     exit_duration_in_mins: float | None = None
     """Save and exit (STOPPED_BY_SIGNAL) after this many minutes, before a job's time limit (Megatron's
     ``--exit-duration-in-mins``)."""
+    max_skipped_steps_in_a_row: int = 5
+    """A step whose loss or grad norm is NaN/Inf is skipped (no optimizer update); after this many in a
+    row the run exits with NONFINITE_LIMIT so the watchdog can roll back. 0: never exit for it."""
+    eval_interval: int = 50
+    """Validation loss on held-out text every N steps (0: never)."""
+    eval_iters: int = 2
+    """Global batches of held-out text per validation."""
+    ln_desync_interval: int = 10
+    """Measure TP desync (max |diff| of TP-duplicated parameters across TP ranks) every N steps (0: never)."""
     precision: str = "auto"
     """``bf16`` (bf16 weights, fp32 master weights and grad accumulation, as BLOOM), ``fp32``, or ``auto``:
     bf16 on a GPU, fp32 on a CPU (resolved by :func:`resolve_precision` where the ranks run)."""
@@ -363,6 +372,11 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
         raise ConfigError(f"train.lr_decay_style={t.lr_decay_style!r}: use cosine, linear or constant")
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"train.lr={t.lr} must be positive and train.min_lr={t.min_lr} in [0, train.lr]")
+    for name in ("max_skipped_steps_in_a_row", "eval_interval", "ln_desync_interval"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"train.{name}={getattr(t, name)} must be >= 0")
+    if t.eval_iters < 1:
+        raise ConfigError(f"train.eval_iters={t.eval_iters} must be >= 1")
     if t.save_interval < 0:
         raise ConfigError(f"train.save_interval={t.save_interval} must be >= 0")
     if t.exit_duration_in_mins is not None and t.exit_duration_in_mins <= 0:

@@ -28,7 +28,8 @@ from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
 from trainer.data.source import prepare_data, sample_source
 from trainer.engine import RankContext, build_engine, setup_rank
-from trainer.rundir import RunDir, atomic_write_text
+from trainer.parallel.sanity import tp_desync
+from trainer.rundir import RunDir, append_jsonl, atomic_write_text
 from trainer.telemetry import Heartbeat, MetricsSink, flops_per_token
 
 tag_for = ckpt.tag_for  # kept importable from here
@@ -42,6 +43,7 @@ def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_s
                     heartbeat: Heartbeat | None = None) -> str:
     """All ranks write into a partial directory; rank 0 then publishes it (manifest, rename, latest)."""
     tag = ckpt.tag_for(step)
+    started = time.perf_counter()
     if heartbeat:
         heartbeat.beat("checkpoint", step)
     partial = ckpt.partial_dir(run, tag)
@@ -55,11 +57,19 @@ def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_s
     dist.barrier()
     if ctx.is_logging_rank:
         p = ctx.cfg.parallel
-        ckpt.publish(run, partial, tag, {"step": step, "consumed_samples": consumed_samples,
-                                         "topology": {"tp": p.tp, "pp": p.pp, "dp": p.dp},
-                                         "precision": ctx.cfg.train.precision})
+        final = ckpt.publish(run, partial, tag, {"step": step, "consumed_samples": consumed_samples,
+                                                 "topology": {"tp": p.tp, "pp": p.pp, "dp": p.dp},
+                                                 "precision": ctx.cfg.train.precision})
+        log_checkpoint(run, "save", tag, step, time.perf_counter() - started, final)
     dist.barrier()
     return tag
+
+
+def log_checkpoint(run: RunDir, kind: str, tag: str, step: int, seconds: float, path: Path) -> None:
+    """``telemetry/checkpoints.jsonl``: every save and load, with its duration and size (rank 0)."""
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    append_jsonl(run.telemetry / "checkpoints.jsonl", {"kind": kind, "tag": tag, "step": step, "time": time.time(),
+                                                       "seconds": round(seconds, 3), "bytes": size})
 
 
 def _rank0_then_share(ctx: RankContext, fn):
@@ -97,6 +107,23 @@ def init_from_hf(ctx: RankContext, directory: str):
     return lambda pipe: load_global_weights(pipe, ctx.cfg, ctx.tp, get)
 
 
+def every(interval: int, step: int) -> bool:
+    return bool(interval) and step % interval == 0
+
+
+def validation_loss(engine, ctx: RankContext, run: RunDir) -> float:
+    """Mean loss over ``train.eval_iters`` fixed global batches of held-out text (same on every rank)."""
+    cfg = ctx.cfg
+    sample = sample_source(run, cfg, split="valid")
+    total = 0.0
+    for i in range(cfg.train.eval_iters):
+        positions = list(range(i * cfg.train.global_batch_size, (i + 1) * cfg.train.global_batch_size))
+        data = rank_micro_batches(positions, ctx.coords.dp_rank, micro_batch=cfg.train.micro_batch_size,
+                                  dp=ctx.dims.dp, sample=sample)
+        total += float(engine.eval_batch(data_iter=data))
+    return total / cfg.train.eval_iters
+
+
 def _n_params(cfg: config_mod.RunConfig) -> int:
     from trainer.model.bloom import BloomForCausalLM
     with torch.device("meta"):
@@ -124,10 +151,14 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
     engine = build_engine(ctx, init_weights=init_from_hf(ctx, init_hf) if init_hf and resumable is None else None)
     step, consumed = 0, 0
     if resumable is not None:
+        started = time.perf_counter()
         with torch.no_grad():  # loading re-broadcasts tied weights (see build_pipeline_module)
             _, client = engine.load_checkpoint(str(run.checkpoints), tag=resumable.tag)
+        dist.barrier()
         state = (client or {}).get("bigops", {})
         step, consumed = state.get("step", 0), state.get("consumed_samples", 0)
+        if rank0:
+            log_checkpoint(run, "load", resumable.tag, step, time.perf_counter() - started, resumable.path)
     heartbeat.attach(engine.module)
     sink = MetricsSink(run) if rank0 else None
     flops = flops_per_token(_n_params(cfg), cfg.model.num_layers, cfg.model.hidden_size, cfg.train.seq_length)
@@ -135,6 +166,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
     last_saved = step if resumable is not None else -1
     tokens_per_step = cfg.train.global_batch_size * cfg.train.seq_length
     code = exitcodes.FINISHED
+    skipped_in_a_row, save_due = 0, False
     try:
         while True:
             decision = decide(control, rank0)
@@ -159,17 +191,32 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
             heartbeat.beat("step", step, force=True)
             grad_norm = engine.get_global_grad_norm()
             grad_norm = float(grad_norm) if grad_norm is not None else None
+            # DeepSpeed's optimizers skip the update when the grad norm is NaN/Inf (a NaN loss makes NaN
+            # gradients): the data is consumed, the weights and the LR schedule are left as they were.
+            skipped = not engine.was_step_applied() or not math.isfinite(loss)
+            skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+            record = {
+                "step": step, "time": time.time(), "loss": loss, "grad_norm": grad_norm, "lr": lr,
+                "tokens_per_second": tokens_per_step / elapsed,
+                "tflops_per_gpu": tokens_per_step / elapsed * flops / world / 1e12,
+                "consumed_samples": consumed, "skipped": skipped,
+            }
+            if every(cfg.train.ln_desync_interval, step) and cfg.parallel.tp > 1:
+                record["ln_desync"] = tp_desync(engine.module, ctx.tp)
+            if every(cfg.train.eval_interval, step):
+                heartbeat.beat("eval", step)
+                record["val_loss"] = validation_loss(engine, ctx, run)
             if rank0:
-                sink.write({
-                    "step": step, "time": time.time(), "loss": loss, "grad_norm": grad_norm, "lr": lr,
-                    "tokens_per_second": tokens_per_step / elapsed,
-                    "tflops_per_gpu": tokens_per_step / elapsed * flops / world / 1e12,
-                    "consumed_samples": consumed,
-                    "skipped": not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)),
-                })
-            if cfg.train.save_interval and step % cfg.train.save_interval == 0:
+                sink.write(record)
+            limit = cfg.train.max_skipped_steps_in_a_row
+            if limit and skipped_in_a_row >= limit:
+                code = exitcodes.NONFINITE_LIMIT  # no save: the weights or data are bad, roll back instead
+                break
+            # A periodic save waits for a good step: a checkpoint taken in a NaN streak is not one to go back to.
+            save_due = save_due or every(cfg.train.save_interval, step)
+            if save_due and not skipped:
                 save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
-                last_saved = step
+                last_saved, save_due = step, False
         if code == exitcodes.FINISHED and last_saved != step:
             save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
         heartbeat.beat("exit", step, force=True)

@@ -22,8 +22,8 @@ def _worker(rank: int, port: int, errors):
     dist.init_process_group("gloo", rank=rank, world_size=TP)
     try:
         from trainer.parallel.mappings import TPGroup
-        tp = TPGroup(group=dist.new_group([0, 1]), rank=rank, size=TP)
-        for check in (check_column_row_mlp, check_vocab_embedding_and_cross_entropy, check_block):
+        tp = TPGroup(group=dist.new_group([0, 1]), rank=rank, size=TP, ranks=(0, 1))
+        for check in (check_column_row_mlp, check_vocab_embedding_and_cross_entropy, check_block, check_desync):
             check(tp)
     except Exception:  # report to the parent: an assertion inside a spawned process
         errors.put(f"rank {rank}: {traceback.format_exc()}")
@@ -122,6 +122,23 @@ def check_block(tp):
     got.sum().backward()
     for name, p in block.named_parameters():
         _close(p.grad, shard(name, full_params[name].grad, tp.rank, tp.size), f"block grad {name}")
+
+
+def check_desync(tp):
+    """tp_desync sees a drifted layer norm (and only TP-duplicated tensors count)."""
+    from trainer.config import ModelConfig
+    from trainer.model.bloom import BloomBlock
+    from trainer.parallel.plan import parallelize_block
+    from trainer.parallel.sanity import tp_desync
+    block = parallelize_block(BloomBlock(ModelConfig(hidden_size=16, num_attention_heads=2)), tp)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.fill_(0.5)
+        block.mlp.dense_h_to_4h.weight.fill_(float(tp.rank))  # sharded: differs by design, not counted
+    assert tp_desync(block, tp) == 0.0
+    with torch.no_grad():
+        block.post_attention_layernorm.bias[3] += 0.25 * tp.rank  # BLOOM's bug: TP rank 1 drifts
+    assert tp_desync(block, tp) == 0.25
 
 
 def test_tp_layers_match_unsharded_twins():

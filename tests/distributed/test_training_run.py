@@ -60,6 +60,9 @@ def test_default_launch_trains_real_text_and_its_loss_goes_down(tmp_path):
     first, last = sum(r["loss"] for r in records[:10]) / 10, sum(r["loss"] for r in records[-10:]) / 10
     assert last < first - 1.0, (first, last)
     assert all(r["tflops_per_gpu"] > 0 and r["consumed_samples"] == 16 * r["step"] for r in records)
+    assert [r["step"] for r in records if "val_loss" in r] == [50, 100]
+    assert records[-1]["val_loss"] < records[49]["val_loss"]
+    assert [r["ln_desync"] for r in records if "ln_desync" in r] == [0.0] * 10  # every 10 steps, in sync
     assert RunDir(run).latest_tag() == "global_step100" and ckpt.verify(run / "checkpoints" / "global_step100") == []
     beats = [json.loads(p.read_text()) for p in sorted((run / "telemetry" / "heartbeat").glob("rank-*.json"))]
     assert [b["rank"] for b in beats] == [0, 1, 2, 3] and {b["phase"] for b in beats} == {"exit"}
@@ -155,6 +158,21 @@ def test_sigkill_during_a_checkpoint_write_leaves_latest_complete(tmp_path):
     resumed = bigops("launch", "--run-dir", run, "--steps", ckpt.step_of(latest) + 2)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming from {latest}" in resumed.stdout
+
+
+def test_nonfinite_steps_are_skipped_then_the_run_exits_for_a_rollback(tmp_path):
+    run = tmp_path / "run"
+    # An absurd learning rate without clipping: step 1 blows the weights up, later losses are NaN/Inf.
+    proc = bigops("launch", "--run-dir", run, *FAST, "--steps", 50, "--save-interval", 1, "--set", "train.lr=1e30",
+                  "--set", "train.min_lr=1e30", "--set", "train.warmup_steps=0", "--set", "train.clip_grad=0",
+                  "--set", "train.max_skipped_steps_in_a_row=3")
+    assert proc.returncode == exitcodes.NONFINITE_LIMIT, proc.stdout + proc.stderr
+    records = read_jsonl(run / "telemetry" / "metrics.jsonl")
+    assert [r["skipped"] for r in records[-3:]] == [True] * 3 and not records[0]["skipped"]
+    assert len(records) < 50
+    saved = ckpt.step_of(RunDir(run).latest_tag())
+    assert all(not r["skipped"] for r in records[:saved])  # nothing saved after a skipped step
+    assert saved == len(records) - 3
 
 
 def _one_line_error(proc, code, text):

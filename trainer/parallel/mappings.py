@@ -28,6 +28,8 @@ class TPGroup:
     group: dist.ProcessGroup | None = None
     rank: int = 0
     size: int = 1
+    ranks: tuple[int, ...] = (0,)
+    """Global ranks of the group, in TP-rank order."""
 
     @classmethod
     def single(cls) -> "TPGroup":

@@ -87,5 +87,5 @@ def new_tp_group(dims: ParallelDims, rank: int) -> TPGroup:
     for ranks in dims.topology().get_axis_comm_lists("model"):
         group = dist.new_group(ranks=ranks) if dims.tp > 1 else None
         if rank in ranks:
-            mine = TPGroup(group=group, rank=ranks.index(rank), size=len(ranks))
+            mine = TPGroup(group=group, rank=ranks.index(rank), size=len(ranks), ranks=tuple(ranks))
     return mine

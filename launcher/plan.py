@@ -10,8 +10,9 @@ from pathlib import Path
 
 from trainer import config as config_mod
 
-# What a resumed run may not change: the checkpoint's shapes and shards depend on them.
-FROZEN_ON_RESUME = ("model", "parallel")
+# What a resumed run may not change: the checkpoint's shapes and shards depend on the model and the layout,
+# and its consumed_samples on the data (RUN/data is tokenized once).
+FROZEN_ON_RESUME = ("model", "parallel", "data")
 
 
 def fresh_config(preset: str, config_file, overrides: list[str], hf_config: dict | None = None,
@@ -48,5 +49,5 @@ def resumed_config(stored: config_mod.RunConfig, overrides: list[str]) -> config
             if old != new and not (section == "parallel" and f.name == "dp" and new is None):
                 raise config_mod.ConfigError(
                     f"{section}.{f.name}={new} differs from the run's {section}.{f.name}={old}: a resumed run keeps "
-                    f"its model and layout (start a new --run-dir, or convert the checkpoint)")
+                    f"its model, layout and data (start a new --run-dir, or convert the checkpoint)")
     return config_mod.validate(cfg, world_size=config_mod.world_size_of(stored))

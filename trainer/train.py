@@ -32,9 +32,6 @@ from trainer.parallel.sanity import tp_desync
 from trainer.rundir import RunDir, append_jsonl, atomic_write_text
 from trainer.telemetry import Heartbeat, MetricsSink, flops_per_token
 
-tag_for = ckpt.tag_for  # kept importable from here
-
-
 class TopologyMismatch(ckpt.CheckpointError):
     pass
 
@@ -54,6 +51,7 @@ def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_s
     client_state = {"bigops": {"step": step, "consumed_samples": consumed_samples,
                                "config": config_mod.to_dict(ctx.cfg)}}
     engine.save_checkpoint(str(run.checkpoints), tag=partial.name, client_state=client_state, save_latest=False)
+    torch.save(rng_state(), partial / f"rng_state_rank{ctx.coords.rank:05d}.pt")  # DeepSpeed saves no RNG
     dist.barrier()
     if ctx.is_logging_rank:
         p = ctx.cfg.parallel
@@ -63,6 +61,31 @@ def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_s
         log_checkpoint(run, "save", tag, step, time.perf_counter() - started, final)
     dist.barrier()
     return tag
+
+
+def rng_state() -> dict:
+    """Every generator a rank draws from (dropout, shuffles), so that a resume continues its streams."""
+    import random
+
+    import numpy as np
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(path: Path) -> None:
+    import random
+
+    import numpy as np
+    # weights_only=False: Python's and NumPy's states are plain tuples, but not of tensor types. The file is
+    # one this rank wrote into a manifest-verified checkpoint.
+    state = torch.load(path, weights_only=False)
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def log_checkpoint(run: RunDir, kind: str, tag: str, step: int, seconds: float, path: Path) -> None:
@@ -154,6 +177,9 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
         started = time.perf_counter()
         with torch.no_grad():  # loading re-broadcasts tied weights (see build_pipeline_module)
             _, client = engine.load_checkpoint(str(run.checkpoints), tag=resumable.tag)
+        rng_file = resumable.path / f"rng_state_rank{ctx.coords.rank:05d}.pt"
+        if rng_file.is_file():
+            restore_rng_state(rng_file)
         dist.barrier()
         state = (client or {}).get("bigops", {})
         step, consumed = state.get("step", 0), state.get("consumed_samples", 0)
@@ -197,7 +223,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
             skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
             record = {
                 "step": step, "time": time.time(), "loss": loss, "grad_norm": grad_norm, "lr": lr,
-                "tokens_per_second": tokens_per_step / elapsed,
+                "step_seconds": elapsed, "tokens_per_second": tokens_per_step / elapsed,
                 "tflops_per_gpu": tokens_per_step / elapsed * flops / world / 1e12,
                 "consumed_samples": consumed, "skipped": skipped,
             }

@@ -51,8 +51,12 @@ def open_checkpoint(run_dir: str | Path, tag: str | None = None) -> CheckpointRe
     tag = tag or run.latest_tag()
     if tag is None:
         raise CheckpointError(f"{run.root} has no checkpoint yet (no {run.latest.relative_to(run.root)})")
-    if "/" in tag or tag in (".", "..") or tag.startswith("."):
-        raise CheckpointError(f"invalid checkpoint tag {tag!r}")
+    from trainer.checkpoint import CheckpointError as BadTag
+    from trainer.checkpoint import check_tag
+    try:
+        check_tag(tag)
+    except BadTag as exc:
+        raise CheckpointError(str(exc)) from None
     path = run.checkpoint(tag)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {tag!r} does not exist under {run.checkpoints}")

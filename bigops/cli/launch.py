@@ -188,10 +188,10 @@ def _summary(run: RunDir, done_before: int, spawned: float) -> None:
         console.print(f"no step trained; checkpoint {run.latest_tag()}")
         return
     speeds = sorted(r["tokens_per_second"] for r in records)
-    first_step_started = records[0]["time"]  # the end of the first step
-    startup = first_step_started - spawned
-    training = time.time() - first_step_started
+    first_step_began = records[0]["time"] - records[0].get("step_seconds", 0.0)
+    startup = first_step_began - spawned
+    training = time.time() - first_step_began
     console.print(f"[bold green]trained[/] steps {records[0]['step']}..{records[-1]['step']}: loss "
                   f"{records[0]['loss']:.4f} -> {records[-1]['loss']:.4f}, median {speeds[len(speeds) // 2]:,.0f} "
-                  f"tokens/s; start-up {startup:.1f} s (to the end of the first step), then {training:.1f} s; "
+                  f"tokens/s; start-up {startup:.1f} s, training {training:.1f} s; "
                   f"checkpoint {run.checkpoint(run.latest_tag() or '?')}")

@@ -34,6 +34,8 @@ def test_resume_refuses_a_layout_change_but_allows_more_steps():
         resumed_config(stored, ["parallel.tp=1"])
     with pytest.raises(c.ConfigError, match="model.hidden_size=128 differs"):
         resumed_config(stored, ["model.hidden_size=128"])
+    with pytest.raises(c.ConfigError, match="data.source=synthetic differs from the run's data.source=stdlib"):
+        resumed_config(stored, ["data.source=synthetic"])
 
 
 def test_init_hf_takes_the_model_shape_from_the_checkpoint(hf_model_dir):

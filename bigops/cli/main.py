@@ -38,8 +38,9 @@ def version() -> None:
 
 
 def _register() -> None:
-    from bigops.cli import ckpt, launch
+    from bigops.cli import ckpt, launch, watch
     app.command(name="launch")(launch.launch)
+    app.command(name="watch")(watch.watch)
     app.add_typer(ckpt.app, name="ckpt")
 
 

@@ -173,6 +173,10 @@ def test_nonfinite_steps_are_skipped_then_the_run_exits_for_a_rollback(tmp_path)
     saved = ckpt.step_of(RunDir(run).latest_tag())
     assert all(not r["skipped"] for r in records[:saved])  # nothing saved after a skipped step
     assert saved == len(records) - 3
+    watch = bigops("watch", run, "--once", "--format", "json")  # the watchdog sees it from the records
+    found = [json.loads(line) for line in watch.stdout.splitlines()]
+    assert watch.returncode == 0 and any(f["kind"].startswith("NonFinite") and f["severity"] == "critical"
+                                         for f in found), watch.stdout + watch.stderr
 
 
 def _one_line_error(proc, code, text):

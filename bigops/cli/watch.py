@@ -1,0 +1,43 @@
+"""``bigops watch``: the watchdog daemon over a run directory."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bigops.cli.options import RunDirArg
+
+
+def watch(
+    run_dir: RunDirArg,
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit (for cron or a test).")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between passes.")] = 10.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide, record, but take no action.")] = False,
+    output_format: Annotated[str, typer.Option("--format", help="text or json (one object per finding).")] = "text",
+) -> None:
+    """Watch a run: detect loss spikes, NaNs, hangs, slowdowns, TP desync and full disks; record them in
+    events.jsonl, one line each here. Exit code 0; findings are not errors."""
+    from bigops.errors import ConfigError
+    from bigops.watchdog.daemon import one_line, state_path, tick
+    from bigops.watchdog.state import WatchState
+    from trainer.rundir import RunDir
+
+    if output_format not in ("text", "json"):
+        raise ConfigError(f"--format {output_format!r}: use text or json")
+    if interval <= 0:
+        raise ConfigError(f"--interval {interval}: must be positive")
+    run = RunDir(Path(run_dir))
+    if not run.root.is_dir():
+        raise ConfigError(f"{run.root} is not a run directory")
+    state = WatchState.load(state_path(run))
+    while True:
+        new, _ = tick(run, state, dry_run=dry_run)
+        for finding in new:
+            typer.echo(json.dumps(finding.as_dict()) if output_format == "json" else one_line(finding))
+        if once:
+            return
+        time.sleep(interval)

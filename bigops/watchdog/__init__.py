@@ -1,0 +1,1 @@
+"""The watchdog: pure detectors over the run directory's records, a policy, actions (``bigops watch``)."""

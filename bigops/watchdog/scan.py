@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bigops.watchdog.detectors.desync import DesyncConfig, detect_desync
 from bigops.watchdog.detectors.disk import DiskConfig, DiskUsage, detect_disk
+from bigops.watchdog.detectors.gpu import GpuConfig, detect_gpu
 from bigops.watchdog.detectors.grad_norm import GradNormConfig, GradNormSpikeDetector
 from bigops.watchdog.detectors.hang import HangConfig, detect_hang
 from bigops.watchdog.detectors.loss_spike import LossSpikeConfig, LossSpikeDetector
@@ -36,6 +37,7 @@ class WatchConfig:
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     desync: DesyncConfig = field(default_factory=DesyncConfig)
     disk: DiskConfig = field(default_factory=DiskConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
 
 
 def _number(value) -> float | None:
@@ -44,7 +46,7 @@ def _number(value) -> float | None:
     return float(value)
 
 
-def read_tail(path: Path, max_records: int) -> tuple[list[dict], int]:
+def read_tail(path: Path, max_records: int, required_int: str = "step") -> tuple[list[dict], int]:
     """The last ``max_records`` well-formed metric records, and how many lines were skipped as malformed
     (half-written, not JSON, wrong types, oversized): the daemon never crashes on a bad record."""
     records, skipped = [], 0
@@ -70,7 +72,8 @@ def read_tail(path: Path, max_records: int) -> tuple[list[dict], int]:
         except (ValueError, UnicodeDecodeError):
             skipped += 1
             continue
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or isinstance(record.get("step"), bool):
+        key = record.get(required_int) if isinstance(record, dict) else None
+        if not isinstance(key, int) or isinstance(key, bool):
             skipped += 1
             continue
         records.append(record)
@@ -90,6 +93,16 @@ def read_heartbeats(run: RunDir) -> dict[int, dict]:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return beats
+
+
+def read_gpu_samples(run: RunDir, per_host: int = 256) -> dict[str, list[dict]]:
+    out = {}
+    for path in sorted((run.telemetry / "gpu").glob("*.jsonl")):
+        records, _ = read_tail(path, per_host, required_int="index")
+        records = [r for r in records if isinstance(r.get("host"), str) and _number(r.get("time")) is not None]
+        if records:
+            out[records[-1]["host"]] = records
+    return out
 
 
 def disk_usage(path: Path) -> DiskUsage:
@@ -135,6 +148,9 @@ def scan_run(run: RunDir, now: float | None = None, config: WatchConfig = WatchC
     findings += detect_hang(beats, now, step_seconds, config.hang)
     if run.root.exists():
         findings += detect_disk(disk_usage(run.root), last_checkpoint_bytes(run), config.disk)
+    gpu_samples = read_gpu_samples(run)
+    findings += detect_gpu(gpu_samples, now, config.gpu)
     facts = {"last_record": records[-1] if records else None, "records": len(records),
-             "malformed_records": malformed, "heartbeats": beats, "latest_checkpoint": run.latest_tag()}
+             "malformed_records": malformed, "heartbeats": beats, "latest_checkpoint": run.latest_tag(),
+             "gpus": gpu_samples}
     return findings, facts

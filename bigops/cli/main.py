@@ -38,8 +38,9 @@ def version() -> None:
 
 
 def _register() -> None:
-    from bigops.cli import ckpt, gpu, launch, watch
+    from bigops.cli import ckpt, gpu, launch, status, watch
     app.command(name="launch")(launch.launch)
+    app.command(name="status")(status.status)
     app.command(name="watch")(watch.watch)
     app.command(name="gpu-monitor")(gpu.gpu_monitor)
     app.add_typer(ckpt.app, name="ckpt")

@@ -18,6 +18,10 @@ def watch(
     interval: Annotated[float, typer.Option("--interval", help="Seconds between passes.")] = 10.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide, record, but take no action.")] = False,
     output_format: Annotated[str, typer.Option("--format", help="text or json (one object per finding).")] = "text",
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port "
+                                              "(0: off).")] = 0,
+    metrics_address: Annotated[str, typer.Option("--metrics-address", help="Address to serve metrics on.")]
+    = "127.0.0.1",
 ) -> None:
     """Watch a run: detect loss spikes, NaNs, hangs, slowdowns, TP desync and full disks; record them in
     events.jsonl, one line each here. Exit code 0; findings are not errors."""
@@ -34,8 +38,19 @@ def watch(
     if not run.root.is_dir():
         raise ConfigError(f"{run.root} is not a run directory")
     state = WatchState.load(state_path(run))
+    collector = None
+    if metrics_port:
+        from bigops.metrics.exporter import RunCollector, serve
+        collector = RunCollector(run.root.resolve().name)
+        try:
+            serve(collector, metrics_port, metrics_address)
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {metrics_port}: cannot listen on {metrics_address} ({exc.strerror})") from None
     while True:
-        new, _ = tick(run, state, dry_run=dry_run)
+        now = time.time()
+        new, facts = tick(run, state, now=now, dry_run=dry_run)
+        if collector is not None:
+            collector.update(facts, facts["findings"], new, now)
         for finding in new:
             typer.echo(json.dumps(finding.as_dict()) if output_format == "json" else one_line(finding))
         if once:

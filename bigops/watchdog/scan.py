@@ -105,6 +105,27 @@ def read_gpu_samples(run: RunDir, per_host: int = 256) -> dict[str, list[dict]]:
     return out
 
 
+def target_step(run: RunDir) -> int | None:
+    import tomllib
+    try:
+        value = tomllib.loads(run.run_toml.read_text()).get("train", {}).get("train_steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def latest_checkpoint_facts(run: RunDir) -> dict:
+    """The step and creation time of the checkpoint ``latest`` names, from its manifest."""
+    tag = run.latest_tag()
+    if not tag or "/" in tag or tag.startswith("."):
+        return {}
+    try:
+        manifest = json.loads((run.checkpoint(tag) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: manifest.get(k) for k in ("step", "created", "tag")} if isinstance(manifest, dict) else {}
+
+
 def disk_usage(path: Path) -> DiskUsage:
     st = os.statvfs(path)
     return DiskUsage(total_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bavail * st.f_frsize,
@@ -150,7 +171,13 @@ def scan_run(run: RunDir, now: float | None = None, config: WatchConfig = WatchC
         findings += detect_disk(disk_usage(run.root), last_checkpoint_bytes(run), config.disk)
     gpu_samples = read_gpu_samples(run)
     findings += detect_gpu(gpu_samples, now, config.gpu)
+    val = [r for r in records if _number(r.get("val_loss")) is not None]
+    checkpoint = latest_checkpoint_facts(run)
     facts = {"last_record": records[-1] if records else None, "records": len(records),
+             "last_val_loss": val[-1]["val_loss"] if val else None,
+             "last_ln_desync": desync[-1]["ln_desync"] if desync else None,
+             "target_step": target_step(run), "checkpoint_step": checkpoint.get("step"),
+             "checkpoint_time": checkpoint.get("created"), "findings": findings,
              "malformed_records": malformed, "heartbeats": beats, "latest_checkpoint": run.latest_tag(),
              "gpus": gpu_samples}
     return findings, facts

@@ -73,3 +73,16 @@ def test_damaged_state_file_does_not_stop_the_watchdog(tmp_path):
     (tmp_path / "watchdog" / "state.json").write_text("{half")
     assert main(["watch", str(tmp_path), "--once"]) == 0
     assert (tmp_path / "watchdog" / "state.damaged").exists()
+
+
+def test_status_one_screen_and_json(tmp_path, capsys):
+    now = time.time()
+    records = bloom_13b_records()
+    write_run(tmp_path, records, [{"rank": 0, "host": "n1", "pid": 7, "step": 29090, "phase": "step", "time": now}])
+    assert main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "step 29090" in out and "LossSpike" in out and "rank" in out
+    assert main(["status", str(tmp_path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["last_record"]["step"] == 29090 and data["problems"][0]["kind"] == "LossSpike"
+    assert not (tmp_path / "events.jsonl").exists()  # status only reads

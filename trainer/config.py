@@ -150,6 +150,34 @@ class DataConfig:
 
 
 @dataclass
+class AlertsConfig:
+    """Where the watchdog sends one line per problem. Secrets are never in this file: options ending in
+    ``_env`` name an environment variable (or a key of ``secrets_file``, a 0600 KEY=VALUE file)."""
+
+    min_severity: str = "warning"
+    """info, warning or critical: what is sent (everything is recorded in events.jsonl anyway)."""
+    slack_webhook_env: str | None = None
+    """Variable holding a Slack-compatible incoming-webhook URL."""
+    webhook_env: str | None = None
+    """Variable holding a generic webhook URL (receives the finding as JSON)."""
+    alertmanager_url: str | None = None
+    """Alertmanager's base URL, e.g. http://127.0.0.1:9093 (alerts are POSTed to /api/v2/alerts)."""
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    smtp_password_env: str | None = None
+    email_from: str = "bigops@localhost"
+    email_to: str = ""
+    """Comma-separated recipients."""
+    secrets_file: str | None = None
+    rate_limit_per_minute: int = 20
+    """Per channel; beyond it, messages are dropped and counted (the events log keeps everything)."""
+    retries: int = 3
+    timeout_s: float = 10.0
+
+
+@dataclass
 class RunConfig:
     """The whole tree; ``run.toml`` in a run directory is this, resolved."""
 
@@ -157,6 +185,7 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -377,6 +406,8 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
             raise ConfigError(f"train.{name}={getattr(t, name)} must be >= 0")
     if t.eval_iters < 1:
         raise ConfigError(f"train.eval_iters={t.eval_iters} must be >= 1")
+    if cfg.alerts.min_severity not in ("info", "warning", "critical"):
+        raise ConfigError(f"alerts.min_severity={cfg.alerts.min_severity!r}: use info, warning or critical")
     if t.save_interval < 0:
         raise ConfigError(f"train.save_interval={t.save_interval} must be >= 0")
     if t.exit_duration_in_mins is not None and t.exit_duration_in_mins <= 0:

@@ -38,6 +38,7 @@ def watch(
     if not run.root.is_dir():
         raise ConfigError(f"{run.root} is not a run directory")
     state = WatchState.load(state_path(run))
+    notifier = _notifier(run)
     collector = None
     if metrics_port:
         from bigops.metrics.exporter import RunCollector, serve
@@ -48,11 +49,30 @@ def watch(
             raise ConfigError(f"--metrics-port {metrics_port}: cannot listen on {metrics_address} ({exc.strerror})") from None
     while True:
         now = time.time()
-        new, facts = tick(run, state, now=now, dry_run=dry_run)
+        new, facts = tick(run, state, now=now, dry_run=dry_run, notifier=notifier)
         if collector is not None:
             collector.update(facts, facts["findings"], new, now)
         for finding in new:
             typer.echo(json.dumps(finding.as_dict()) if output_format == "json" else one_line(finding))
         if once:
+            notifier.drain()
             return
         time.sleep(interval)
+
+
+def _notifier(run):
+    """The channels of run.toml's [alerts] (none when the run has no run.toml yet)."""
+    from bigops.errors import ConfigError
+    from bigops.notify.notifier import from_config
+    from bigops.notify.secrets import SecretError
+    from bigops.watchdog.daemon import events_path
+    from trainer import config as config_mod
+    from trainer.rundir import append_jsonl
+
+    alerts = config_mod.AlertsConfig()
+    if run.run_toml.exists():
+        alerts = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig()).alerts
+    try:
+        return from_config(alerts, run.root.resolve().name, on_result=lambda r: append_jsonl(events_path(run), r))
+    except SecretError as exc:
+        raise ConfigError(str(exc)) from None

@@ -30,17 +30,23 @@ def events_path(run: RunDir) -> Path:
 
 
 def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool = False,
-         config: WatchConfig = WatchConfig()) -> tuple[list[Finding], dict]:
-    """One pass; returns the findings that are new (and were recorded), and the facts of the pass."""
+         config: WatchConfig = WatchConfig(), notifier=None) -> tuple[list[Finding], dict]:
+    """One pass; returns the findings that are new (and were recorded), and the facts of the pass.
+
+    New findings are written to events.jsonl, then handed to the notifier (which only enqueues: a slow or
+    dead receiver never delays the next pass)."""
     now = time.time() if now is None else now
     findings, facts = scan_run(run, now=now, config=config)
     new = [f for f in findings if state.is_new(f)]
     for f in new:
-        append_jsonl(events_path(run), {
-            "time": now, "type": "finding", "kind": f.kind, "severity": f.severity, "summary": f.summary,
-            "key": f.key, "step": f.step, "evidence": f.evidence, "runbook": runbook_for(f),
-            "action": "dry-run: none" if dry_run else "none",
-        })
+        event = {"time": now, "type": "finding", "kind": f.kind, "severity": f.severity, "summary": f.summary,
+                 "key": f.key, "step": f.step, "evidence": f.evidence, "runbook": runbook_for(f)}
+        notify = notifier is not None and notifier.channels and notifier.wanted(f.severity)
+        event["action"] = ("dry-run: " if dry_run else "") + (
+            "notify " + ", ".join(c.name for c in notifier.channels) if notify else "none")
+        append_jsonl(events_path(run), event)
+        if notify:
+            notifier.submit(event, one_line(f))
         state.remember(f, now)
     if new:
         state.save()

@@ -1,0 +1,1 @@
+"""Notifications: one line per problem to chat, webhooks, email and Alertmanager, off the detection path."""

@@ -1,0 +1,147 @@
+"""Notifications reach a real local HTTP receiver and a local SMTP server (aiosmtpd); a dead receiver is
+retried, recorded, and never blocks detection; secrets never reach events.jsonl."""
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from bigops.cli.main import main
+from bigops.notify.secrets import SecretError, load_secrets_file
+from launcher.local import free_port
+from tests.unit.test_watch import bloom_13b_records, write_run
+
+
+class Receiver:
+    """A local HTTP server that records every POST (path, JSON body)."""
+
+    def __init__(self):
+        self.received = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def smtp_server():
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    messages = []
+
+    class Keep(Message):
+        def handle_message(self, message):
+            messages.append(message)
+
+    controller = Controller(Keep(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, messages
+    controller.stop()
+
+
+def spike_run(tmp_path, alerts: str):
+    write_run(tmp_path, bloom_13b_records())
+    (tmp_path / "run.toml").write_text(alerts)
+
+
+def test_every_channel_receives_one_line_per_problem(tmp_path, receiver, smtp_server, monkeypatch, capsys):
+    controller, mails = smtp_server
+    monkeypatch.setenv("TEST_SLACK_URL", receiver.url + "/slack/T000/SECRET-TOKEN")
+    monkeypatch.setenv("TEST_HOOK_URL", receiver.url + "/hook")
+    spike_run(tmp_path, f"""[alerts]
+slack_webhook_env = "TEST_SLACK_URL"
+webhook_env = "TEST_HOOK_URL"
+alertmanager_url = "{receiver.url}"
+smtp_host = "127.0.0.1"
+smtp_port = {controller.port}
+email_to = "oncall@example.org"
+""")
+    assert main(["watch", str(tmp_path), "--once"]) == 0
+    by_path = {}
+    for path, body in receiver.received:
+        by_path.setdefault(path.split("/")[1], []).append(body)
+    assert by_path["slack"][0]["text"].startswith("[CRITICAL] LossSpike: loss spike since step 29050")
+    assert by_path["hook"][0]["event"]["evidence"]["start_step"] == 29050
+    alert = by_path["api"][0][0]
+    assert alert["labels"]["alertname"] == "LossSpike" and alert["annotations"]["runbook_url"] == "runbooks/LossSpike.md"
+    assert len(mails) == 1 and "LossSpike" in mails[0]["Subject"]
+    events = (tmp_path / "events.jsonl").read_text()
+    assert events.count('"outcome":"delivered"') == 4
+    assert "SECRET-TOKEN" not in events  # the webhook URL is a secret
+
+
+def test_dead_receiver_is_retried_recorded_and_does_not_block(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEAD_HOOK", f"http://127.0.0.1:{free_port()}/token-xyz")
+    spike_run(tmp_path, '[alerts]\nwebhook_env = "DEAD_HOOK"\nretries = 2\n')
+    from bigops.notify.notifier import from_config
+    from bigops.watchdog.daemon import events_path, tick
+    from bigops.watchdog.state import WatchState
+    from trainer import config as config_mod
+    from trainer.rundir import RunDir, append_jsonl
+    run = RunDir(tmp_path)
+    alerts = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig()).alerts
+    notifier = from_config(alerts, "r", on_result=lambda r: append_jsonl(events_path(run), r))
+    started = time.perf_counter()
+    new, _ = tick(run, WatchState.load(tmp_path / "state.json"), notifier=notifier)
+    assert new and time.perf_counter() - started < 1.0  # detection did not wait for delivery
+    notifier.drain()
+    records = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    failed = [r for r in records if r.get("outcome") == "failed"]
+    assert failed and failed[0]["attempts"] == 2 and "token-xyz" not in json.dumps(records)
+
+
+def test_min_severity_and_rate_limit():
+    from bigops.notify.notifier import Notifier
+
+    class Sink:
+        name = "sink"
+
+        def __init__(self):
+            self.lines = []
+
+        def send(self, event, line):
+            self.lines.append(line)
+
+    sink, results = Sink(), []
+    n = Notifier([sink], min_severity="critical", rate_limit_per_minute=2, on_result=results.append)
+    assert not n.submit({"severity": "warning", "key": "w", "kind": "K"}, "w")
+    for i in range(4):
+        assert n.submit({"severity": "critical", "key": f"k{i}", "kind": "K"}, f"line {i}")
+    n.drain()
+    assert sink.lines == ["line 0", "line 1"]
+    assert [r["outcome"] for r in results].count("rate-limited") == 2
+
+
+def test_secrets_file_must_be_private(tmp_path):
+    f = tmp_path / "secrets"
+    f.write_text("HOOK=https://example.org/secret\n")
+    os.chmod(f, 0o644)
+    with pytest.raises(SecretError, match="chmod 600"):
+        load_secrets_file(f)
+    os.chmod(f, 0o600)
+    assert load_secrets_file(f) == {"HOOK": "https://example.org/secret"}

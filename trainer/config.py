@@ -178,6 +178,30 @@ class AlertsConfig:
 
 
 @dataclass
+class WatchdogConfig:
+    """What ``bigops watch`` / ``bigops launch --watch`` may do on its own, and its thresholds."""
+
+    interval_s: float = 5.0
+    """Seconds between watchdog passes."""
+    restart_budget: int = 5
+    """Automatic restarts allowed per ``restart_window_s``; beyond, it stops and pages."""
+    restart_window_s: float = 3600.0
+    no_progress_restarts: int = 3
+    """Stop restarting (and page) when this many restarts in a row resumed from the same checkpoint step."""
+    hang_factor: float = 10.0
+    """A training phase hangs after max(hang_min_timeout_s, factor x p95 step time) without a heartbeat."""
+    hang_min_timeout_s: float = 60.0
+    hang_startup_timeout_s: float = 900.0
+    hang_checkpoint_timeout_s: float = 1800.0
+    on_loss_spike: str = "rollback"
+    """rollback (to the last checkpoint before the spike, skipping its data), notify, or ask."""
+    rollback_skip_batches: int = 200
+    """Global batches skipped from the one that fed the spike's first step (PaLM skipped 200-500)."""
+    on_crash: str = "restart"
+    """restart, notify, or ask."""
+
+
+@dataclass
 class RunConfig:
     """The whole tree; ``run.toml`` in a run directory is this, resolved."""
 
@@ -186,6 +210,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -406,6 +431,13 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
             raise ConfigError(f"train.{name}={getattr(t, name)} must be >= 0")
     if t.eval_iters < 1:
         raise ConfigError(f"train.eval_iters={t.eval_iters} must be >= 1")
+    w = cfg.watchdog
+    if w.on_loss_spike not in ("rollback", "notify", "ask") or w.on_crash not in ("restart", "notify", "ask"):
+        raise ConfigError("watchdog.on_loss_spike must be rollback, notify or ask; watchdog.on_crash restart, "
+                          "notify or ask")
+    if w.interval_s <= 0 or w.restart_budget < 0 or w.no_progress_restarts < 1 or w.rollback_skip_batches < 0:
+        raise ConfigError("watchdog.interval_s must be positive, watchdog.restart_budget and "
+                          "watchdog.rollback_skip_batches >= 0, watchdog.no_progress_restarts >= 1")
     if cfg.alerts.min_severity not in ("info", "warning", "critical"):
         raise ConfigError(f"alerts.min_severity={cfg.alerts.min_severity!r}: use info, warning or critical")
     if t.save_interval < 0:

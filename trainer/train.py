@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
-from trainer import exitcodes
+from trainer import exitcodes, faults
 from trainer.control import ControlState, acknowledge_save, decide
 from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
@@ -164,7 +164,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
     control.install_signal_handlers()
 
     _rank0_then_share(ctx, lambda: prepare_data(run, cfg))
-    sample = sample_source(run, cfg)
+    sample = faults.corrupt_samples(sample_source(run, cfg), cfg.model.vocab_size)
     resumable = _rank0_then_share(ctx, lambda: ckpt.find_resumable(run))
     if resumable is not None:
         _check_topology(resumable.manifest, cfg, resumable.tag)
@@ -206,6 +206,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
                 break
             if step >= cfg.train.train_steps:
                 break
+            faults.maybe_crash(step + 1)
             positions, next_consumed = batch_positions(consumed, cfg.train.global_batch_size, control.skip_ranges)
             data = rank_micro_batches(positions, ctx.coords.dp_rank, micro_batch=cfg.train.micro_batch_size,
                                       dp=ctx.dims.dp, sample=sample)

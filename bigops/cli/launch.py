@@ -57,6 +57,8 @@ def launch(
                                                                       "from a Hugging Face BLOOM directory.")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from "
                                                    "checkpoints/latest (default: when there is one).")] = None,
+    watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Run the watchdog over the ranks: restart "
+                                        "after a crash or hang, roll back past a loss spike, notify.")] = False,
 ) -> None:
     """Train BLOOM on this machine's ranks (torchrun, gloo on CPU) and show live progress."""
     run = RunDir(run_dir)
@@ -106,19 +108,58 @@ def launch(
     if resumable is not None and resumable.fell_back_from:
         console.print(f"[yellow]warning[/]: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason})")
     spawned = time.time()
-    proc = local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log")
-    try:
-        _follow(run, cfg, proc, done_before)
-    except KeyboardInterrupt:
-        _stop(proc)
-        raise
-    code, message = _exit_of(proc.returncode, exit_record)
+    if watch:
+        code, message = _supervised(run, cfg, world, trainer_args)
+    else:
+        proc = local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log")
+        try:
+            _follow(run, cfg, proc, done_before)
+        except KeyboardInterrupt:
+            _stop(proc)
+            raise
+        code, message = _exit_of(proc.returncode, exit_record)
     _summary(run, done_before, spawned)
     if code != exitcodes.FINISHED:
         if code in (exitcodes.STOPPED_ON_REQUEST, exitcodes.STOPPED_BY_SIGNAL):
             console.print(f"[bold yellow]{exitcodes.describe(code)}[/]: checkpoint {run.latest_tag()}")
             raise typer.Exit(code)
         raise TrainingEnded(f"{message}; see {run.logs / 'ranks.log'}", code)
+
+
+def _supervised(run: RunDir, cfg: config_mod.RunConfig, world: int, trainer_args: list[str]) -> tuple[int, str]:
+    """Run the ranks under the watchdog (bigops.watchdog.supervisor) until it is done or gives up."""
+    from bigops.cli.watch import _notifier
+    from bigops.watchdog.supervisor import SUPERVISOR_GAVE_UP, Supervisor
+
+    current: list = []
+
+    def spawn():
+        current[:] = [local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log")]
+        return current[0]
+
+    shown = {"step": -1, "time": 0.0}
+
+    def progress(facts: dict) -> None:
+        last = facts.get("last_record")
+        if last and last["step"] != shown["step"] and time.time() - shown["time"] >= 5:
+            shown.update(step=last["step"], time=time.time())
+            console.print(f"step {last['step']}/{cfg.train.train_steps} loss {last['loss']:.4f} "
+                          f"{last['tokens_per_second']:,.0f} tok/s", highlight=False)
+
+    notifier = _notifier(run)
+    supervisor = Supervisor(run, cfg, spawn, notifier=notifier, say=lambda line: console.print(line, markup=False),
+                            on_tick=progress)
+    try:
+        code = supervisor.run_until_done()
+    except KeyboardInterrupt:
+        if current:
+            _stop(current[0])
+        raise
+    finally:
+        notifier.drain(timeout=10)
+    if code == SUPERVISOR_GAVE_UP:
+        return code, f"the watchdog stopped restarting (see {run.root / 'events.jsonl'})"
+    return code, exitcodes.describe(code)
 
 
 def _prepare_data(run: RunDir, cfg: config_mod.RunConfig) -> None:

@@ -14,21 +14,29 @@ from trainer.rundir import atomic_write_text
 class WatchState:
     path: Path
     reported: dict[str, dict] = field(default_factory=dict)
+    restarts: list[dict] = field(default_factory=list)
+    """Automatic restarts so far: {"time", "from_step", "reason"} (the budget and progress guards)."""
+    handled: dict[str, dict] = field(default_factory=dict)
+    """Finding keys an action was already taken for (never act twice, even after our own restart)."""
 
     @classmethod
     def load(cls, path: Path) -> "WatchState":
         try:
             data = json.loads(path.read_text())
-            reported = data.get("reported", {}) if isinstance(data, dict) else {}
-            if not isinstance(reported, dict):
-                reported = {}
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
         except FileNotFoundError:
-            reported = {}
+            data = {}
         except (OSError, ValueError):
             # A damaged state file must not stop the watchdog: start afresh, keep the bad file aside.
             path.replace(path.with_suffix(".damaged"))
-            reported = {}
-        return cls(path=path, reported=reported)
+            data = {}
+
+        def typed(key, kind):
+            value = data.get(key)
+            return value if isinstance(value, kind) else kind()
+        return cls(path=path, reported=typed("reported", dict), restarts=typed("restarts", list),
+                   handled=typed("handled", dict))
 
     def is_new(self, finding: Finding) -> bool:
         """New, or the same problem grown more severe (a blip that became a spike keeps its key...)."""
@@ -43,4 +51,6 @@ class WatchState:
                                       "first_seen": before.get("first_seen", now), "last_seen": now}
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps({"reported": self.reported}, indent=1, sort_keys=True) + "\n")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps({"reported": self.reported, "restarts": self.restarts,
+                                                 "handled": self.handled}, indent=1, sort_keys=True) + "\n")

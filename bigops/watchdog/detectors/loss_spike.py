@@ -1,7 +1,9 @@
 """Loss spikes: a loss far above its recent median, told apart as a blip (recovers) or a spike (persists).
 
-A record is *high* when loss > median + max(z * 1.4826 * MAD, rel * median, abs) of the recent ``window``
-normal (not high) finite losses: robust, the spikes themselves never move the bar. The first
+A record is *high* when loss > level + max(z * sigma, rel * level, abs), where level is the median of the
+last ``level_records`` normal (not high) losses and sigma the noise, 1.4826 x the MAD of successive
+differences / sqrt(2) over the last ``window`` normal losses: robust (the spikes never move the bar) and
+trend-free (a loss still falling fast early in training does not inflate the noise estimate). The first
 ``warmup_records`` are ignored (the loss falls fast there). High records open an episode; the episode is a
 *spike* (critical: roll back past it) as soon as ``persist_records`` of the last ``persist_window`` records
 are high — one bad record, or a loss that alternates between high and normal (BLOOM-104B at 8740-8743),
@@ -13,16 +15,18 @@ evidence a rollback needs.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 
-from bigops.watchdog.detectors.robust import MAD_TO_SIGMA, Window
+from bigops.watchdog.detectors.robust import MAD_TO_SIGMA, Window, median_mad
 from bigops.watchdog.findings import Finding
 
 
 @dataclass(frozen=True)
 class LossSpikeConfig:
     window: int = 100
+    level_records: int = 20
     min_history: int = 10
     warmup_records: int = 50
     z: float = 8.0
@@ -41,9 +45,12 @@ class LossSpikeDetector:
         self.episode: dict | None = None
 
     def bar(self) -> tuple[float, float]:
-        median, mad = self.window.stats()
         c = self.config
-        return median, median + max(c.z * MAD_TO_SIGMA * mad, c.rel * abs(median), c.abs)
+        values = list(self.window.values)
+        level = statistics.median(values[-c.level_records:])
+        diffs = [b - a for a, b in zip(values, values[1:])]
+        sigma = MAD_TO_SIGMA * median_mad(diffs)[1] / math.sqrt(2) if len(diffs) >= 2 else 0.0
+        return level, level + max(c.z * sigma, c.rel * abs(level), c.abs)
 
     def update(self, step: int, loss: float) -> list[Finding]:
         """Feed one record; returns the findings it completes."""

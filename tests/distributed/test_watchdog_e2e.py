@@ -1,0 +1,109 @@
+"""The watchdog end to end on real local runs (4 gloo ranks, TP 2 x PP 2) under `bigops launch --watch`:
+a killed rank, a stopped (hung) rank, a corrupt stretch of data that spikes the loss, and a crash loop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.distributed.test_training_run import FAST, losses, start, wait_for_step
+from tests.unit.test_notify import Receiver
+from trainer.rundir import read_jsonl
+
+pytestmark = pytest.mark.distributed
+
+WATCH = ["--watch", "--set", "watchdog.interval_s=0.5"]
+
+
+def events(run):
+    return read_jsonl(run / "events.jsonl")
+
+
+def actions(run, kind):
+    return [e for e in events(run) if e.get("type") == "action" and e["action"] == kind]
+
+
+def rank_pids(run):
+    return {json.loads(p.read_text())["rank"]: json.loads(p.read_text())["pid"]
+            for p in (run / "telemetry" / "heartbeat").glob("rank-*.json")}
+
+
+def test_killed_rank_is_restarted_from_the_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc = start("launch", "--run-dir", run, *FAST, *WATCH, "--steps", 60, "--save-interval", 5)
+    wait_for_step(run, 12, proc)
+    os.kill(rank_pids(run)[2], signal.SIGKILL)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out + err
+    restarts = actions(run, "restart")
+    assert len(restarts) == 1 and "crash" in restarts[0]["reason"] and restarts[0]["checkpoint_step"] >= 10
+    assert max(losses(run)) == 60 and (run / "checkpoints" / "latest").read_text().strip() == "global_step60"
+
+
+def test_stopped_rank_is_a_hang_named_then_killed_and_restarted(tmp_path):
+    run = tmp_path / "run"
+    proc = start("launch", "--run-dir", run, *FAST, *WATCH, "--steps", 60, "--save-interval", 5,
+                 "--set", "watchdog.hang_min_timeout_s=4")
+    wait_for_step(run, 12, proc)
+    stopped = rank_pids(run)[1]
+    os.kill(stopped, signal.SIGSTOP)
+    detected_at = time.time()
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out + err
+    hangs = [e for e in events(run) if e.get("kind") == "TrainingHang"]
+    assert hangs and any(s["pid"] == stopped for s in hangs[0]["evidence"]["stale"])
+    assert hangs[0]["time"] - detected_at < 30  # found within seconds of the 4 s timeout
+    kill = actions(run, "kill")
+    assert kill and f"pid {stopped}" in kill[0]["reason"]
+    assert actions(run, "restart") and max(losses(run)) == 60
+
+
+def test_loss_spike_is_rolled_back_and_its_data_skipped(tmp_path):
+    common = [*FAST, "--steps", 150, "--save-interval", 10, "--set", "watchdog.rollback_skip_batches=10"]
+    clean = tmp_path / "clean"
+    common = [str(a) for a in common]
+    assert subprocess.run([sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(clean), *common],
+                          capture_output=True, timeout=300).returncode == 0
+    run = tmp_path / "spiky"
+    env = {**os.environ, "BIGOPS_FAULT_CORRUPT_SAMPLES": f"{85 * 8}-{91 * 8}"}  # steps 86-91 read garbage
+    proc = subprocess.run([sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(run), *common, *WATCH],
+                          capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    spike = [e for e in events(run) if e.get("kind") == "LossSpike"]
+    assert spike and spike[0]["evidence"]["start_step"] == 86
+    rollback = actions(run, "rollback")
+    assert len(rollback) == 1 and rollback[0]["target"] == "global_step80"
+    assert rollback[0]["skip_range"] == [680, 760]
+    assert "680-760" in (run / "control" / "skip-ranges").read_text()
+    aside = [p.name for p in (run / "checkpoints" / ".rolled-back").glob("*/*")]  # set aside, never deleted
+    assert all(int(name.removeprefix("global_step")) > 80 for name in aside)
+    assert rollback[0]["outcome"].count("set aside") == 1
+    final = losses(run)
+    assert max(final) == 150
+    clean_final = losses(clean)[150]
+    assert abs(final[150] - clean_final) / clean_final < 0.1, (final[150], clean_final)
+
+
+def test_crash_loop_exhausts_the_budget_and_pages(tmp_path):
+    receiver = Receiver()
+    try:
+        run = tmp_path / "run"
+        run.mkdir()
+        env = {**os.environ, "BIGOPS_FAULT_CRASH_AT_STEP": "7", "PAGER_HOOK": receiver.url + "/hook"}
+        proc = subprocess.run([sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(run), *FAST, *WATCH,
+                               "--steps", "30", "--save-interval", "3", "--set", "watchdog.restart_budget=2",
+                               "--set", "alerts.webhook_env=PAGER_HOOK"],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 20, proc.stdout + proc.stderr
+        assert "the watchdog stopped restarting" in proc.stderr
+        assert len(actions(run, "restart")) == 2
+        give_up = actions(run, "give-up")
+        assert give_up and "budget exhausted" in give_up[0]["outcome"] and give_up[0]["severity"] == "critical"
+        pages = [body for path, body in receiver.received if "give up" in body["text"].lower() or "GiveUp" in body["text"]]
+        assert pages, receiver.received
+    finally:
+        receiver.close()

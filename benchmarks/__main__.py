@@ -5,9 +5,9 @@ import json
 import platform
 import time
 
-from benchmarks import model_throughput
+from benchmarks import model_throughput, recovery, watchdog
 
-BENCHMARKS = {"model_throughput": model_throughput.main}
+BENCHMARKS = {"model_throughput": model_throughput.main, "watchdog": watchdog.main, "recovery": recovery.main}
 
 
 def main() -> None:

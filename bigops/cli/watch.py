@@ -39,6 +39,8 @@ def watch(
         raise ConfigError(f"{run.root} is not a run directory")
     state = WatchState.load(state_path(run))
     notifier = _notifier(run)
+    from bigops.watchdog.supervisor import watch_config
+    config = watch_config(_run_config(run))
     collector = None
     if metrics_port:
         from bigops.metrics.exporter import RunCollector, serve
@@ -49,7 +51,7 @@ def watch(
             raise ConfigError(f"--metrics-port {metrics_port}: cannot listen on {metrics_address} ({exc.strerror})") from None
     while True:
         now = time.time()
-        new, facts = tick(run, state, now=now, dry_run=dry_run, notifier=notifier)
+        new, facts = tick(run, state, now=now, dry_run=dry_run, notifier=notifier, config=config)
         if collector is not None:
             collector.update(facts, facts["findings"], new, now)
         for finding in new:
@@ -58,6 +60,14 @@ def watch(
             notifier.drain()
             return
         time.sleep(interval)
+
+
+def _run_config(run):
+    """run.toml's tree (defaults when the run has none yet)."""
+    from trainer import config as config_mod
+    if run.run_toml.exists():
+        return config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
+    return config_mod.RunConfig()
 
 
 def _notifier(run):
@@ -69,9 +79,7 @@ def _notifier(run):
     from trainer import config as config_mod
     from trainer.rundir import append_jsonl
 
-    alerts = config_mod.AlertsConfig()
-    if run.run_toml.exists():
-        alerts = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig()).alerts
+    alerts = _run_config(run).alerts
     try:
         return from_config(alerts, run.root.resolve().name, on_result=lambda r: append_jsonl(events_path(run), r))
     except SecretError as exc:

@@ -13,15 +13,13 @@ the same tokens for the same position.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
 
-from trainer.rundir import atomic_write_text
+from trainer.rundir import atomic_write, atomic_write_text
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # BLOOM's ids 0..3
 EOS = "</s>"
@@ -43,19 +41,6 @@ def train_tokenizer(documents: list[str], vocab_size: int):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(documents, trainer=trainer)
     return tokenizer
-
-
-def _atomic_write_array(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            array.tofile(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _encode(tokenizer, documents: Iterable[str], eos_id: int) -> np.ndarray:
@@ -94,8 +79,8 @@ def prepare(data_dir: Path, documents: list[str], vocab_size: int, tokenizer_fil
         else documents[:-1]
     train, valid = _encode(tokenizer, train_docs, eos_id), _encode(tokenizer, valid_docs, eos_id)
     atomic_write_text(data_dir / "tokenizer.json", tokenizer.to_str())
-    _atomic_write_array(data_dir / "train.bin", train)
-    _atomic_write_array(data_dir / "valid.bin", valid)
+    atomic_write(data_dir / "train.bin", train.tofile)
+    atomic_write(data_dir / "valid.bin", valid.tofile)
     meta = {"source": source, "documents": len(documents), "vocab_size": tokenizer.get_vocab_size(),
             "dtype": str(train.dtype), "train_tokens": int(train.size), "valid_tokens": int(valid.size)}
     atomic_write_text(data_dir / META, json.dumps(meta, indent=1) + "\n")  # last: the data is complete

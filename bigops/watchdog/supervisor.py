@@ -34,8 +34,7 @@ from trainer import exitcodes
 from trainer.config import RunConfig
 from trainer.rundir import RunDir, append_jsonl
 
-SUPERVISOR_GAVE_UP = 20
-"""``bigops launch --watch`` exit code: the watchdog stopped restarting (budget or no progress) and paged."""
+from bigops.exitcodes import WATCHDOG_GAVE_UP as SUPERVISOR_GAVE_UP  # noqa: E402  (one definition of 20)
 
 
 def watch_config(cfg: RunConfig) -> WatchConfig:

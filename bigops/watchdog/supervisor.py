@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import Callable
 
+from bigops.exitcodes import WATCHDOG_GAVE_UP as SUPERVISOR_GAVE_UP
 from bigops.checkpoint.rollback import apply_rollback, checkpoints_with_steps
 from bigops.watchdog.daemon import events_path, one_line, state_path, tick
 from bigops.watchdog.findings import Finding
@@ -34,7 +35,6 @@ from trainer import exitcodes
 from trainer.config import RunConfig
 from trainer.rundir import RunDir, append_jsonl
 
-from bigops.exitcodes import WATCHDOG_GAVE_UP as SUPERVISOR_GAVE_UP  # noqa: E402  (one definition of 20)
 
 
 def watch_config(cfg: RunConfig) -> WatchConfig:

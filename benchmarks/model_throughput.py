@@ -14,6 +14,8 @@ import time
 
 import torch
 
+from trainer.telemetry import flops_per_token
+
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device name, for MFU.
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}
@@ -24,12 +26,6 @@ def peak_tflops(device_name: str) -> float | None:
         if key in device_name:
             return value
     return None
-
-
-def training_flops_per_token(n_params: int, layers: int, hidden: int, seq: int) -> float:
-    """6N for the matmuls of forward+backward, plus 12 L h T for attention scores and values (PaLM's
-    accounting, also the one behind BLOOM's reported ~150 TFLOP/s per A100)."""
-    return 6.0 * n_params + 12.0 * layers * hidden * seq
 
 
 def _time(fn, reps: int) -> float:
@@ -86,7 +82,7 @@ def run(hidden: int = 256, layers: int = 4, heads: int = 8, vocab: int = 8192, s
     result = {name: tokens / statistics.median(ts) for name, ts in times.items()}
     n_params = sum(p.numel() for p in ours.parameters())
     device_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-    flops = training_flops_per_token(n_params, layers, hidden, seq)
+    flops = flops_per_token(n_params, layers, hidden, seq)
     tflops = {name: tps * flops / 1e12 for name, tps in result.items()}
     peak = peak_tflops(device_name) if dtype == "bf16" else None
     return {

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from launcher.local import free_port, rank_env
 from trainer import config as config_mod
-from trainer.rundir import read_jsonl
+from trainer.rundir import RunDir, read_jsonl
 
 SETS = ["data.source=synthetic", "model.vocab_size=512", "train.seq_length=32", "train.global_batch_size=8",
         "train.micro_batch_size=2", "train.save_interval=10", "train.train_steps=2000", "train.eval_interval=0"]
@@ -74,7 +74,7 @@ def run() -> dict:
         results["torchrun"] = _measure(run_dir, proc)
         results["ratio_mttr_bigops_vs_torchrun"] = results["bigops"]["mttr_s"] / results["torchrun"]["mttr_s"]
     except RuntimeError as exc:
-        exit_record = run_dir / "telemetry" / "exit.json"
+        exit_record = RunDir(run_dir).exit_record
         reason = json.loads(exit_record.read_text())["message"][:160] if exit_record.exists() else str(exc)
         results["torchrun"] = {"mttr_s": None, "steps_lost": None, "failed": f"{exc}: {reason}"}
         results["ratio_mttr_bigops_vs_torchrun"] = None

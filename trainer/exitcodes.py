@@ -4,6 +4,12 @@ The watchdog and the SLURM chain decide what to do from these alone: continue th
 signal after a save), stop it (finished, or stopped on request), count a crash, or roll back.
 """
 
+import json
+import time
+from pathlib import Path
+
+from trainer.rundir import atomic_write_text
+
 FINISHED = 0
 """The run reached its target step and saved its final checkpoint."""
 FAILED = 1
@@ -33,3 +39,25 @@ DESCRIPTIONS = {
 
 def describe(code: int) -> str:
     return DESCRIPTIONS.get(code, f"exit code {code}")
+
+
+def record(path: Path, code: int, message: str, rank: int) -> None:
+    """Write ``telemetry/exit.json``: this exit's code and reason, for the launcher and the watchdog."""
+    try:
+        atomic_write_text(path, json.dumps({"code": code, "reason": describe(code), "message": message,
+                                            "rank": rank, "time": time.time()}) + "\n")
+    except OSError:
+        pass  # a full disk must not hide the real exit code
+
+
+def read(path: Path, returncode: int) -> tuple[int, str]:
+    """The trainer's own exit code and message: torchrun reports any worker failure as 1, so the record
+    wins; without one, the process's return code decides between FINISHED and FAILED."""
+    try:
+        data = json.loads(path.read_text())
+        code = int(data["code"])
+        return code, str(data.get("message") or describe(code))
+    except (OSError, ValueError, KeyError, TypeError):
+        if returncode == 0:
+            return FINISHED, describe(FINISHED)
+        return FAILED, f"training ranks exited with code {returncode}"

@@ -45,6 +45,10 @@ class RunDir:
         return self.telemetry / "metrics.jsonl"
 
     @property
+    def exit_record(self) -> Path:
+        return self.telemetry / "exit.json"
+
+    @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 

@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
 
 from trainer.rundir import RunDir, append_jsonl, atomic_write_text
 
@@ -78,14 +77,3 @@ class MetricsSink:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
-
-
-def read_heartbeats(run: RunDir) -> dict[int, dict]:
-    out = {}
-    for path in sorted((run.telemetry / "heartbeat").glob("rank-*.json")):
-        try:
-            record = json.loads(Path(path).read_text())
-            out[int(record["rank"])] = record
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return out

@@ -10,7 +10,6 @@ exit code on, so the launcher and the watchdog read it there).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -29,7 +28,7 @@ from trainer.data.sampler import batch_positions, rank_micro_batches
 from trainer.data.source import prepare_data, sample_source
 from trainer.engine import RankContext, build_engine, setup_rank
 from trainer.parallel.sanity import tp_desync
-from trainer.rundir import RunDir, append_jsonl, atomic_write_text
+from trainer.rundir import RunDir, append_jsonl
 from trainer.telemetry import Heartbeat, MetricsSink, flops_per_token
 
 class TopologyMismatch(ckpt.CheckpointError):
@@ -254,16 +253,6 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
     return code
 
 
-def record_exit(run: RunDir, code: int, message: str, rank: int) -> None:
-    """``telemetry/exit.json``: the code and reason of this exit, for the launcher and the watchdog."""
-    try:
-        atomic_write_text(run.telemetry / "exit.json", json.dumps(
-            {"code": code, "reason": exitcodes.describe(code), "message": message, "rank": rank,
-             "time": time.time()}) + "\n")
-    except OSError:
-        pass  # a full disk must not hide the real exit code
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, type=Path)
@@ -274,15 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = train(run, init_hf=args.init_hf)
         if rank == 0:
-            record_exit(run, code, exitcodes.describe(code), rank)
+            exitcodes.record(run.exit_record, code, exitcodes.describe(code), rank)
         return code
     except (config_mod.ConfigError, DataError, ckpt.CheckpointError) as exc:
         code = exitcodes.CHECKPOINT_ERROR if isinstance(exc, ckpt.CheckpointError) else exitcodes.CONFIG_ERROR
-        record_exit(run, code, str(exc), rank)
+        exitcodes.record(run.exit_record, code, str(exc), rank)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return code
     except Exception as exc:
-        record_exit(run, exitcodes.FAILED, f"{type(exc).__name__}: {exc}", rank)
+        exitcodes.record(run.exit_record, exitcodes.FAILED, f"{type(exc).__name__}: {exc}", rank)
         raise
     finally:
         if dist.is_initialized():

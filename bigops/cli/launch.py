@@ -99,8 +99,7 @@ def launch(
         trainer_args += ["--init-hf", str(init_hf)]
 
     done_before = len(read_jsonl(run.metrics))
-    exit_record = run.telemetry / "exit.json"
-    exit_record.unlink(missing_ok=True)
+    run.exit_record.unlink(missing_ok=True)
     console.print(f"[bold]bigops launch[/] {run.root}: BLOOM {cfg.model.num_layers}x{cfg.model.hidden_size} "
                   f"({cfg.model.num_attention_heads} heads), TP {cfg.parallel.tp} x PP {cfg.parallel.pp} x DP "
                   f"{cfg.parallel.dp} = {world} ranks, {cfg.train.precision}, target step {cfg.train.train_steps}"
@@ -117,7 +116,7 @@ def launch(
         except KeyboardInterrupt:
             _stop(proc)
             raise
-        code, message = _exit_of(proc.returncode, exit_record)
+        code, message = exitcodes.read(run.exit_record, proc.returncode)
     _summary(run, done_before, spawned)
     if code != exitcodes.FINISHED:
         if code in (exitcodes.STOPPED_ON_REQUEST, exitcodes.STOPPED_BY_SIGNAL):
@@ -175,18 +174,6 @@ def _prepare_data(run: RunDir, cfg: config_mod.RunConfig) -> None:
         console.print(f"data: {meta['source']}, {meta['documents']:,} documents, {meta['train_tokens']:,} train + "
                       f"{meta['valid_tokens']:,} validation tokens, vocab {meta['vocab_size']:,} "
                       f"({time.perf_counter() - started:.1f} s)")
-
-
-def _exit_of(returncode: int, exit_record: Path) -> tuple[int, str]:
-    """The trainer's own exit code: torchrun reports any worker failure as 1, so read telemetry/exit.json."""
-    import json
-    try:
-        record = json.loads(exit_record.read_text())
-        return int(record["code"]), str(record.get("message") or exitcodes.describe(int(record["code"])))
-    except (OSError, ValueError, KeyError, TypeError):
-        if returncode == 0:
-            return exitcodes.FINISHED, exitcodes.describe(exitcodes.FINISHED)
-        return exitcodes.FAILED, f"training ranks exited with code {returncode}"
 
 
 def _file_overrides(path: Path) -> list[str]:

@@ -76,7 +76,6 @@ def _notifier(run):
     from bigops.notify.notifier import from_config
     from bigops.notify.secrets import SecretError
     from bigops.watchdog.daemon import events_path
-    from trainer import config as config_mod
     from trainer.rundir import append_jsonl
 
     alerts = _run_config(run).alerts

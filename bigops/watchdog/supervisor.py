@@ -15,7 +15,6 @@ already acted on live in ``watchdog/state.json``, so a restarted supervisor neve
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -58,13 +57,6 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         proc.wait()
 
 
-def read_exit(run: RunDir, returncode: int) -> int:
-    try:
-        return int(json.loads((run.telemetry / "exit.json").read_text())["code"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return exitcodes.FINISHED if returncode == 0 else exitcodes.FAILED
-
-
 class Supervisor:
     def __init__(self, run: RunDir, cfg: RunConfig, spawn: Callable[[], subprocess.Popen], notifier=None,
                  say: Callable[[str], None] = print, on_tick: Callable[[dict], None] | None = None):
@@ -88,10 +80,10 @@ class Supervisor:
     # ------------------------------------------------------------------------------------------- the loop
     def run_until_done(self) -> int:
         while True:
-            (self.run.telemetry / "exit.json").unlink(missing_ok=True)
+            self.run.exit_record.unlink(missing_ok=True)
             proc = self.spawn()
             reason = self.watch(proc)
-            code = read_exit(self.run, proc.returncode) if reason is None else exitcodes.FAILED
+            code = exitcodes.read(self.run.exit_record, proc.returncode)[0] if reason is None else exitcodes.FAILED
             if reason is None:
                 if code in (exitcodes.FINISHED, exitcodes.STOPPED_ON_REQUEST, exitcodes.STOPPED_BY_SIGNAL):
                     return code

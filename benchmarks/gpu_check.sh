@@ -5,8 +5,11 @@
 #      beside it and the watchdog reading its samples,
 #   3. trainer throughput vs transformers in bf16 (tokens/s, TFLOP/s, MFU) at tiny and bloom-560m size,
 #   4. a short bloom-560m training run through `bigops launch` (the trainer's own TFLOP/s per GPU).
-# Usage: OUT=/some/dir benchmarks/gpu_check.sh   (PYTHON=python3 by default; run from the repository root)
+# Usage: OUT=/some/dir benchmarks/gpu_check.sh [SECTION...]   (all of 1 2 3 4 by default; PYTHON=python3;
+# run from the repository root)
 set -u
+SECTIONS=" ${*:-1 2 3 4} "
+want() { [[ "$SECTIONS" == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/bigops-gpu-check}
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -18,11 +21,14 @@ section environment
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 "$PY" -c 'import torch, deepspeed, pynvml; print("torch", torch.__version__, "deepspeed", deepspeed.__version__, "cuda", torch.cuda.is_available())'
 
+if want 1; then
 section "1. NVML through bigops gpu-monitor"
 R1=$(mktemp -d)
 bigops gpu-monitor "$R1" --once; echo "exit $?"
 cat "$R1"/telemetry/gpu/*.jsonl | head -2 | tee "$OUT/nvml_sample.jsonl"
 
+fi
+if want 2; then
 section "2. tiny preset, bf16 on the GPU, watched"
 R2=$(mktemp -d)/tiny
 mkdir -p "$R2"
@@ -35,11 +41,15 @@ bigops status "$R2" --format json > "$OUT/tiny_status.json"; echo "status exit $
 bigops watch "$R2" --once --dry-run; echo "watch exit $?"
 cp "$R2/telemetry/metrics.jsonl" "$OUT/tiny_metrics.jsonl"
 
+fi
+if want 3; then
 section "3. throughput vs transformers, bf16"
 timeout 120 "$PY" -m benchmarks.model_throughput --dtype bf16 --hidden 1024 --layers 8 --heads 16 --seq 1024 --batch 8
-timeout 200 "$PY" -m benchmarks.model_throughput --dtype bf16 --preset bloom-560m --batch 4 --rounds 3 --reps 2 --json \
+timeout 200 "$PY" -m benchmarks.model_throughput --dtype bf16 --preset bloom-560m --batch 2 --rounds 3 --reps 2 --json \
   | tee "$OUT/throughput_560m.json"
 
+fi
+if want 4; then
 section "4. bloom-560m through bigops launch, bf16, 1 GPU"
 R4=$(mktemp -d)/b560
 timeout 200 "$PY" -m bigops.cli.main launch --run-dir "$R4" --preset bloom-560m --tp 1 --pp 1 --steps 12 --save-interval 0 \
@@ -47,4 +57,5 @@ timeout 200 "$PY" -m bigops.cli.main launch --run-dir "$R4" --preset bloom-560m 
 echo "launch exit $?"
 tail -n 3 "$R4/telemetry/metrics.jsonl" | tee "$OUT/b560_metrics_tail.jsonl"
 tail -n 3 "$R4/telemetry/checkpoints.jsonl" 2>/dev/null
+fi
 section done

@@ -73,3 +73,10 @@ def test_embeddings_count_as_layers_for_partitioning():
     assert sum(weights) == 72 and len(specs) == num_pipeline_layers(cfg)
     parts = partition_balanced(weights=weights, num_parts=12)
     assert [sum(weights[a:b]) for a, b in zip(parts, parts[1:])] == [6] * 12
+
+
+def test_process_group_backend_carries_cpu_tensors_on_gpus():
+    from trainer.parallel.topology import backend
+    assert backend(cuda_available=False) == "gloo"
+    # On GPUs the control flags (CPU tensors) need gloo beside NCCL in the same group.
+    assert backend(cuda_available=True) == "cpu:gloo,cuda:nccl"

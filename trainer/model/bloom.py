@@ -71,17 +71,15 @@ class BloomAttention(nn.Module):
         positions = torch.arange(T, device=x.device, dtype=torch.float32)
         slopes = self.alibi_slopes.to(device=x.device, dtype=torch.float32)
         bias = (slopes[:, None] * positions[None, :]).to(q.dtype)  # (nh, T)
-        scores = torch.baddbmm(
-            bias.repeat(B, 1)[:, None, :],  # (B*nh, 1, T), broadcast over query positions
-            q.reshape(B * nh, T, self.head_dim),
-            k.reshape(B * nh, T, self.head_dim).transpose(1, 2),
-            beta=1.0, alpha=1.0 / math.sqrt(self.head_dim),
-        ).view(B, nh, T, T)  # (B, nh, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-        scores = scores.masked_fill(causal, torch.finfo(scores.dtype).min)
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # softmax in fp32, as BLOOM
-        probs = self.attention_dropout(probs)
-        y = probs @ v  # (B, nh, T, hs)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # (T, T), True above the diagonal
+        mask = bias[:, None, :].masked_fill(causal, torch.finfo(q.dtype).min)  # (nh, T, T)
+        # One fused kernel (memory-efficient attention on GPUs): the (B, nh, T, T) scores and probabilities
+        # are never stored for backward, which at seq 2048 is most of the activation memory.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask[None],
+            dropout_p=self.attention_dropout.p if self.training else 0.0,
+            scale=1.0 / math.sqrt(self.head_dim),
+        )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, nh * self.head_dim)  # (B, T, nh*hs)
         return self.dense(y)  # (B, T, C)
 

@@ -55,9 +55,15 @@ def coords_of(dims: ParallelDims, rank: int) -> RankCoords:
     return RankCoords(rank=rank, stage=c.pipe, dp_rank=c.data, tp_rank=c.model)
 
 
-def backend() -> str:
-    """NCCL on GPUs, gloo on CPUs."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
+def backend(cuda_available: bool | None = None) -> str:
+    """gloo on CPUs; on GPUs NCCL for CUDA tensors and gloo for the few CPU ones (control flags, objects).
+
+    With NCCL alone, the control all-reduce of a CPU tensor fails ("No backend type associated with device
+    type cpu", seen on an H100); one process group with a backend per device type carries both.
+    """
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    return "cpu:gloo,cuda:nccl" if cuda_available else "gloo"
 
 
 def init_distributed(timeout_s: float = 600.0) -> None:

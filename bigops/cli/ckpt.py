@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from bigops.cli.options import RunDirArg, TagOpt
 
-app = typer.Typer(help="Checkpoint tools: export (and, later, list, inspect, verify, compare-tp, prune).",
+app = typer.Typer(help="Checkpoint tools: list, inspect, verify, prune, mark, export-hf.",
                   no_args_is_help=True)
 
 
@@ -30,3 +30,248 @@ def export_hf_command(
     result = export_hf(run_dir, out_dir, tag=tag, dtype=dtype)
     typer.echo(f"exported {result.tag} (step {result.step}, {result.num_parameters:,} parameters) "
                f"to {result.out_dir}")
+
+
+# ------------------------------------------------------------------------------ list, inspect, verify, prune
+FormatOpt = Annotated[str, typer.Option("--format", help="text (tables) or json (one object, for machines).")]
+
+
+def _check_format(output_format: str) -> None:
+    from bigops.errors import ConfigError
+    if output_format not in ("text", "json"):
+        raise ConfigError(f"--format {output_format!r}: use text or json")
+
+
+def _console():
+    from rich.console import Console
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _numel(shape: list[int] | None) -> str:
+    import math
+    return "-" if shape is None else f"{math.prod(shape):,}"
+
+
+def _when(t: float | None) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _inventory(run_dir: Path):
+    from bigops.checkpoint.inventory import open_run, require_checkpoints, scan
+    return require_checkpoints(scan(open_run(run_dir)))
+
+
+@app.command("list")
+def list_command(run_dir: RunDirArg, output_format: FormatOpt = "text") -> None:
+    """Every checkpoint of a run: complete, partial, set aside by a rollback; sizes, steps, which is latest."""
+    import json
+
+    from rich.table import Table
+
+    _check_format(output_format)
+    inv = _inventory(run_dir)
+    if output_format == "json":
+        typer.echo(json.dumps(inv.as_dict()))
+        return
+    table = Table("tag", "step", "state", "size", "files", "created", "notes", title=str(inv.run.checkpoints))
+    for e in inv.entries:
+        notes = [n for n in ("latest" if e.latest else "", f"set aside by rollback {e.aside}" if e.aside else "",
+                             "KEEP" if e.marked else "", e.problem if e.problem and not e.complete else "") if n]
+        style = "bold" if e.latest else "dim" if e.aside else "yellow" if not e.complete else None
+        table.add_row(e.tag, str(e.step), e.label, _size(e.size), str(e.files), _when(e.created), "; ".join(notes),
+                      style=style)
+    console = _console()
+    console.print(table)
+    if inv.latest_problem:
+        console.print(f"[red]warning:[/] {inv.latest_problem}", markup=True)
+
+
+@app.command("inspect")
+def inspect_command(run_dir: RunDirArg, tag: TagOpt = None, output_format: FormatOpt = "text",
+                    params: Annotated[bool, typer.Option("--params/--no-params",
+                                                         help="List every parameter of every layer.")] = True,
+                    ) -> None:
+    """Topology, files, parameters per pipeline layer and optimizer partitions (one file loaded at a time)."""
+    import json
+
+    from rich.table import Table
+
+    from bigops.checkpoint.inspect import KIND_LAYER, inspect_checkpoint
+    from bigops.checkpoint.inventory import entry_path, resolve
+
+    _check_format(output_format)
+    inv = _inventory(run_dir)
+    entry = resolve(inv, tag)
+    report = inspect_checkpoint(entry_path(inv.run, entry), entry.tag)
+    if output_format == "json":
+        typer.echo(json.dumps({**report.as_dict(), "aside": entry.aside}))
+        return
+    console = _console()
+    t = report.topology
+    console.print(f"[bold]{entry.tag}[/] step {report.step}  consumed samples {report.consumed_samples}  "
+                  f"{report.path}" + (f"  (set aside by rollback {entry.aside})" if entry.aside else ""))
+    console.print(f"topology: TP={t['tp']} PP={t['pp']} DP={t['dp']} (world {t['world_size']}), "
+                  f"ZeRO stage {t['zero_stage']}, precision {t['precision']}")
+    if report.model:
+        m = report.model
+        console.print(f"model: hidden {m['hidden_size']}, {m['num_layers']} layers, {m['num_attention_heads']} "
+                      f"heads, vocab {m['vocab_size']} (padded {m['padded_vocab_size']}); "
+                      f"{report.num_parameters:,} parameters")
+    if report.engine:
+        console.print("engine: " + ", ".join(f"{k} {v}" for k, v in report.engine.items()))
+    files = Table("file", "kind", "coordinates", "size", title="files")
+    files.columns[0].overflow = "fold"
+    for f in report.files:
+        coords = " ".join(f"{k} {v}" for k, v in (("layer", f.layer), ("pp", f.pp_stage), ("tp", f.tp_rank),
+                                                    ("dp", f.dp_rank), ("rank", f.rank)) if v is not None)
+        files.add_row(f.name, f.kind, coords, _size(f.size))
+    console.print(files)
+    by_kind: dict[str, list[int]] = {}
+    for f in report.files:
+        by_kind.setdefault(f.kind, []).append(f.size)
+    console.print("  " + "; ".join(f"{k}: {len(v)} files, {_size(sum(v))}" for k, v in by_kind.items()))
+    layers = Table("layer", "role", "parameter", "shape (full)", "TP split", "dtype", "count",
+                   title=f"parameters per pipeline layer ({sum(1 for f in report.files if f.kind == KIND_LAYER)} "
+                         f"layer files)")
+    for layer in report.layers:
+        layers.add_row(f"{layer.index:02d}", layer.role, f"{len(layer.params)} tensors", "", "", "",
+                       f"{layer.numel:,}", style="bold")
+        if params:
+            for p in layer.params:
+                split = "duplicated" if p.split_dim is None else f"dim {p.split_dim}"
+                layers.add_row("", "", p.name, "x".join(map(str, p.shape)), split, p.dtype, f"{p.numel:,}")
+    layers.add_row("", "total", "", "", "", "", f"{report.num_parameters:,}", style="bold")
+    console.print(layers)
+    if report.optimizer:
+        opt = Table("pp", "tp", "dp", "group", "fp32 partition", "exp_avg, exp_avg_sq", "params", "lr", "wd",
+                    title="optimizer state: flattened fp32 master partitions and Adam moments (elements)")
+        for o in report.optimizer:
+            for g in o.groups:
+                moments = [g.get("exp_avg"), g.get("exp_avg_sq")]
+                opt.add_row(str(o.pp_stage), str(o.tp_rank), str(o.dp_rank), str(g["group"]), _numel(g.get("fp32_partition")),
+                            f"{_numel(moments[0])} each" if moments[0] == moments[1]
+                            else ", ".join(_numel(m) for m in moments), str(g.get("params", "-")), f"{g.get('lr'):g}"
+                            if isinstance(g.get("lr"), (int, float)) else "-", str(g.get("weight_decay")))
+        console.print(opt)
+        zero = {o.zero_stage for o in report.optimizer if o.zero_stage is not None}
+        console.print(f"  {sum(o.fp32_numel for o in report.optimizer):,} fp32 master elements and "
+                      f"{sum(o.moments_numel for o in report.optimizer):,} Adam moment elements over "
+                      f"{len(report.optimizer)} files" + (f" (ZeRO stage {', '.join(map(str, zero))})" if zero else ""))
+    for problem in report.problems:
+        console.print(f"[red]problem:[/] {problem}")
+
+
+@app.command("verify")
+def verify_command(
+    run_dir: RunDirArg,
+    tag: TagOpt = None,
+    all_tags: Annotated[bool, typer.Option("--all", help="Every checkpoint, set-aside ones included.")] = False,
+    output_format: FormatOpt = "text",
+) -> None:
+    """Re-hash every file against the manifest; name each missing, truncated or altered file (exit 3)."""
+    import json
+
+    from bigops.checkpoint.inventory import COMPLETE, INCOMPLETE, resolve, verify_entry
+    from bigops.errors import CheckpointError, ConfigError
+
+    _check_format(output_format)
+    if all_tags and tag:
+        raise ConfigError("--tag and --all: use one")
+    inv = _inventory(run_dir)
+    entries = [e for e in inv.entries if e.state in (COMPLETE, INCOMPLETE)] if all_tags else [resolve(inv, tag)]
+    if not entries:
+        raise CheckpointError(f"{inv.run.root} has no checkpoint to verify (only partial saves)")
+    results = []
+    console = _console()
+    for entry in entries:
+        result = verify_entry(inv.run, entry)
+        results.append(result)
+        if output_format == "text":
+            where = f" (set aside by rollback {entry.aside})" if entry.aside else ""
+            state = "ok" if result.ok else f"{len(result.problems)} problem(s)"
+            console.print(f"{entry.tag}{where}: {state}, {_size(result.bytes_hashed)} hashed in "
+                          f"{result.seconds:.2f} s ({_size(result.throughput)}/s)", markup=False)
+            for problem in result.problems:
+                console.print(f"  {entry.path}/{problem}", markup=False)
+    failed = [r for r in results if not r.ok]
+    if output_format == "json":
+        typer.echo(json.dumps({"run": str(inv.run.root), "ok": not failed, "results": [r.as_dict() for r in results],
+                               "bytes_hashed": sum(r.bytes_hashed for r in results),
+                               "seconds": sum(r.seconds for r in results)}))
+    if failed:
+        raise CheckpointError(f"{len(failed)} of {len(results)} checkpoint(s) failed verification: "
+                              + ", ".join(r.tag for r in failed))
+
+
+@app.command("prune")
+def prune_command(
+    run_dir: RunDirArg,
+    keep_last: Annotated[int, typer.Option("--keep-last", help="Keep the last K complete checkpoints.",
+                                           show_default=False)],
+    keep_every: Annotated[Optional[int], typer.Option("--keep-every",
+                                                      help="Also keep every checkpoint whose step % N == 0.")] = None,
+    keep: Annotated[Optional[list[str]], typer.Option("--keep", help="Also keep this tag (repeatable); "
+                                                      "`bigops ckpt mark` keeps one for good.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be removed; remove nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Remove without asking.")] = False,
+) -> None:
+    """Remove old checkpoints; never `latest`, marked ones, partial saves nor rollback evidence."""
+    import sys
+
+    from bigops.checkpoint.prune import Policy, apply_prune, plan_prune
+    from bigops.errors import ConfigError
+
+    policy = Policy(keep_last=keep_last, keep_every=keep_every, keep=tuple(keep or ()))
+    inv = _inventory(run_dir)
+    plan = plan_prune(inv, policy)
+    console = _console()
+    for tag, why in plan.keep.items():
+        console.print(f"keep    {tag}: {', '.join(why)}", markup=False)
+    for entry, why in plan.untouched:
+        console.print(f"leave   {entry.path}: {why}", markup=False)
+    for tag in plan.unknown_keep:
+        console.print(f"note    --keep {tag}: no such checkpoint directly under checkpoints/", markup=False)
+    for entry in plan.leftovers:
+        console.print(f"finish  {entry.path}: left by an interrupted prune ({_size(entry.size)})", markup=False)
+    for entry in plan.remove:
+        console.print(f"remove  {entry.tag} (step {entry.step}, {_size(entry.size)})", markup=False)
+    if not plan.remove and not plan.leftovers:
+        console.print("nothing to remove")
+        return
+    if dry_run:
+        console.print(f"dry run: would free {_size(plan.freed)}; nothing removed")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("not removing anything without --yes (or see it first with --dry-run)")
+        typer.confirm(f"Remove {len(plan.remove)} checkpoint(s), freeing {_size(plan.freed)}?", abort=True)
+    outcome = apply_prune(inv.run, plan)
+    for tag, why in outcome.skipped:
+        console.print(f"skipped {tag}: {why}", markup=False)
+    console.print(f"removed {len(outcome.removed)} checkpoint(s)"
+                  + (f" and {len(outcome.finished)} leftover(s)" if outcome.finished else "")
+                  + "; recorded in events.jsonl")
+
+
+@app.command("mark")
+def mark_command(
+    run_dir: RunDirArg,
+    tag: Annotated[str, typer.Argument(help="The checkpoint to keep.", show_default=False)],
+    note: Annotated[str, typer.Option("--note", help="Why it is kept (written into the marker).")] = "",
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the marker instead.")] = False,
+) -> None:
+    """Mark a checkpoint to keep: writes checkpoints/<tag>/KEEP, which `prune` honours."""
+    from bigops.checkpoint.inventory import open_run
+    from bigops.checkpoint.prune import mark
+
+    marker = mark(open_run(run_dir), tag, note=note, remove=remove)
+    typer.echo(f"{'unmarked' if remove else 'marked'} {tag} ({marker})")

@@ -32,7 +32,9 @@ def deepspeed_config(cfg: RunConfig) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
     }
     if bf16:
-        config["data_types"] = {"grad_accum_dtype": "fp32"}
+        # ZeRO-1: DeepSpeed's BF16_Optimizer with fp32 gradient accumulation (BLOOM's setting). ZeRO-0 in bf16:
+        # DeepSpeed takes the same optimizer only with bf16 accumulation (fp32 is refused for stage 0).
+        config["data_types"] = {"grad_accum_dtype": "fp32" if p.zero_stage >= 1 else "bf16"}
     return config
 
 

@@ -1,0 +1,112 @@
+"""The files of a DeepSpeed pipeline checkpoint, by role, and a safe loader for each.
+
+A tag directory of a TP x PP x DP run holds:
+
+- ``layer_LL-model_TT-model_states.pt``: pipeline layer LL's weights on TP rank TT (a plain state dict, in
+  the training dtype: bf16 or fp32);
+- ``mp_rank_MM_model_states.pt``: engine state of model-parallel rank MM = stage x TP + tp_rank (LR scheduler,
+  step counters, our ``bigops`` client state);
+- ``[bf16_]zero_pp_rank_DD_mp_rank_MM_optim_states.pt``: the optimizer state of data-parallel rank DD of model
+  rank MM: for every parameter group one flat fp32 partition (the master weights) and Adam's ``exp_avg`` /
+  ``exp_avg_sq`` of the same shape, plus ``param_slice_mappings``: parameter name -> (start, numel) inside
+  the partition (ZeRO-1 and DeepSpeed's BF16_Optimizer share this layout);
+- ``rng_state_rankNNNNN.pt`` (ours).
+
+Everything is loaded with ``weights_only=True``; the three DeepSpeed classes an optimizer file pickles are
+allow-listed by name, nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bigops.errors import CheckpointError
+
+LAYER_RE = re.compile(r"^layer_(?P<layer>\d+)-model_(?P<tp>\d+)-model_states\.pt$")
+OPTIM_RE = re.compile(r"^(?P<bf16>bf16_)?zero_pp_rank_(?P<dp>\d+)_mp_rank_(?P<mp>\d+)_optim_states\.pt$")
+ENGINE_RE = re.compile(r"^mp_rank_(?P<mp>\d+)_model_states\.pt$")
+
+
+def _deepspeed_safe_globals() -> list:
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [fragment_address, LossScaler, ZeroStageEnum]
+
+
+def load(path: Path, mmap: bool = True) -> dict:
+    """One checkpoint file, weights only, memory-mapped (pages are read as they are touched; edits stay private)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the checkpoint is partial")
+    try:
+        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:  # truncated, corrupt or foreign: one line, never a traceback
+        raise CheckpointError(f"{path} cannot be loaded ({type(exc).__name__}): the file is damaged or not "
+                              f"a bigops/DeepSpeed checkpoint file") from None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which file holds what, for one tag directory of a run with ``tp`` x ``pp`` x ``dp`` ranks."""
+
+    path: Path
+    tp: int
+    pp: int
+    dp: int
+    layer_files: dict[int, list[Path]]
+    """pipeline layer -> its files, one per TP rank (index = TP rank)."""
+    optim_files: dict[tuple[int, int], list[Path]]
+    """(stage, dp rank) -> the optimizer files of the TP peers (index = TP rank)."""
+    engine_files: list[Path]
+    other_files: list[Path]
+
+    def all_files(self) -> list[Path]:
+        out = [f for files in self.layer_files.values() for f in files]
+        out += [f for files in self.optim_files.values() for f in files]
+        return sorted(out + self.engine_files + self.other_files)
+
+
+def scan(path: Path, tp: int, pp: int, dp: int) -> Layout:
+    """Sort a tag directory's files by role; refuse a directory whose files do not match the topology."""
+    layers: dict[int, dict[int, Path]] = {}
+    optim: dict[tuple[int, int], dict[int, Path]] = {}
+    engine, other = [], []
+    for f in sorted(p for p in path.iterdir() if p.is_file()):
+        if m := LAYER_RE.match(f.name):
+            layers.setdefault(int(m["layer"]), {})[int(m["tp"])] = f
+        elif m := OPTIM_RE.match(f.name):
+            mp = int(m["mp"])
+            optim.setdefault((mp // tp, int(m["dp"])), {})[mp % tp] = f
+        elif ENGINE_RE.match(f.name):
+            engine.append(f)
+        else:
+            other.append(f)
+
+    def complete(found: dict[int, Path], what: str) -> list[Path]:
+        missing = [r for r in range(tp) if r not in found]
+        if missing or len(found) != tp:
+            raise CheckpointError(f"{path.name}: {what} has files for TP ranks {sorted(found)}, expected 0..{tp - 1}")
+        return [found[r] for r in range(tp)]
+
+    layer_files = {layer: complete(found, f"layer {layer}") for layer, found in sorted(layers.items())}
+    optim_files = {key: complete(found, f"optimizer stage {key[0]} dp {key[1]}") for key, found in sorted(optim.items())}
+    stages = {stage for stage, _ in optim_files}
+    if optim_files and (stages != set(range(pp)) or len(optim_files) != pp * dp):
+        raise CheckpointError(f"{path.name}: optimizer files for {len(optim_files)} (stage, dp) pairs, expected "
+                              f"{pp} x {dp}")
+    return Layout(path, tp, pp, dp, layer_files, optim_files, engine, other)
+
+
+def optimizer_state(sd: dict, path: Path) -> dict:
+    """The ``optimizer_state_dict`` of an optimizer file, checked to have the flat-partition layout."""
+    osd = sd.get("optimizer_state_dict") if isinstance(sd, dict) else None
+    keys = ("single_partition_of_fp32_groups", "param_slice_mappings", "base_optimizer_state")
+    if not isinstance(osd, dict) or any(k not in osd for k in keys):
+        raise CheckpointError(f"{path.name}: not a ZeRO-1 / BF16_Optimizer state (no flat fp32 partitions); "
+                              f"this tool handles parallel.zero_stage=1, or zero_stage=0 with bf16")
+    return osd

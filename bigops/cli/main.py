@@ -44,6 +44,9 @@ def _register() -> None:
     app.command(name="watch")(watch.watch)
     app.command(name="gpu-monitor")(gpu.gpu_monitor)
     app.add_typer(ckpt.app, name="ckpt")
+    from bigops.cli import surgery
+    app.command(name="surgery")(surgery.surgery)
+    ckpt.app.command(name="compare-tp")(surgery.compare_tp_command)
 
 
 _register()

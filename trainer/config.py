@@ -198,7 +198,18 @@ class WatchdogConfig:
     rollback_skip_batches: int = 200
     """Global batches skipped from the one that fed the spike's first step (PaLM skipped 200-500)."""
     on_crash: str = "restart"
-    """restart, notify, or ask."""
+    """restart, notify, or ask (record a pending action; ``bigops approve RUN ID`` carries it out)."""
+    on_desync: str = "sync"
+    """When TP-duplicated parameters drift apart (``ln_desync`` above ``desync_threshold``): sync (ask the
+    trainer for a live layer-norm sync through ``control/sync-layernorm``), notify, or ask."""
+    desync_threshold: float = 1e-3
+    """Max |diff| of TP-duplicated parameters across TP ranks above which the desync detector fires."""
+    straggler_factor: float = 1.5
+    """A rank is a straggler when its median forward time per step exceeds this many times its peers'."""
+    straggler_min_gap_s: float = 0.05
+    """... and exceeds it by at least this many seconds."""
+    straggler_min_samples: int = 5
+    """Steps of forward timing a rank needs before it is compared."""
 
 
 @dataclass

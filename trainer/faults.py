@@ -4,6 +4,10 @@
   random tokens (a corrupt shard: the loss spikes while they are read).
 - ``BIGOPS_FAULT_CRASH_AT_STEP=N``: every rank raises before training step N (a crash that recurs on
   every restart: a crash loop for the watchdog's restart budget).
+- ``BIGOPS_FAULT_CRASH_ONCE=PATH``: with ``BIGOPS_FAULT_CRASH_AT_STEP``, each rank crashes only the first
+  time it reaches that step (it leaves ``PATH.rank<N>`` behind): one crash, then a restart that finishes.
+- ``BIGOPS_FAULT_SLOW_RANK=RANK:SECONDS[,RANK:SECONDS...]``: that rank sleeps SECONDS in its module's forward,
+  every training micro-batch (a straggler; see ``trainer.telemetry.Heartbeat.attach``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import torch
 
 CORRUPT = "BIGOPS_FAULT_CORRUPT_SAMPLES"
 CRASH = "BIGOPS_FAULT_CRASH_AT_STEP"
+CRASH_ONCE = "BIGOPS_FAULT_CRASH_ONCE"
+SLOW_RANK = "BIGOPS_FAULT_SLOW_RANK"
 
 
 class InjectedCrash(RuntimeError):
@@ -40,4 +46,21 @@ def corrupt_samples(sample: Callable[[int], torch.Tensor], vocab_size: int) -> C
 def maybe_crash(next_step: int) -> None:
     spec = os.environ.get(CRASH)
     if spec and int(spec) == next_step:
+        once = os.environ.get(CRASH_ONCE)
+        if once:
+            marker = f"{once}.rank{os.environ.get('RANK', '0')}"
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return  # this rank crashed here once already
         raise InjectedCrash(f"fault injected by {CRASH}={spec}")
+
+
+def slow_forward_seconds(rank: int, spec: str | None = None) -> float:
+    """Seconds this rank should sleep per forward call, from ``BIGOPS_FAULT_SLOW_RANK`` (0.0: none)."""
+    spec = os.environ.get(SLOW_RANK) if spec is None else spec
+    for item in (spec or "").split(","):
+        who, sep, seconds = item.strip().partition(":")
+        if sep and who.strip().isdigit() and int(who) == rank:
+            return max(0.0, float(seconds))
+    return 0.0

@@ -38,10 +38,12 @@ def version() -> None:
 
 
 def _register() -> None:
-    from bigops.cli import ckpt, gpu, launch, status, watch
+    from bigops.cli import approve, ckpt, gpu, launch, status, watch
     app.command(name="launch")(launch.launch)
     app.command(name="status")(status.status)
     app.command(name="watch")(watch.watch)
+    app.command(name="approve")(approve.approve)
+    app.command(name="deny")(approve.deny)
     app.command(name="gpu-monitor")(gpu.gpu_monitor)
     app.add_typer(ckpt.app, name="ckpt")
     from bigops.cli import surgery

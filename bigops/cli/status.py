@@ -28,6 +28,7 @@ def status(
 ) -> None:
     """Step, loss, throughput, checkpoint, ranks, GPUs and open problems of a run (read-only)."""
     from bigops.errors import ConfigError
+    from bigops.watchdog.approvals import command, waiting
     from bigops.watchdog.daemon import one_line
     from bigops.watchdog.scan import scan_run
     from trainer.rundir import RunDir
@@ -40,10 +41,14 @@ def status(
     now = time.time()
     findings, facts = scan_run(run, now=now)
     problems = [f for f in findings if f.severity != "info"]
+    pending = [{"id": e.get("id"), "action": e.get("action"), "reason": e.get("reason"), "time": e.get("time"),
+                "approve": command(run, "approve", e["id"]), "deny": command(run, "deny", e["id"])}
+               for e in waiting(run)]
     last = facts.get("last_record") or {}
     if output_format == "json":
         out = {k: v for k, v in facts.items() if k not in ("findings", "gpus")}
         out["problems"] = [f.as_dict() for f in problems]
+        out["pending_approvals"] = pending
         out["gpus"] = {h: [s for s in samples if s["time"] == max(x["time"] for x in samples)]
                        for h, samples in (facts.get("gpus") or {}).items()}
         typer.echo(json.dumps(out, default=str))
@@ -71,3 +76,8 @@ def status(
     console.print("problems: none" if not problems else "problems:")
     for f in problems:
         console.print("  " + one_line(f), markup=False)
+    if pending:
+        console.print("waiting for a decision:")
+    for p in pending:
+        console.print(f"  {p['id']}: {p['action']} ({p['reason']}), asked {_age(p['time'], now)}\n"
+                      f"    approve: {p['approve']}\n    deny:    {p['deny']}", markup=False)

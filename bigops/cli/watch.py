@@ -23,8 +23,10 @@ def watch(
     metrics_address: Annotated[str, typer.Option("--metrics-address", help="Address to serve metrics on.")]
     = "127.0.0.1",
 ) -> None:
-    """Watch a run: detect loss spikes, NaNs, hangs, slowdowns, TP desync and full disks; record them in
-    events.jsonl, one line each here. Exit code 0; findings are not errors."""
+    """Watch a run: detect loss spikes, NaNs, hangs, dead ranks, stragglers, slowdowns, TP desync and full
+    disks; record them in events.jsonl, one line each here; request live layer-norm syncs
+    (watchdog.on_desync) and carry out the ones approved with `bigops approve`. Exit code 0; findings are
+    not errors."""
     from bigops.errors import ConfigError
     from bigops.watchdog.daemon import one_line, state_path, tick
     from bigops.watchdog.state import WatchState
@@ -39,8 +41,9 @@ def watch(
         raise ConfigError(f"{run.root} is not a run directory")
     state = WatchState.load(state_path(run))
     notifier = _notifier(run)
+    from bigops.watchdog.detectors.liveness import pid_alive
     from bigops.watchdog.supervisor import watch_config
-    config = watch_config(_run_config(run))
+    config = watch_config(_run_config(run), alive=pid_alive)  # standalone: nobody else watches the pids
     collector = None
     if metrics_port:
         from bigops.metrics.exporter import RunCollector, serve
@@ -56,6 +59,9 @@ def watch(
             collector.update(facts, facts["findings"], new, now)
         for finding in new:
             typer.echo(json.dumps(finding.as_dict()) if output_format == "json" else one_line(finding))
+        if output_format == "text":
+            for line in facts.get("actions", []):
+                typer.echo(line)
         if once:
             notifier.drain()
             return

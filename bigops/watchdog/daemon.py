@@ -1,14 +1,20 @@
 """The watchdog loop: scan, keep what is new, record it in ``events.jsonl``, remember it.
 
 Actions (notify, restart, roll back, sync) plug in after the record; this loop never lets one of them, or
-a malformed record, stop detection.
+a malformed record, stop detection. The pass itself owns the live layer-norm sync (``watchdog.on_desync``:
+sync, notify, or ask and wait for ``bigops approve``); restarts and rollbacks belong to the supervisor,
+which owns the ranks (``bigops.watchdog.supervisor``).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
+from bigops.watchdog import approvals
+from bigops.watchdog.actions import SYNC_LAYERNORM, announce_pending, record_action, recorded_action_for, \
+    request_layernorm_sync
 from bigops.watchdog.findings import Finding
 from bigops.watchdog.scan import WatchConfig, scan_run
 from bigops.watchdog.state import WatchState
@@ -31,7 +37,8 @@ def events_path(run: RunDir) -> Path:
 
 def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool = False,
          config: WatchConfig = WatchConfig(), notifier=None) -> tuple[list[Finding], dict]:
-    """One pass; returns the findings that are new (and were recorded), and the facts of the pass.
+    """One pass; returns the findings that are new (and were recorded), and the facts of the pass
+    (``facts["actions"]``: one console line per action taken or asked for in this pass).
 
     New findings are written to events.jsonl, then handed to the notifier (which only enqueues: a slow or
     dead receiver never delays the next pass)."""
@@ -50,7 +57,66 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
         state.remember(f, now)
     if new:
         state.save()
+    lines = []
+    for f in findings:
+        if f.kind == "TPDesync" and f.key not in state.handled:
+            lines += act_on_desync(run, state, f, config.on_desync, now, dry_run, notifier)
+    lines += carry_out_decisions(run, state, now, dry_run, notifier)
+    facts["actions"] = lines
     return new, facts
+
+
+SYNC_ACTION = "sync-layernorm"
+
+
+def act_on_desync(run: RunDir, state: WatchState, f: Finding, mode: str, now: float, dry_run: bool,
+                  notifier) -> list[str]:
+    """Once per finding key: request a live sync (``sync``), or ask for one (``ask``); ``notify``: the
+    finding's own notification is all."""
+    if mode == "notify":
+        return []
+    if dry_run:
+        state.handled[f.key] = {"time": now, "kind": f.kind, "dry_run": True}
+        state.save()
+        verb = "ask for" if mode == "ask" else "write"
+        return [record_action(run, notifier, SYNC_ACTION, f.summary, f"dry-run: would {verb} control/{SYNC_LAYERNORM}",
+                              now=now, key=f.key)]
+    if mode == "ask":
+        state.handled[f.key] = {"time": now, "kind": f.kind}  # saved with the entry, in one write
+        entry = approvals.ask(state, SYNC_ACTION, f.summary, now, key=f.key, step=f.step,
+                              ln_desync=f.evidence.get("ln_desync"))
+        return [announce_pending(run, notifier, entry, now)]
+    event_id = uuid.uuid4().hex[:12]
+    path = request_layernorm_sync(run, event_id, now, f.summary, f.step)
+    line = record_action(run, notifier, SYNC_ACTION, f.summary, f"requested a live sync: wrote {path}", now=now,
+                         key=f.key, request_id=event_id)
+    state.handled[f.key] = {"time": now, "kind": f.kind, "request_id": event_id}
+    state.save()
+    return [line]
+
+
+def carry_out_decisions(run: RunDir, state: WatchState, now: float, dry_run: bool, notifier) -> list[str]:
+    """Decisions on the pending actions this pass owns (the sync): act once, record, finish."""
+    lines = []
+    for entry in approvals.open_entries(state, (SYNC_ACTION,)):
+        if entry["status"] == "pending" and approvals.claim(run, state, entry["id"], now) is None:
+            continue
+        who = entry.get("decided_by") or "someone"
+        if entry["status"] == "denied":
+            lines.append(record_action(run, notifier, SYNC_ACTION, entry["reason"], f"denied by {who}: not synced",
+                                       now=now, key=entry.get("key"), pending_id=entry["id"]))
+            approvals.finish(state, entry["id"], "denied", now)
+            continue
+        if dry_run:
+            lines.append(record_action(run, notifier, SYNC_ACTION, entry["reason"], f"approved by {who}; dry-run: "
+                                       f"would write control/{SYNC_LAYERNORM}", now=now, pending_id=entry["id"]))
+        elif not recorded_action_for(run, entry["id"]):  # not done before a restart of ours
+            path = request_layernorm_sync(run, entry["id"], now, entry["reason"], entry["details"].get("step"))
+            lines.append(record_action(run, notifier, SYNC_ACTION, entry["reason"], f"approved by {who}: requested "
+                                       f"a live sync, wrote {path}", now=now, key=entry.get("key"),
+                                       pending_id=entry["id"]))
+        approvals.finish(state, entry["id"], "synced" if not dry_run else "dry-run", now)
+    return lines
 
 
 def one_line(f: Finding) -> str:

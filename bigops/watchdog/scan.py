@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from bigops.watchdog.detectors.desync import DesyncConfig, detect_desync
+from bigops.watchdog.detectors.desync import DesyncConfig, desync_episode_start, detect_desync
 from bigops.watchdog.detectors.disk import DiskConfig, DiskUsage, detect_disk
 from bigops.watchdog.detectors.gpu import GpuConfig, detect_gpu
 from bigops.watchdog.detectors.grad_norm import GradNormConfig, GradNormSpikeDetector
 from bigops.watchdog.detectors.hang import HangConfig, detect_hang
+from bigops.watchdog.detectors.liveness import detect_dead_ranks
 from bigops.watchdog.detectors.loss_spike import LossSpikeConfig, LossSpikeDetector
 from bigops.watchdog.detectors.nonfinite import NonFiniteConfig, NonFiniteDetector
+from bigops.watchdog.detectors.straggler import StragglerConfig, detect_stragglers
 from bigops.watchdog.detectors.throughput import ThroughputConfig, detect_throughput_drop
 from bigops.watchdog.findings import Finding
 from trainer.rundir import RunDir
@@ -38,6 +42,12 @@ class WatchConfig:
     desync: DesyncConfig = field(default_factory=DesyncConfig)
     disk: DiskConfig = field(default_factory=DiskConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
+    straggler: StragglerConfig = field(default_factory=StragglerConfig)
+    on_desync: str = "sync"
+    """What the daemon does about a TPDesync finding: sync, notify or ask (``watchdog.on_desync``)."""
+    alive: Callable[[int], bool] | None = None
+    """Liveness of a pid on this host: given, the ranks-not-running check runs (standalone ``bigops watch``;
+    a supervisor restarts its ranks itself and leaves it None)."""
 
 
 def _number(value) -> float | None:
@@ -126,6 +136,33 @@ def latest_checkpoint_facts(run: RunDir) -> dict:
     return {k: manifest.get(k) for k in ("step", "created", "tag")} if isinstance(manifest, dict) else {}
 
 
+SUPERVISOR_FILE = "supervisor.json"
+
+
+def supervisor_path(run: RunDir) -> Path:
+    """Written by ``bigops launch --watch`` while it owns the ranks: {"pid", "host", "started"}."""
+    return run.root / "watchdog" / SUPERVISOR_FILE
+
+
+def supervised(run: RunDir, alive: Callable[[int], bool], host: str) -> bool:
+    """A live supervisor owns this run's ranks (on another host: assumed live while its file is there)."""
+    try:
+        data = json.loads(supervisor_path(run).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
+        return False
+    return data.get("host") != host or alive(data["pid"])
+
+
+def read_exit_record(run: RunDir) -> dict | None:
+    try:
+        data = json.loads(run.exit_record.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def disk_usage(path: Path) -> DiskUsage:
     st = os.statvfs(path)
     return DiskUsage(total_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bavail * st.f_frsize,
@@ -163,10 +200,17 @@ def scan_run(run: RunDir, now: float | None = None, config: WatchConfig = WatchC
     findings += detect_throughput_drop(throughput, config.throughput)
     desync = [r for r in records if _number(r.get("ln_desync")) is not None]
     if desync:
-        findings += detect_desync(desync[-1]["step"], _number(desync[-1]["ln_desync"]), config.desync)
+        series = [(r["step"], _number(r["ln_desync"])) for r in desync]
+        findings += detect_desync(series[-1][0], series[-1][1], config.desync,
+                                  since_step=desync_episode_start(series, config.desync.threshold))
     beats = read_heartbeats(run)
     step_seconds = [s for r in records[-200:] if (s := _number(r.get("step_seconds")))]
     findings += detect_hang(beats, now, step_seconds, config.hang)
+    findings += detect_stragglers(beats, config.straggler)
+    if config.alive is not None and beats:
+        host = socket.gethostname()
+        findings += detect_dead_ranks(beats, host, config.alive, read_exit_record(run),
+                                      restarting=supervised(run, config.alive, host))
     if run.root.exists():
         findings += detect_disk(disk_usage(run.root), last_checkpoint_bytes(run), config.disk)
     gpu_samples = read_gpu_samples(run)

@@ -18,6 +18,9 @@ class WatchState:
     """Automatic restarts so far: {"time", "from_step", "reason"} (the budget and progress guards)."""
     handled: dict[str, dict] = field(default_factory=dict)
     """Finding keys an action was already taken for (never act twice, even after our own restart)."""
+    pending: dict[str, dict] = field(default_factory=dict)
+    """Actions asked for (``watchdog.on_* = "ask"``), by id: pending -> approved/denied -> done
+    (see ``bigops.watchdog.approvals``)."""
 
     @classmethod
     def load(cls, path: Path) -> "WatchState":
@@ -36,7 +39,7 @@ class WatchState:
             value = data.get(key)
             return value if isinstance(value, kind) else kind()
         return cls(path=path, reported=typed("reported", dict), restarts=typed("restarts", list),
-                   handled=typed("handled", dict))
+                   handled=typed("handled", dict), pending=typed("pending", dict))
 
     def is_new(self, finding: Finding) -> bool:
         """New, or the same problem grown more severe (a blip that became a spike keeps its key...)."""
@@ -52,5 +55,6 @@ class WatchState:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps({"reported": self.reported, "restarts": self.restarts,
-                                                 "handled": self.handled}, indent=1, sort_keys=True) + "\n")
+        data = {"reported": self.reported, "restarts": self.restarts, "handled": self.handled,
+                "pending": self.pending}
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -9,39 +9,67 @@ The loop (``bigops launch --watch``):
   checkpoint before the spike (later ones set aside), skip the data that fed it, restart;
 - configuration or checkpoint errors: page and stop (restarting cannot help).
 
-Every decision and its outcome is an ``action`` record in events.jsonl; the restart ledger and the keys
-already acted on live in ``watchdog/state.json``, so a restarted supervisor never repeats an action.
+With ``watchdog.on_crash = "ask"`` / ``watchdog.on_loss_spike = "ask"`` the restart (after a crash or a
+hang) and the rollback wait for a person (``bigops approve RUN ID`` / ``bigops deny RUN ID``), the run kept
+safe meanwhile: after a crash nothing runs; a spike's ranks are killed at once (they must not train on past
+it); a hung rank is left as it is (for py-spy) until the restart is approved. A denied restart or rollback
+stops the supervisor (exit code WATCHDOG_GAVE_UP) with the run as it is; a denied kill of hung ranks leaves
+them running. A supervisor started while an earlier one's action is still open waits for it first.
+
+Every decision and its outcome is an ``action`` record in events.jsonl; the restart ledger, the keys
+already acted on and the pending actions live in ``watchdog/state.json``, so a restarted supervisor never
+repeats an action. While it runs, ``watchdog/supervisor.json`` names it: a standalone ``bigops watch`` then
+leaves dead ranks to it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from typing import Callable
 
 from bigops.exitcodes import WATCHDOG_GAVE_UP as SUPERVISOR_GAVE_UP
 from bigops.checkpoint.rollback import apply_rollback, checkpoints_with_steps
-from bigops.watchdog.daemon import events_path, one_line, state_path, tick
+from bigops.errors import ConfigError
+from bigops.watchdog import approvals
+from bigops.watchdog.actions import announce_pending, record_action, recorded_action_for
+from bigops.watchdog.daemon import one_line, state_path, tick
 from bigops.watchdog.findings import Finding
 from bigops.watchdog.policy import decide_restart, plan_rollback
-from bigops.watchdog.scan import WatchConfig, read_tail
+from bigops.watchdog.scan import WatchConfig, read_tail, supervisor_path
 from bigops.watchdog.state import WatchState
 from trainer import checkpoint as ckpt
 from trainer import exitcodes
 from trainer.config import RunConfig
-from trainer.rundir import RunDir, append_jsonl
+from trainer.rundir import RunDir, atomic_write_text
 
 
-
-def watch_config(cfg: RunConfig) -> WatchConfig:
+def watch_config(cfg: RunConfig, alive: Callable[[int], bool] | None = None) -> WatchConfig:
+    """The detectors' and the daemon's settings from ``[watchdog]`` (checked here: ConfigError)."""
+    from bigops.watchdog.detectors.desync import DesyncConfig
     from bigops.watchdog.detectors.hang import HangConfig
+    from bigops.watchdog.detectors.straggler import StragglerConfig
     w = cfg.watchdog
+    if w.on_desync not in ("sync", "notify", "ask"):
+        raise ConfigError(f"watchdog.on_desync={w.on_desync!r}: use sync, notify or ask")
+    if not w.desync_threshold >= 0:
+        raise ConfigError(f"watchdog.desync_threshold={w.desync_threshold} must be >= 0")
+    if not w.straggler_factor >= 1 or not w.straggler_min_gap_s >= 0 or w.straggler_min_samples < 1:
+        raise ConfigError("watchdog.straggler_factor must be >= 1, watchdog.straggler_min_gap_s >= 0 and "
+                          "watchdog.straggler_min_samples >= 1")
     return WatchConfig(hang=HangConfig(factor=w.hang_factor, min_timeout_s=w.hang_min_timeout_s,
                                        startup_timeout_s=w.hang_startup_timeout_s,
-                                       checkpoint_timeout_s=w.hang_checkpoint_timeout_s))
+                                       checkpoint_timeout_s=w.hang_checkpoint_timeout_s),
+                       desync=DesyncConfig(threshold=w.desync_threshold),
+                       straggler=StragglerConfig(factor=w.straggler_factor, min_gap_s=w.straggler_min_gap_s,
+                                                 min_samples=w.straggler_min_samples),
+                       on_desync=w.on_desync, alive=alive)
 
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -57,6 +85,14 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         proc.wait()
 
 
+class Stop(Exception):
+    """A person denied what the supervisor asked for: stop with this exit code, the run left as it is."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
 class Supervisor:
     def __init__(self, run: RunDir, cfg: RunConfig, spawn: Callable[[], subprocess.Popen], notifier=None,
                  say: Callable[[str], None] = print, on_tick: Callable[[dict], None] | None = None):
@@ -64,21 +100,41 @@ class Supervisor:
         self.on_tick = on_tick or (lambda facts: None)
         self.state = WatchState.load(state_path(run))
         self.config = watch_config(cfg)
+        self.approved: dict | None = None
+        """The approved entry whose restart comes next (no second question, no budget check)."""
 
     # -------------------------------------------------------------------------------------------- records
     def action(self, action: str, reason: str, outcome: str, severity: str = "warning", **details) -> None:
-        event = {"time": time.time(), "type": "action", "id": uuid.uuid4().hex[:12], "action": action,
-                 "reason": reason, "outcome": outcome, "severity": severity, **details}
-        append_jsonl(events_path(self.run), event)
-        self.say(f"[{severity.upper()}] watchdog {action}: {reason} -> {outcome}")
-        if self.notifier is not None and self.notifier.wanted(severity):
-            page = {"kind": f"Watchdog{action.title().replace('-', '')}", "severity": severity,
-                    "summary": f"{reason} -> {outcome}", "key": event["id"], "runbook": "runbooks/RestartBudgetExhausted.md"
-                    if action == "give-up" else f"runbooks/Watchdog{action.title()}.md", "evidence": details}
-            self.notifier.submit(page, f"[{severity.upper()}] {page['kind']}: {page['summary']}")
+        runbook = "runbooks/RestartBudgetExhausted.md" if action == "give-up" else None
+        self.say(record_action(self.run, self.notifier, action, reason, outcome, severity, runbook=runbook,
+                               **details))
+
+    @contextmanager
+    def supervising(self):
+        """``watchdog/supervisor.json`` names this process while it owns the ranks."""
+        path = supervisor_path(self.run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                            "started": time.time()}) + "\n")
+        try:
+            yield
+        finally:
+            try:
+                if json.loads(path.read_text()).get("pid") == os.getpid():
+                    path.unlink()
+            except (OSError, ValueError, AttributeError):
+                pass
 
     # ------------------------------------------------------------------------------------------- the loop
     def run_until_done(self) -> int:
+        with self.supervising():
+            try:
+                self.resume_pending()
+                return self.loop()
+            except Stop as stop:
+                return stop.code
+
+    def loop(self) -> int:
         while True:
             self.run.exit_record.unlink(missing_ok=True)
             proc = self.spawn()
@@ -92,10 +148,14 @@ class Supervisor:
                     return code
                 if code == exitcodes.NONFINITE_LIMIT:
                     reason = "spike"
-                    if not self.rollback(self.first_bad_step(), "too many NaN/Inf steps in a row"):
+                    if not self.after_spike(self.first_bad_step(), "too many NaN/Inf steps in a row"):
                         return code
                 else:
                     reason = f"crash ({exitcodes.describe(code)})"
+            if self.approved is not None:
+                entry, self.approved = self.approved, None
+                self.record_restart(reason, entry)
+                continue
             if not self.restart_allowed(reason):
                 return SUPERVISOR_GAVE_UP
 
@@ -109,18 +169,32 @@ class Supervisor:
             self.on_tick(facts)
             for f in new:
                 self.say(one_line(f))
+            for line in facts.get("actions", []):
+                self.say(line)
             for f in facts["findings"]:
                 if f.kind == "TrainingHang" and f.key not in self.state.handled:
                     self.mark(f)
                     stale = ", ".join(f"rank {s['rank']} (pid {s['pid']}, {s['phase']})" for s in f.evidence["stale"])
+                    if self.cfg.watchdog.on_crash == "ask":
+                        entry = self.ask("restart", f"hang: {stale}", key=f.key, kind="hang", pgid=proc.pid)
+                        entry = self.await_decision(entry)
+                        if entry["status"] == "denied":
+                            self.action("kill", f"hang: {stale}", f"denied by {entry.get('decided_by')}: the ranks "
+                                        f"are left as they are", "critical", key=f.key, pending_id=entry["id"])
+                            approvals.finish(self.state, entry["id"], "denied", time.time())
+                            continue
+                        self.approved = entry
                     kill_group(proc)
                     self.action("kill", f"hang: {stale}", "killed the ranks", "critical", key=f.key)
                     return "hang"
                 if f.kind == "LossSpike" and f.key not in self.state.handled \
-                        and self.cfg.watchdog.on_loss_spike == "rollback":
+                        and self.cfg.watchdog.on_loss_spike in ("rollback", "ask"):
                     self.mark(f)
                     kill_group(proc)  # SIGKILL: no checkpoint of the post-spike state
-                    if self.rollback(f.evidence["start_step"], f.summary):
+                    if self.cfg.watchdog.on_loss_spike == "ask":
+                        self.action("kill", f.summary, "killed the ranks (nothing trains past the spike); the "
+                                    "rollback waits for a decision", "critical", key=f.key)
+                    if self.after_spike(f.evidence["start_step"], f.summary, key=f.key):
                         return "spike"
                     return "spike (no checkpoint before it)"
         return None
@@ -129,25 +203,86 @@ class Supervisor:
         self.state.handled[f.key] = {"time": time.time(), "kind": f.kind}
         self.state.save()
 
+    # ------------------------------------------------------------------------------------- asking a person
+    def ask(self, action: str, reason: str, key: str | None = None, **details) -> dict:
+        entry = approvals.ask(self.state, action, reason, time.time(), key=key, **details)
+        self.say(announce_pending(self.run, self.notifier, entry))
+        return entry
+
+    def await_decision(self, entry: dict) -> dict:
+        """Block until ``bigops approve`` / ``deny`` decides ``entry`` (the run stays as it is meanwhile)."""
+        while entry["status"] == "pending":
+            if approvals.claim(self.run, self.state, entry["id"], time.time()) is None:
+                time.sleep(min(self.cfg.watchdog.interval_s, 1.0))
+        return entry
+
+    def resume_pending(self) -> None:
+        """An earlier supervisor's restart or rollback still open: wait for its decision, then carry it out."""
+        for entry in approvals.open_entries(self.state, ("restart", "rollback")):
+            if entry["status"] == "pending":
+                self.say(f"[CRITICAL] WatchdogApprovalNeeded: {entry['action']} {entry['id']} from an earlier "
+                         f"watchdog still waits ({entry['reason']}); approve: "
+                         f"{approvals.command(self.run, 'approve', entry['id'])}   deny: "
+                         f"{approvals.command(self.run, 'deny', entry['id'])}")
+            entry = self.await_decision(entry)
+            if entry["status"] == "denied":
+                self.deny(entry)
+            details = entry.get("details", {})
+            if entry["action"] == "rollback":
+                if not self.rollback(details.get("spike_step", 0), entry["reason"], entry):
+                    approvals.finish(self.state, entry["id"], "no checkpoint to roll back to", time.time())
+                    raise Stop(SUPERVISOR_GAVE_UP)
+            elif details.get("kind") == "hang" and isinstance(details.get("pgid"), int):
+                try:  # the hung ranks of the earlier supervisor, if their group is still there
+                    if os.getpgid(details["pgid"]) == details["pgid"]:
+                        os.killpg(details["pgid"], signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            self.record_restart(entry["reason"], entry)
+
+    def deny(self, entry: dict) -> None:
+        """A denied restart or rollback: stop here, the run as it is (a person takes over)."""
+        what = "restart" if entry["action"] == "restart" else "rollback"
+        self.action("give-up", entry["reason"], f"{what} denied by {entry.get('decided_by')}: the run is left "
+                    f"stopped as it is", "critical", pending_id=entry["id"])
+        approvals.finish(self.state, entry["id"], "denied", time.time())
+        raise Stop(SUPERVISOR_GAVE_UP)
+
     # ---------------------------------------------------------------------------------------------- actions
     def checkpoint_step(self) -> int | None:
         found = ckpt.find_resumable(self.run, hashes=False) if self.run.latest.exists() else None
         return found.manifest.get("step") if found else None
 
+    def record_restart(self, reason: str, entry: dict | None = None) -> None:
+        """Count and record a restart that goes ahead (after the guards, or approved by a person)."""
+        step = self.checkpoint_step()
+        self.state.restarts.append({"time": time.time(), "from_step": step, "reason": reason})
+        self.state.save()
+        if entry is None:
+            return
+        self.action("restart", reason, f"approved by {entry.get('decided_by')}: relaunching from checkpoint step "
+                    f"{step}", "warning", checkpoint_step=step, pending_id=entry["id"])
+        approvals.finish(self.state, entry["id"], "restarted", time.time())
+
     def restart_allowed(self, reason: str) -> bool:
-        if self.cfg.watchdog.on_crash != "restart":
-            self.action("give-up", reason, f"watchdog.on_crash={self.cfg.watchdog.on_crash}: not restarting",
-                        "critical")
+        w = self.cfg.watchdog
+        if w.on_crash not in ("restart", "ask"):
+            self.action("give-up", reason, f"watchdog.on_crash={w.on_crash}: not restarting", "critical")
             return False
         step = self.checkpoint_step()
-        w = self.cfg.watchdog
         decision = decide_restart(self.state.restarts, time.time(), step, w.restart_budget, w.restart_window_s,
                                   w.no_progress_restarts)
+        if w.on_crash == "ask":
+            entry = self.await_decision(self.ask("restart", reason, kind="crash", checkpoint_step=step,
+                                                 policy=decision.reason))
+            if entry["status"] == "denied":
+                self.deny(entry)
+            self.record_restart(reason, entry)
+            return True
         if not decision.allowed:
             self.action("give-up", reason, decision.reason, "critical", checkpoint_step=step)
             return False
-        self.state.restarts.append({"time": time.time(), "from_step": step, "reason": reason})
-        self.state.save()
+        self.record_restart(reason)
         self.action("restart", reason, f"relaunching from checkpoint step {step} ({decision.reason})", "warning",
                     checkpoint_step=step)
         return True
@@ -162,7 +297,27 @@ class Supervisor:
                 break
         return step if step is not None else (records[-1]["step"] if records else 0)
 
-    def rollback(self, spike_step: int, why: str) -> bool:
+    def after_spike(self, spike_step: int, why: str, key: str | None = None) -> bool:
+        """The ranks are down after a spike: roll back (``rollback``), or ask first (``ask``: approved, the
+        restart that follows needs no second question); ``notify``: give up. False: no rollback happened."""
+        mode = self.cfg.watchdog.on_loss_spike
+        if mode == "notify":
+            self.action("give-up", why, "watchdog.on_loss_spike=notify: not rolling back", "critical")
+            return False
+        if mode == "ask":
+            entry = self.await_decision(self.ask("rollback", why, key=key, spike_step=spike_step))
+            if entry["status"] == "denied":
+                self.deny(entry)
+            if not self.rollback(spike_step, why, entry):
+                approvals.finish(self.state, entry["id"], "no checkpoint to roll back to", time.time())
+                return False
+            self.approved = entry
+            return True
+        return self.rollback(spike_step, why)
+
+    def rollback(self, spike_step: int, why: str, entry: dict | None = None) -> bool:
+        if entry is not None and recorded_action_for(self.run, entry["id"]) and self.run.latest_tag() is not None:
+            return True  # carried out before an earlier supervisor died
         records, _ = read_tail(self.run.metrics, 100_000)
         before = [r for r in records if r["step"] < spike_step and isinstance(r.get("consumed_samples"), int)]
         consumed = before[-1]["consumed_samples"] if before else 0
@@ -171,9 +326,11 @@ class Supervisor:
         if plan is None:
             self.action("give-up", why, f"no checkpoint before step {spike_step} to roll back to", "critical")
             return False
-        event_id = uuid.uuid4().hex[:12]
+        event_id = entry["id"] if entry is not None else uuid.uuid4().hex[:12]
         aside = apply_rollback(self.run, plan, event_id)
+        approved = f" (approved by {entry.get('decided_by')})" if entry is not None else ""
+        extra = {"pending_id": entry["id"]} if entry is not None else {}
         self.action("rollback", why, f"latest -> {plan.target_tag}; set aside {plan.aside_tags or 'nothing'} in "
-                    f"{aside.relative_to(self.run.root)}; skip samples {plan.skip_range[0]}-{plan.skip_range[1]}",
-                    "critical", target=plan.target_tag, skip_range=list(plan.skip_range))
+                    f"{aside.relative_to(self.run.root)}; skip samples {plan.skip_range[0]}-{plan.skip_range[1]}"
+                    f"{approved}", "critical", target=plan.target_tag, skip_range=list(plan.skip_range), **extra)
         return True

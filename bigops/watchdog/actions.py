@@ -1,0 +1,87 @@
+"""What the watchdog does besides reporting, recorded the same way everywhere: one ``action`` (or
+``pending``) record in events.jsonl, one line for the console, one notification.
+
+The live layer-norm sync request lives here: ``control/sync-layernorm``, written atomically with the
+event id and time; the trainer honours it at its next step (``trainer.control``) and removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from bigops.watchdog.approvals import command
+from trainer.rundir import RunDir, append_jsonl, atomic_write_text
+
+try:  # the trainer's name for the file, when it defines one (one source of truth)
+    from trainer.control import SYNC_LAYERNORM
+except ImportError:
+    SYNC_LAYERNORM = "sync-layernorm"
+
+APPROVAL_RUNBOOK = "runbooks/WatchdogApprovalNeeded.md"
+
+
+def events_file(run: RunDir):
+    return run.root / "events.jsonl"
+
+
+def action_kind(action: str) -> str:
+    return "Watchdog" + "".join(part.title() for part in action.split("-"))
+
+
+def record_action(run: RunDir, notifier, action: str, reason: str, outcome: str, severity: str = "warning",
+                  runbook: str | None = None, now: float | None = None, **details) -> str:
+    """Append an ``action`` event, notify (when the notifier wants this severity); returns the console line."""
+    event = {"time": time.time() if now is None else now, "type": "action", "id": uuid.uuid4().hex[:12],
+             "action": action, "reason": reason, "outcome": outcome, "severity": severity, **details}
+    append_jsonl(events_file(run), event)
+    line = f"[{severity.upper()}] watchdog {action}: {reason} -> {outcome}"
+    if notifier is not None and notifier.wanted(severity):
+        kind = action_kind(action)
+        page = {"kind": kind, "severity": severity, "summary": f"{reason} -> {outcome}", "key": event["id"],
+                "runbook": runbook or f"runbooks/{kind}.md", "evidence": details}
+        notifier.submit(page, f"[{severity.upper()}] {kind}: {page['summary']}")
+    return line
+
+
+def announce_pending(run: RunDir, notifier, entry: dict, now: float | None = None) -> str:
+    """The ``pending`` event and the page that tell on call exactly what to run."""
+    approve, deny = command(run, "approve", entry["id"]), command(run, "deny", entry["id"])
+    event = {"time": time.time() if now is None else now, "type": "pending", "id": entry["id"],
+             "action": entry["action"], "reason": entry["reason"], "key": entry.get("key"), "severity": "critical",
+             "approve": approve, "deny": deny, "details": entry.get("details", {}), "runbook": APPROVAL_RUNBOOK}
+    append_jsonl(events_file(run), event)
+    line = (f"[CRITICAL] WatchdogApprovalNeeded: {entry['action']} waits for a decision ({entry['reason']}); "
+            f"approve: {approve}   deny: {deny}")
+    if notifier is not None and notifier.wanted("critical"):
+        notifier.submit({"kind": "WatchdogApprovalNeeded", "severity": "critical", "key": entry["id"],
+                         "summary": f"{entry['action']} waits for a decision: {entry['reason']}. Approve: {approve} "
+                                    f"-- deny: {deny}", "runbook": APPROVAL_RUNBOOK,
+                         "evidence": {"id": entry["id"], "action": entry["action"], "approve": approve, "deny": deny,
+                                      **entry.get("details", {})}}, line)
+    return line
+
+
+def recorded_action_for(run: RunDir, pending_id: str) -> bool:
+    """An ``action`` event carrying out ``pending_id`` is in events.jsonl already (we died after acting)."""
+    try:
+        with open(events_file(run), "rb") as handle:
+            for raw in handle:
+                if pending_id.encode() in raw:
+                    try:
+                        event = json.loads(raw)
+                    except ValueError:
+                        continue
+                    if event.get("type") == "action" and event.get("pending_id") == pending_id:
+                        return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
+def request_layernorm_sync(run: RunDir, event_id: str, now: float, reason: str, step: int | None = None) -> str:
+    """Write ``control/sync-layernorm`` atomically; returns its path relative to the run."""
+    path = run.root / "control" / SYNC_LAYERNORM
+    atomic_write_text(path, json.dumps({"id": event_id, "time": now, "reason": reason, "step": step}) + "\n")
+    return str(path.relative_to(run.root))

@@ -299,7 +299,8 @@ def inspect_checkpoint(path: Path, tag: str, load_optimizer: bool = True) -> Rep
     dp = cfg.parallel.dp if cfg else topo.get("dp", engine_state.get("dp_world_size"))
     topology = {"tp": tp, "pp": pp, "dp": dp,
                 "world_size": tp * pp * dp if all(isinstance(x, int) for x in (tp, pp, dp)) else None,
-                "zero_stage": cfg.parallel.zero_stage if cfg else (ds_config.get("zero_optimization") or {}).get("stage"),
+                "zero_stage": cfg.parallel.zero_stage if cfg
+                else (ds_config.get("zero_optimization") or {}).get("stage"),
                 "precision": cfg.train.precision if cfg else manifest.get("precision")}
     if topo and cfg and (topo.get("tp"), topo.get("pp"), topo.get("dp")) != (tp, pp, dp):
         problems.append(f"manifest topology {topo} differs from the run config's TP={tp} PP={pp} DP={dp}")

@@ -123,8 +123,8 @@ def describe(root: Path, path: Path, tag: str, state: str | None = None, aside: 
             pass
     if state is None:
         state = INCOMPLETE if problem else COMPLETE
-    return Entry(tag=tag, path=path.relative_to(root).as_posix(), state=state, step=step, size=size, files=files, created=created,
-                 problem=problem, latest=latest, aside=aside, marked=(path / KEEP_MARKER).is_file())
+    return Entry(tag=tag, path=path.relative_to(root).as_posix(), state=state, step=step, size=size, files=files,
+                 created=created, problem=problem, latest=latest, aside=aside, marked=(path / KEEP_MARKER).is_file())
 
 
 def read_latest(run: RunDir) -> tuple[str | None, str | None]:

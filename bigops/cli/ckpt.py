@@ -157,7 +157,8 @@ def inspect_command(run_dir: RunDirArg, tag: TagOpt = None, output_format: Forma
         for o in report.optimizer:
             for g in o.groups:
                 moments = [g.get("exp_avg"), g.get("exp_avg_sq")]
-                opt.add_row(str(o.pp_stage), str(o.tp_rank), str(o.dp_rank), str(g["group"]), _numel(g.get("fp32_partition")),
+                opt.add_row(str(o.pp_stage), str(o.tp_rank), str(o.dp_rank), str(g["group"]),
+                            _numel(g.get("fp32_partition")),
                             f"{_numel(moments[0])} each" if moments[0] == moments[1]
                             else ", ".join(_numel(m) for m in moments), str(g.get("params", "-")), f"{g.get('lr'):g}"
                             if isinstance(g.get("lr"), (int, float)) else "-", str(g.get("weight_decay")))

@@ -34,6 +34,7 @@ from trainer.rundir import RunDir
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{6,32}$")
 DECISIONS = ("approve", "deny")
+PAST = {"approve": "approved", "deny": "denied"}
 OPEN = ("pending", "approved", "denied")
 """Statuses of an entry that is not finished yet."""
 
@@ -135,7 +136,7 @@ def decide(run: RunDir, event_id: str, decision: str, by: str | None = None, not
         raise DecisionError(f"{run.root}: no pending action {event_id} (see `bigops status {run.root}`)")
     earlier = read_decision(run, event_id)
     if earlier is not None or entry.get("status") != "pending":
-        what = earlier["decision"] + "d" if earlier else entry.get("status")
+        what = PAST[earlier["decision"]] if earlier else entry.get("status")
         raise DecisionError(f"action {event_id} ({entry.get('action')}) is no longer pending: already {what}")
     now = time.time() if now is None else now
     record = {"id": event_id, "decision": decision, "action": entry.get("action"), "time": now,
@@ -154,7 +155,7 @@ def decide(run: RunDir, event_id: str, decision: str, by: str | None = None, not
         except FileExistsError:
             earlier = read_decision(run, event_id)
             raise DecisionError(f"action {event_id} is no longer pending: already "
-                                f"{earlier['decision'] + 'd' if earlier else 'decided'}") from None
+                                f"{PAST[earlier['decision']] if earlier else 'decided'}") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     append_jsonl(run.root / "events.jsonl", {"type": "decision", **record})

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from bigops.watchdog.detectors.desync import detect_desync
+from bigops.watchdog.detectors.desync import DesyncConfig, desync_episode_start, detect_desync
 from bigops.watchdog.detectors.disk import DiskUsage, detect_disk
 from bigops.watchdog.detectors.grad_norm import GradNormConfig, GradNormSpikeDetector
 from bigops.watchdog.detectors.hang import detect_hang
+from bigops.watchdog.detectors.liveness import detect_dead_ranks
 from bigops.watchdog.detectors.loss_spike import LossSpikeConfig, scan
 from bigops.watchdog.detectors.nonfinite import NonFiniteDetector
+from bigops.watchdog.detectors.straggler import StragglerConfig, detect_stragglers
 from bigops.watchdog.detectors.throughput import detect_throughput_drop
 
 CURVES = Path(__file__).resolve().parents[1] / "fixtures" / "loss-curves"
@@ -125,8 +127,82 @@ def test_throughput_clean_run_is_quiet_and_a_sustained_drop_is_found():
 def test_desync_and_disk():
     assert detect_desync(10, 0.0) == []
     assert detect_desync(10, 0.02)[0].kind == "TPDesync"
+    assert DesyncConfig().threshold == 1e-3  # watchdog.desync_threshold's default, the one source
+    assert detect_desync(10, 5e-4) == [] and detect_desync(10, 5e-4, DesyncConfig(threshold=1e-4))
+    series = [(10, 0.0), (20, 0.01), (30, 0.0), (40, 0.02), (50, 0.03)]
+    assert desync_episode_start(series, 1e-3) == 40 and desync_episode_start(series[:3], 1e-3) is None
+    # the same episode keeps its key; a drift that comes back after a sync is a new one (acted on again)
+    assert detect_desync(50, 0.03, since_step=40)[0].key == "TPDesync:40"
     roomy = DiskUsage(total_bytes=10 * 2**40, free_bytes=5 * 2**40, total_inodes=10**6, free_inodes=5 * 10**5)
     assert detect_disk(roomy, last_checkpoint_bytes=2 * 2**40) == []
     tight = DiskUsage(total_bytes=10 * 2**40, free_bytes=3 * 2**40, total_inodes=10**6, free_inodes=10**3)
     kinds = {f.kind: f.severity for f in detect_disk(tight, last_checkpoint_bytes=2 * 2**40)}
     assert kinds == {"DiskFullSoon": "critical", "InodesLow": "warning"}
+
+
+def beats_with_forward(forward: dict[int, list[float]], tp: int = 1, pp: int = 1) -> dict[int, dict]:
+    """Heartbeats of a TP x PP x DP grid (ranks laid out as DeepSpeed's: TP fastest, then DP, then PP)."""
+    world = len(forward)
+    dp = world // (tp * pp)
+    return {r: {"rank": r, "host": f"n{r // 4}", "pid": 1000 + r, "step": 40, "phase": "step", "time": 1.0,
+                "stage": r // (tp * dp), "dp_rank": (r // tp) % dp, "tp": tp, "forward_s": values[-1],
+                "forward_s_recent": values} for r, values in forward.items()}
+
+
+def jitter(base: float, n: int = 12, seed: int = 0) -> list[float]:
+    return [base * (1 + 0.1 * math.sin(seed + 1.7 * i)) for i in range(n)]
+
+
+def test_straggler_clean_run_is_quiet():
+    clean = beats_with_forward({r: jitter(0.40, seed=r) for r in range(8)}, pp=2)
+    assert detect_stragglers(clean) == []
+    # pipeline stages differ (the last has the head and the loss): compared within a stage only
+    staged = beats_with_forward({r: jitter(0.40 if r < 4 else 0.90, seed=r) for r in range(8)}, pp=2)
+    assert detect_stragglers(staged) == []
+    # TP peers alone (TP 2 x PP 2 x DP 1): nobody to compare with, nothing said
+    assert detect_stragglers(beats_with_forward({r: jitter(0.4 if r else 3.0) for r in range(4)}, tp=2, pp=2)) == []
+
+
+def test_straggler_one_slow_rank_is_named_with_its_peers_median():
+    times = {r: jitter(0.40, seed=r) for r in range(8)}
+    times[5] = jitter(0.95, seed=5)  # stage 1 (ranks 4-7), dp_rank 1
+    found = detect_stragglers(beats_with_forward(times, pp=2))
+    assert len(found) == 1
+    f = found[0]
+    assert (f.kind, f.severity, f.key) == ("Straggler", "warning", "Straggler:stage1:group1")
+    assert f.evidence["rank"] == 5 and f.evidence["host"] == "n1" and f.evidence["pid"] == 1005
+    assert f.evidence["peers"] == [4, 6, 7] and f.evidence["peers_median_s"] == pytest.approx(0.40, rel=0.1)
+    assert "rank 5 on n1 (pid 1005)" in f.summary and "pipeline stage 1" in f.summary and "TP group" not in f.summary
+    # too few samples, or a gap under the absolute minimum: not compared
+    assert detect_stragglers(beats_with_forward({**times, 5: jitter(0.95, n=3)}, pp=2)) == []
+    assert detect_stragglers(beats_with_forward(times, pp=2), StragglerConfig(min_gap_s=1.0)) == []
+
+
+def test_straggler_with_tp_names_the_slowest_rank_or_its_tp_group():
+    times = {r: jitter(0.40, seed=r) for r in range(8)}  # TP 2 x DP 4, one stage
+    times[2], times[3] = jitter(0.80, seed=2), jitter(0.85, seed=3)  # the TP group of ranks 2-3 waits together
+    found = detect_stragglers(beats_with_forward(times, tp=2))
+    assert len(found) == 1 and found[0].evidence["rank"] == 3 and found[0].evidence["tp_group"] == [2, 3]
+    assert "(or its TP group: ranks 2, 3)" in found[0].summary
+
+
+def test_ranks_not_running_only_when_nobody_ended_or_restarts_them():
+    beats = {r: {"rank": r, "host": "n1", "pid": 100 + r, "step": 30, "phase": "forward", "time": 1000.0}
+             for r in range(4)}
+    beats[4] = {"rank": 4, "host": "n2", "pid": 101, "step": 30, "phase": "forward", "time": 1000.0}  # other host
+    dead = {101, 102}
+
+    def alive(pid):
+        return pid not in dead
+    found = detect_dead_ranks(beats, "n1", alive)
+    assert len(found) == 1 and found[0].kind == "RanksNotRunning" and found[0].severity == "critical"
+    assert [g["rank"] for g in found[0].evidence["gone"]] == [1, 2] and "rank 1 (pid 101" in found[0].summary
+    assert detect_dead_ranks(beats, "n1", lambda pid: True) == []
+    assert detect_dead_ranks(beats, "n1", alive, restarting=True) == []  # a supervisor owns them
+    assert detect_dead_ranks(beats, "n1", alive, {"code": 0, "time": 1001.0}) == []  # finished
+    failed = detect_dead_ranks(beats, "n1", alive, {"code": 1, "time": 1001.0})
+    assert failed and "exit code 1 (failed)" in failed[0].summary
+    stale_record = detect_dead_ranks(beats, "n1", alive, {"code": 0, "time": 10.0})  # an earlier job's
+    assert stale_record and "no exit recorded" in stale_record[0].summary
+    ended = {r: {**b, "phase": "exit"} for r, b in beats.items()}
+    assert detect_dead_ranks(ended, "n1", lambda pid: False) == []

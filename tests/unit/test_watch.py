@@ -86,3 +86,91 @@ def test_status_one_screen_and_json(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["last_record"]["step"] == 29090 and data["problems"][0]["kind"] == "LossSpike"
     assert not (tmp_path / "events.jsonl").exists()  # status only reads
+
+
+def test_heartbeat_times_training_forwards_and_the_slow_rank_fault(tmp_path, monkeypatch):
+    import torch
+
+    from bigops.watchdog.scan import read_heartbeats
+    from trainer.telemetry import Heartbeat
+    monkeypatch.setenv("BIGOPS_FAULT_SLOW_RANK", "1:0.02,3:0.5")
+    run = RunDir(tmp_path)
+    beats = {rank: Heartbeat(run, rank, min_interval_s=0.0, stage=0, dp_rank=rank, tp=1) for rank in (0, 1)}
+    for hb in beats.values():
+        module = torch.nn.Linear(4, 4)
+        hb.attach(module)
+        for step in range(1, 7):
+            for _ in range(2):  # two micro-batches
+                module(torch.zeros(1, 4, requires_grad=True)).sum().backward()
+            hb.beat("step", step, force=True)
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, 4))  # evaluation: not part of a training step's timing, never slowed
+        hb.beat("step", 6, force=True)
+    read = read_heartbeats(run)
+    assert read[1]["forward_calls"] == 2 and read[1]["forward_s"] >= 0.04 and len(read[1]["forward_s_recent"]) == 6
+    assert read[0]["forward_s"] < 0.02 and (read[0]["stage"], read[0]["dp_rank"], read[0]["tp"]) == (0, 0, 1)
+    from bigops.watchdog.detectors.straggler import StragglerConfig, detect_stragglers
+    found = detect_stragglers(read, StragglerConfig(min_gap_s=0.02))
+    assert [f.evidence["rank"] for f in found] == [1]
+
+
+def test_desync_requests_one_live_sync_per_episode(tmp_path):
+    from bigops.watchdog.actions import SYNC_LAYERNORM
+    run = RunDir(tmp_path)
+    records = [{"step": s, "loss": 2.0, "ln_desync": 0.0} for s in range(10, 60, 10)]
+    records += [{"step": 60, "loss": 2.0, "ln_desync": 0.004}, {"step": 70, "loss": 2.0, "ln_desync": 0.006}]
+    write_run(tmp_path, records)
+    control = tmp_path / "control" / SYNC_LAYERNORM
+    new, facts = tick(run, WatchState.load(tmp_path / "watchdog" / "state.json"), now=1000.0)
+    assert [f.key for f in new] == ["TPDesync:60"] and len(facts["actions"]) == 1
+    request = json.loads(control.read_text())
+    assert request["time"] == 1000.0 and request["step"] == 70 and request["id"]
+    actions = [e for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines()) if e["type"] == "action"]
+    assert [(a["action"], a["key"], a["request_id"]) for a in actions] == [("sync-layernorm", "TPDesync:60", request["id"])]
+    control.unlink()  # the trainer honoured it
+    for _ in range(2):  # later passes, and a restarted daemon: the same episode is not synced twice
+        _, facts = tick(run, WatchState.load(tmp_path / "watchdog" / "state.json"), now=1010.0)
+        assert facts["actions"] == [] and not control.exists()
+    with open(run.metrics, "a") as handle:  # in sync again, then a new drift
+        for step, value in ((80, 0.0), (90, 0.01)):
+            handle.write(json.dumps({"step": step, "loss": 2.0, "ln_desync": value}) + "\n")
+    _, facts = tick(run, WatchState.load(tmp_path / "watchdog" / "state.json"), now=1020.0)
+    assert len(facts["actions"]) == 1 and json.loads(control.read_text())["time"] == 1020.0
+
+
+def test_desync_notify_and_dry_run_write_nothing(tmp_path):
+    from bigops.watchdog.scan import WatchConfig
+    run = RunDir(tmp_path)
+    write_run(tmp_path, [{"step": 10, "loss": 2.0, "ln_desync": 0.5}])
+    state = WatchState.load(tmp_path / "watchdog" / "state.json")
+    new, facts = tick(run, state, config=WatchConfig(on_desync="notify"))
+    assert new and facts["actions"] == []
+    _, facts = tick(run, state, dry_run=True)
+    assert "dry-run" in facts["actions"][0] and not (tmp_path / "control").exists()
+
+
+def test_standalone_watch_reports_ranks_that_are_gone(tmp_path, capsys):
+    import os
+    import socket
+    import subprocess
+    import sys
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    now = time.time()
+    beats = [{"rank": r, "host": socket.gethostname(), "pid": os.getpid() if r else gone.pid, "step": 12,
+              "phase": "forward", "time": now - 1} for r in range(2)]
+    write_run(tmp_path, [{"step": 12, "loss": 2.0}], beats)
+    (tmp_path / "watchdog").mkdir()
+    supervisor = tmp_path / "watchdog" / "supervisor.json"
+    supervisor.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": now}))
+    assert main(["watch", str(tmp_path), "--once"]) == 0
+    assert "RanksNotRunning" not in capsys.readouterr().out  # a live supervisor restarts its own ranks
+    supervisor.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "started": now}))
+    assert main(["watch", str(tmp_path), "--once"]) == 0
+    out = capsys.readouterr().out
+    assert f"[CRITICAL] RanksNotRunning: 1 rank(s) on {socket.gethostname()} not running: rank 0 (pid {gone.pid}" in out
+    (tmp_path / "telemetry" / "exit.json").write_text(json.dumps({"code": 0, "time": now}))
+    (tmp_path / "watchdog" / "state.json").unlink()
+    assert main(["watch", str(tmp_path), "--once"]) == 0
+    assert "RanksNotRunning" not in capsys.readouterr().out  # it finished

@@ -1,5 +1,6 @@
 """The watchdog end to end on real local runs (4 gloo ranks, TP 2 x PP 2) under `bigops launch --watch`:
-a killed rank, a stopped (hung) rank, a corrupt stretch of data that spikes the loss, and a crash loop."""
+a killed rank, a stopped (hung) rank, a corrupt stretch of data that spikes the loss, a crash loop, and a
+crash whose restart waits for `bigops approve` (watchdog.on_crash=ask)."""
 
 import json
 import os
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from tests.distributed.test_training_run import FAST, losses, start, wait_for_step
+from tests.distributed.test_training_run import FAST, bigops, losses, start, wait_for_step
 from tests.unit.test_notify import Receiver
 from trainer.rundir import read_jsonl
 
@@ -107,3 +108,31 @@ def test_crash_loop_exhausts_the_budget_and_pages(tmp_path):
         assert pages, receiver.received
     finally:
         receiver.close()
+
+
+def test_crash_in_ask_mode_waits_for_approve_then_restarts_and_finishes(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "BIGOPS_FAULT_CRASH_AT_STEP": "7", "BIGOPS_FAULT_CRASH_ONCE": str(tmp_path / "crashed")}
+    proc = subprocess.Popen([sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(run), *FAST, *WATCH,
+                             "--steps", "12", "--save-interval", "3", "--set", "watchdog.on_crash=ask"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 180
+    while not [e for e in events(run) if e.get("type") == "pending"]:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    (pending,) = [e for e in events(run) if e.get("type") == "pending"]
+    assert pending["action"] == "restart" and "crash" in pending["reason"]
+    time.sleep(2)
+    assert proc.poll() is None and max(losses(run)) == 6  # waiting, nothing running, nothing trained
+    for pid in rank_pids(run).values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    status = bigops("status", run)
+    assert status.returncode == 0 and pending["approve"] in status.stdout, status.stdout + status.stderr
+    approve = bigops(*pending["approve"].split()[1:])
+    assert approve.returncode == 0, approve.stdout + approve.stderr
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out + err
+    restarts = actions(run, "restart")
+    assert len(restarts) == 1 and restarts[0]["pending_id"] == pending["id"] and restarts[0]["checkpoint_step"] == 6
+    assert max(losses(run)) == 12 and (run / "checkpoints" / "latest").read_text().strip() == "global_step12"

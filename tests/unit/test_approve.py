@@ -203,3 +203,49 @@ def test_a_restarted_supervisor_waits_for_the_earlier_question_then_acts_once(tm
     again, spawned, _ = supervisor_for(tmp_path, [exitcodes.FINISHED], on_crash="ask")
     assert again.run_until_done() == exitcodes.FINISHED and spawned == [exitcodes.FINISHED]
     assert len([e for e in events(tmp_path, "action") if e["action"] == "restart"]) == 1
+
+
+SPIKY_RANKS = """
+import json, sys, time
+metrics = sys.argv[1]
+with open(metrics, "a") as handle:
+    for step in range(1, 76):
+        loss = 8.0 if step > 70 else 2.0 + 0.01 * (step % 3)
+        handle.write(json.dumps({"step": step, "loss": loss, "grad_norm": 1.0, "consumed_samples": 8 * step,
+                                 "skipped": False}) + "\\n")
+        handle.flush()
+time.sleep(120)  # would train on past the spike: the supervisor must kill it
+"""
+
+
+def test_supervisor_kills_a_spike_then_rolls_back_only_when_approved(tmp_path):
+    from trainer import checkpoint as ckpt
+    supervisor, spawned, lines = supervisor_for(tmp_path, [exitcodes.FINISHED], on_loss_spike="ask")
+    run = supervisor.run
+    for step in (60, 70, 72):
+        partial = ckpt.partial_dir(run, ckpt.tag_for(step))
+        partial.mkdir(parents=True)
+        (partial / "weights.pt").write_bytes(b"x" * step)
+        ckpt.publish(run, partial, ckpt.tag_for(step), {"step": step, "consumed_samples": 8 * step})
+    procs = []
+    original = supervisor.spawn
+
+    def spawn():
+        if not procs:
+            procs.append(subprocess.Popen([sys.executable, "-c", SPIKY_RANKS, str(run.metrics)],
+                                          start_new_session=True))
+            return procs[0]
+        return original()
+    supervisor.spawn = spawn
+    thread, result = run_in_thread(supervisor)
+    pending = wait_pending(tmp_path)
+    assert pending["action"] == "rollback" and procs[0].poll() is not None  # killed before asking
+    assert run.latest_tag() == "global_step72"  # nothing rolled back yet
+    approvals.decide(run, pending["id"], "approve", by="carol")
+    thread.join(30)
+    assert result["code"] == exitcodes.FINISHED and spawned == [exitcodes.FINISHED]
+    (rollback,) = [e for e in events(tmp_path, "action") if e["action"] == "rollback"]
+    assert rollback["pending_id"] == pending["id"] and rollback["target"] == "global_step70"
+    assert run.latest_tag() == "global_step70" and "approved by carol" in rollback["outcome"]
+    (restart,) = [e for e in events(tmp_path, "action") if e["action"] == "restart"]
+    assert restart["pending_id"] == pending["id"]

@@ -54,6 +54,8 @@ class RunCollector:
             add(metric, self.facts.get(key))
         for rank, beat in sorted((self.facts.get("heartbeats") or {}).items()):
             add(m.HEARTBEAT, beat.get("time"), str(rank))
+            add(m.FORWARD, beat.get("forward_s"), str(rank))
+        add(m.PENDING, self.facts.get("pending_approvals"))
         for host, samples in sorted((self.facts.get("gpus") or {}).items()):
             last_time = max(s["time"] for s in samples)
             add(m.GPU_SAMPLE, last_time, host)

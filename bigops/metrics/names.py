@@ -34,6 +34,9 @@ SKIPPED = Metric("bigops_run_step_skipped", "gauge", "1 if the last step was ski
 CKPT_STEP = Metric("bigops_checkpoint_last_step", "gauge", "Step of the newest complete checkpoint.")
 CKPT_TIME = Metric("bigops_checkpoint_last_timestamp_seconds", "gauge", "When the newest complete checkpoint was written.")
 HEARTBEAT = Metric("bigops_rank_heartbeat_timestamp_seconds", "gauge", "Last heartbeat of each rank.", ("run", "rank"))
+FORWARD = Metric("bigops_rank_forward_seconds", "gauge", "Seconds in the rank's module forward during its last "
+                 "training step (summed over micro-batches; a straggler's is larger).", ("run", "rank"))
+PENDING = Metric("bigops_watchdog_pending_approvals", "gauge", "Watchdog actions waiting for `bigops approve`.")
 GPU_TEMP = Metric("bigops_gpu_temperature_celsius", "gauge", "GPU temperature.", ("run", "host", "gpu"))
 GPU_POWER = Metric("bigops_gpu_power_watts", "gauge", "GPU power draw.", ("run", "host", "gpu"))
 GPU_UTIL = Metric("bigops_gpu_utilization_ratio", "gauge", "GPU utilization (0-1).", ("run", "host", "gpu"))

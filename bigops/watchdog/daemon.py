@@ -63,6 +63,7 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
             lines += act_on_desync(run, state, f, config.on_desync, now, dry_run, notifier)
     lines += carry_out_decisions(run, state, now, dry_run, notifier)
     facts["actions"] = lines
+    facts["pending_approvals"] = sum(1 for e in state.pending.values() if e.get("status") == "pending")
     return new, facts
 
 

@@ -174,3 +174,21 @@ def test_standalone_watch_reports_ranks_that_are_gone(tmp_path, capsys):
     (tmp_path / "watchdog" / "state.json").unlink()
     assert main(["watch", str(tmp_path), "--once"]) == 0
     assert "RanksNotRunning" not in capsys.readouterr().out  # it finished
+
+
+def test_exporter_shows_forward_seconds_and_pending_approvals(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from bigops.metrics.exporter import RunCollector
+    from bigops.watchdog.scan import WatchConfig
+    run = RunDir(tmp_path)
+    beat = {"rank": 0, "host": "n1", "pid": 1, "step": 20, "phase": "step", "time": time.time(), "forward_s": 0.25}
+    write_run(tmp_path, [{"step": 20, "loss": 2.0, "ln_desync": 0.5}], [beat])
+    collector = RunCollector("r")
+    new, facts = tick(run, WatchState.load(tmp_path / "watchdog" / "state.json"), config=WatchConfig(on_desync="ask"))
+    collector.update(facts, facts["findings"], new, time.time())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    assert 'bigops_rank_forward_seconds{rank="0",run="r"} 0.25' in text
+    assert 'bigops_watchdog_pending_approvals{run="r"} 1.0' in text

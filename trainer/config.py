@@ -129,6 +129,9 @@ class TrainConfig:
     """Global batches of held-out text per validation."""
     ln_desync_interval: int = 10
     """Measure TP desync (max |diff| of TP-duplicated parameters across TP ranks) every N steps (0: never)."""
+    sync_tp_duplicated: bool = False
+    """Average TP-duplicated parameters (with their fp32 masters and Adam moments) over each TP group before
+    every step, as BLOOM-176B finally did; off by default (``control/sync-layernorm`` does it once, on request)."""
     precision: str = "auto"
     """``bf16`` (bf16 weights, fp32 master weights and grad accumulation, as BLOOM), ``fp32``, or ``auto``:
     bf16 on a GPU, fp32 on a CPU (resolved by :func:`resolve_precision` where the ranks run)."""

@@ -7,6 +7,8 @@ by rank 0 when the file changes and broadcast to all.
 - ``control/kill-switch``: save, then exit with STOPPED_ON_REQUEST (the file stays: a restarted job stops
   again until someone removes it, exactly BLOOM's kill switch).
 - ``control/save-switch``: save, remove the file, go on.
+- ``control/sync-layernorm``: average the TP-duplicated parameters (and their fp32 masters and Adam moments)
+  over each TP group, in place, then remove the file (live surgery; the watchdog writes it on TP desync).
 - ``control/skip-ranges``: sample ranges to skip, one ``START-END`` (end exclusive) per line or a JSON list
   of pairs; used after a loss-spike rollback.
 - SIGUSR1 / SIGTERM and ``train.exit_duration_in_mins``: save, then exit with STOPPED_BY_SIGNAL.
@@ -27,6 +29,7 @@ import torch.distributed as dist
 KILL_SWITCH = "kill-switch"
 SAVE_SWITCH = "save-switch"
 SKIP_RANGES = "skip-ranges"
+SYNC_LAYERNORM = "sync-layernorm"
 MAX_CONTROL_FILE_BYTES = 1 << 20  # a hostile or runaway file is refused, not read into memory
 
 
@@ -36,6 +39,7 @@ class Decision:
     stop_requested: bool = False  # kill switch
     stop_signal: bool = False  # signal or time budget
     skip_ranges_changed: bool = False
+    sync_layernorm: bool = False
 
     @property
     def stop(self) -> bool:
@@ -108,14 +112,16 @@ def _read_small(path: Path) -> str:
 
 
 def poll_local(state: ControlState, is_rank0: bool) -> list[int]:
-    """This rank's flags [save, stop_requested, stop_signal, skip_ranges_changed]."""
-    flags = [0, 0, 1 if state.signal_received is not None else 0, 0]
+    """This rank's flags [save, stop_requested, stop_signal, skip_ranges_changed, sync_layernorm]."""
+    flags = [0, 0, 1 if state.signal_received is not None else 0, 0, 0]
     if not is_rank0:
         return flags
     if (state.control_dir / KILL_SWITCH).exists():
         flags[1] = 1
     if (state.control_dir / SAVE_SWITCH).exists():
         flags[0] = 1
+    if (state.control_dir / SYNC_LAYERNORM).exists():
+        flags[4] = 1
     if state.exit_duration_s is not None and time.monotonic() - state.started >= state.exit_duration_s:
         flags[2] = 1
     path = state.control_dir / SKIP_RANGES
@@ -140,13 +146,24 @@ def decide(state: ControlState, is_rank0: bool) -> Decision:
     """Poll, then agree with every other rank (one small all-reduce, plus a broadcast on a skip change)."""
     flags = torch.tensor(poll_local(state, is_rank0), dtype=torch.int32)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    save, stop_requested, stop_signal, skip_changed = (bool(v) for v in flags.tolist())
+    save, stop_requested, stop_signal, skip_changed, sync = (bool(v) for v in flags.tolist())
     if skip_changed:
         holder = [state.skip_ranges]
         dist.broadcast_object_list(holder, src=0)
         state.skip_ranges = [tuple(r) for r in holder[0]]
     return Decision(save=save, stop_requested=stop_requested, stop_signal=stop_signal,
-                    skip_ranges_changed=skip_changed)
+                    skip_ranges_changed=skip_changed, sync_layernorm=sync)
+
+
+def take_sync_request(state: ControlState) -> str:
+    """Rank 0 consumes the sync request once done; returns what the file said (e.g. the watchdog's event id)."""
+    path = state.control_dir / SYNC_LAYERNORM
+    try:
+        text = _read_small(path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        text = ""
+    path.unlink(missing_ok=True)
+    return text.strip()[:1000]
 
 
 def acknowledge_save(state: ControlState) -> None:

@@ -69,3 +69,29 @@ def build_engine(ctx: RankContext, init_weights=None):
     engine, _, _, _ = deepspeed.initialize(model=pipe, model_parameters=optimizer_groups,
                                            config=deepspeed_config(ctx.cfg), lr_scheduler=scheduler)
     return engine
+
+
+def load_checkpoint(engine, checkpoints_dir: str, tag: str):
+    """``engine.load_checkpoint``, plus the one fix DeepSpeed 0.19 needs for bf16 with ZeRO stage 0.
+
+    There the BF16_Optimizer saves its per-DP-rank state in ``bf16_zero_pp_rank_*`` files, but on load the
+    engine hands it the single dict kept in ``mp_rank_*_model_states.pt``, which it indexes by DP rank
+    (``KeyError: 0``): the run could never resume. We give the optimizer the list of per-rank states it expects.
+    """
+    optimizer = getattr(engine, "optimizer", None)
+    if engine.bfloat16_enabled() and not engine.zero_optimization() and optimizer is not None:
+        original = optimizer.load_state_dict
+
+        def load_state_dict(state_dict_list, *args, **kwargs):
+            if isinstance(state_dict_list, dict):
+                state_dict_list = engine._get_all_zero_checkpoints(checkpoints_dir, tag)
+                if state_dict_list is None:
+                    raise RuntimeError(f"checkpoint {tag} has no bf16_zero_pp_rank_* optimizer files")
+            return original(state_dict_list, *args, **kwargs)
+
+        optimizer.load_state_dict = load_state_dict
+        try:
+            return engine.load_checkpoint(checkpoints_dir, tag=tag)
+        finally:
+            optimizer.load_state_dict = original
+    return engine.load_checkpoint(checkpoints_dir, tag=tag)

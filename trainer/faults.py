@@ -8,6 +8,10 @@
   time it reaches that step (it leaves ``PATH.rank<N>`` behind): one crash, then a restart that finishes.
 - ``BIGOPS_FAULT_SLOW_RANK=RANK:SECONDS[,RANK:SECONDS...]``: that rank sleeps SECONDS in its module's forward,
   every training micro-batch (a straggler; see ``trainer.telemetry.Heartbeat.attach``).
+- ``BIGOPS_FAULT_DESYNC_AT_STEP=N``: after step N, TP rank 1 of every TP group adds 0.01 to its layer-norm
+  weights and their fp32 masters (BLOOM's TP desync, on demand).
+- ``BIGOPS_FAULT_SURGERY_PAUSE=SECONDS``: ``bigops surgery`` sleeps that long after each file it writes (so a
+  test can SIGKILL it mid-way).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ CORRUPT = "BIGOPS_FAULT_CORRUPT_SAMPLES"
 CRASH = "BIGOPS_FAULT_CRASH_AT_STEP"
 CRASH_ONCE = "BIGOPS_FAULT_CRASH_ONCE"
 SLOW_RANK = "BIGOPS_FAULT_SLOW_RANK"
+DESYNC = "BIGOPS_FAULT_DESYNC_AT_STEP"
+SURGERY_PAUSE = "BIGOPS_FAULT_SURGERY_PAUSE"
 
 
 class InjectedCrash(RuntimeError):
@@ -64,3 +70,32 @@ def slow_forward_seconds(rank: int, spec: str | None = None) -> float:
         if sep and who.strip().isdigit() and int(who) == rank:
             return max(0.0, float(seconds))
     return 0.0
+
+
+@torch.no_grad()
+def maybe_desync(step: int, module: torch.nn.Module, tp_rank: int) -> bool:
+    """Knock TP rank 1's layer norms off their TP peers' values (weights and fp32 masters) after step N.
+
+    Collective over the DP group for DeepSpeed-managed masters: every rank with the same TP rank calls it.
+    """
+    spec = os.environ.get(DESYNC)
+    if not spec or int(spec) != step or tp_rank != 1:
+        return False
+    from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+    for name, param in module.named_parameters():
+        if "layernorm" not in name and "ln_f" not in name:
+            continue
+        if hasattr(param, "_hp_mapping"):
+            master = safe_get_full_fp32_param(param).float() + 0.01
+            safe_set_full_fp32_param(param, master)
+            param.copy_(master.to(param.dtype))
+        else:
+            param.add_(0.01)
+    return True
+
+
+def surgery_pause() -> None:
+    seconds = os.environ.get(SURGERY_PAUSE)
+    if seconds:
+        import time
+        time.sleep(float(seconds))

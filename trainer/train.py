@@ -22,12 +22,12 @@ import torch.distributed as dist
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
 from trainer import exitcodes, faults
-from trainer.control import ControlState, acknowledge_save, decide
+from trainer.control import ControlState, acknowledge_save, decide, take_sync_request
 from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
 from trainer.data.source import prepare_data, sample_source
-from trainer.engine import RankContext, build_engine, setup_rank
-from trainer.parallel.sanity import tp_desync
+from trainer.engine import RankContext, build_engine, load_checkpoint, setup_rank
+from trainer.parallel.sanity import sync_tp_duplicated, tp_desync
 from trainer.rundir import RunDir, append_jsonl
 from trainer.telemetry import Heartbeat, MetricsSink, flops_per_token
 
@@ -146,6 +146,28 @@ def validation_loss(engine, ctx: RankContext, run: RunDir) -> float:
     return total / cfg.train.eval_iters
 
 
+def sync_layernorm(engine, ctx: RankContext, run: RunDir, control: ControlState, step: int,
+                   requested: bool) -> float:
+    """Live surgery at a step boundary: average TP-duplicated parameters, masters and moments over each TP
+    group; on request also measure the desync left (0.0) and record the action in events.jsonl (rank 0)."""
+    started = time.perf_counter()
+    count = sync_tp_duplicated(engine.module, engine.optimizer, ctx.tp, with_moments=step > 0)
+    if not requested:
+        return 0.0
+    desync = tp_desync(engine.module, ctx.tp) if ctx.tp.size > 1 else 0.0
+    if ctx.is_logging_rank:
+        request = take_sync_request(control)
+        append_jsonl(run.root / "events.jsonl", {
+            "time": time.time(), "type": "action", "action": "sync-layernorm", "source": "trainer", "step": step,
+            "parameters_synced": count, "ln_desync_after": desync, "request": request,
+            "seconds": round(time.perf_counter() - started, 4), "severity": "info",
+            "outcome": f"TP-duplicated parameters averaged over TP groups at step {step}; ln_desync now {desync:g}",
+        })
+        print(f"sync-layernorm at step {step}: {count} parameters per rank averaged, ln_desync {desync:g}",
+              file=sys.stderr, flush=True)
+    return desync
+
+
 def _n_params(cfg: config_mod.RunConfig) -> int:
     from trainer.model.bloom import BloomForCausalLM
     with torch.device("meta"):
@@ -175,7 +197,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
     if resumable is not None:
         started = time.perf_counter()
         with torch.no_grad():  # loading re-broadcasts tied weights (see build_pipeline_module)
-            _, client = engine.load_checkpoint(str(run.checkpoints), tag=resumable.tag)
+            _, client = load_checkpoint(engine, str(run.checkpoints), resumable.tag)
         rng_file = resumable.path / f"rng_state_rank{ctx.coords.rank:05d}.pt"
         if rng_file.is_file():
             restore_rng_state(rng_file)
@@ -192,6 +214,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
     tokens_per_step = cfg.train.global_batch_size * cfg.train.seq_length
     code = exitcodes.FINISHED
     skipped_in_a_row, save_due = 0, False
+    measured_desync = None
     try:
         while True:
             decision = decide(control, rank0)
@@ -205,6 +228,10 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
                 break
             if step >= cfg.train.train_steps:
                 break
+            if decision.sync_layernorm or (cfg.train.sync_tp_duplicated and cfg.parallel.tp > 1):
+                desync_after = sync_layernorm(engine, ctx, run, control, step, requested=decision.sync_layernorm)
+                if decision.sync_layernorm:
+                    measured_desync = desync_after
             faults.maybe_crash(step + 1)
             positions, next_consumed = batch_positions(consumed, cfg.train.global_batch_size, control.skip_ranges)
             data = rank_micro_batches(positions, ctx.coords.dp_rank, micro_batch=cfg.train.micro_batch_size,
@@ -227,8 +254,12 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
                 "tflops_per_gpu": tokens_per_step / elapsed * flops / world / 1e12,
                 "consumed_samples": consumed, "skipped": skipped,
             }
-            if every(cfg.train.ln_desync_interval, step) and cfg.parallel.tp > 1:
+            if measured_desync is not None:
+                record["ln_desync"], measured_desync = measured_desync, None  # the value right after a sync
+            elif every(cfg.train.ln_desync_interval, step) and cfg.parallel.tp > 1:
                 record["ln_desync"] = tp_desync(engine.module, ctx.tp)
+            if faults.maybe_desync(step, engine.module, ctx.tp.rank):
+                print(f"fault: TP rank 1 layer norms desynced after step {step}", file=sys.stderr, flush=True)
             if every(cfg.train.eval_interval, step):
                 heartbeat.beat("eval", step)
                 record["val_loss"] = validation_loss(engine, ctx, run)

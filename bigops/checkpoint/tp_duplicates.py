@@ -25,6 +25,7 @@ import torch
 
 from bigops.checkpoint import dsfiles
 from bigops.errors import CheckpointError
+from trainer import faults
 from trainer.parallel.plan import is_tp_duplicated
 
 KINDS = ("weights", "fp32", "exp_avg", "exp_avg_sq")
@@ -178,6 +179,7 @@ def sync_layer_files(files: list[Path], out_dir: Path, method: str) -> int:
             sd[name] = value.to(sd[name].dtype).clone()
         torch.save(sd, out_dir / path.name)
         del sd
+        faults.surgery_pause()
     return changed
 
 
@@ -198,4 +200,5 @@ def sync_optimizer_files(files: list[Path], out_dir: Path, method: str) -> int:
                         fragment.copy_(value)
         torch.save(sd, out_dir / path.name)
         del sd, osd
+        faults.surgery_pause()
     return changed

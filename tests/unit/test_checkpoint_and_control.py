@@ -77,12 +77,12 @@ def test_skip_ranges_parsing():
 
 def test_poll_reads_switches_and_ignores_a_bad_skip_file(tmp_path, capsys):
     state = ControlState(tmp_path, exit_duration_s=None)
-    assert poll_local(state, is_rank0=True) == [0, 0, 0, 0]
+    assert poll_local(state, is_rank0=True) == [0, 0, 0, 0, 0]
     (tmp_path / "save-switch").touch()
     (tmp_path / "kill-switch").touch()
     (tmp_path / "skip-ranges").write_text("10-20\n")
-    assert poll_local(state, is_rank0=True) == [1, 1, 0, 1] and state.skip_ranges == [(10, 20)]
-    assert poll_local(state, is_rank0=False) == [0, 0, 0, 0]  # only rank 0 reads files
+    assert poll_local(state, is_rank0=True) == [1, 1, 0, 1, 0] and state.skip_ranges == [(10, 20)]
+    assert poll_local(state, is_rank0=False) == [0, 0, 0, 0, 0]  # only rank 0 reads files
     (tmp_path / "skip-ranges").write_text("garbage")
     import os
     os.utime(tmp_path / "skip-ranges", (1, 1))
@@ -92,3 +92,14 @@ def test_poll_reads_switches_and_ignores_a_bad_skip_file(tmp_path, capsys):
     assert poll_local(state, is_rank0=False)[2] == 1
     timed = ControlState(tmp_path, exit_duration_s=0.0)
     assert poll_local(timed, is_rank0=True)[2] == 1
+
+
+def test_sync_layernorm_request_is_polled_and_consumed(tmp_path):
+    from trainer.control import take_sync_request
+    state = ControlState(tmp_path, exit_duration_s=None)
+    (tmp_path / "sync-layernorm").write_text('{"event": "abc"}\n')
+    assert poll_local(state, is_rank0=True)[4] == 1
+    assert poll_local(state, is_rank0=False)[4] == 0
+    assert take_sync_request(state) == '{"event": "abc"}'
+    assert not (tmp_path / "sync-layernorm").exists()
+    assert poll_local(state, is_rank0=True)[4] == 0

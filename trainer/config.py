@@ -452,6 +452,12 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     if w.interval_s <= 0 or w.restart_budget < 0 or w.no_progress_restarts < 1 or w.rollback_skip_batches < 0:
         raise ConfigError("watchdog.interval_s must be positive, watchdog.restart_budget and "
                           "watchdog.rollback_skip_batches >= 0, watchdog.no_progress_restarts >= 1")
+    if w.on_desync not in ("sync", "notify", "ask"):
+        raise ConfigError(f"watchdog.on_desync={w.on_desync!r}: use sync, notify or ask")
+    if w.desync_threshold < 0 or w.straggler_min_gap_s < 0:
+        raise ConfigError("watchdog.desync_threshold and watchdog.straggler_min_gap_s must be >= 0")
+    if w.straggler_factor < 1 or w.straggler_min_samples < 1:
+        raise ConfigError("watchdog.straggler_factor and watchdog.straggler_min_samples must be >= 1")
     if cfg.alerts.min_severity not in ("info", "warning", "critical"):
         raise ConfigError(f"alerts.min_severity={cfg.alerts.min_severity!r}: use info, warning or critical")
     if t.save_interval < 0:

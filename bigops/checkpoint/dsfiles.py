@@ -18,6 +18,7 @@ allow-listed by name, nothing else.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,3 +111,18 @@ def optimizer_state(sd: dict, path: Path) -> dict:
         raise CheckpointError(f"{path.name}: not a ZeRO-1 / BF16_Optimizer state (no flat fp32 partitions); "
                               f"this tool handles parallel.zero_stage=1, or zero_stage=0 with bf16")
     return osd
+
+
+def save(obj, path: Path) -> dict:
+    """``torch.save`` to ``path`` (a new file), fsync'ed; returns {"size"} (the manifest hashes it after, in
+    parallel with the other new files: torch's own file writer plus threaded hashing measured 3x faster here
+    than hashing inside a Python file object)."""
+    if path.exists():
+        raise FileExistsError(path)
+    torch.save(obj, path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"size": path.stat().st_size}

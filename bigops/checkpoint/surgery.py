@@ -50,11 +50,12 @@ class Source:
 @dataclass
 class Edit:
     """One surgery verb: ``rewrite(source, out_dir, report)`` writes the files it changes into ``out_dir``
-    and returns their names; ``check(new_source)`` returns problems with the result (empty: good)."""
+    (with :func:`dsfiles.save`) and returns their manifest entries by name; ``check(new_source)`` returns
+    problems with the result (empty: good)."""
 
     name: str
     describe: str
-    rewrite: Callable[[Source, Path, dict], set[str]]
+    rewrite: Callable[[Source, Path, dict], dict[str, dict]]
     check: Callable[[Source], list[str]] = lambda new: []
 
 
@@ -142,13 +143,16 @@ def new_tag_for(run: RunDir, source_tag: str, verb: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ the run
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _link_or_copy(src: Path, dst: Path) -> bool:
     """Files a surgery does not change are hard-linked (no copy of a 2 TB checkpoint for a 1 GB edit): no
-    bigops tool ever edits a checkpoint file in place, so sharing the inode is safe; copy across devices."""
+    bigops tool ever edits a checkpoint file in place, so sharing the inode is safe; copy across devices.
+    True when linked (the bytes are the verified source's)."""
     try:
         os.link(src, dst)
+        return True
     except OSError:
         shutil.copy2(src, dst)
+        return False
 
 
 def perform(source: Source, edits: list[Edit], *, move_latest: bool | None = None, dry_run: bool = False,
@@ -167,29 +171,30 @@ def perform(source: Source, edits: list[Edit], *, move_latest: bool | None = Non
         shutil.rmtree(partial)  # a crashed surgery's leftovers (never a source: tags never start with '.')
     partial.mkdir(parents=True)
     details: dict = {}
-    written: set[str] = set()
+    written: dict[str, dict] = {}  # name -> manifest entry, hashed while written
     try:
         for edit in edits:
             progress(f"{edit.name}: {edit.describe}")
             changed = edit.rewrite(source, partial, details)
-            overlap = written & changed
+            overlap = written.keys() & changed.keys()
             if overlap:
                 raise BigopsError(f"two surgery edits rewrite {sorted(overlap)[0]}: run them one at a time")
-            written |= changed
+            written.update(changed)
+        known = dict(written)
         for f in sorted(p for p in source.path.iterdir() if p.is_file() and p.name != ckpt.MANIFEST):
-            if f.name not in written:
-                _link_or_copy(f, partial / f.name)
-        outcome.bytes_written = sum((partial / n).stat().st_size for n in written)
+            if f.name not in written and _link_or_copy(f, partial / f.name) and f.name in source.manifest["files"]:
+                known[f.name] = source.manifest["files"][f.name]  # the same inode as a verified file
+        outcome.bytes_written = sum(meta["size"] for meta in written.values())
         info = {k: v for k, v in source.manifest.items() if k not in ("files", "tag", "created", "format")}
         info["derived_from"] = source.tag
         info["surgery"] = {"edits": [e.name for e in edits], "details": details, "time": time.time()}
-        progress("hashing the new checkpoint")
-        ckpt.write_manifest(partial, new_tag, info)
+        progress("sealing the new checkpoint (manifest)")
+        ckpt.write_manifest(partial, new_tag, info, known=known)
         problems = ckpt.verify(partial, hashes=False)
         new_source = Source(run, new_tag, partial, ckpt.read_manifest(partial), source.config,
                             dsfiles.scan(partial, source.layout.tp, source.layout.pp, source.layout.dp))
         progress("verifying the new checkpoint")
-        problems += _loads(partial, written)
+        problems += _loads(partial, set(written))
         for edit in edits:
             problems += edit.check(new_source)
         if problems:
@@ -238,7 +243,7 @@ def sync_layernorm_edit(method: str = "mean") -> Edit:
     if method not in ("mean", "rank0"):
         raise BigopsError(f"--method {method!r}: use mean or rank0")
 
-    def rewrite(source: Source, out: Path, details: dict) -> set[str]:
+    def rewrite(source: Source, out: Path, details: dict) -> dict[str, dict]:
         if source.layout.tp == 1:
             raise BigopsError(f"{source.tag} was trained with TP 1: there is nothing to sync")
         if not source.layout.optim_files:
@@ -247,16 +252,14 @@ def sync_layernorm_edit(method: str = "mean") -> Edit:
         before = tp_duplicates.compare_tp(source.layout)
         details["before"] = {"counts": before.counts(), "max_abs_diff": before.max_abs_diff()}
         changed = {"weights": 0, "optimizer": 0}
-        names: set[str] = set()
+        written: dict[str, dict] = {}
         for files in source.layout.layer_files.values():
-            changed["weights"] += tp_duplicates.sync_layer_files(files, out, method)
-            names |= {f.name for f in files}
+            changed["weights"] += tp_duplicates.sync_layer_files(files, out, method, written)
         for files in source.layout.optim_files.values():
-            changed["optimizer"] += tp_duplicates.sync_optimizer_files(files, out, method)
-            names |= {f.name for f in files}
+            changed["optimizer"] += tp_duplicates.sync_optimizer_files(files, out, method, written)
         details["method"] = method
         details["tensors_changed"] = changed
-        return names
+        return written
 
     def check(new: Source) -> list[str]:
         after = tp_duplicates.compare_tp(new.layout)
@@ -278,13 +281,14 @@ class EngineChange:
 def engine_edit(changes: list[EngineChange]) -> Edit:
     """One edit that applies every engine change to every ``mp_rank_*_model_states.pt``."""
 
-    def rewrite(source: Source, out: Path, details: dict) -> set[str]:
+    def rewrite(source: Source, out: Path, details: dict) -> dict[str, dict]:
+        written = {}
         for f in source.layout.engine_files:
             sd = dsfiles.load(f)
             for change in changes:
                 change.apply(sd)
-            torch.save(sd, out / f.name)
-        return {f.name for f in source.layout.engine_files}
+            written[f.name] = dsfiles.save(sd, out / f.name)
+        return written
 
     return Edit("+".join(c.name for c in changes), "; ".join(c.describe for c in changes), rewrite)
 
@@ -320,10 +324,10 @@ def reset_optimizer_edit() -> Edit:
     """Zero Adam's moments and step counts (keeps master weights): the cure BLOOM's successors used after a
     divergence whose cause sat in the second moments."""
 
-    def rewrite(source: Source, out: Path, details: dict) -> set[str]:
+    def rewrite(source: Source, out: Path, details: dict) -> dict[str, dict]:
         if not source.layout.optim_files:
             raise CheckpointError(f"{source.tag} has no ZeRO-1 / BF16_Optimizer files to reset")
-        names = set()
+        written = {}
         for files in source.layout.optim_files.values():
             for f in files:
                 sd = dsfiles.load(f)
@@ -334,9 +338,8 @@ def reset_optimizer_edit() -> Edit:
                             state[key].zero_()
                     if "step" in state:
                         state["step"] = torch.zeros_like(state["step"]) if torch.is_tensor(state["step"]) else 0
-                torch.save(sd, out / f.name)
-                names.add(f.name)
-        return names
+                written[f.name] = dsfiles.save(sd, out / f.name)
+        return written
 
     def check(new: Source) -> list[str]:
         for files in new.layout.optim_files.values():

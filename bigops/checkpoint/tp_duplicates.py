@@ -166,9 +166,10 @@ def compare_tp(layout: dsfiles.Layout, progress: Callable[[Path], None] = lambda
 
 # ----------------------------------------------------------------------------------------------- sync
 
-def sync_layer_files(files: list[Path], out_dir: Path, method: str) -> int:
+def sync_layer_files(files: list[Path], out_dir: Path, method: str, written: dict[str, dict]) -> int:
     """Write the TP ranks' files of one layer into ``out_dir`` with duplicated tensors made equal; every
-    other tensor is re-saved unchanged. Returns the number of tensors changed (on any rank)."""
+    other tensor is re-saved unchanged. Returns the number of tensors changed (on any rank); ``written`` gets
+    each new file's manifest entry."""
     targets = {name: synced_value(copies, method) for name, copies in layer_duplicates(files).items()}
     changed = 0
     for path in files:
@@ -177,13 +178,13 @@ def sync_layer_files(files: list[Path], out_dir: Path, method: str) -> int:
             if not torch.equal(sd[name], value):
                 changed += 1
             sd[name] = value.to(sd[name].dtype).clone()
-        torch.save(sd, out_dir / path.name)
+        written[path.name] = dsfiles.save(sd, out_dir / path.name)
         del sd
         faults.surgery_pause()
     return changed
 
 
-def sync_optimizer_files(files: list[Path], out_dir: Path, method: str) -> int:
+def sync_optimizer_files(files: list[Path], out_dir: Path, method: str, written: dict[str, dict]) -> int:
     """The same for the TP peers' optimizer files of one (stage, dp rank): master weights and moments."""
     targets = {key: synced_value(copies, method) for key, copies in optimizer_duplicates(files).items()}
     changed = 0
@@ -198,7 +199,7 @@ def sync_optimizer_files(files: list[Path], out_dir: Path, method: str) -> int:
                     if not torch.equal(fragment, value):
                         changed += 1
                         fragment.copy_(value)
-        torch.save(sd, out_dir / path.name)
+        written[path.name] = dsfiles.save(sd, out_dir / path.name)
         del sd, osd
         faults.surgery_pause()
     return changed

@@ -123,3 +123,15 @@ def test_auto_precision_is_bf16_on_gpu_fp32_on_cpu():
     assert c.resolve_precision(cfg, cuda_available=True).train.precision == "bf16"
     assert c.resolve_precision(cfg, cuda_available=False).train.precision == "fp32"
     assert c.resolve_precision(c.preset("bloom-560m"), cuda_available=False).train.precision == "bf16"
+
+
+@pytest.mark.parametrize("key,value,option", [
+    ("on_desync", "reboot", "watchdog.on_desync"),
+    ("desync_threshold", -1.0, "watchdog.desync_threshold"),
+    ("straggler_factor", 0.5, "watchdog.straggler_factor"),
+])
+def test_watchdog_desync_and_straggler_options_are_checked(key, value, option):
+    cfg = c.preset("tiny")
+    setattr(cfg.watchdog, key, value)
+    with pytest.raises(c.ConfigError, match=option):
+        c.validate(cfg, world_size=4)

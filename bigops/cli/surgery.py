@@ -136,7 +136,10 @@ def surgery(
             f"the run is training ({len(running)} rank(s) alive, e.g. rank {r.get('rank')} pid {r.get('pid')} on "
             f"{r.get('host')} at step {r.get('step')}): stop it first, or pass --stop-run")
 
-    source = surgery_mod.open_source(run.root, tag, verify_hashes=True) if edits else None
+    # A running job's checkpoint is chosen after it stopped (its stop saves a newer one).
+    source = surgery_mod.open_source(run.root, tag, verify_hashes=True) if edits and not running else None
+    if running:
+        console.print(f"will stop the run first ({len(running)} rank(s) training): kill switch, save, exit")
     if source is not None:
         console.print(f"source: {source.tag} (step {source.manifest.get('step')}, TP {source.layout.tp} x PP "
                       f"{source.layout.pp} x DP {source.layout.dp}, {source.config.train.precision}), verified")

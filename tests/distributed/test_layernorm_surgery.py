@@ -227,3 +227,55 @@ def test_live_sync_layernorm_on_a_running_job(tmp_path):
     assert after and all(r["ln_desync"] == 0.0 for r in after), after
     assert [r["step"] for r in records] == list(range(1, 41))  # no restart: every step once
     assert not (run / "control" / "sync-layernorm").exists()
+
+
+def test_sync_every_step_keeps_tp_duplicates_equal(tmp_path):
+    """``train.sync_tp_duplicated``: the same drift (fault after step 2) never shows in ln_desync."""
+    cfg = small_config(1, steps=5)
+    cfg.train.sync_tp_duplicated = True
+    run = tmp_path / "run"
+    env_before = os.environ.get("BIGOPS_FAULT_DESYNC_AT_STEP")
+    os.environ["BIGOPS_FAULT_DESYNC_AT_STEP"] = "2"
+    try:
+        records = run_ranks(run, cfg, 4)
+    finally:
+        if env_before is None:
+            os.environ.pop("BIGOPS_FAULT_DESYNC_AT_STEP")
+        else:
+            os.environ["BIGOPS_FAULT_DESYNC_AT_STEP"] = env_before
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert all(r["ln_desync"] == 0.0 for r in records), records
+
+
+def test_surgery_stop_run_pauses_a_running_job_then_repairs(tmp_path, capsys):
+    """`--stop-run`: kill switch, wait for the save and exit, operate, remove the switch; the run resumes."""
+    run = tmp_path / "run"
+    rd = RunDir(run)
+    run.mkdir()
+    rd.run_toml.write_text(config_mod.dumps_toml(small_config(1, steps=400)))
+    env = {**rank_env(4), "BIGOPS_FAULT_DESYNC_AT_STEP": "2"}
+    proc = subprocess.Popen(rank_command(run, 4, free_port()), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (rd.metrics.exists() and any(r["step"] >= 4 for r in read_jsonl(rd.metrics))):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert bigops_main(["surgery", str(run), "--sync-layernorm", "--yes"]) == 5  # refused while it trains
+        assert bigops_main(["surgery", str(run), "--sync-layernorm", "--yes", "--stop-run",
+                            "--stop-timeout", "120"]) == 0
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    from trainer import exitcodes
+    assert exitcodes.read(rd.exit_record, proc.returncode)[0] == exitcodes.STOPPED_ON_REQUEST
+    assert not (run / "control" / "kill-switch").exists()
+    stopped_at = read_jsonl(rd.metrics)[-1]["step"]
+    assert rd.latest_tag() == f"sync-layernorm-global_step{stopped_at}"
+    code, report = compare_tp_json(run, capsys)
+    assert code == 0 and report["in_sync"]
+    cfg = small_config(1, steps=stopped_at + 2)
+    records = run_ranks(run, cfg, 4)
+    assert [r["step"] for r in records][-2:] == [stopped_at + 1, stopped_at + 2]
+    assert records[-1]["ln_desync"] == 0.0

@@ -5,9 +5,10 @@ import json
 import platform
 import time
 
-from benchmarks import model_throughput, recovery, watchdog
+from benchmarks import model_throughput, recovery, surgery, watchdog
 
-BENCHMARKS = {"model_throughput": model_throughput.main, "watchdog": watchdog.main, "recovery": recovery.main}
+BENCHMARKS = {"model_throughput": model_throughput.main, "watchdog": watchdog.main, "recovery": recovery.main,
+              "surgery": surgery.main}
 
 
 def main() -> None:

@@ -59,6 +59,10 @@ def open_checkpoint(run_dir: str | Path, tag: str | None = None) -> CheckpointRe
         raise CheckpointError(str(exc)) from None
     path = run.checkpoint(tag)
     if not path.is_dir():
+        from trainer.checkpoint import partial_dir
+        if partial_dir(run, tag).is_dir():
+            raise CheckpointError(f"checkpoint {tag} is being written (or its save crashed): only "
+                                  f"{partial_dir(run, tag).name} exists")
         raise CheckpointError(f"checkpoint {tag!r} does not exist under {run.checkpoints}")
     from trainer.checkpoint import verify
     problems = verify(path, hashes=False)  # `bigops ckpt verify` re-hashes; here sizes are enough to refuse

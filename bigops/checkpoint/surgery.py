@@ -99,36 +99,15 @@ def running_ranks(run: RunDir, now: float | None = None) -> list[dict]:
 
 def open_source(run_dir: Path, tag: str | None, verify_hashes: bool = True) -> Source:
     """The checkpoint to operate on, refused with one line if it is not complete and intact."""
-    run = RunDir(Path(run_dir))
-    if not run.root.is_dir():
-        raise CheckpointError(f"{run.root} is not a run directory")
-    tag = tag or run.latest_tag()
-    if tag is None:
-        raise CheckpointError(f"{run.root} has no checkpoint (no checkpoints/latest)")
-    try:
-        ckpt.check_tag(tag)
-    except ckpt.CheckpointError as exc:
-        raise CheckpointError(str(exc)) from None
-    path = run.checkpoint(tag)
-    if not path.is_dir():
-        if ckpt.partial_dir(run, tag).is_dir():
-            raise CheckpointError(f"checkpoint {tag} is being written (or its save crashed): only "
-                                  f"{ckpt.partial_dir(run, tag).name} exists")
-        raise CheckpointError(f"checkpoint {tag!r} does not exist under {run.checkpoints}")
-    problems = ckpt.verify(path, hashes=verify_hashes)
-    if problems:
-        raise CheckpointError(f"checkpoint {tag} is incomplete or damaged: {problems[0]}")
-    manifest = ckpt.read_manifest(path)
-    engine = dsfiles.load(path / "mp_rank_00_model_states.pt")
-    ours = engine.get("bigops") if isinstance(engine, dict) else None
-    if not isinstance(ours, dict) or "config" not in ours:
-        raise CheckpointError(f"{path} was not written by bigops (no run config inside)")
-    try:
-        cfg = config_mod.from_dict(ours["config"])
-    except config_mod.ConfigError as exc:
-        raise CheckpointError(f"{path}: its run config is invalid: {exc}") from None
-    p = cfg.parallel
-    return Source(run, tag, path, manifest, cfg, dsfiles.scan(path, p.tp, p.pp, p.dp))
+    from bigops.checkpoint.layout import open_checkpoint
+    ref = open_checkpoint(run_dir, tag)  # tag checks, presence, sizes, the run config inside
+    if verify_hashes:
+        problems = ckpt.verify(ref.path, hashes=True)
+        if problems:
+            raise CheckpointError(f"checkpoint {ref.tag} is damaged: {problems[0]}")
+    p = ref.config.parallel
+    return Source(RunDir(Path(run_dir)), ref.tag, ref.path, ckpt.read_manifest(ref.path), ref.config,
+                  dsfiles.scan(ref.path, p.tp, p.pp, p.dp))
 
 
 def new_tag_for(run: RunDir, source_tag: str, verb: str) -> str:

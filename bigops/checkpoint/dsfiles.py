@@ -30,6 +30,7 @@ from bigops.errors import CheckpointError
 LAYER_RE = re.compile(r"^layer_(?P<layer>\d+)-model_(?P<tp>\d+)-model_states\.pt$")
 OPTIM_RE = re.compile(r"^(?P<bf16>bf16_)?zero_pp_rank_(?P<dp>\d+)_mp_rank_(?P<mp>\d+)_optim_states\.pt$")
 ENGINE_RE = re.compile(r"^mp_rank_(?P<mp>\d+)_model_states\.pt$")
+RNG_RE = re.compile(r"^rng_state_rank(?P<rank>\d+)\.pt$")
 
 
 def _deepspeed_safe_globals() -> list:

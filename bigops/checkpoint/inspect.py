@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 import pickletools
-import re
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bigops.checkpoint import dsfiles
 from trainer import checkpoint as ckpt
 
 KIND_LAYER = "layer weights"
@@ -28,10 +28,8 @@ KIND_MANIFEST = "manifest"
 KIND_MARKER = "keep marker"
 KIND_OTHER = "other"
 
-_LAYER = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
-_ENGINE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
-_OPTIM = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
-_RNG = re.compile(r"^rng_state_rank(\d+)\.pt$")
+# The file names, declared once (bigops.checkpoint.dsfiles); positional groups as below.
+_LAYER, _ENGINE, _OPTIM, _RNG = dsfiles.LAYER_RE, dsfiles.ENGINE_RE, dsfiles.OPTIM_RE, dsfiles.RNG_RE
 
 
 @dataclass(frozen=True)

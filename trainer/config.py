@@ -216,6 +216,50 @@ class WatchdogConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """The cluster profile of ``bigops launch --slurm``: where the jobs go and how each one is cut.
+
+    An empty string leaves its sbatch option out. Every value is quoted where it reaches a shell."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    nodes: int = 1
+    """Nodes per job; the world size (tp x pp x dp) is spread evenly over them, one srun task per node."""
+    gpus_per_node: int = 0
+    """``--gres=gpu:N`` (0: CPU nodes)."""
+    cpus_per_task: int = 0
+    """``--cpus-per-task`` of the one task per node (0: SLURM's default)."""
+    time_limit_min: int = 1200
+    """Each job's time limit (Jean Zay: 20 h = 1200 min; 100 h with a special QoS)."""
+    signal_before_s: int = 300
+    """``--signal=B:USR1@N``: the batch script asks the ranks to save and exit N seconds before the limit (0: no signal)."""
+    exit_margin_min: float = 10.0
+    """``train.exit_duration_in_mins`` = time_limit_min - exit_margin_min when the run does not set it."""
+    job_name: str = ""
+    """The chain's job name (default: ``bigops-<run dir name>``); the singleton dependency is per name."""
+    chain_mode: str = "singleton"
+    """singleton (one job per submission, ``--dependency=singleton``) or array (``--array=0-N%1``)."""
+    chain_jobs: int = 3
+    """Jobs submitted by ``bigops launch --slurm`` (``bigops chain extend`` adds more)."""
+    min_queued: int = 2
+    """The watchdog keeps at least this many jobs pending or running (BLOOM kept two)."""
+    modules: str = ""
+    """Comma-separated environment modules loaded before the ranks start (``module load``)."""
+    setup: str = ""
+    """Shell lines run verbatim before the ranks start (e.g. activate a virtualenv): code, not data."""
+    python: str = ""
+    """The interpreter on the compute nodes (empty: the launching one; set it when launching over SSH)."""
+    workdir: str = ""
+    """Where ``trainer`` is importable on the nodes (empty: the launching checkout; set it over SSH)."""
+    exclude: str = ""
+    """Nodes never to use (``--exclude``); the watchdog adds the nodes it found faulty."""
+    master_port: int = 29500
+    """The rendezvous port on the first node."""
+
+
+@dataclass
 class RunConfig:
     """The whole tree; ``run.toml`` in a run directory is this, resolved."""
 
@@ -225,6 +269,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -479,6 +524,21 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
         raise ConfigError("train.adam_beta1 and train.adam_beta2 must be in [0, 1)")
     if t.clip_grad < 0 or t.weight_decay < 0 or t.adam_eps <= 0:
         raise ConfigError("train.clip_grad and train.weight_decay must be >= 0, train.adam_eps > 0")
+
+    s = cfg.slurm
+    if s.nodes < 1 or s.gpus_per_node < 0 or s.cpus_per_task < 0 or s.time_limit_min < 1:
+        raise ConfigError("slurm.nodes and slurm.time_limit_min must be >= 1, slurm.gpus_per_node and "
+                          "slurm.cpus_per_task >= 0")
+    if s.signal_before_s < 0 or not 0 <= s.exit_margin_min < s.time_limit_min:
+        raise ConfigError(f"slurm.signal_before_s must be >= 0 and slurm.exit_margin_min={s.exit_margin_min} in "
+                          f"[0, slurm.time_limit_min={s.time_limit_min})")
+    if s.signal_before_s >= s.time_limit_min * 60:
+        raise ConfigError(f"slurm.signal_before_s={s.signal_before_s} must be less than slurm.time_limit_min="
+                          f"{s.time_limit_min} minutes")
+    if s.chain_mode not in ("singleton", "array"):
+        raise ConfigError(f"slurm.chain_mode={s.chain_mode!r}: use singleton or array")
+    if s.chain_jobs < 1 or s.min_queued < 1 or not 0 < s.master_port < 65536:
+        raise ConfigError("slurm.chain_jobs and slurm.min_queued must be >= 1, slurm.master_port a TCP port")
 
     model_parallel = p.tp * p.pp
     if world_size is not None:

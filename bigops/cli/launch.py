@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bigops.cli.options import ConfigOpt, PresetOpt, SetOpt
+from bigops.cli.chain import HostOpt, KnownHostsOpt, SSHKeyOpt
 from bigops.errors import BigopsError
 from launcher import local, plan
 from trainer import exitcodes
@@ -59,11 +60,33 @@ def launch(
                                                    "checkpoints/latest (default: when there is one).")] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Run the watchdog over the ranks: restart "
                                         "after a crash or hang, roll back past a loss spike, notify.")] = False,
+    slurm: Annotated[bool, typer.Option("--slurm", help="Submit a chain of SLURM jobs instead (see `bigops chain`); "
+                                        "the run dir must be on a filesystem the nodes see.")] = False,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="Cluster profile: a name under "
+                       "launcher/slurm/profiles (e.g. jean-zay) or a TOML file with a [slurm] table.")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", help="Jobs to queue in the chain (slurm.chain_jobs).")] = None,
+    print_script: Annotated[bool, typer.Option("--print-script", help="With --slurm: print the batch script and "
+                                               "the sbatch command, submit nothing.")] = False,
+    host: HostOpt = None,
+    ssh_key: SSHKeyOpt = None,
+    known_hosts: KnownHostsOpt = None,
 ) -> None:
-    """Train BLOOM on this machine's ranks (torchrun, gloo on CPU) and show live progress."""
+    """Train BLOOM on this machine's ranks (torchrun, gloo on CPU) and show live progress; or, with --slurm,
+    submit it to SLURM as a chain of jobs (here or over SSH with --host)."""
     run = RunDir(run_dir)
     overrides = [*(set_ or []), *_flag_overrides(tp, pp, dp, steps, seed, precision, save_interval,
                                                            exit_duration)]
+    if slurm or host or profile or print_script:
+        if not slurm:
+            raise config_mod.ConfigError("--host, --profile and --print-script go with --slurm")
+        if watch or init_hf is not None:
+            raise config_mod.ConfigError("--watch and --init-hf are local options: with --slurm, run `bigops watch "
+                                         "RUN` beside the chain (it keeps the queue full)")
+        if jobs is not None:
+            overrides.append(f"slurm.chain_jobs={jobs}")
+        from bigops.cli.chain import launch_slurm
+        launch_slurm(run_dir, preset, config, overrides, profile, host, ssh_key, known_hosts, print_script, console)
+        return
     from trainer.checkpoint import find_resumable
     resumable = find_resumable(run, hashes=False)  # sizes only here; the ranks verify the hashes
     has_checkpoint = resumable is not None

@@ -49,6 +49,11 @@ def _register() -> None:
     from bigops.cli import surgery
     app.command(name="surgery")(surgery.surgery)
     ckpt.app.command(name="compare-tp")(surgery.compare_tp_command)
+    from bigops.cli import alerts, dashboards
+    app.add_typer(alerts.app, name="alerts")
+    app.add_typer(dashboards.app, name="dashboards")
+    from bigops.cli import chain
+    app.add_typer(chain.app, name="chain")
 
 
 _register()

@@ -1,0 +1,178 @@
+"""The sbatch script and options of a run's jobs: pure functions of the run config and its cluster profile.
+
+Every job of a chain runs the same script: it resumes from ``checkpoints/latest`` and saves before its time
+limit, either when ``train.exit_duration_in_mins`` runs out (derived from ``slurm.time_limit_min``) or when
+SLURM's ``--signal=B:USR1@N`` reaches the batch shell, which hands it to the ranks through srun and torchrun.
+
+The options travel as sbatch's arguments, not as ``#SBATCH`` comments: a value with a newline cannot escape
+a comment line into the script, and sbatch never has to re-parse quotes. Inside the script every value
+comes from the config through :func:`shlex.quote`; only ``slurm.setup`` is shell code, on purpose.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import PurePosixPath
+
+from trainer.config import ConfigError, RunConfig, SlurmConfig
+
+q = shlex.quote
+
+# What BLOOM learned it needed: crash on a hung or failed collective instead of hanging for hours, and logs
+# that name the faulty node. Set on every rank.
+NCCL_ENV = {
+    "NCCL_ASYNC_ERROR_HANDLING": "1",        # torch < 2.2 name
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",  # torch >= 2.2 name
+    "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+    "NCCL_DEBUG": "WARN",
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",      # Megatron: keeps TP communication ordered with compute
+}
+
+# torchrun forwards only these to the ranks; SIGUSR1 is the pre-timeout "save and exit" signal.
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
+def world_size(cfg: RunConfig) -> int:
+    """tp x pp x dp, with dp filled from the nodes' GPUs when the config leaves it unset."""
+    p, s = cfg.parallel, cfg.slurm
+    if p.dp is not None:
+        return p.tp * p.pp * p.dp
+    if s.gpus_per_node:
+        return s.nodes * s.gpus_per_node
+    return p.tp * p.pp
+
+
+def ranks_per_node(cfg: RunConfig) -> int:
+    world, nodes = world_size(cfg), cfg.slurm.nodes
+    if world % nodes:
+        raise ConfigError(f"slurm.nodes={nodes} does not divide the world size {world} (parallel.tp x parallel.pp "
+                          f"x parallel.dp): choose slurm.nodes among the divisors of {world}")
+    per_node = world // nodes
+    gpus = cfg.slurm.gpus_per_node
+    if gpus and per_node != gpus:
+        raise ConfigError(f"{per_node} ranks per node != slurm.gpus_per_node={gpus}: set parallel.dp so that "
+                          f"tp x pp x dp = slurm.nodes x slurm.gpus_per_node = {cfg.slurm.nodes * gpus}")
+    return per_node
+
+
+def exit_duration_min(s: SlurmConfig) -> float:
+    """``train.exit_duration_in_mins`` for a job of ``s.time_limit_min``: leave ``exit_margin_min`` to save."""
+    return round(s.time_limit_min - s.exit_margin_min, 3)
+
+
+def default_job_name(run_dir: str) -> str:
+    return f"bigops-{PurePosixPath(run_dir).name or 'run'}"
+
+
+def _time(minutes: int) -> str:
+    days, rest = divmod(minutes, 24 * 60)
+    return (f"{days}-" if days else "") + f"{rest // 60:02d}:{rest % 60:02d}:00"
+
+
+def _check_one_line(name: str, value: str) -> None:
+    if any(c in value for c in "\n\r\0"):
+        raise ConfigError(f"{name}={value!r} contains a line break or NUL: give a single-line value")
+
+
+def sbatch_options(cfg: RunConfig, run_dir: str, job_name: str) -> list[str]:
+    """The options every job of the chain shares (the per-job ones are added by :func:`submit_argv`)."""
+    s = cfg.slurm
+    for name in ("partition", "account", "qos", "constraint", "exclude"):
+        _check_one_line(f"slurm.{name}", getattr(s, name))
+    _check_one_line("slurm.job_name", job_name)
+    _check_one_line("--run-dir", run_dir)
+    options = [f"--job-name={job_name}", f"--nodes={s.nodes}", "--ntasks-per-node=1"]
+    if s.cpus_per_task:
+        options.append(f"--cpus-per-task={s.cpus_per_task}")
+    if s.gpus_per_node:
+        options.append(f"--gres=gpu:{s.gpus_per_node}")
+    for name in ("partition", "account", "qos", "constraint"):
+        if getattr(s, name):
+            options.append(f"--{name}={getattr(s, name)}")
+    options.append(f"--time={_time(s.time_limit_min)}")
+    if s.signal_before_s:
+        options.append(f"--signal=B:USR1@{s.signal_before_s}")
+    options += [f"--output={run_dir}/logs/slurm-%j.out", "--open-mode=append", "--no-requeue",
+                "--kill-on-invalid-dep=yes"]
+    return options
+
+
+def submit_argv(options: list[str], script_path: str, *, dependency: str | None = "singleton",
+                exclude: str = "", array: str | None = None) -> list[str]:
+    """One sbatch command line (an argument list: quoted by whoever hands it to a shell)."""
+    argv = ["sbatch", "--parsable", *options]
+    if dependency:
+        argv.append(f"--dependency={dependency}")
+    if exclude:
+        _check_one_line("--exclude", exclude)
+        argv.append(f"--exclude={exclude}")
+    if array:
+        argv.append(f"--array={array}")
+    return [*argv, script_path]
+
+
+def render_script(cfg: RunConfig, run_dir: str, *, job_name: str, workdir: str) -> str:
+    """The batch script of every job of the chain."""
+    s = cfg.slurm
+    per_node = ranks_per_node(cfg)
+    py = s.python or "python3"
+    modules = [m.strip() for m in s.modules.split(",") if m.strip()]
+    cpus = s.cpus_per_task or None
+    lines = [
+        "#!/bin/bash",
+        f"# bigops: one job of the SLURM chain {job_name!r} (rendered by launcher.slurm.render: relaunch, do not edit).",
+        f"# It resumes from checkpoints/latest and saves before its {s.time_limit_min}-minute limit: SLURM sends",
+        f"# SIGUSR1 {s.signal_before_s} s before it, and run.toml sets train.exit_duration_in_mins.",
+        "set -uo pipefail",
+        f"RUN_DIR={q(run_dir)}",
+        f"PYTHON={q(py)}",
+        f"cd {q(workdir)} || exit 2",
+        f"export PYTHONPATH={q(workdir)}${{PYTHONPATH:+:$PYTHONPATH}}",
+    ]
+    if modules:
+        lines.append("module load " + " ".join(q(m) for m in modules))
+    if s.setup.strip():
+        lines += ["# slurm.setup (verbatim)", *s.setup.strip().splitlines()]
+    lines += ["", "# NCCL: crash on a hung collective instead of hanging; name the node in the logs."]
+    lines += [f"export {k}={q(v)}" for k, v in NCCL_ENV.items()]
+    threads = max(1, (cpus or 1) // per_node) if cpus else 1
+    lines += [f"export OMP_NUM_THREADS={threads}", "export PYTHONUNBUFFERED=1"]
+    if not s.gpus_per_node:
+        lines.append("export DS_ACCELERATOR=cpu")
+    lines += [
+        "",
+        "# Record this job's start (and tokenize the data once, if no job did yet).",
+        '"$PYTHON" -m launcher.slurm.job start "$RUN_DIR" || exit 2',
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "",
+        "# One srun task per node; torch's elastic launcher starts its ranks, rendezvous on the first node.",
+        " ".join([
+            "srun", "--kill-on-bad-exit=1", f"--nodes={s.nodes}", "--ntasks-per-node=1",
+            *([f"--cpus-per-task={cpus}"] if cpus else []),
+            '"$PYTHON"', "-m", "torch.distributed.run", f"--nnodes={s.nodes}", f"--nproc-per-node={per_node}",
+            "--rdzv-backend=c10d", f'--rdzv-endpoint="$MASTER_ADDR:{s.master_port}"', '--rdzv-id="$SLURM_JOB_ID"',
+            f"--signals-to-handle={FORWARDED_SIGNALS}", f"--shutdown-timeout={max(30, s.signal_before_s)}",
+            "--max-restarts=0", "-m", "trainer.train", '--run-dir "$RUN_DIR"', "&",
+        ]),
+        "SRUN_PID=$!",
+        "# SIGUSR1 reaches this shell (--signal=B:...); srun forwards it to torchrun, torchrun to the ranks, which",
+        "# save and exit. SLURM may send it up to 60 s early: it is held until this job has trained a step (every",
+        "# rank's handler is installed by then; torchrun or a rank without one would die of it).",
+        "SIGNALLED=",
+        "trap 'SIGNALLED=1' USR1",
+        'JOB_KEY=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}}',
+        'JOB_RECORD="$RUN_DIR/slurm/jobs/${JOB_KEY:-$SLURM_JOB_ID}.json"',
+        'while kill -0 "$SRUN_PID" 2>/dev/null; do',
+        '    if [ -n "$SIGNALLED" ] && [ "$RUN_DIR/telemetry/metrics.jsonl" -nt "$JOB_RECORD" ]; then',
+        '        echo "bigops: SIGUSR1: the ranks save and exit"; kill -USR1 "$SRUN_PID"; SIGNALLED=',
+        "    fi",
+        "    sleep 1 & wait $!",
+        "done",
+        'wait "$SRUN_PID"; RC=$?',
+        "",
+        "# Record the trainer's exit code; when the run finished or was stopped on request, cancel the rest",
+        "# of the chain. The job exits with the trainer's code (trainer.exitcodes).",
+        '"$PYTHON" -m launcher.slurm.job end "$RUN_DIR" --srun-rc "$RC"',
+        "",
+    ]
+    return "\n".join(lines)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tomllib
 from collections import Counter
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bigops.metrics import names as m
+
+
+ACTIONS = ("restart", "rollback", "kill", "give-up", "sync-layernorm")
+"""Always exported (from 0), so that rate() and increase() see the first one."""
 
 
 def _family(metric: m.Metric):
@@ -16,19 +24,78 @@ def _family(metric: m.Metric):
     return cls(name, metric.help, labels=list(metric.labels))
 
 
-class RunCollector:
-    """A prometheus-client collector over the latest scan (set by the daemon after every tick)."""
+class EventCounter:
+    """Counts ``action`` events in events.jsonl by action, reading only what was appended since last time."""
 
-    def __init__(self, run_name: str):
+    def __init__(self, path: Path):
+        self.path, self.offset, self.counts = path, 0, Counter()
+
+    def update(self) -> Counter:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return self.counts
+        if size < self.offset:  # replaced or truncated: count again
+            self.offset, self.counts = 0, Counter()
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read(size - self.offset)
+        complete = data[:data.rfind(b"\n") + 1]  # an unterminated last line is being written
+        self.offset += len(complete)
+        for raw in complete.splitlines():
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("type") == "action" and isinstance(event.get("action"), str):
+                self.counts[event["action"]] += 1
+        return self.counts
+
+
+def run_dir_facts(root: Path, events: EventCounter, facts: dict) -> dict:
+    """What the scan does not carry: token counts (run.toml's batch and sequence length), the filesystem's
+    free space, and the watchdog's actions so far."""
+    from trainer.config import TrainConfig
+    out: dict = {"actions": dict(events.update())}
+    try:
+        train = tomllib.loads((root / "run.toml").read_text()).get("train", {})
+    except (OSError, ValueError):
+        train = {}
+    seq = train.get("seq_length", TrainConfig.seq_length)
+    batch = train.get("global_batch_size", TrainConfig.global_batch_size)
+    consumed = (facts.get("last_record") or {}).get("consumed_samples")
+    if isinstance(consumed, int) and isinstance(seq, int):
+        out["consumed_tokens"] = consumed * seq
+    target = facts.get("target_step")
+    if isinstance(target, int) and isinstance(seq, int) and isinstance(batch, int):
+        out["target_tokens"] = target * batch * seq
+    try:
+        st = os.statvfs(root)
+        out["disk_free"], out["disk_size"] = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    except OSError:
+        pass
+    return out
+
+
+class RunCollector:
+    """A prometheus-client collector over the latest scan (set by the daemon after every tick).
+
+    ``run_dir`` (optional) adds what the scan does not carry: tokens, disk space, actions taken."""
+
+    def __init__(self, run_name: str, run_dir: Path | None = None):
         self.run = run_name
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.events = EventCounter(self.run_dir / "events.jsonl") if self.run_dir is not None else None
         self.facts: dict = {}
+        self.extra: dict = {}
         self.findings: list = []
         self.reported = Counter()
         self.tick_time: float | None = None
         self.up = 0
 
     def update(self, facts: dict, findings: list, new_findings: list, now: float) -> None:
-        self.facts, self.findings, self.tick_time, self.up = facts, findings, now, 1
+        extra = run_dir_facts(self.run_dir, self.events, facts) if self.run_dir is not None else {}
+        self.facts, self.extra, self.findings, self.tick_time, self.up = facts, extra, findings, now, 1
         for f in new_findings:
             self.reported[(f.kind, f.severity)] += 1
 
@@ -56,13 +123,32 @@ class RunCollector:
             add(m.HEARTBEAT, beat.get("time"), str(rank))
             add(m.FORWARD, beat.get("forward_s"), str(rank))
         add(m.PENDING, self.facts.get("pending_approvals"))
+        add(m.CHAIN_QUEUED, (self.facts.get("chain") or {}).get("queued"))
+        add(m.CONSUMED_TOKENS, self.extra.get("consumed_tokens"))
+        add(m.TARGET_TOKENS, self.extra.get("target_tokens"))
+        add(m.DISK_FREE, self.extra.get("disk_free"))
+        add(m.DISK_SIZE, self.extra.get("disk_size"))
+        if "actions" in self.extra:
+            for action in sorted(set(self.extra["actions"]) | set(ACTIONS)):
+                add(m.ACTIONS, self.extra["actions"].get(action, 0), action)
         for host, samples in sorted((self.facts.get("gpus") or {}).items()):
             last_time = max(s["time"] for s in samples)
             add(m.GPU_SAMPLE, last_time, host)
+            latest = {s["index"] for s in samples if s["time"] == last_time}
+            xids: Counter = Counter()
+            for s in samples:
+                for xid in s.get("xid_errors") or []:
+                    xids[(str(s["index"]), str(xid))] += 1
+            for (gpu, xid), count in sorted(xids.items()):
+                add(m.GPU_XID, count, host, gpu, xid)
+            for index in sorted({s["index"] for s in samples}):
+                add(m.GPU_VISIBLE, index in latest, host, str(index))
             for s in samples:
                 if s["time"] != last_time:
                     continue
                 gpu = str(s["index"])
+                for reason in sorted(set(s.get("throttle_reasons") or [])):
+                    add(m.GPU_THROTTLED, 1, host, gpu, str(reason))
                 add(m.GPU_TEMP, s.get("temperature_c"), host, gpu)
                 add(m.GPU_POWER, s.get("power_w"), host, gpu)
                 util = s.get("utilization_pct")

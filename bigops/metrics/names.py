@@ -45,6 +45,21 @@ GPU_DBE = Metric("bigops_gpu_ecc_double_bit_errors", "gauge", "Uncorrected ECC e
                  ("run", "host", "gpu"))
 GPU_SAMPLE = Metric("bigops_gpu_last_sample_timestamp_seconds", "gauge", "Last GPU sample of each node.",
                     ("run", "host"))
+CONSUMED_TOKENS = Metric("bigops_run_consumed_tokens", "gauge", "Tokens consumed so far (samples x sequence length).")
+TARGET_TOKENS = Metric("bigops_run_target_tokens", "gauge", "Tokens the run trains on in all (target step x global "
+                       "batch x sequence length).")
+DISK_FREE = Metric("bigops_run_disk_free_bytes", "gauge", "Free bytes on the run directory's filesystem.")
+DISK_SIZE = Metric("bigops_run_disk_size_bytes", "gauge", "Size of the run directory's filesystem.")
+ACTIONS = Metric("bigops_watchdog_actions_total", "counter", "Actions the watchdog or supervisor took (restart, "
+                 "rollback, kill, give-up, sync-layernorm), from events.jsonl.", ("run", "action"))
+CHAIN_QUEUED = Metric("bigops_chain_queued_jobs", "gauge", "Jobs of the run's SLURM chain pending or running "
+                      "(runs launched with --slurm).")
+GPU_VISIBLE = Metric("bigops_gpu_visible", "gauge", "1 if the GPU is in the node's last sample, 0 if it was seen "
+                     "earlier but is gone now.", ("run", "host", "gpu"))
+GPU_XID = Metric("bigops_gpu_xid_events", "gauge", "XID events per code in the node's recent samples (the "
+                 "watchdog's window).", ("run", "host", "gpu", "xid"))
+GPU_THROTTLED = Metric("bigops_gpu_throttled", "gauge", "1 for each throttle reason active in the last sample.",
+                       ("run", "host", "gpu", "reason"))
 FINDINGS = Metric("bigops_findings_total", "counter", "Problems the watchdog reported, by kind and severity.",
                   ("run", "kind", "severity"))
 OPEN = Metric("bigops_finding_active", "gauge", "1 for each problem kind seen in the last scan.", ("run", "kind", "severity"))

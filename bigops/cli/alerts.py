@@ -1,0 +1,83 @@
+"""``bigops alerts``: render the Prometheus alert rules; send a test notification through every channel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bigops.cli.options import RunDirArg
+
+app = typer.Typer(help="Alerts: render the Prometheus rules, test the run's notification channels.",
+                  no_args_is_help=True)
+
+
+@app.command("render")
+def render(
+    out_file: Annotated[Path, typer.Argument(help="Rule file to write (YAML), e.g. rules.yml.", show_default=False)],
+    runbook_base: Annotated[str, typer.Option("--runbook-base", help="Where the runbooks are served: each alert's "
+                                              "runbook_url is BASE/<Alert>.md.")] = "runbooks",
+    tests: Annotated[Optional[Path], typer.Option("--tests", help="Also write the promtool unit tests here "
+                                                  "(`promtool test rules FILE`).")] = None,
+) -> None:
+    """Write the alert and recording rules for Prometheus' rule_files."""
+    from bigops.dashboards import alerts, yamlout
+    from bigops.dashboards.generate import HEADER
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(HEADER + yamlout.dump(alerts.rule_groups(runbook_base)))
+    typer.echo(f"wrote {out_file} ({len(alerts.ALERTS)} alerts, {len(alerts.RECORDS)} recording rules)")
+    if tests is not None:
+        rules = Path(out_file).resolve()
+        tests.parent.mkdir(parents=True, exist_ok=True)
+        tests.write_text(HEADER + yamlout.dump(alerts.rule_tests(str(rules), runbook_base)))
+        typer.echo(f"wrote {tests}")
+
+
+@app.command("test")
+def test(
+    run_dir: RunDirArg,
+    severity: Annotated[str, typer.Option("--severity", help="Severity of the test notification (routes it: "
+                                          "critical goes to the pager in the example Alertmanager config).")]
+    = "warning",
+) -> None:
+    """Send one test notification through every channel of run.toml's alerts section, now, and say what each did
+    (exit 1 if any failed)."""
+    import time
+    import uuid
+
+    from bigops.cli.watch import _run_config
+    from bigops.errors import BigopsError, ConfigError
+    from bigops.notify.notifier import SEVERITY_ORDER, from_config
+    from bigops.notify.secrets import SecretError, redact
+    from trainer.rundir import RunDir
+
+    if severity not in SEVERITY_ORDER:
+        raise ConfigError(f"--severity {severity!r}: use {', '.join(SEVERITY_ORDER)}")
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise ConfigError(f"{run.root} is not a run directory")
+    name = run.root.resolve().name
+    try:
+        notifier = from_config(_run_config(run).alerts, name)
+    except SecretError as exc:
+        raise ConfigError(str(exc)) from None
+    if not notifier.channels:
+        raise ConfigError(f"{run.run_toml}: no channel in [alerts] (slack_webhook_env, webhook_env, "
+                          "alertmanager_url or smtp_host + email_to)")
+    event = {"kind": "BigopsTestNotification", "severity": severity, "key": f"test-{uuid.uuid4().hex[:8]}",
+             "summary": f"test notification for run {name}: this channel works", "step": None,
+             "time": time.time(), "evidence": {}, "runbook": "runbooks/README.md"}
+    line = f"[{severity.upper()}] BigopsTestNotification: {event['summary']}"
+    failed = 0
+    for channel in notifier.channels:
+        started = time.time()
+        try:
+            channel.send(event, line)
+            typer.echo(f"{channel.name}: delivered in {time.time() - started:.2f} s")
+        except Exception as exc:  # noqa: BLE001 - report every channel's failure, go on with the next
+            failed += 1
+            typer.echo(f"{channel.name}: FAILED: {redact(f'{type(exc).__name__}: {exc}', notifier.secret_values)}")
+    if failed:
+        raise BigopsError(f"{failed} of {len(notifier.channels)} channel(s) failed")

@@ -71,18 +71,9 @@ class Outcome:
 
 # ------------------------------------------------------------------------------------------------ refusals
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_ranks(run: RunDir, now: float | None = None) -> list[dict]:
     """Heartbeats of ranks that look alive: not at ``exit``, and either recent or a live local process."""
+    from bigops.watchdog.detectors.liveness import pid_alive
     from bigops.watchdog.scan import read_heartbeats
     now = time.time() if now is None else now
     host = socket.gethostname()
@@ -91,7 +82,7 @@ def running_ranks(run: RunDir, now: float | None = None) -> list[dict]:
         if beat.get("phase") == "exit":
             continue
         recent = now - float(beat["time"]) < ACTIVE_HEARTBEAT_S
-        local_alive = beat.get("host") == host and isinstance(beat.get("pid"), int) and _pid_alive(beat["pid"])
+        local_alive = beat.get("host") == host and isinstance(beat.get("pid"), int) and pid_alive(beat["pid"])
         if local_alive or (recent and beat.get("host") != host):
             alive.append(beat)
     return alive

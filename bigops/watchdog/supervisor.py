@@ -159,12 +159,30 @@ class Supervisor:
             if not self.restart_allowed(reason):
                 return SUPERVISOR_GAVE_UP
 
+    def dead_ranks(self, since: float) -> list[dict]:
+        """Ranks of this launch (heartbeat written after ``since``) on this host whose process is gone."""
+        from bigops.watchdog.detectors.liveness import pid_alive
+        from bigops.watchdog.scan import read_heartbeats
+        host = socket.gethostname()
+        return [b for b in read_heartbeats(self.run).values()
+                if b.get("host") == host and float(b["time"]) >= since and b.get("phase") != "exit"
+                and isinstance(b.get("pid"), int) and not pid_alive(b["pid"])]
+
     def watch(self, proc: subprocess.Popen) -> str | None:
         """Poll until the ranks exit (None) or the watchdog kills them (the reason)."""
+        spawned = time.time()  # heartbeats older than this are the previous launch's (same host, same clock)
         while proc.poll() is None:
             time.sleep(min(self.cfg.watchdog.interval_s, 1.0))
             if proc.poll() is not None:
                 break
+            dead = self.dead_ranks(spawned)
+            if dead:
+                # The survivors would sit in a collective until its timeout (gloo/NCCL: minutes) before
+                # torchrun notices: kill them now, then the crash takes the usual path (restart or ask).
+                names = ", ".join(f"rank {b['rank']} (pid {b['pid']}, step {b.get('step')})" for b in dead)
+                kill_group(proc)
+                self.action("kill", f"{names} died", "killed the remaining ranks at once", "warning")
+                return None
             new, facts = tick(self.run, self.state, config=self.config, notifier=self.notifier)
             self.on_tick(facts)
             for f in new:

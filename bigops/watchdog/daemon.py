@@ -15,6 +15,7 @@ from pathlib import Path
 from bigops.watchdog import approvals
 from bigops.watchdog.actions import SYNC_LAYERNORM, announce_pending, record_action, recorded_action_for, \
     request_layernorm_sync
+from bigops.watchdog.chain import keep as keep_chain
 from bigops.watchdog.findings import Finding
 from bigops.watchdog.scan import WatchConfig, scan_run
 from bigops.watchdog.state import WatchState
@@ -44,6 +45,9 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
     dead receiver never delays the next pass)."""
     now = time.time() if now is None else now
     findings, facts = scan_run(run, now=now, config=config)
+    # SLURM chain keeping (bigops.watchdog.chain): only runs launched with --slurm; it never raises.
+    chain_findings, facts["chain"] = keep_chain(run, state, now=now, dry_run=dry_run, findings_so_far=findings)
+    findings = [*findings, *chain_findings]
     new = [f for f in findings if state.is_new(f)]
     for f in new:
         event = {"time": now, "type": "finding", "kind": f.kind, "severity": f.severity, "summary": f.summary,
@@ -62,6 +66,7 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
         if f.kind == "TPDesync" and f.key not in state.handled:
             lines += act_on_desync(run, state, f, config.on_desync, now, dry_run, notifier)
     lines += carry_out_decisions(run, state, now, dry_run, notifier)
+    lines += facts["chain"].get("actions", [])
     facts["actions"] = lines
     facts["pending_approvals"] = sum(1 for e in state.pending.values() if e.get("status") == "pending")
     return new, facts

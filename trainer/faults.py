@@ -12,6 +12,15 @@
   weights and their fp32 masters (BLOOM's TP desync, on demand).
 - ``BIGOPS_FAULT_SURGERY_PAUSE=SECONDS``: ``bigops surgery`` sleeps that long after each file it writes (so a
   test can SIGKILL it mid-way).
+- ``BIGOPS_FAULT_PAUSE_IN_SAVE=STEP:SECONDS``: while saving the checkpoint of step STEP, every rank sleeps
+  SECONDS after writing its files into ``.partial-<tag>`` and before the manifest (so a test can SIGKILL the
+  trainer in the middle of a save).
+- ``BIGOPS_FAULT_ENOSPC_IN_SAVE=STEP[:RANK]``: saving step STEP, that rank (default 0) raises
+  ``OSError(ENOSPC)`` after writing its files (the disk filled up during the save).
+- ``BIGOPS_FAULT_NAN_AT_STEP=STEP[:COUNT]``: the model's outputs are NaN for COUNT (default 1) training
+  steps from STEP on (a NaN loss and NaN gradients: the optimizer skips those updates).
+- ``BIGOPS_FAULT_ONCE_DIR=DIR``: with any of the three above, each rank fires each of them only the first time
+  (markers ``DIR/<fault>.rank<N>``): a fault that a restart does not bring back.
 """
 
 from __future__ import annotations
@@ -27,6 +36,10 @@ CRASH_ONCE = "BIGOPS_FAULT_CRASH_ONCE"
 SLOW_RANK = "BIGOPS_FAULT_SLOW_RANK"
 DESYNC = "BIGOPS_FAULT_DESYNC_AT_STEP"
 SURGERY_PAUSE = "BIGOPS_FAULT_SURGERY_PAUSE"
+PAUSE_IN_SAVE = "BIGOPS_FAULT_PAUSE_IN_SAVE"
+ENOSPC_IN_SAVE = "BIGOPS_FAULT_ENOSPC_IN_SAVE"
+NAN_AT_STEP = "BIGOPS_FAULT_NAN_AT_STEP"
+ONCE_DIR = "BIGOPS_FAULT_ONCE_DIR"
 
 
 class InjectedCrash(RuntimeError):
@@ -99,3 +112,68 @@ def surgery_pause() -> None:
     if seconds:
         import time
         time.sleep(float(seconds))
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _first_time(name: str) -> bool:
+    """False when ``BIGOPS_FAULT_ONCE_DIR`` says this rank fired fault ``name`` before (else mark it)."""
+    directory = os.environ.get(ONCE_DIR)
+    if not directory:
+        return True
+    os.makedirs(directory, exist_ok=True)
+    try:
+        os.close(os.open(os.path.join(directory, f"{name}.rank{_rank()}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _step_spec(variable: str) -> tuple[int, str] | None:
+    spec = os.environ.get(variable)
+    if not spec:
+        return None
+    step, _, rest = spec.partition(":")
+    return int(step), rest
+
+
+def in_save(step: int) -> None:
+    """Called by every rank once its files are in ``.partial-<tag>``, before the checkpoint is published."""
+    pause = _step_spec(PAUSE_IN_SAVE)
+    if pause and pause[0] == step and _first_time("pause-in-save"):
+        import sys
+        import time
+        print(f"fault: pausing {pause[1]} s in the save of step {step}", file=sys.stderr, flush=True)
+        time.sleep(float(pause[1] or 30))
+    full = _step_spec(ENOSPC_IN_SAVE)
+    if full and full[0] == step and _rank() == int(full[1] or 0) and _first_time("enospc-in-save"):
+        import errno
+        raise OSError(errno.ENOSPC, f"No space left on device (fault injected by {ENOSPC_IN_SAVE})")
+
+
+_nan = {"until": -1, "hooked": set()}
+
+
+def maybe_nan(next_step: int, module: torch.nn.Module) -> None:
+    """Before training step ``next_step``: from STEP on, for COUNT steps, make ``module``'s outputs NaN."""
+    spec = _step_spec(NAN_AT_STEP)
+    if spec is None:
+        return
+    if spec[0] == next_step and _first_time("nan"):
+        _nan["until"] = next_step + max(1, int(spec[1] or 1)) - 1
+        if id(module) not in _nan["hooked"]:
+            _nan["hooked"].add(id(module))
+            module.register_forward_hook(lambda mod, args, out: _poison(out))
+    _nan["step"] = next_step
+
+
+def _poison(out):
+    if _nan["until"] < _nan.get("step", 0):
+        return None
+    if torch.is_tensor(out):
+        return out * float("nan") if out.is_floating_point() else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(_poison(o) if torch.is_tensor(o) else o for o in out)
+    return None

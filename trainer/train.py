@@ -51,6 +51,7 @@ def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_s
                                "config": config_mod.to_dict(ctx.cfg)}}
     engine.save_checkpoint(str(run.checkpoints), tag=partial.name, client_state=client_state, save_latest=False)
     torch.save(rng_state(), partial / f"rng_state_rank{ctx.coords.rank:05d}.pt")  # DeepSpeed saves no RNG
+    faults.in_save(step)
     dist.barrier()
     if ctx.is_logging_rank:
         p = ctx.cfg.parallel
@@ -236,6 +237,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
             positions, next_consumed = batch_positions(consumed, cfg.train.global_batch_size, control.skip_ranges)
             data = rank_micro_batches(positions, ctx.coords.dp_rank, micro_batch=cfg.train.micro_batch_size,
                                       dp=ctx.dims.dp, sample=sample)
+            faults.maybe_nan(step + 1, engine.module)
             lr = engine.get_lr()[0]  # the rate this step applies (the scheduler advances inside train_batch)
             started = time.perf_counter()
             loss = float(engine.train_batch(data_iter=data))

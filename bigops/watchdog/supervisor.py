@@ -20,6 +20,12 @@ Every decision and its outcome is an ``action`` record in events.jsonl; the rest
 already acted on and the pending actions live in ``watchdog/state.json``, so a restarted supervisor never
 repeats an action. While it runs, ``watchdog/supervisor.json`` names it: a standalone ``bigops watch`` then
 leaves dead ranks to it.
+
+A supervisor that was killed (``supervisor.json`` left behind, naming a dead process) may leave its ranks
+running: they are in their own session. The next supervisor never trains beside them: it asks them to save
+and stop (SIGTERM: the trainer saves, then exits), waits while their heartbeats move, kills their process
+group if they do not go, and records a ``kill`` action; then it records the relaunch as a ``restart``. It
+refuses to start while another live supervisor owns the run.
 """
 
 from __future__ import annotations
@@ -85,6 +91,30 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         proc.wait()
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def _is_rank_of(pid: int, run: RunDir) -> bool:
+    """``pid`` runs ``trainer.train --run-dir`` this run (not a reused pid of something else)."""
+    args = _cmdline(pid).split(b"\0")
+    if b"trainer.train" not in args or b"--run-dir" not in args:
+        return False
+    index = args.index(b"--run-dir") + 1
+    if index >= len(args):
+        return False
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    from pathlib import Path
+    return (Path(cwd) / os.fsdecode(args[index])).resolve() == run.root.resolve()
+
+
 class Stop(Exception):
     """A person denied what the supervisor asked for: stop with this exit code, the run left as it is."""
 
@@ -125,10 +155,106 @@ class Supervisor:
             except (OSError, ValueError, AttributeError):
                 pass
 
+    # ------------------------------------------------------------------------------ an earlier supervisor
+    def previous_supervisor(self) -> dict | None:
+        """What ``supervisor.json`` says of an earlier supervisor that did not exit cleanly (None: none).
+        Raises ConfigError while that supervisor is alive on this host (two must never drive one run)."""
+        from bigops.watchdog.detectors.liveness import pid_alive
+        try:
+            data = json.loads(supervisor_path(self.run).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("pid"), int) or isinstance(data["pid"], bool):
+            return None
+        if data.get("host") == socket.gethostname() and data["pid"] != os.getpid() and pid_alive(data["pid"]) \
+                and b"bigops" in _cmdline(data["pid"]):
+            raise ConfigError(f"another watchdog (pid {data['pid']}) supervises {self.run.root}: stop it first")
+        return data
+
+    def orphans(self) -> dict[int, int]:
+        """{pid: process group} of this run's rank processes still alive on this host (an earlier launch's)."""
+        from bigops.watchdog.detectors.liveness import pid_alive
+        from bigops.watchdog.scan import read_heartbeats
+        host, found = socket.gethostname(), {}
+        for beat in read_heartbeats(self.run).values():
+            pid = beat.get("pid")
+            if beat.get("host") != host or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 \
+                    or not pid_alive(pid) or not _is_rank_of(pid, self.run):
+                continue
+            try:
+                found[pid] = os.getpgid(pid)
+            except ProcessLookupError:
+                continue
+        return found
+
+    def take_over(self, previous: dict | None) -> None:
+        """Stop the ranks an earlier (killed) supervisor left running, then record the relaunch: once."""
+        from bigops.watchdog.detectors.liveness import pid_alive
+        from bigops.watchdog.scan import read_heartbeats
+        left = self.orphans()
+        if left:
+            names = ", ".join(f"pid {pid}" for pid in sorted(left))
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGTERM)  # the trainer saves at its next step, then exits
+                except ProcessLookupError:
+                    pass
+            grace = max(1.0, self.cfg.watchdog.hang_min_timeout_s)
+            cap = time.time() + max(grace, self.cfg.watchdog.hang_checkpoint_timeout_s)
+            deadline, last_beat = time.time() + grace, None
+            while any(pid_alive(p) for p in left) and time.time() < min(deadline, cap):
+                beat = max((float(b["time"]) for b in read_heartbeats(self.run).values()), default=None)
+                if beat != last_beat:  # still making progress (saving): keep waiting
+                    deadline, last_beat = time.time() + grace, beat
+                time.sleep(0.2)
+            alive = [p for p in left if pid_alive(p)]
+            if alive:
+                for group in {left[p] for p in alive} - {os.getpgid(0)}:
+                    try:
+                        os.killpg(group, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                outcome = f"they did not stop within {grace:g} s: killed (resuming from checkpoint {self.run.latest_tag()})"
+            else:
+                outcome = f"asked them to save and stop (SIGTERM): they did; checkpoint {self.run.latest_tag()}"
+            who = f"watchdog pid {previous['pid']}" if previous else "an earlier launch"
+            self.action("kill", f"ranks of {who} still running without a watchdog ({names})", outcome, "warning")
+        if previous is not None:
+            step = self.checkpoint_step()
+            self.action("restart", f"the previous watchdog (pid {previous['pid']}) ended without a clean exit",
+                        f"relaunching from checkpoint step {step}", "warning", checkpoint_step=step)
+
+    def set_aside_unusable(self) -> None:
+        """Before a launch: when ``latest`` names a damaged checkpoint (truncated, bit-flipped: hashes checked),
+        point ``latest`` at the newest older one that verifies and move the damaged one to
+        ``checkpoints/.rolled-back/<id>/`` (kept, never deleted), so that re-saving its step later writes a good
+        copy instead of colliding with the bad one. Recorded as a ``rollback`` action."""
+        try:
+            found = ckpt.find_resumable(self.run) if self.run.latest.exists() else None
+        except ckpt.CheckpointError:
+            return  # nothing verifies: the ranks exit CHECKPOINT_ERROR with the reason, and we give up
+        if found is None or not found.fell_back_from:
+            return
+        from bigops.checkpoint.rollback import ASIDE
+        event_id = uuid.uuid4().hex[:12]
+        aside = self.run.checkpoints / ASIDE / event_id
+        aside.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run.latest, found.tag + "\n")  # first: latest always names a good checkpoint
+        bad = self.run.checkpoint(found.fell_back_from)
+        moved = bad.is_dir()
+        if moved:
+            os.replace(bad, aside / found.fell_back_from)
+        self.action("rollback", f"checkpoint {found.fell_back_from} is unusable ({found.reason})",
+                    f"latest -> {found.tag}; set aside {found.fell_back_from if moved else 'nothing'} in "
+                    f"{aside.relative_to(self.run.root)}", "warning", target=found.tag,
+                    unusable=found.fell_back_from)
+
     # ------------------------------------------------------------------------------------------- the loop
     def run_until_done(self) -> int:
+        previous = self.previous_supervisor()
         with self.supervising():
             try:
+                self.take_over(previous)
                 self.resume_pending()
                 return self.loop()
             except Stop as stop:
@@ -137,6 +263,7 @@ class Supervisor:
     def loop(self) -> int:
         while True:
             self.run.exit_record.unlink(missing_ok=True)
+            self.set_aside_unusable()
             proc = self.spawn()
             reason = self.watch(proc)
             code = exitcodes.read(self.run.exit_record, proc.returncode)[0] if reason is None else exitcodes.FAILED
@@ -151,7 +278,8 @@ class Supervisor:
                     if not self.after_spike(self.first_bad_step(), "too many NaN/Inf steps in a row"):
                         return code
                 else:
-                    reason = f"crash ({exitcodes.describe(code)})"
+                    message = exitcodes.read(self.run.exit_record, proc.returncode)[1]
+                    reason = f"crash ({message})" if message else f"crash ({exitcodes.describe(code)})"
             if self.approved is not None:
                 entry, self.approved = self.approved, None
                 self.record_restart(reason, entry)

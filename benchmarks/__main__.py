@@ -5,11 +5,11 @@ import json
 import platform
 import time
 
-from benchmarks import model_throughput, parallel_overhead, recovery, surgery, watchdog, watchdog_scale
+from benchmarks import alerting, model_throughput, parallel_overhead, recovery, surgery, watchdog, watchdog_scale
 
 BENCHMARKS = {"model_throughput": model_throughput.main, "watchdog": watchdog.main, "recovery": recovery.main,
               "surgery": surgery.main, "parallel_overhead": parallel_overhead.main,
-              "watchdog_scale": watchdog_scale.main}
+              "watchdog_scale": watchdog_scale.main, "alerting": alerting.main}
 
 
 def main() -> None:

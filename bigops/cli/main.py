@@ -52,9 +52,6 @@ def _register() -> None:
     from bigops.cli import alerts, dashboards
     app.add_typer(alerts.app, name="alerts")
     app.add_typer(dashboards.app, name="dashboards")
-    from bigops.cli import alerts, dashboards
-    app.add_typer(alerts.app, name="alerts")
-    app.add_typer(dashboards.app, name="dashboards")
     from bigops.cli import chain
     app.add_typer(chain.app, name="chain")
 

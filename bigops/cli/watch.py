@@ -47,7 +47,7 @@ def watch(
     collector = None
     if metrics_port:
         from bigops.metrics.exporter import RunCollector, serve
-        collector = RunCollector(run.root.resolve().name)
+        collector = RunCollector(run.root.resolve().name, run_dir=run.root)
         try:
             serve(collector, metrics_port, metrics_address)
         except OSError as exc:

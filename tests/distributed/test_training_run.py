@@ -123,7 +123,10 @@ def test_exit_duration_saves_and_exits(tmp_path):
     proc = bigops("launch", "--run-dir", tmp_path / "run", *FAST, "--steps", 100000, "--exit-duration-in-mins", 0.1)
     assert proc.returncode == exitcodes.STOPPED_BY_SIGNAL, proc.stdout + proc.stderr
     step = ckpt.step_of(RunDir(tmp_path / "run").latest_tag())
-    assert 0 < step < 100000 and max(losses(tmp_path / "run")) == step
+    # The budget counts from the ranks' start (as Megatron's): on a loaded machine it may end before step 1,
+    # and the save at step 0 is then the right outcome.
+    assert 0 <= step < 100000
+    assert max(losses(tmp_path / "run"), default=0) == step
 
 
 def test_skip_ranges_skip_samples(tmp_path):

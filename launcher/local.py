@@ -47,11 +47,27 @@ def rank_env(nproc: int, base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+RUN_FOLDERS = ("", "control", "checkpoints", "telemetry", "logs", "watchdog")
+
+
+def secure_run_dir(run_dir: str | Path) -> None:
+    """Create or tighten the run folder and its steering folders to 0750 (owner's folders only)."""
+    from trainer.rundir import make_dir
+    for name in RUN_FOLDERS:
+        make_dir(Path(run_dir) / name, tighten=True)
+
+
 def spawn(run_dir: str | Path, nproc: int, trainer_args: list[str] = (), log_path: Path | None = None,
           master_port: int | None = None) -> subprocess.Popen:
-    """Start the ranks in their own process group (so the whole run can be signalled at once)."""
+    """Start the ranks in their own process group (so the whole run can be signalled at once).
+
+    The run folder and the ones the ranks and the watchdog steer through are made 0750 first (see
+    ``trainer.rundir.DIR_MODE``): nobody outside the owner's group reads checkpoints or telemetry, and only
+    the owner writes control files; the rank log is 0640."""
+    secure_run_dir(run_dir)
     command = rank_command(run_dir, nproc, master_port or free_port(), list(trainer_args))
-    stdout = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    stdout = open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), "ab") if log_path \
+        else subprocess.DEVNULL
     try:
         return subprocess.Popen(command, env=rank_env(nproc), stdout=stdout, stderr=subprocess.STDOUT,
                                 start_new_session=True)

@@ -65,10 +65,42 @@ class RunDir:
         return tag or None
 
 
+DIR_MODE = 0o750
+"""Run-directory folders: the owner writes (trainer, watchdog, control files); the project group may read
+(status, dashboards, on call on a shared cluster filesystem); others get nothing. Files are 0640 (run.toml,
+``latest`` and the other atomic writes 0600, from mkstemp)."""
+FILE_MODE = 0o640
+
+
+def make_dir(path: Path, mode: int = DIR_MODE, tighten: bool = False) -> Path:
+    """Create ``path`` (and missing parents) with ``mode``. ``tighten``: an existing folder of ours that
+    others may enter or the group may write loses those bits (only for run folders: never a shared parent
+    such as /tmp). Symlinks are not followed for the chmod."""
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode)
+        except FileExistsError:
+            pass
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    import stat
+    if tighten and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & ~mode & 0o027:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+    return path
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(handle)`` on a temp file in ``path``'s directory, fsync, then rename it to ``path``:
     readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -88,9 +120,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line with a single write (readers never see half a record from us)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     line = json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
-    with open(path, "a") as handle:
+    with open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE), "a") as handle:
         handle.write(line)
         handle.flush()
 

@@ -263,6 +263,7 @@ class Supervisor:
     def loop(self) -> int:
         while True:
             self.run.exit_record.unlink(missing_ok=True)
+            self._first_dead = None
             self.set_aside_unusable()
             proc = self.spawn()
             reason = self.watch(proc)
@@ -278,7 +279,7 @@ class Supervisor:
                     if not self.after_spike(self.first_bad_step(), "too many NaN/Inf steps in a row"):
                         return code
                 else:
-                    message = exitcodes.read(self.run.exit_record, proc.returncode)[1]
+                    message = self.first_error() or exitcodes.read(self.run.exit_record, proc.returncode)[1]
                     reason = f"crash ({message})" if message else f"crash ({exitcodes.describe(code)})"
             if self.approved is not None:
                 entry, self.approved = self.approved, None
@@ -286,6 +287,23 @@ class Supervisor:
                 continue
             if not self.restart_allowed(reason):
                 return SUPERVISOR_GAVE_UP
+
+    def first_error(self) -> str | None:
+        """The error of the rank that died first (its own, e.g. ``OSError: [Errno 28] No space left on
+        device``), from the tail of ``logs/ranks.log``: exit.json holds the last writer's, often a survivor's
+        collective error."""
+        first = getattr(self, "_first_dead", None)
+        if first is None:
+            return None
+        try:
+            with open(self.run.logs / "ranks.log", "rb") as handle:
+                handle.seek(max(0, handle.seek(0, os.SEEK_END) - 65536))
+                tail = handle.read().decode(errors="replace")
+        except OSError:
+            return None
+        import re
+        found = re.findall(rf"^\[rank{first}\]: ([A-Za-z_.]*(?:Error|Exception|Crash)\b: [^\n]{{0,300}})$", tail, re.M)
+        return f"rank {first}: {found[-1]}" if found else None
 
     def dead_ranks(self, since: float) -> list[dict]:
         """Ranks of this launch (heartbeat written after ``since``) on this host whose process is gone."""
@@ -308,6 +326,7 @@ class Supervisor:
                 # The survivors would sit in a collective until its timeout (gloo/NCCL: minutes) before
                 # torchrun notices: kill them now, then the crash takes the usual path (restart or ask).
                 names = ", ".join(f"rank {b['rank']} (pid {b['pid']}, step {b.get('step')})" for b in dead)
+                self._first_dead = min(dead, key=lambda b: (float(b["time"]), b["rank"]))["rank"]
                 kill_group(proc)
                 self.action("kill", f"{names} died", "killed the remaining ranks at once", "warning")
                 return None

@@ -95,3 +95,21 @@ def load_checkpoint(engine, checkpoints_dir: str, tag: str):
         finally:
             optimizer.load_state_dict = original
     return engine.load_checkpoint(checkpoints_dir, tag=tag)
+
+
+def follow_configured_lr(engine, cfg: RunConfig) -> float:
+    """After a resume, make the LR schedule the *current* config's (``train.lr``, ``min_lr``, warm-up, decay).
+
+    A checkpoint carries the scheduler's ``base_lrs`` and the optimizer's last ``lr``; left alone they would
+    silently override a changed ``train.lr`` (``bigops launch --set train.lr=...`` on a resumed run, or
+    ``bigops surgery --set-lr``). The schedule's position (its step count) is kept. Returns the LR the next
+    step applies.
+    """
+    scheduler = engine.lr_scheduler
+    scheduler.base_lrs = [cfg.train.lr for _ in scheduler.base_lrs]
+    lr = cfg.train.lr * (lr_at(cfg, scheduler.last_epoch) / cfg.train.lr)  # LambdaLR's arithmetic, bit for bit
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+        group["initial_lr"] = cfg.train.lr
+    scheduler._last_lr = [lr for _ in scheduler.base_lrs]
+    return lr

@@ -26,7 +26,7 @@ from trainer.control import ControlState, acknowledge_save, decide, take_sync_re
 from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
 from trainer.data.source import prepare_data, sample_source
-from trainer.engine import RankContext, build_engine, load_checkpoint, setup_rank
+from trainer.engine import RankContext, build_engine, follow_configured_lr, load_checkpoint, setup_rank
 from trainer.parallel.sanity import sync_tp_duplicated, tp_desync
 from trainer.rundir import RunDir, append_jsonl
 from trainer.telemetry import Heartbeat, MetricsSink, flops_per_token
@@ -199,6 +199,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
         started = time.perf_counter()
         with torch.no_grad():  # loading re-broadcasts tied weights (see build_pipeline_module)
             _, client = load_checkpoint(engine, str(run.checkpoints), resumable.tag)
+            follow_configured_lr(engine, cfg)
         rng_file = resumable.path / f"rng_state_rank{ctx.coords.rank:05d}.pt"
         if rng_file.is_file():
             restore_rng_state(rng_file)

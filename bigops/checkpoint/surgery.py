@@ -290,6 +290,26 @@ def set_consumed_samples(samples: int) -> EngineChange:
     return EngineChange("set-consumed-samples", f"data position -> sample {samples}", apply)
 
 
+def set_lr(lr: float, min_lr: float | None) -> EngineChange:
+    """Override the peak LR (and the floor) for the rest of the run; the schedule keeps its position. The run
+    config inside the checkpoint and the scheduler's base LR are updated; ``run.toml`` by the caller."""
+    if not lr > 0 or (min_lr is not None and not 0 <= min_lr <= lr):
+        raise BigopsError(f"--set-lr {lr} / --set-min-lr {min_lr}: need lr > 0 and 0 <= min_lr <= lr")
+
+    def apply(sd: dict) -> None:
+        sched, ours = sd.get("lr_scheduler"), sd.get("bigops")
+        if not isinstance(sched, dict) or not isinstance(ours, dict) or "config" not in ours:
+            raise CheckpointError("the checkpoint has no LR scheduler state or run config to change")
+        sched["base_lrs"] = [lr for _ in sched.get("base_lrs", [lr])]
+        train = ours["config"].setdefault("train", {})
+        train["lr"] = lr
+        if min_lr is not None:
+            train["min_lr"] = min_lr
+
+    floor = f", min_lr -> {min_lr}" if min_lr is not None else ""
+    return EngineChange("set-lr", f"train.lr -> {lr}{floor}", apply)
+
+
 def reset_optimizer_edit() -> Edit:
     """Zero Adam's moments and step counts (keeps master weights): the cure BLOOM's successors used after a
     divergence whose cause sat in the second moments."""

@@ -71,6 +71,22 @@ def _wait_stopped(run, timeout_s: float) -> None:
         time.sleep(1.0)
 
 
+def _update_run_toml_lr(run, new_tag: str, lr: float, min_lr: float | None) -> None:
+    """run.toml follows the checkpoint's new LR; the previous file is kept beside it (never the only copy)."""
+    import shutil
+
+    from trainer import config as config_mod
+    from trainer.rundir import atomic_write_text
+    cfg = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
+    cfg.train.lr = lr
+    if min_lr is not None:
+        cfg.train.min_lr = min_lr
+    shutil.copy2(run.run_toml, run.root / f"run.toml.before-{new_tag}")
+    atomic_write_text(run.run_toml, config_mod.dumps_toml(cfg))
+    console.print(f"run.toml: train.lr = {lr}" + (f", train.min_lr = {min_lr}" if min_lr is not None else "")
+                  + f" (previous kept as run.toml.before-{new_tag})")
+
+
 def surgery(
     run_dir: RunDirArg,
     tag: TagOpt = None,
@@ -85,6 +101,10 @@ def surgery(
                                  "from its step 0 (warm-up again).")] = False,
     set_consumed_samples: Annotated[Optional[int], typer.Option("--set-consumed-samples", help="Move the data "
                                     "position: the next step reads from this sample.")] = None,
+    set_lr: Annotated[Optional[float], typer.Option("--set-lr", help="Override train.lr (the peak LR) from the "
+                      "next step on; the schedule keeps its position. Updates run.toml too.")] = None,
+    set_min_lr: Annotated[Optional[float], typer.Option("--set-min-lr", help="With --set-lr: the new "
+                          "train.min_lr.")] = None,
     skip_range: Annotated[Optional[list[str]], typer.Option("--skip-range", help="Add START-END (samples, end "
                           "exclusive) to control/skip-ranges (repeatable).")] = None,
     keep_latest: Annotated[bool, typer.Option("--keep-latest", help="Write the new tag but leave "
@@ -114,6 +134,10 @@ def surgery(
         engine_changes.append(surgery_mod.reset_lr_schedule())
     if set_consumed_samples is not None:
         engine_changes.append(surgery_mod.set_consumed_samples(set_consumed_samples))
+    if set_min_lr is not None and set_lr is None:
+        raise ConfigError("--set-min-lr needs --set-lr")
+    if set_lr is not None:
+        engine_changes.append(surgery_mod.set_lr(set_lr, set_min_lr))
     edits = []
     if sync_layernorm:
         edits.append(surgery_mod.sync_layernorm_edit(method))
@@ -123,9 +147,15 @@ def surgery(
         edits.append(surgery_mod.engine_edit(engine_changes))
     if not edits and not ranges:
         raise ConfigError("nothing to do: pass --sync-layernorm, --reset-optimizer, --reset-lr-schedule, "
-                          "--set-consumed-samples or --skip-range")
+                          "--set-lr, --set-consumed-samples or --skip-range")
     if not run.root.is_dir():
         raise ConfigError(f"{run.root} is not a run directory")
+    if set_lr is not None:
+        from trainer import config as config_mod
+        floor = set_min_lr if set_min_lr is not None else config_mod.load_toml(
+            run.run_toml, base=config_mod.RunConfig()).train.min_lr
+        if floor > set_lr:
+            raise ConfigError(f"--set-lr {set_lr} is below train.min_lr={floor}: pass --set-min-lr too")
 
     running = surgery_mod.running_ranks(run)
     kill_switch = run.root / "control" / KILL_SWITCH
@@ -179,6 +209,8 @@ def surgery(
             moved = "; latest -> " + outcome.new_tag if outcome.latest_moved else "; latest unchanged"
             console.print(f"wrote {outcome.new_tag} from {outcome.source_tag} in {outcome.seconds:.1f} s "
                           f"({outcome.bytes_written / 1e6:,.1f} MB rewritten, the rest hard-linked){moved}")
+            if set_lr is not None:
+                _update_run_toml_lr(run, outcome.new_tag, set_lr, set_min_lr)
         if ranges:
             path = run.root / "control" / SKIP_RANGES
             path.parent.mkdir(exist_ok=True)

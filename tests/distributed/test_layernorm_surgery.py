@@ -178,6 +178,18 @@ def test_surgery_refuses_bad_input_and_survives_sigkill(tmp_path, capsys):
     assert bigops_main(["surgery", str(run), "--sync-layernorm", "--yes"]) == 0
     assert rd.latest_tag() == "sync-layernorm-global_step2" and not partial.exists()
 
+    # Override the LR: checkpoint and run.toml agree, and the resumed steps follow the new schedule.
+    assert bigops_main(["surgery", str(run), "--set-lr", "0.003", "--set-min-lr", "0.0001", "--yes"]) == 0
+    assert rd.latest_tag() == "set-lr-sync-layernorm-global_step2"
+    assert (run / "run.toml.before-set-lr-sync-layernorm-global_step2").exists()
+    cfg = config_mod.load_toml(rd.run_toml, base=config_mod.RunConfig())
+    assert (cfg.train.lr, cfg.train.min_lr) == (0.003, 0.0001)
+    cfg.train.train_steps = 3
+    rd.run_toml.write_text(config_mod.dumps_toml(cfg))
+    from trainer.ds_config import lr_at
+    records = run_ranks(run, cfg, 4)
+    assert records[-1]["step"] == 3 and records[-1]["lr"] == pytest.approx(lr_at(cfg, 2), rel=1e-9)
+
     # A running job is refused (a live local pid in a fresh heartbeat).
     beat = run / "telemetry" / "heartbeat" / "rank-00000.json"
     beat.write_text(json.dumps({"rank": 0, "host": os.uname().nodename, "pid": os.getpid(), "step": 2,

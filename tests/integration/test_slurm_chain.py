@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bigops.watchdog.daemon import state_path, tick
 from bigops.watchdog.state import WatchState
 from tests.integration import slurm_cluster
@@ -138,11 +140,13 @@ def test_slurm_signal_before_the_time_limit_saves_and_ends_the_job(slurm, tmp_pa
     drain(slurm, run)
 
 
-def test_a_rank_crash_is_counted_and_the_next_job_resumes_from_latest(slurm, tmp_path):
+@pytest.mark.parametrize("mode", ["singleton", "array"])
+def test_a_rank_crash_is_counted_and_the_next_job_resumes_from_latest(slurm, tmp_path, mode):
+    """Both chain modes on the real cluster: singleton dependency (default) and ``--array=0-N%1``."""
     run = tmp_path / "crash"
     env = {"BIGOPS_FAULT_CRASH_AT_STEP": "7", "BIGOPS_FAULT_CRASH_ONCE": str(tmp_path / "crashed")}
     jobs = launch(slurm, run, "--steps", 10, "--jobs", 2, "--save-interval", 3, "--set", "slurm.signal_before_s=0",
-                  env=env)
+                  "--set", f"slurm.chain_mode={mode}", env=env)
     wait_for("both jobs to end", lambda: all("code" in records(run).get(j, {}) for j in jobs), cluster=slurm, run=run)
     drain(slurm, run)
     ended = records(run)

@@ -176,10 +176,11 @@ class Supervisor:
         from bigops.watchdog.detectors.liveness import pid_alive
         from bigops.watchdog.scan import read_heartbeats
         host, found = socket.gethostname(), {}
-        for beat in read_heartbeats(self.run).values():
-            pid = beat.get("pid")
-            if beat.get("host") != host or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 \
-                    or not pid_alive(pid) or not _is_rank_of(pid, self.run):
+        pids = [beat.get("pid") for beat in read_heartbeats(self.run).values() if beat.get("host") == host]
+        # ranks still starting up have no heartbeat yet, and torchrun none at all: look at this host's processes
+        pids += [int(p) for p in os.listdir("/proc") if p.isdigit()] if os.path.isdir("/proc") else []
+        for pid in set(p for p in pids if isinstance(p, int) and not isinstance(p, bool)):
+            if pid <= 1 or pid == os.getpid() or not pid_alive(pid) or not _is_rank_of(pid, self.run):
                 continue
             try:
                 found[pid] = os.getpgid(pid)
@@ -263,8 +264,11 @@ class Supervisor:
     def loop(self) -> int:
         while True:
             self.run.exit_record.unlink(missing_ok=True)
-            self._first_dead = None
             self.set_aside_unusable()
+            try:
+                self._log_offset = (self.run.logs / "ranks.log").stat().st_size
+            except OSError:
+                self._log_offset = 0
             proc = self.spawn()
             reason = self.watch(proc)
             code = exitcodes.read(self.run.exit_record, proc.returncode)[0] if reason is None else exitcodes.FAILED
@@ -289,21 +293,19 @@ class Supervisor:
                 return SUPERVISOR_GAVE_UP
 
     def first_error(self) -> str | None:
-        """The error of the rank that died first (its own, e.g. ``OSError: [Errno 28] No space left on
-        device``), from the tail of ``logs/ranks.log``: exit.json holds the last writer's, often a survivor's
-        collective error."""
-        first = getattr(self, "_first_dead", None)
-        if first is None:
-            return None
+        """The error that started a crash (e.g. ``OSError: [Errno 28] No space left on device``), from what
+        this launch wrote to ``logs/ranks.log``: exit.json holds the last writer's, often a survivor's
+        collective error ("connection closed by peer"), which comes after the cause."""
         try:
             with open(self.run.logs / "ranks.log", "rb") as handle:
-                handle.seek(max(0, handle.seek(0, os.SEEK_END) - 65536))
-                tail = handle.read().decode(errors="replace")
+                handle.seek(getattr(self, "_log_offset", 0))
+                text = handle.read(1 << 20).decode(errors="replace")
         except OSError:
             return None
         import re
-        found = re.findall(rf"^\[rank{first}\]: ([A-Za-z_.]*(?:Error|Exception|Crash)\b: [^\n]{{0,300}})$", tail, re.M)
-        return f"rank {first}: {found[-1]}" if found else None
+        found = re.findall(r"^\[rank(\d+)\]: ([A-Za-z_.]*(?:Error|Exception|Crash)\b: [^\n]{0,300})$", text, re.M)
+        causes = [f for f in found if not re.search(r"by peer|gloo|NCCL|Socket Timeout", f[1])] or found
+        return f"rank {causes[0][0]}: {causes[0][1]}" if causes else None
 
     def dead_ranks(self, since: float) -> list[dict]:
         """Ranks of this launch (heartbeat written after ``since``) on this host whose process is gone."""
@@ -326,7 +328,6 @@ class Supervisor:
                 # The survivors would sit in a collective until its timeout (gloo/NCCL: minutes) before
                 # torchrun notices: kill them now, then the crash takes the usual path (restart or ask).
                 names = ", ".join(f"rank {b['rank']} (pid {b['pid']}, step {b.get('step')})" for b in dead)
-                self._first_dead = min(dead, key=lambda b: (float(b["time"]), b["rank"]))["rank"]
                 kill_group(proc)
                 self.action("kill", f"{names} died", "killed the remaining ranks at once", "warning")
                 return None

@@ -64,7 +64,7 @@ LOSS_SPIKE_MIN_STEP = 60  # the spike detector's warm-up (50 records) plus margi
 BATCH = 8
 FAST = ["data.source=synthetic", "model.vocab_size=512", "train.seq_length=32", f"train.global_batch_size={BATCH}",
         "train.micro_batch_size=2", "train.eval_interval=0", "watchdog.interval_s=0.5",
-        "watchdog.hang_min_timeout_s=10", "watchdog.hang_factor=5", "watchdog.restart_budget=50",
+        "watchdog.hang_min_timeout_s=15", "watchdog.hang_factor=8", "watchdog.restart_budget=50",
         "watchdog.no_progress_restarts=50", "watchdog.rollback_skip_batches=4", "alerts.webhook_env=FAULTS_HOOK",
         "alerts.retries=7", "alerts.rate_limit_per_minute=600"]
 
@@ -377,8 +377,14 @@ class Harness:
                 f.step_at_inject = first["step"]
             if f.kind == "loss_spike":
                 rollback = next(e for e in self.events() if e.get("action") == "rollback" and e.get("skip_range"))
-                before = [r for r in records if r["time"] <= rollback["time"]]
-                count, f.step_at_inject = len(before), max(r["step"] for r in before)
+                target = int(rollback["target"].removeprefix("global_step"))
+
+                def resumed():  # the relaunched run's first record (records after the kill may straggle in)
+                    rs = self.metrics()
+                    return next(((i,) for i, r in enumerate(rs) if r["time"] > rollback["time"]
+                                 and r["step"] == target + 1), None)
+                count = self.wait(resumed, 900, "the run after the rollback")[0]
+                f.step_at_inject = max(r["step"] for r in self.metrics()[:count])
         after = self.wait(lambda: next((r for r in self.metrics()[count:] if r["step"] > (f.step_at_inject or 0)
                                         and r["loss"] == r["loss"]), None), 900, f"recovery from {f.kind}")
         f.recovered_at = after["time"]
@@ -388,7 +394,9 @@ class Harness:
             f.first_step_after = f.step_at_inject + 1  # nothing replayed: the NaN steps were skipped, not lost
         beyond = max(f.step_at_inject or 0, f.step)
         self.wait(lambda: self.latest_step() > beyond, 900, f"a checkpoint past step {beyond}")
-        f.done_at = time.time()
+        # ... and the watchdog has reported it (a fast run can checkpoint before its next pass)
+        self.wait(lambda: expected_records(f, self.events()), 120, f"the watchdog's record of {f.kind}")
+        f.done_at = time.time() + 0.5
 
     # ------------------------------------------------------------------------------------------ the run
     def execute(self) -> "Report":
@@ -437,6 +445,20 @@ class Harness:
             except (ProcessLookupError, PermissionError):
                 pass
         self.receiver.up() if not self.receiver.is_up else None
+
+
+NONFINITE = {"NonFiniteLoss", "NonFiniteGradNorm", "SkippedSteps"}
+
+
+def expected_records(f: Fault, events: list[dict]) -> list[dict]:
+    """events.jsonl records of the kind ``f`` must produce, since it was injected."""
+    from bigops.watchdog.actions import action_kind
+    kinds = NONFINITE if f.kind == "nan_loss" else {PRIMARY[f.kind]}
+    out = [e for e in events if e.get("time", 0) >= (f.injected_at or 0) - 1 and
+           (e.get("kind") in kinds or (e.get("type") == "action" and action_kind(e.get("action", "")) in kinds))]
+    if f.kind == "watchdog_kill":
+        out = [e for e in out if "previous watchdog" in e.get("reason", "")]
+    return out
 
 
 class Report:

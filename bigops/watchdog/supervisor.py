@@ -265,6 +265,7 @@ class Supervisor:
         while True:
             self.run.exit_record.unlink(missing_ok=True)
             self.set_aside_unusable()
+            self.retire_heartbeats()
             try:
                 self._log_offset = (self.run.logs / "ranks.log").stat().st_size
             except OSError:
@@ -291,6 +292,20 @@ class Supervisor:
                 continue
             if not self.restart_allowed(reason):
                 return SUPERVISOR_GAVE_UP
+
+    def retire_heartbeats(self) -> None:
+        """Before a launch: the heartbeats of ranks that are gone become ``exit`` beats, else the hang
+        detector takes their age for a hang of the new launch while it starts up (and kills it)."""
+        from bigops.watchdog.detectors.liveness import pid_alive
+        from bigops.watchdog.scan import read_heartbeats
+        host = socket.gethostname()
+        for rank, beat in read_heartbeats(self.run).items():
+            pid = beat.get("pid")
+            if beat.get("host") == host and beat.get("phase") != "exit" and isinstance(pid, int) \
+                    and not isinstance(pid, bool) and not pid_alive(pid):
+                path = self.run.telemetry / "heartbeat" / f"rank-{rank:05d}.json"
+                if path.is_file():
+                    atomic_write_text(path, json.dumps({**beat, "phase": "exit", "retired": time.time()}) + "\n")
 
     def first_error(self) -> str | None:
         """The error that started a crash (e.g. ``OSError: [Errno 28] No space left on device``), from what

@@ -28,6 +28,8 @@ from trainer.rundir import RunDir, atomic_write_text
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 PARTIAL_PREFIX = ".partial-"
+DAMAGED = ".damaged"
+"""Where a save puts a damaged checkpoint of the same step that it replaces (kept as evidence)."""
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -149,13 +151,16 @@ def publish(run: RunDir, partial: Path, tag: str, info: dict[str, Any]) -> Path:
     final = run.checkpoint(tag)
     write_manifest(partial, tag, info)
     if final.exists():
-        # Only possible when re-saving a step that is already complete (e.g. a stop right after a
-        # resume): the state is identical, keep the existing copy and drop the new one.
-        if not verify(final, hashes=False):
+        # Only possible when re-saving a step that exists already (e.g. a stop right after a resume, or a
+        # replay after a crash). An intact copy holds the same state: keep it, drop the new one. A damaged
+        # one (truncated, bit-flipped) is set aside — never deleted — and the fresh save takes its place.
+        if not verify(final, hashes=True):
             shutil.rmtree(partial)
             atomic_write_text(run.latest, tag + "\n")
             return final
-        raise CheckpointError(f"{final} exists but is incomplete: move it aside before saving step {tag}")
+        aside = run.checkpoints / DAMAGED / f"{tag}-{int(time.time())}"
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(final, aside)
     os.replace(partial, final)
     _fsync_dir(run.checkpoints)
     atomic_write_text(run.latest, tag + "\n")

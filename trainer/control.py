@@ -17,6 +17,7 @@ by rank 0 when the file changes and broadcast to all.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -106,9 +107,17 @@ class ControlState:
 
 
 def _read_small(path: Path) -> str:
-    if path.stat().st_size > MAX_CONTROL_FILE_BYTES:
+    """A control file's text: a regular file (not a link, FIFO or device: /dev/zero would never end), small."""
+    import stat
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file (a link, FIFO or device is refused)")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(MAX_CONTROL_FILE_BYTES + 1)
+    if len(data) > MAX_CONTROL_FILE_BYTES:
         raise ValueError(f"larger than {MAX_CONTROL_FILE_BYTES} bytes")
-    return path.read_text()
+    return data.decode()
 
 
 def poll_local(state: ControlState, is_rank0: bool) -> list[int]:

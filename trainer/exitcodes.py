@@ -5,10 +5,11 @@ signal after a save), stop it (finished, or stopped on request), count a crash, 
 """
 
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
-from trainer.rundir import atomic_write_text
 
 FINISHED = 0
 """The run reached its target step and saved its final checkpoint."""
@@ -41,11 +42,39 @@ def describe(code: int) -> str:
     return DESCRIPTIONS.get(code, f"exit code {code}")
 
 
+def launch_id() -> str:
+    """Identifies one start of the ranks (torchrun's rendezvous): ranks of one launch share it."""
+    return ":".join(os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT",
+                                                     "TORCHELASTIC_RESTART_COUNT", "SLURM_JOB_ID"))
+
+
 def record(path: Path, code: int, message: str, rank: int) -> None:
-    """Write ``telemetry/exit.json``: this exit's code and reason, for the launcher and the watchdog."""
+    """Write ``telemetry/exit.json``: this exit's code and reason, for the launcher and the watchdog.
+
+    The first rank of a launch to record wins: in a crash that is the rank that failed first (the others
+    then fail on broken connections, and their later records would hide the cause). A record left by an
+    earlier launch is replaced."""
+    me = launch_id()
+    data = json.dumps({"code": code, "reason": describe(code), "message": message, "rank": rank,
+                       "time": time.time(), "launch": me}) + "\n"
     try:
-        atomic_write_text(path, json.dumps({"code": code, "reason": describe(code), "message": message,
-                                            "rank": rank, "time": time.time()}) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(data)
+            try:
+                os.link(tmp, path)  # atomic and exclusive: the first writer wins
+            except FileExistsError:
+                try:
+                    earlier = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    earlier = None
+                if not (isinstance(earlier, dict) and earlier.get("launch") == me):
+                    os.replace(tmp, path)  # an earlier launch's record
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     except OSError:
         pass  # a full disk must not hide the real exit code
 

@@ -112,8 +112,9 @@ def launch(
         cfg = plan.fresh_config(preset, config, overrides, hf_config=hf_config,
                                 cuda_available=torch.cuda.is_available())
 
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.logs.mkdir(exist_ok=True)
+    from trainer.rundir import make_dir
+    make_dir(run.root, tighten=True)  # 0750: the project group reads, only the owner writes
+    make_dir(run.logs, tighten=True)
     atomic_write_text(run.run_toml, config_mod.dumps_toml(cfg))
     world = config_mod.world_size_of(cfg)
     _prepare_data(run, cfg)

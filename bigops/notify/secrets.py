@@ -12,19 +12,28 @@ class SecretError(ValueError):
 
 
 def load_secrets_file(path: str | Path | None) -> dict[str, str]:
-    """KEY=VALUE lines; refused unless only its owner can read it (mode 0600 or stricter)."""
+    """KEY=VALUE lines; refused unless it is a regular file (not a link), owned by this user, that only its
+    owner can read (mode 0600 or stricter): nobody else can have planted or read it."""
     if not path:
         return {}
     path = Path(path)
     try:
-        mode = path.stat().st_mode
+        info = path.lstat()
     except FileNotFoundError:
         raise SecretError(f"alerts.secrets_file {path} does not exist") from None
+    mode = info.st_mode
+    if not stat.S_ISREG(mode):
+        raise SecretError(f"alerts.secrets_file {path} is not a regular file (a link or device is refused)")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise SecretError(f"alerts.secrets_file {path} belongs to uid {info.st_uid}, not to you ({os.getuid()})")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SecretError(f"alerts.secrets_file {path} is readable by others (mode {stat.S_IMODE(mode):o}): "
                           f"chmod 600 {path}")
     out = {}
-    for line in path.read_text().splitlines():
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd) as handle:
+        text = handle.read(1 << 20)
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#") and "=" in line:
             key, _, value = line.partition("=")

@@ -55,7 +55,8 @@ def start(run: RunDir) -> None:
               "start": time.time(), "from_step": checkpoint_step(run)}
     atomic_write_text(_record_path(run), json.dumps(record) + "\n")
     run.exit_record.unlink(missing_ok=True)
-    (run.root / "logs").mkdir(exist_ok=True)
+    from trainer.rundir import make_dir
+    make_dir(run.root / "logs", tighten=True)
     from trainer import config as config_mod
     cfg = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
     if cfg.data.source != "synthetic":

@@ -103,3 +103,54 @@ def test_sync_layernorm_request_is_polled_and_consumed(tmp_path):
     assert take_sync_request(state) == '{"event": "abc"}'
     assert not (tmp_path / "sync-layernorm").exists()
     assert poll_local(state, is_rank0=True)[4] == 0
+
+
+def test_exit_record_keeps_the_first_rank_of_a_launch(tmp_path, monkeypatch):
+    from trainer import exitcodes
+    path = tmp_path / "telemetry" / "exit.json"
+    monkeypatch.setenv("MASTER_PORT", "1111")
+    exitcodes.record(path, exitcodes.FAILED, "rank 2: OSError: No space left on device", 2)
+    exitcodes.record(path, exitcodes.FAILED, "rank 0: gloo connection reset", 0)  # a consequence, not the cause
+    assert exitcodes.read(path, 1) == (exitcodes.FAILED, "rank 2: OSError: No space left on device")
+    monkeypatch.setenv("MASTER_PORT", "2222")  # the next launch replaces the old record
+    exitcodes.record(path, exitcodes.FINISHED, "done", 0)
+    assert exitcodes.read(path, 0)[0] == exitcodes.FINISHED
+    assert [p.name for p in path.parent.iterdir()] == ["exit.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_resaving_a_step_replaces_a_damaged_copy_and_keeps_it_aside(tmp_path, damage):
+    run = RunDir(tmp_path)
+    make_checkpoint(run, 5)
+    weights = run.checkpoint("global_step5") / "layer_00-model_00-model_states.pt"
+    data = bytearray(weights.read_bytes())
+    if damage == "flip":
+        data[3] ^= 0x10
+    else:
+        data = data[:-2]
+    weights.write_bytes(bytes(data))
+    make_checkpoint(run, 5)  # the same step saved again (a replay after a crash)
+    assert run.latest_tag() == "global_step5" and ckpt.verify(run.checkpoint("global_step5")) == []
+    aside = list((run.checkpoints / ckpt.DAMAGED).iterdir())
+    assert len(aside) == 1 and (aside[0] / "layer_00-model_00-model_states.pt").read_bytes() == bytes(data)
+    assert ckpt.complete_tags(run) == ["global_step5"]  # the damaged copy is not a resumable tag
+
+
+def test_resaving_an_intact_step_keeps_the_existing_copy(tmp_path):
+    run = RunDir(tmp_path)
+    make_checkpoint(run, 5)
+    before = ckpt.read_manifest(run.checkpoint("global_step5"))["created"]
+    make_checkpoint(run, 5)
+    assert ckpt.read_manifest(run.checkpoint("global_step5"))["created"] == before
+    assert not (run.checkpoints / ckpt.DAMAGED).exists()
+
+
+def test_control_files_must_be_small_regular_files(tmp_path, capsys):
+    import os
+    state = ControlState(tmp_path, exit_duration_s=None)
+    (tmp_path / "skip-ranges").symlink_to("/dev/zero")  # would never end if read
+    assert poll_local(state, is_rank0=True)[3] == 0 and state.skip_ranges == []
+    (tmp_path / "skip-ranges").unlink()
+    os.mkfifo(tmp_path / "skip-ranges")
+    assert poll_local(state, is_rank0=True)[3] == 0
+    assert "not a regular file" in capsys.readouterr().err

@@ -145,3 +145,17 @@ def test_secrets_file_must_be_private(tmp_path):
         load_secrets_file(f)
     os.chmod(f, 0o600)
     assert load_secrets_file(f) == {"HOOK": "https://example.org/secret"}
+
+
+def test_secrets_file_must_be_a_regular_file_of_this_user(tmp_path, monkeypatch):
+    import os
+    real = tmp_path / "real"
+    real.write_text("HOOK=https://example.org/secret\n")
+    real.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(SecretError, match="not a regular file"):
+        load_secrets_file(link)
+    monkeypatch.setattr(os, "getuid", lambda: 12345)
+    with pytest.raises(SecretError, match="belongs to uid"):
+        load_secrets_file(real)

@@ -166,3 +166,52 @@ def test_a_rank_crash_is_counted_and_the_next_job_resumes_from_latest(slurm, tmp
     assert facts["chain"]["done"] == "finished" and facts["chain"]["calls"] == {"squeue": 1}
     assert facts2["chain"] == {"chain_done": "finished", "calls": {}}  # done: no SLURM call at all
     print(f"\nwatchdog ticks: {facts['chain']['calls']} then {facts2['chain']['calls']}")
+
+
+def _slurm_env(cluster):
+    """The watchdog process reads SLURM_CONF from its environment."""
+    class Scoped:
+        def __enter__(self):
+            self.before = os.environ.get("SLURM_CONF")
+            os.environ["SLURM_CONF"] = cluster.env["SLURM_CONF"]
+
+        def __exit__(self, *exc):
+            if self.before is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = self.before
+    return Scoped()
+
+
+def test_the_chain_survives_a_slurm_controller_restart(slurm, tmp_path):
+    """Fault: slurmctld dies mid-run. The running job goes on (slurmd runs it), the watchdog warns and backs
+    off instead of failing, and once the controller is back (state recovered, not cleaned) the chain goes on."""
+    import signal
+
+    run = tmp_path / "ctld"
+    slow = {"BIGOPS_FAULT_SLOW_RANK": "0:0.15"}  # ~0.6 s a step: the first job outlives the outage
+    jobs = launch(slurm, run, "--steps", 20, "--jobs", 2, "--set", "slurm.signal_before_s=0", env=slow)
+    wait_for("the first job to train", lambda: steps(run) and steps(run)[-1] >= 3, cluster=slurm, run=run)
+    pid = int((slurm.root / "slurmctld.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    wait_for("slurmctld to stop", lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
+    state = WatchState.load(state_path(RunDir(run)))
+    with _slurm_env(slurm):
+        new, facts = tick(RunDir(run), state)
+    assert [f.kind for f in new if f.kind.startswith("Slurm")] == ["SlurmUnreachable"]
+    assert state.restarts == []  # an unreachable controller is not a crash
+    before = steps(run)[-1]
+    wait_for("training to go on without the controller", lambda: steps(run)[-1] > before + 1, timeout=60)
+
+    subprocess.run([slurm_cluster._binary("slurmctld"), "-i"], check=True, env=slurm.env)  # recover, no -c
+    wait_for("the controller to answer", lambda: slurm.run("squeue").returncode == 0, timeout=30)
+    wait_for("job 1 to reach step 10", lambda: steps(run)[-1] >= 10, cluster=slurm, run=run)
+    assert slurm.run("scancel", "--signal=USR1", "--batch", jobs[0]).returncode == 0
+    wait_for("both jobs to end", lambda: all("code" in records(run).get(j, {}) for j in jobs), cluster=slurm, run=run)
+    drain(slurm, run)
+    ended = records(run)
+    assert [ended[j]["code"] for j in jobs] == [exitcodes.STOPPED_BY_SIGNAL, exitcodes.FINISHED]
+    assert steps(run) == list(range(1, 21))  # every step once
+    with _slurm_env(slurm):
+        tick(RunDir(run), state, now=time.time() + 3600)  # past the back-off
+    assert state.restarts == []

@@ -2,13 +2,16 @@
 hostile arguments stay data, and a SLURM chain driven over SSH (two links: hold, release, extend, cancel)."""
 
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from launcher.remote import HostKeyError, SSHRunner
+from launcher.slurm.runner import CommandError
 from tests.integration import slurm_cluster
 from tests.integration import sshd
 from tests.integration.sshd import keygen
@@ -109,3 +112,45 @@ def test_a_chain_driven_over_ssh(server, slurm, tmp_path):
     cancelled = bigops("chain", "cancel", run, "--yes", *ssh)
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stdout + cancelled.stderr
     wait_for("an empty queue", lambda: not slurm.run("squeue", "--noheader").stdout.strip())
+
+
+def _session_processes(listener_pid: int) -> list[int]:
+    """sshd's per-connection processes: the listener's children (and theirs)."""
+    children, frontier = [], [listener_pid]
+    while frontier:
+        parent = frontier.pop()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                pid = int(stat.parent.name)
+                children.append(pid)
+                frontier.append(pid)
+    return children
+
+
+def test_a_dropped_ssh_connection_is_reconnected_and_never_resends(server, tmp_path):
+    """Fault: the server side of the SSH link dies. The next command reconnects (host key checked again);
+    a command whose connection broke is reported, never re-sent (an sbatch sent twice submits twice)."""
+    import signal
+
+    r = runner(server)
+    assert r.run(["true"]).ok
+    listener = int(server.pid_file.read_text().strip())
+    sessions = _session_processes(listener)
+    assert sessions, "no sshd session process for the open connection"
+    counter = tmp_path / "count"
+    for pid in sessions:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.3)
+    outcomes = []
+    for _ in range(2):
+        try:
+            outcomes.append(r.run(["sh", "-c", 'echo x >> "$0"', str(counter)]).ok)
+        except CommandError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[-1] is True  # reconnected
+    assert counter.read_text().count("x") == sum(1 for o in outcomes if o is True)  # nothing ran twice
+    r.close()

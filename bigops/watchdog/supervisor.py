@@ -171,6 +171,22 @@ class Supervisor:
             raise ConfigError(f"another watchdog (pid {data['pid']}) supervises {self.run.root}: stop it first")
         return data
 
+    def kill_ranks(self, proc: subprocess.Popen) -> None:
+        """SIGKILL torchrun's process group, then every rank of this run still alive here: torchrun starts each
+        worker in its own session, so a rank it cannot stop (a SIGSTOPped one ignores its SIGTERM) would
+        otherwise outlive the launch, stopped, holding memory and its port."""
+        kill_group(proc)
+        from bigops.watchdog.detectors.liveness import pid_alive
+        left = self.orphans()
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 10
+        while any(pid_alive(pid) for pid in left) and time.time() < deadline:
+            time.sleep(0.05)
+
     def orphans(self) -> dict[int, int]:
         """{pid: process group} of this run's rank processes still alive on this host (an earlier launch's)."""
         from bigops.watchdog.detectors.liveness import pid_alive
@@ -343,7 +359,7 @@ class Supervisor:
                 # The survivors would sit in a collective until its timeout (gloo/NCCL: minutes) before
                 # torchrun notices: kill them now, then the crash takes the usual path (restart or ask).
                 names = ", ".join(f"rank {b['rank']} (pid {b['pid']}, step {b.get('step')})" for b in dead)
-                kill_group(proc)
+                self.kill_ranks(proc)
                 self.action("kill", f"{names} died", "killed the remaining ranks at once", "warning")
                 return None
             new, facts = tick(self.run, self.state, config=self.config, notifier=self.notifier)
@@ -365,13 +381,13 @@ class Supervisor:
                             approvals.finish(self.state, entry["id"], "denied", time.time())
                             continue
                         self.approved = entry
-                    kill_group(proc)
+                    self.kill_ranks(proc)
                     self.action("kill", f"hang: {stale}", "killed the ranks", "critical", key=f.key)
                     return "hang"
                 if f.kind == "LossSpike" and f.key not in self.state.handled \
                         and self.cfg.watchdog.on_loss_spike in ("rollback", "ask"):
                     self.mark(f)
-                    kill_group(proc)  # SIGKILL: no checkpoint of the post-spike state
+                    self.kill_ranks(proc)  # SIGKILL: no checkpoint of the post-spike state
                     if self.cfg.watchdog.on_loss_spike == "ask":
                         self.action("kill", f.summary, "killed the ranks (nothing trains past the spike); the "
                                     "rollback waits for a decision", "critical", key=f.key)

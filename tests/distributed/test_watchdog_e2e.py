@@ -61,6 +61,8 @@ def test_stopped_rank_is_a_hang_named_then_killed_and_restarted(tmp_path):
     kill = actions(run, "kill")
     assert kill and f"pid {stopped}" in kill[0]["reason"]
     assert actions(run, "restart") and max(losses(run)) == 60
+    from bigops.watchdog.detectors.liveness import pid_alive
+    assert not pid_alive(stopped)  # the stopped rank did not outlive the launch (torchrun could not stop it)
 
 
 def test_loss_spike_is_rolled_back_and_its_data_skipped(tmp_path):

@@ -77,6 +77,7 @@ def run(interval: float = 1.0, hang_timeout: float = 5.0, idle_seconds: float = 
                               "tokens_per_second": 1000.0, "step_seconds": 0.1, "skipped": False})
             for rank in range(8):
                 _beat(root, rank, step)
+            last_beat = time.time()  # the hang's clock starts at the last heartbeat written
             time.sleep(0.1)
         cpu = (_cpu_seconds(proc.pid) - cpu_start) / (time.time() - idle_start)
         for i in range(3):  # three high records confirm a spike
@@ -84,14 +85,13 @@ def run(interval: float = 1.0, hang_timeout: float = 5.0, idle_seconds: float = 
             _append(metrics, {"step": step, "time": time.time(), "loss": 9.0, "grad_norm": 1.0,
                               "tokens_per_second": 1000.0, "step_seconds": 0.1, "skipped": False})
         spike_written = time.time()
-        hang_starts = time.time()  # heartbeats stop here
         end = time.time() + 120
         while ("LossSpike" not in receiver.times or "TrainingHang" not in receiver.times) and time.time() < end:
             time.sleep(0.05)
     finally:
         proc.terminate()
         proc.wait()
-    hang_due = hang_starts + hang_timeout  # watchdog.hang_min_timeout_s (steps are far shorter)
+    hang_due = last_beat + hang_timeout  # watchdog.hang_min_timeout_s (steps are far shorter)
     return {
         "benchmark": "watchdog",
         "interval_s": interval,

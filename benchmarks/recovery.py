@@ -27,6 +27,22 @@ def _pids(run: Path) -> dict[int, int]:
             for p in (run / "telemetry" / "heartbeat").glob("rank-*.json")}
 
 
+def _kill_leftover_ranks(run: Path) -> None:
+    """torchrun starts each worker in its own session: killing the launcher's group leaves them running."""
+    needle = str(run).encode()
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if b"trainer.train" in cmdline and needle in cmdline:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def _measure(run: Path, proc: subprocess.Popen, kill_at: int = 30) -> dict:
     metrics = run / "telemetry" / "metrics.jsonl"
     while not read_jsonl(metrics) or read_jsonl(metrics)[-1]["step"] < kill_at:
@@ -46,6 +62,7 @@ def _measure(run: Path, proc: subprocess.Popen, kill_at: int = 30) -> dict:
     first = resumed[0]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    _kill_leftover_ranks(run)
     return {"mttr_s": first["time"] - first["step_seconds"] - killed, "steps_lost": last_step - (first["step"] - 1)}
 
 

@@ -226,12 +226,21 @@ def _follow(run: RunDir, cfg: config_mod.RunConfig, proc, done_before: int) -> N
 
 
 def _stop(proc) -> None:
+    """Ctrl-C: SIGTERM to torchrun, which forwards it to the ranks: they save and exit. If they have not
+    within 60 s, SIGKILL."""
     import os
+    import subprocess
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, TimeoutError):
+        proc.wait(timeout=60)
+    except ProcessLookupError:
         pass
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def _summary(run: RunDir, done_before: int, spawned: float) -> None:

@@ -25,7 +25,7 @@ def _get(result: dict, *path):
 HEADLINES = {
     "model_throughput": ("tokens/s, ours / transformers", lambda r: _get(r, "ratio_ours_vs_transformers")),
     "watchdog": ("spike -> notification, s (direct)", lambda r: _get(r, "spike_detection_latency_s")),
-    "recovery": ("MTTR, bigops / torchrun --max-restarts",
+    "recovery": ("MTTR bigops / torchrun (s if torchrun failed)",
                  lambda r: _get(r, "ratio_mttr_bigops_vs_torchrun") or _get(r, "bigops", "mttr_s")),
     "surgery": ("surgery GB/s / (cp -r + sync)", lambda r: _get(r, "ratio_surgery_vs_cp_then_sync")),
     "parallel_overhead": ("PP2 step time / one rank", lambda r: _get(r, "ratio_vs_single_rank", "PP2")),

@@ -57,7 +57,8 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -106,7 +107,7 @@ def write_manifest(directory: Path, tag: str, info: dict[str, Any],
     files = dict(sorted(files.items()))
     manifest = {"format": MANIFEST_FORMAT, "tag": tag, "created": time.time(), **info, "files": files}
     atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return manifest
 
 
@@ -162,7 +163,7 @@ def publish(run: RunDir, partial: Path, tag: str, info: dict[str, Any]) -> Path:
         aside.parent.mkdir(exist_ok=True)
         os.replace(final, aside)
     os.replace(partial, final)
-    _fsync_dir(run.checkpoints)
+    fsync_dir(run.checkpoints)
     atomic_write_text(run.latest, tag + "\n")
     return final
 

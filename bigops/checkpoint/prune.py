@@ -96,14 +96,6 @@ def plan_prune(inv: Inventory, policy: Policy) -> Plan:
     return plan
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def remove_checkpoint(run: RunDir, tag: str) -> None:
     """Rename ``<tag>`` to ``.deleting-<tag>`` (atomic, durable), then remove it."""
     ckpt.check_tag(tag)
@@ -111,7 +103,7 @@ def remove_checkpoint(run: RunDir, tag: str) -> None:
     if doomed.exists():  # an earlier prune of the same tag was interrupted
         shutil.rmtree(doomed)
     os.replace(run.checkpoint(tag), doomed)
-    _fsync_dir(run.checkpoints)
+    ckpt.fsync_dir(run.checkpoints)
     shutil.rmtree(doomed)
 
 

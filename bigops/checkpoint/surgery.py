@@ -172,7 +172,7 @@ def perform(source: Source, edits: list[Edit], *, move_latest: bool | None = Non
                                   f"{source.tag} and latest are untouched")
         final = run.checkpoint(new_tag)
         os.replace(partial, final)
-        ckpt._fsync_dir(run.checkpoints)
+        ckpt.fsync_dir(run.checkpoints)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from bigops.watchdog.daemon import state_path, tick
 from bigops.watchdog.state import WatchState
@@ -140,13 +139,11 @@ def test_slurm_signal_before_the_time_limit_saves_and_ends_the_job(slurm, tmp_pa
     drain(slurm, run)
 
 
-@pytest.mark.parametrize("mode", ["singleton", "array"])
-def test_a_rank_crash_is_counted_and_the_next_job_resumes_from_latest(slurm, tmp_path, mode):
-    """Both chain modes on the real cluster: singleton dependency (default) and ``--array=0-N%1``."""
+def test_a_rank_crash_is_counted_and_the_next_job_resumes_from_latest(slurm, tmp_path):
     run = tmp_path / "crash"
     env = {"BIGOPS_FAULT_CRASH_AT_STEP": "7", "BIGOPS_FAULT_CRASH_ONCE": str(tmp_path / "crashed")}
     jobs = launch(slurm, run, "--steps", 10, "--jobs", 2, "--save-interval", 3, "--set", "slurm.signal_before_s=0",
-                  "--set", f"slurm.chain_mode={mode}", env=env)
+                  env=env)
     wait_for("both jobs to end", lambda: all("code" in records(run).get(j, {}) for j in jobs), cluster=slurm, run=run)
     drain(slurm, run)
     ended = records(run)
@@ -185,12 +182,14 @@ def _slurm_env(cluster):
 
 def test_the_chain_survives_a_slurm_controller_restart(slurm, tmp_path):
     """Fault: slurmctld dies mid-run. The running job goes on (slurmd runs it), the watchdog warns and backs
-    off instead of failing, and once the controller is back (state recovered, not cleaned) the chain goes on."""
+    off instead of failing, and once the controller is back (state recovered, not cleaned) the chain goes on.
+    This chain is an array (``--array=0-1%1``), the other chain mode, so both run on the real cluster."""
     import signal
 
     run = tmp_path / "ctld"
     slow = {"BIGOPS_FAULT_SLOW_RANK": "0:0.15"}  # ~0.6 s a step: the first job outlives the outage
-    jobs = launch(slurm, run, "--steps", 20, "--jobs", 2, "--set", "slurm.signal_before_s=0", env=slow)
+    jobs = launch(slurm, run, "--steps", 20, "--jobs", 2, "--set", "slurm.signal_before_s=0",
+                  "--set", "slurm.chain_mode=array", env=slow)
     wait_for("the first job to train", lambda: steps(run) and steps(run)[-1] >= 3, cluster=slurm, run=run)
     pid = int((slurm.root / "slurmctld.pid").read_text())
     os.kill(pid, signal.SIGTERM)

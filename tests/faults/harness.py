@@ -361,8 +361,9 @@ class Harness:
             self.wait(lambda: any(r["step"] >= f.step + 1 for r in self.metrics()), 300, "the NaN steps")
         elif f.kind == "loss_spike":
             f.detail = f"random tokens in samples {(f.step - 1) * BATCH}-{(f.step + 5) * BATCH} (steps {f.step}-{f.step + 5})"
-            self.wait(lambda: any(e.get("action") == "rollback" for e in self.events() if e.get("time", 0) >
-                                  f.injected_at - 60), 600, "the rollback")
+            # a spike rollback carries its skip range (a damaged `latest` set aside is a rollback without one)
+            self.wait(lambda: any(e.get("action") == "rollback" and e.get("skip_range") for e in self.events()
+                                  if e.get("time", 0) > f.injected_at - 60), 600, "the rollback")
 
     def await_recovery(self, f: Fault) -> None:
         """Recovered: a finite step past the one the run had reached is trained; done: a checkpoint past it."""
@@ -376,7 +377,8 @@ class Harness:
                 count = records.index(first) + 1
                 f.step_at_inject = first["step"]
             if f.kind == "loss_spike":
-                rollback = next(e for e in self.events() if e.get("action") == "rollback" and e.get("skip_range"))
+                rollback = self.wait(lambda: next((e for e in reversed(self.events()) if e.get("action") == "rollback"
+                                                   and e.get("skip_range")), None), 600, "the spike's rollback")
                 target = int(rollback["target"].removeprefix("global_step"))
 
                 def resumed():  # the relaunched run's first record (records after the kill may straggle in)

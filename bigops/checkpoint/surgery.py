@@ -57,6 +57,8 @@ class Edit:
     describe: str
     rewrite: Callable[[Source, Path, dict], dict[str, dict]]
     check: Callable[[Source], list[str]] = lambda new: []
+    preview: Callable[[Source], object] | None = None
+    """What the edit finds before changing anything (shown by the CLI; computed once, reused by ``rewrite``)."""
 
 
 @dataclass
@@ -213,13 +215,22 @@ def sync_layernorm_edit(method: str = "mean") -> Edit:
     if method not in ("mean", "rank0"):
         raise BigopsError(f"--method {method!r}: use mean or rank0")
 
+    reports: dict[tuple, tp_duplicates.Report] = {}
+
+    def preview(source: Source) -> tp_duplicates.Report:
+        """compare-tp of the source, once per source (a tag never changes once its manifest is written)."""
+        key = (str(source.path), source.manifest.get("created"))
+        if key not in reports:
+            reports[key] = tp_duplicates.compare_tp(source.layout)
+        return reports[key]
+
     def rewrite(source: Source, out: Path, details: dict) -> dict[str, dict]:
         if source.layout.tp == 1:
             raise BigopsError(f"{source.tag} was trained with TP 1: there is nothing to sync")
         if not source.layout.optim_files:
             raise CheckpointError(f"{source.tag} has no ZeRO-1 / BF16_Optimizer files: its optimizer state "
                                   f"(parallel.zero_stage=0 in fp32) is not supported by this surgery")
-        before = tp_duplicates.compare_tp(source.layout)
+        before = preview(source)
         details["before"] = {"counts": before.counts(), "max_abs_diff": before.max_abs_diff()}
         changed = {"weights": 0, "optimizer": 0}
         written: dict[str, dict] = {}
@@ -236,7 +247,7 @@ def sync_layernorm_edit(method: str = "mean") -> Edit:
         return [f"{c.kind} {c.where} {c.name} still differs on TP ranks {list(c.differing_ranks)}"
                 for c in after.out_of_sync]
 
-    return Edit("sync-layernorm", f"average TP-duplicated tensors ({method})", rewrite, check)
+    return Edit("sync-layernorm", f"average TP-duplicated tensors ({method})", rewrite, check, preview)
 
 
 @dataclass(frozen=True)

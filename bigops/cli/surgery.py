@@ -117,7 +117,6 @@ def surgery(
 ) -> None:
     """Repair a checkpoint, never in place: write a new tag beside it, verify it, then point latest at it."""
     from bigops.checkpoint import surgery as surgery_mod
-    from bigops.checkpoint import tp_duplicates
     from bigops.errors import BigopsError, ConfigError
     from trainer.control import KILL_SWITCH, SKIP_RANGES, parse_skip_ranges
     from trainer.rundir import RunDir, atomic_write_text
@@ -174,7 +173,7 @@ def surgery(
         console.print(f"source: {source.tag} (step {source.manifest.get('step')}, TP {source.layout.tp} x PP "
                       f"{source.layout.pp} x DP {source.layout.dp}, {source.config.train.precision}), verified")
         if sync_layernorm:
-            before = tp_duplicates.compare_tp(source.layout)
+            before = edits[0].preview(source)  # the sync edit is first; its rewrite reuses this report
             bad = before.out_of_sync
             console.print(f"compare-tp: {len(before.comparisons) - len(bad)} in sync, {len(bad)} out of sync")
             for c in bad[:20]:

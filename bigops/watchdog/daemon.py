@@ -9,12 +9,10 @@ which owns the ranks (``bigops.watchdog.supervisor``).
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 from bigops.watchdog import approvals
-from bigops.watchdog.actions import SYNC_LAYERNORM, announce_pending, record_action, recorded_action_for, \
-    request_layernorm_sync
+from bigops.watchdog.actions import SYNC_LAYERNORM, record_action
 from bigops.watchdog.chain import keep as keep_chain
 from bigops.watchdog.findings import Finding
 from bigops.watchdog.scan import WatchConfig, scan_run
@@ -76,33 +74,19 @@ SYNC_ACTION = "sync-layernorm"
 
 
 def act_on_desync(run: RunDir, state: WatchState, f: Finding, mode: str, now: float, dry_run: bool,
-                  notifier) -> list[str]:
-    """Once per finding key: request a live sync (``sync``), or ask for one (``ask``); ``notify``: the
-    finding's own notification is all."""
-    if mode == "notify":
-        return []
-    if dry_run:
-        state.handled[f.key] = {"time": now, "kind": f.kind, "dry_run": True}
-        state.save()
-        verb = "ask for" if mode == "ask" else "write"
-        return [record_action(run, notifier, SYNC_ACTION, f.summary, f"dry-run: would {verb} control/{SYNC_LAYERNORM}",
-                              now=now, key=f.key)]
-    if mode == "ask":
-        state.handled[f.key] = {"time": now, "kind": f.kind}  # saved with the entry, in one write
-        entry = approvals.ask(state, SYNC_ACTION, f.summary, now, key=f.key, step=f.step,
-                              ln_desync=f.evidence.get("ln_desync"))
-        return [announce_pending(run, notifier, entry, now)]
-    event_id = uuid.uuid4().hex[:12]
-    path = request_layernorm_sync(run, event_id, now, f.summary, f.step)
-    line = record_action(run, notifier, SYNC_ACTION, f.summary, f"requested a live sync: wrote {path}", now=now,
-                         key=f.key, request_id=event_id)
-    state.handled[f.key] = {"time": now, "kind": f.kind, "request_id": event_id}
-    state.save()
-    return [line]
+                  notifier, facts: dict | None = None) -> list[str]:
+    """Once per incident (by incident id, through the executor's journal): request a live sync (``sync``),
+    or ask for one (``ask``); ``notify``: the finding's own notification is all."""
+    from bigops.watchdog.executor import act_on_desync_incidents, incident_of_finding
+    return act_on_desync_incidents(run, state, [incident_of_finding(facts or {}, f, now)], mode, now, dry_run,
+                                   notifier)
 
 
 def carry_out_decisions(run: RunDir, state: WatchState, now: float, dry_run: bool, notifier) -> list[str]:
-    """Decisions on the pending actions this pass owns (the sync): act once, record, finish."""
+    """Decisions on the pending actions this pass owns (the sync): act once (journaled), record, finish."""
+    from bigops.watchdog.decide import Sync
+    from bigops.watchdog.executor import executor_for
+    from bigops.watchdog.journal import intent_id
     lines = []
     for entry in approvals.open_entries(state, (SYNC_ACTION,)):
         if entry["status"] == "pending" and approvals.claim(run, state, entry["id"], now) is None:
@@ -116,12 +100,17 @@ def carry_out_decisions(run: RunDir, state: WatchState, now: float, dry_run: boo
         if dry_run:
             lines.append(record_action(run, notifier, SYNC_ACTION, entry["reason"], f"approved by {who}; dry-run: "
                                        f"would write control/{SYNC_LAYERNORM}", now=now, pending_id=entry["id"]))
-        elif not recorded_action_for(run, entry["id"]):  # not done before a restart of ours
-            path = request_layernorm_sync(run, entry["id"], now, entry["reason"], entry["details"].get("step"))
-            lines.append(record_action(run, notifier, SYNC_ACTION, entry["reason"], f"approved by {who}: requested "
-                                       f"a live sync, wrote {path}", now=now, key=entry.get("key"),
-                                       pending_id=entry["id"]))
-        approvals.finish(state, entry["id"], "synced" if not dry_run else "dry-run", now)
+            approvals.finish(state, entry["id"], "dry-run", now)
+            continue
+        executor = executor_for(run, state, notifier)
+        line = executor.execute(Sync(entry.get("details", {}).get("incident"), entry["reason"],
+                                     entry["details"].get("step")), iid=intent_id(SYNC_ACTION, f"pending:{entry['id']}"),
+                                request_id=entry["id"], pending_id=entry["id"], approved_by=who,
+                                key=entry.get("key"), time=now, finish="synced")
+        if line:
+            lines.append(line)
+        if state.pending[entry["id"]].get("status") != "done":  # done before a restart of ours
+            approvals.finish(state, entry["id"], "synced", now)
     return lines
 
 

@@ -151,6 +151,10 @@ class Executor:
         return [line for intent in self.journal.in_flight()
                 if (line := self._carry_out(intent, resumed=True)) is not None]
 
+    def finish(self, intent: dict) -> str | None:
+        """Finish one intent in flight (e.g. a chain hold SLURM refused at an earlier pass)."""
+        return self._carry_out(intent, resumed=True)
+
     def steps(self, action: str) -> list[str]:
         return [name for name, _ in STEPS[action]]
 

@@ -140,6 +140,8 @@ class Executor:
         """Carry ``action`` out once (journaled); the console line, or None when it was done before."""
         if isinstance(action, NotifyOnly):
             return None
+        if iid is None and isinstance(action, Prune):  # one prune decision, carried out once
+            iid = intent_id("prune", ",".join(sorted(action.remove)))
         intent, fresh = self.journal.begin(action.name, _params(action, extra), incident=action.incident, iid=iid)
         if intent["status"] == DONE:
             return None

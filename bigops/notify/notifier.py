@@ -3,6 +3,10 @@
 ``submit`` only enqueues. A worker thread delivers, retrying with exponential back-off, rate-limited per
 channel, and reports each outcome through a callback (the daemon writes it to events.jsonl). Messages and
 errors pass through ``redact`` so that a webhook URL or password never reaches a log.
+
+Critical pages are never rate-limited away (they count against the limit, so a storm of them throttles
+the warnings behind them instead), and a failing outcome callback (a full disk under events.jsonl) never
+stops the worker: the page matters more than its record.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class Notifier:
         self.on_result = on_result or (lambda result: None)
         self.secret_values = [s for s in secret_values if s]
         self.sent: dict[str, deque] = {c.name: deque() for c in channels}
+        self.report_errors = 0
+        """Outcomes that could not be recorded (the callback raised)."""
         self.queue: queue.Queue = queue.Queue()
         self.worker = threading.Thread(target=self._run, name="bigops-notifier", daemon=True)
         self.worker.start()
@@ -49,14 +55,20 @@ class Notifier:
         while self.queue.unfinished_tasks and time.time() < deadline:
             time.sleep(0.02)
 
-    def _allowed(self, name: str, now: float) -> bool:
+    def _allowed(self, name: str, now: float, severity: str = "warning") -> bool:
         sent = self.sent[name]
         while sent and now - sent[0] > 60:
             sent.popleft()
-        if len(sent) >= self.rate_limit:
+        if len(sent) >= self.rate_limit and severity != "critical":
             return False
         sent.append(now)
         return True
+
+    def _report(self, result: dict) -> None:
+        try:
+            self.on_result(result)
+        except Exception:  # noqa: BLE001 - e.g. ENOSPC under events.jsonl: keep delivering
+            self.report_errors += 1
 
     def _run(self) -> None:
         while True:
@@ -69,20 +81,23 @@ class Notifier:
     def _deliver(self, channel, event: dict, line: str) -> None:
         result = {"type": "notification", "channel": channel.name, "key": event["key"], "kind": event["kind"],
                   "severity": event["severity"], "time": time.time()}
-        if not self._allowed(channel.name, time.time()):
-            self.on_result({**result, "outcome": "rate-limited"})
+        for name in ("incident", "notice"):
+            if name in event:
+                result[name] = event[name]
+        if not self._allowed(channel.name, time.time(), event.get("severity", "warning")):
+            self._report({**result, "outcome": "rate-limited"})
             return
         error = None
-        for attempt in range(1, self.retries + 1):
+        for attempt in range(1, max(1, self.retries) + 1):  # at least one try, whatever the config
             try:
                 channel.send(event, line)
-                self.on_result({**result, "outcome": "delivered", "attempts": attempt})
+                self._report({**result, "outcome": "delivered", "attempts": attempt})
                 return
             except Exception as exc:  # noqa: BLE001 - any delivery failure is retried, then recorded
                 error = redact(f"{type(exc).__name__}: {exc}", self.secret_values)
-                if attempt < self.retries:
+                if attempt < max(1, self.retries):
                     time.sleep(self.backoff_s * 2 ** (attempt - 1))
-        self.on_result({**result, "outcome": "failed", "attempts": self.retries, "error": error})
+        self._report({**result, "outcome": "failed", "attempts": max(1, self.retries), "error": error})
 
 
 def from_config(alerts, run_name: str, on_result=None) -> Notifier:

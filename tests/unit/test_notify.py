@@ -115,26 +115,60 @@ def test_dead_receiver_is_retried_recorded_and_does_not_block(tmp_path, monkeypa
     assert failed and failed[0]["attempts"] == 2 and "token-xyz" not in json.dumps(records)
 
 
+class Sink:
+    """A channel that keeps what it was sent."""
+
+    name = "sink"
+
+    def __init__(self):
+        self.lines = []
+
+    def send(self, event, line):
+        self.lines.append(line)
+
+
 def test_min_severity_and_rate_limit():
     from bigops.notify.notifier import Notifier
 
-    class Sink:
-        name = "sink"
+    sink, results = Sink(), []
+    n = Notifier([sink], min_severity="warning", rate_limit_per_minute=2, on_result=results.append)
+    assert not n.submit({"severity": "info", "key": "i", "kind": "K"}, "i")
+    for i in range(4):
+        assert n.submit({"severity": "warning", "key": f"w{i}", "kind": "K"}, f"warning {i}")
+    n.drain()
+    assert sink.lines == ["warning 0", "warning 1"]
+    assert [r["outcome"] for r in results].count("rate-limited") == 2
 
-        def __init__(self):
-            self.lines = []
 
-        def send(self, event, line):
-            self.lines.append(line)
+def test_critical_pages_are_never_rate_limited_away():
+    """In a storm the limit throttles warnings, never a critical page (it was dropped like any other)."""
+    from bigops.notify.notifier import Notifier
 
     sink, results = Sink(), []
-    n = Notifier([sink], min_severity="critical", rate_limit_per_minute=2, on_result=results.append)
-    assert not n.submit({"severity": "warning", "key": "w", "kind": "K"}, "w")
-    for i in range(4):
-        assert n.submit({"severity": "critical", "key": f"k{i}", "kind": "K"}, f"line {i}")
+    n = Notifier([sink], rate_limit_per_minute=2, on_result=results.append)
+    for i in range(3):
+        n.submit({"severity": "warning", "key": f"w{i}", "kind": "K"}, f"warning {i}")
+    for i in range(5):
+        n.submit({"severity": "critical", "key": f"c{i}", "kind": "K"}, f"critical {i}")
     n.drain()
-    assert sink.lines == ["line 0", "line 1"]
-    assert [r["outcome"] for r in results].count("rate-limited") == 2
+    assert [line for line in sink.lines if line.startswith("critical")] == [f"critical {i}" for i in range(5)]
+    assert "warning 2" not in sink.lines
+
+
+def test_a_failing_outcome_record_does_not_stop_delivery():
+    """A full disk under events.jsonl made the outcome callback raise, which killed the worker thread:
+    every later page was lost."""
+    from bigops.notify.notifier import Notifier
+
+    def full_disk(result):
+        raise OSError(28, "No space left on device")
+
+    sink = Sink()
+    n = Notifier([sink], on_result=full_disk)
+    for i in range(3):
+        n.submit({"severity": "critical", "key": f"c{i}", "kind": "K"}, f"page {i}")
+    n.drain()
+    assert sink.lines == ["page 0", "page 1", "page 2"] and n.report_errors == 3
 
 
 def test_secrets_file_must_be_private(tmp_path):

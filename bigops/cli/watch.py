@@ -52,6 +52,8 @@ def watch(
                    f"{run.root} (this watch detects and exports, and neither notifies nor acts)", err=True)
     state = WatchState.load(state_path(run))
     notifier = _notifier(run) if lock.held else None
+    if notifier is not None:
+        notifier.resend_pending()
     from bigops.watchdog.detectors.liveness import pid_alive
     from bigops.watchdog.supervisor import watch_config
     config = watch_config(_run_config(run), alive=pid_alive)  # standalone: nobody else watches the pids
@@ -70,6 +72,7 @@ def watch(
                 lock.acquire(now)
                 typer.echo(f"the writer of {run.root} is gone: this watch is the writer now", err=True)
                 state, notifier = WatchState.load(state_path(run)), _notifier(run)
+                notifier.resend_pending()
             except LockHeld:
                 pass
         lock.renew(now)
@@ -99,15 +102,18 @@ def _run_config(run):
 
 
 def _notifier(run):
-    """The channels of run.toml's [alerts] (none when the run has no run.toml yet)."""
+    """The channels of run.toml's [alerts] (none when the run has no run.toml yet), with the run's outbox
+    (``watchdog/outbox/``: pages kept until delivered; the writer calls ``resend_pending`` once)."""
     from bigops.errors import ConfigError
     from bigops.notify.notifier import from_config
+    from bigops.notify.outbox import Outbox
     from bigops.notify.secrets import SecretError
     from bigops.watchdog.daemon import events_path
     from trainer.rundir import append_jsonl
 
     alerts = _run_config(run).alerts
     try:
-        return from_config(alerts, run.root.resolve().name, on_result=lambda r: append_jsonl(events_path(run), r))
+        return from_config(alerts, run.root.resolve().name, on_result=lambda r: append_jsonl(events_path(run), r),
+                           outbox=Outbox(run.root / "watchdog" / "outbox"))
     except SecretError as exc:
         raise ConfigError(str(exc)) from None

@@ -26,8 +26,10 @@ SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 class Notifier:
     def __init__(self, channels: list, min_severity: str = "warning", rate_limit_per_minute: int = 20,
                  retries: int = 3, backoff_s: float = 0.5, on_result: Callable[[dict], None] | None = None,
-                 secret_values: list[str] = ()):
+                 secret_values: list[str] = (), outbox=None):
         self.channels, self.min_severity = channels, min_severity
+        self.outbox = outbox
+        """A :class:`bigops.notify.outbox.Outbox`: pages kept on disk until delivered (None: memory only)."""
         self.rate_limit, self.retries, self.backoff_s = rate_limit_per_minute, retries, backoff_s
         self.on_result = on_result or (lambda result: None)
         self.secret_values = [s for s in secret_values if s]
@@ -45,9 +47,26 @@ class Notifier:
         """Enqueue for every channel (never blocks); False when below ``min_severity``."""
         if not self.channels or not self.wanted(event["severity"]):
             return False
+        page_id = self.outbox.put(event, line, [c.name for c in self.channels]) if self.outbox else None
         for channel in self.channels:
-            self.queue.put((channel, event, line))
+            self.queue.put((channel, event, line, page_id))
         return True
+
+    def resend_pending(self) -> int:
+        """Queue the pages an earlier process kept in the outbox and did not deliver (call it once, as the
+        run's writer); returns how many."""
+        if self.outbox is None:
+            return 0
+        by_name = {c.name: c for c in self.channels}
+        count = 0
+        for page_id, event, line, names in self.outbox.pending():
+            for name in names:
+                if name in by_name:
+                    self.queue.put((by_name[name], {**event, "resent": True}, line, page_id))
+                else:
+                    self.outbox.done(page_id, name)  # a channel no longer configured
+            count += 1
+        return count
 
     def drain(self, timeout: float = 30.0) -> None:
         """Wait until everything queued was delivered or given up (tests, shutdown)."""
@@ -72,10 +91,12 @@ class Notifier:
 
     def _run(self) -> None:
         while True:
-            channel, event, line = self.queue.get()
+            channel, event, line, page_id = self.queue.get()
             try:
                 self._deliver(channel, event, line)
             finally:
+                if self.outbox is not None:
+                    self.outbox.done(page_id, channel.name)
                 self.queue.task_done()
 
     def _deliver(self, channel, event: dict, line: str) -> None:
@@ -100,7 +121,7 @@ class Notifier:
         self._report({**result, "outcome": "failed", "attempts": max(1, self.retries), "error": error})
 
 
-def from_config(alerts, run_name: str, on_result=None) -> Notifier:
+def from_config(alerts, run_name: str, on_result=None, outbox=None) -> Notifier:
     """Build the channels of ``[alerts]`` (trainer.config.AlertsConfig), resolving secrets."""
     secrets = load_secrets_file(alerts.secrets_file)
     channels, secret_values = [], []
@@ -121,4 +142,4 @@ def from_config(alerts, run_name: str, on_result=None) -> Notifier:
                                  [a.strip() for a in alerts.email_to.split(",") if a.strip()], alerts.smtp_user,
                                  password, alerts.smtp_starttls, alerts.timeout_s))
     return Notifier(channels, alerts.min_severity, alerts.rate_limit_per_minute, alerts.retries,
-                    on_result=on_result, secret_values=secret_values)
+                    on_result=on_result, secret_values=secret_values, outbox=outbox)

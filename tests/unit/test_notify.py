@@ -193,3 +193,54 @@ def test_secrets_file_must_be_a_regular_file_of_this_user(tmp_path, monkeypatch)
     monkeypatch.setattr(os, "getuid", lambda: 12345)
     with pytest.raises(SecretError, match="belongs to uid"):
         load_secrets_file(real)
+
+
+def test_pages_queued_when_the_watchdog_dies_are_sent_by_the_next_one(tmp_path):
+    """A watchdog SIGKILLed with notifications still queued in memory lost them."""
+    import threading
+    from bigops.notify.notifier import Notifier
+    from bigops.notify.outbox import Outbox
+
+    class Stuck:
+        """A receiver that never answers (the process dies before it does)."""
+        name = "sink"
+
+        def __init__(self):
+            self.release = threading.Event()
+
+        def send(self, event, line):
+            self.release.wait()
+            raise OSError("gone")
+
+    outbox = Outbox(tmp_path / "outbox")
+    stuck = Stuck()
+    dying = Notifier([stuck], outbox=outbox, retries=1)
+    for i in range(3):
+        dying.submit({"severity": "critical", "key": f"c{i}", "kind": "K"}, f"page {i}")
+    assert len(outbox.pending()) == 3  # on disk before anything was sent
+    # the process "dies" here: its queue is gone; the next writer finds the outbox
+    sink, results = Sink(), []
+    nxt = Notifier([sink], outbox=Outbox(tmp_path / "outbox"), on_result=results.append)
+    assert nxt.resend_pending() == 3
+    nxt.drain()
+    assert sorted(sink.lines) == ["page 0", "page 1", "page 2"]
+    assert Outbox(tmp_path / "outbox").pending() == []
+    stuck.release.set()
+
+
+def test_a_delivered_page_leaves_the_outbox_and_a_full_disk_still_sends(tmp_path, monkeypatch):
+    from bigops.notify.notifier import Notifier
+    from bigops.notify.outbox import Outbox
+    sink = Sink()
+    n = Notifier([sink], outbox=Outbox(tmp_path / "outbox"))
+    n.submit({"severity": "warning", "key": "w", "kind": "K"}, "kept then removed")
+    n.drain()
+    assert sink.lines == ["kept then removed"] and Outbox(tmp_path / "outbox").pending() == []
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bigops.notify.outbox.atomic_write_text", full)
+    n.submit({"severity": "critical", "key": "c", "kind": "K"}, "sent from memory")
+    n.drain()
+    assert sink.lines[-1] == "sent from memory"

@@ -53,12 +53,13 @@ def record_action(run: RunDir, notifier, action: str, reason: str, outcome: str,
     """Append an ``action`` event, notify (when the notifier wants this severity); returns the console line.
 
     An action taken about an incident (``incident=<id>`` in ``details``) is told with that incident (its
-    resolve notice lists what was done) and pages on its own only when critical: one page per problem."""
+    resolve notice lists what was done), not paged on its own: one page per problem. Giving up is a page of
+    its own (a person must take over)."""
     event = {"time": time.time() if now is None else now, "type": "action", "id": uuid.uuid4().hex[:12],
              "action": action, "reason": reason, "outcome": outcome, "severity": severity, **details}
     safe_append(run, event)
     line = f"[{severity.upper()}] watchdog {action}: {reason} -> {outcome}"
-    folded = details.get("incident") is not None and severity != "critical"
+    folded = details.get("incident") is not None and action != "give-up"
     if notifier is not None and notifier.wanted(severity) and not folded:
         kind = action_kind(action)
         page = {"kind": kind, "severity": severity, "summary": f"{reason} -> {outcome}", "key": event["id"],

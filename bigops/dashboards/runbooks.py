@@ -135,6 +135,21 @@ PAGES: dict[str, Page] = {
         ("squeue --me", "scontrol ping"),
         "Usually transient: the watchdog backs off and retries. If it lasts, check the login node and slurmctld.",
         "Backs off exponentially (up to 10 minutes) and retries."),
+    "WatchdogStateUnwritable": Page(
+        "The watchdog could not save `RUN/watchdog/state.json` (its incidents, restart ledger, handled actions "
+        "and detector positions): usually a full disk or quota, or a read-only filesystem.",
+        "It goes on from memory; if it is restarted before the state can be written again, it forgets what it "
+        "already reported and did (pages may repeat; the restart budget starts again).",
+        ("df -h RUN && df -i RUN", "ls -l RUN/watchdog/", ACTIONS),
+        "Free space (`bigops ckpt prune RUN --keep-last 2 --dry-run`, then without --dry-run) or fix the "
+        "filesystem; the next pass saves the state and the incident resolves.",
+        "Pages (critical) and keeps working from memory.", ("DiskFullSoon",)),
+    "WatchdogEventsUnwritable": Page(
+        "Appending to `RUN/events.jsonl`, the audit log, failed (full disk or quota, read-only filesystem).",
+        "Pages still go out, but what was seen and done is missing from the log for that time.",
+        ("df -h RUN && df -i RUN", "tail -3 RUN/events.jsonl"),
+        "Free space or fix the filesystem; the log resumes by itself.",
+        "Pages (critical); notifications are sent regardless.", ("DiskFullSoon",)),
     "ChainKeeperError": Page(
         "The chain-keeping pass failed unexpectedly.",
         "The chain is not kept until it works again.",

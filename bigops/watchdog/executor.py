@@ -250,6 +250,14 @@ def _record(ex: Executor, intent: dict, resumed: bool) -> dict:
         details["request_id"] = p.get("request_id", intent["id"])
     line = record_action(ex.run, ex.notifier, action, p["reason"], _outcome(ex, intent), severity, runbook=runbook,
                          intent=intent["id"], incident=intent.get("incident"), **details)
+    table = getattr(ex.state, "incidents", None)
+    if intent.get("incident") and isinstance(table, dict) and intent["incident"] in table:
+        from bigops.watchdog import incidents
+        incidents.record_action(table, intent["incident"], action, _outcome(ex, intent), time.time())
+        try:
+            ex.state.save()
+        except OSError:
+            pass  # the action is recorded in events.jsonl and the journal; the note is for the resolve page
     if p.get("pending_id") and p.get("finish"):
         entry = ex.state.pending.get(p["pending_id"])
         if entry is not None and entry.get("status") != "done":

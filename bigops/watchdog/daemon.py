@@ -165,6 +165,8 @@ def carry_out_decisions(run: RunDir, state: WatchState, now: float, dry_run: boo
     from bigops.watchdog.decide import Sync
     from bigops.watchdog.executor import executor_for
     from bigops.watchdog.journal import intent_id
+    if not dry_run:
+        executor_for(run, state, notifier)  # the first pass of this process finishes what an earlier one left
     lines = []
     for entry in approvals.open_entries(state, (SYNC_ACTION,)):
         if entry["status"] == "pending" and approvals.claim(run, state, entry["id"], now) is None:

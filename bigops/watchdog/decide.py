@@ -58,7 +58,8 @@ class Rollback:
     target_tag: str
     target_step: int
     aside_tags: tuple[str, ...]
-    skip_range: tuple[int, int]
+    skip_range: tuple[int, int] | None
+    """None: nothing to skip (a damaged checkpoint set aside, no spike)."""
     skip_batches: int
     attempt: int = 1
     """1: the first rollback in this spike region; 2: the spike recurred after it (a wider skip)."""

@@ -84,7 +84,7 @@ def incidents_of(facts: dict, findings, now: float) -> list[dict]:
 
 
 def acted_on(journal: Journal, iid: str) -> bool:
-    return any(journal.path(intent_id(name, iid)).exists() for name in ACTED)
+    return any(journal.exists(intent_id(name, iid)) for name in ACTED)
 
 
 # ------------------------------------------------------------------------------------------ the view
@@ -108,7 +108,8 @@ def view_for(run: RunDir, state, journal: Journal, incidents: list[dict], now: f
 def _params(action, extra: dict) -> dict:
     if isinstance(action, Rollback):
         p = {"spike_step": action.spike_step, "target_tag": action.target_tag, "target_step": action.target_step,
-             "aside_tags": list(action.aside_tags), "skip_range": list(action.skip_range),
+             "aside_tags": list(action.aside_tags),
+             "skip_range": list(action.skip_range) if action.skip_range is not None else None,
              "skip_batches": action.skip_batches, "attempt": action.attempt}
     elif isinstance(action, Restart):
         p = {"from_step": action.from_step, "policy": action.policy, "job_id": action.job_id}
@@ -201,8 +202,9 @@ def _outcome(ex: Executor, intent: dict) -> str:
     action = intent["action"]
     if action == "rollback":
         aside = rb.aside_dir(ex.run, intent["id"]).relative_to(ex.run.root)
-        return (f"latest -> {p['target_tag']}; set aside {p['aside_tags'] or 'nothing'} in {aside}; skip samples "
-                f"{p['skip_range'][0]}-{p['skip_range'][1]}" + (f" (recurrence {p['attempt']}: "
+        skip = f"; skip samples {p['skip_range'][0]}-{p['skip_range'][1]}" if p.get("skip_range") else ""
+        return (f"latest -> {p['target_tag']}; set aside {p['aside_tags'] or 'nothing'} in {aside}{skip}" + (
+                f" (recurrence {p['attempt']}: "
                 f"{p['skip_batches']} batches)" if p.get("attempt", 1) > 1 else "") + approved)
     if action == "restart":
         if p.get("job_id"):
@@ -238,12 +240,14 @@ def _record(ex: Executor, intent: dict, resumed: bool) -> dict:
             return {"line": line}
     p = intent["params"]
     action = intent["action"]
-    severity = {"rollback": "critical", "give-up": "critical", "chain-hold": "critical",
+    severity = p.get("severity") or {"rollback": "critical", "give-up": "critical", "chain-hold": "critical",
                 "kill": p.get("severity", "critical"), "prune": "info"}.get(action, "warning")
     runbook = "runbooks/RestartBudgetExhausted.md" if action == "give-up" else None
-    details = {k: p[k] for k in ("pending_id", "key", "checkpoint_step", "job_id") if p.get(k) is not None}
+    details = {k: p[k] for k in ("pending_id", "key", "checkpoint_step", "job_id", "unusable") if p.get(k) is not None}
     if action == "rollback":
-        details.update(target=p["target_tag"], skip_range=list(p["skip_range"]), spike_step=p["spike_step"])
+        details["target"] = p["target_tag"]
+        if p.get("skip_range"):
+            details.update(skip_range=list(p["skip_range"]), spike_step=p["spike_step"])
     elif action == "restart":
         details["checkpoint_step"] = p["from_step"]
     elif action == "sync-layernorm":
@@ -267,6 +271,8 @@ def _record(ex: Executor, intent: dict, resumed: bool) -> dict:
 
 def _skip_range(ex: Executor, intent: dict, resumed: bool) -> dict:
     p = intent["params"]
+    if not p.get("skip_range"):
+        return {"skipped": "no data to skip"}
     start, end = p["skip_range"]
     added = rb.add_skip_range(ex.run.root, start, end, f"rollback {intent['id']} to {p['target_tag']}")
     return {"added": added}

@@ -1,11 +1,12 @@
 """The watchdog's write-ahead journal: an intent is on disk before anything is done about it.
 
 One file per intent, ``RUN/watchdog/intents/<id>.json``, rewritten atomically (temp file, fsync, rename,
-fsync of the directory) at ``begin``, after each step and at ``done``. Why one file per intent rather
-than an appended ``journal.jsonl``: an intent's whole state (its parameters, the steps done, the outcome)
-is always one complete JSON document — no torn last line to repair, no replay of a growing log to know
-what is in flight, no compaction — and finding the intents in flight is one directory listing. The cost,
-one small file per action, is a few hundred files over a months-long run.
+fsync of the directory) at ``begin`` and after each step; at ``done`` it is rewritten with its outcome and
+moved (atomic rename) to ``intents/done/``. Why one file per intent rather than an appended
+``journal.jsonl``: an intent's whole state (its parameters, the steps done, the outcome) is always one
+complete JSON document — no torn last line to repair, no replay of a growing log to know what is in
+flight, no compaction — and the intents in flight are exactly the files left in ``intents/`` (one short
+directory listing, however long the run: the done ones, a few hundred over months, are out of the way).
 
 An intent's id is derived from what it acts on (``intent_id(action, incident)``): beginning the same
 action for the same incident again finds the existing intent instead of making a second one, so an
@@ -53,15 +54,25 @@ class Journal:
     def __init__(self, run_root: Path):
         self.dir = Path(run_root) / "watchdog" / "intents"
 
+    @property
+    def done_dir(self) -> Path:
+        return self.dir / "done"
+
     def path(self, iid: str) -> Path:
         return self.dir / f"{iid}.json"
 
+    def exists(self, iid: str) -> bool:
+        return self.path(iid).exists() or (self.done_dir / f"{iid}.json").exists()
+
     def get(self, iid: str) -> dict | None:
-        try:
-            data = json.loads(self.path(iid).read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) and data.get("id") == iid else None
+        for path in (self.path(iid), self.done_dir / f"{iid}.json"):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("id") == iid:
+                return data
+        return None
 
     def _write(self, intent: dict) -> None:
         rundir.atomic_write_text(self.path(intent["id"]), json.dumps(intent, sort_keys=True) + "\n")
@@ -86,21 +97,30 @@ class Journal:
 
     def done(self, intent: dict, outcome: str, now: float | None = None) -> None:
         intent.update(status=DONE, outcome=outcome, done_at=time.time() if now is None else now)
-        self._write(intent)
+        self._write(intent)  # done where it is first: a death before the move leaves a done intent, not one in flight
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path(intent["id"]), self.done_dir / f"{intent['id']}.json")
+        _fsync_dir(self.done_dir)
+        _fsync_dir(self.dir)
 
     def intents(self, action: str | None = None, status: str | None = None) -> list[dict]:
         """All intents (oldest first), optionally of one action / status."""
-        if not self.dir.is_dir():
-            return []
-        out = []
-        for path in self.dir.glob("*.json"):
-            intent = self.get(path.stem)
-            if intent is not None and (action is None or intent.get("action") == action) \
-                    and (status is None or intent.get("status") == status):
-                out.append(intent)
-        return sorted(out, key=lambda i: (i.get("begun", 0), i["id"]))
+        folders = (self.dir,) if status == BEGUN else (self.dir, self.done_dir)
+        out = {}
+        for folder in folders:
+            for path in folder.glob("*.json") if folder.is_dir() else ():
+                try:
+                    intent = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if isinstance(intent, dict) and intent.get("id") == path.stem \
+                        and (action is None or intent.get("action") == action) \
+                        and (status is None or intent.get("status") == status):
+                    out[path.stem] = intent
+        return sorted(out.values(), key=lambda i: (i.get("begun", 0), i["id"]))
 
     def in_flight(self) -> list[dict]:
+        """The intents begun and not done (the files left in ``intents/``)."""
         return self.intents(status=BEGUN)
 
     def handled(self) -> frozenset[str]:

@@ -266,19 +266,11 @@ class Supervisor:
             return  # nothing verifies: the ranks exit CHECKPOINT_ERROR with the reason, and we give up
         if found is None or not found.fell_back_from:
             return
-        from bigops.checkpoint.rollback import ASIDE
-        event_id = uuid.uuid4().hex[:12]
-        aside = self.run.checkpoints / ASIDE / event_id
-        aside.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run.latest, found.tag + "\n")  # first: latest always names a good checkpoint
-        bad = self.run.checkpoint(found.fell_back_from)
-        moved = bad.is_dir()
-        if moved:
-            os.replace(bad, aside / found.fell_back_from)
-        self.action("rollback", f"checkpoint {found.fell_back_from} is unusable ({found.reason})",
-                    f"latest -> {found.tag}; set aside {found.fell_back_from if moved else 'nothing'} in "
-                    f"{aside.relative_to(self.run.root)}", "warning", target=found.tag,
-                    unusable=found.fell_back_from)
+        # journaled like a spike's rollback (no data to skip): latest first, then the damaged one set aside
+        bad = found.fell_back_from
+        incident = f"unusable:{bad}:{found.manifest.get('created')}:{found.tag}"
+        self.execute(Rollback(incident, f"checkpoint {bad} is unusable ({found.reason})", -1, found.tag,
+                              found.manifest.get("step", -1), (bad,), None, 0), severity="warning", unusable=bad)
 
     # ------------------------------------------------------------------------------------------- the loop
     def run_until_done(self) -> int:
@@ -317,6 +309,9 @@ class Supervisor:
                     step = self.first_bad_step()
                     self.act([self.incident("NonFiniteLimit", "too many NaN/Inf steps in a row", step=step,
                                             evidence={"start_step": step})], None)
+                    if isinstance(self.next_restart, GiveUp):  # not rolled back: the ranks' own code says why
+                        self.execute(self.next_restart)
+                        return code
                 else:
                     message = self.first_error() or exitcodes.read(self.run.exit_record, proc.returncode)[1]
                     reason = f"crash ({message})" if message else f"crash ({exitcodes.describe(code)})"

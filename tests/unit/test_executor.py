@@ -185,3 +185,19 @@ def test_keeper_counts_and_records_a_crash_once(tmp_path):
     (restart,) = WatchState.load(path).restarts
     assert restart["job_id"] == "101"
     assert len([e for e in events(tmp_path, "action") if e["action"] == "restart"]) == 1
+
+
+def test_a_damaged_latest_is_set_aside_once_through_the_journal(tmp_path):
+    supervisor, spawned, _ = supervisor_for(tmp_path, [exitcodes.FINISHED])
+    run = supervisor.run
+    publish(run, 60, 70)
+    weights = run.checkpoint("global_step70") / "weights.pt"
+    weights.write_bytes(b"\x00" + weights.read_bytes()[1:])  # bit rot: same size, other bytes
+    assert supervisor.run_until_done() == exitcodes.FINISHED
+    assert run.latest_tag() == "global_step60" and ckpt.complete_tags(run) == ["global_step60"]
+    (event,) = [e for e in events(tmp_path, "action") if e["action"] == "rollback"]
+    assert event["unusable"] == "global_step70" and "skip_range" not in event
+    assert list((run.checkpoints / ".rolled-back").glob("*/global_step70"))
+    again, _, _ = supervisor_for(tmp_path, [exitcodes.FINISHED])
+    assert again.run_until_done() == exitcodes.FINISHED
+    assert len([e for e in events(tmp_path, "action") if e["action"] == "rollback"]) == 1

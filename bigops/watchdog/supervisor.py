@@ -5,9 +5,18 @@ The loop (``bigops launch --watch``):
 - ranks exit FINISHED / STOPPED_ON_REQUEST / STOPPED_BY_SIGNAL: done, with that code;
 - ranks exit with a crash (FAILED), or a hang is detected (the stuck processes are killed first): restart
   from the last good checkpoint, within the restart budget and the no-progress guard, else page and stop;
+  with ``watchdog.on_crash = "notify"`` a hung rank is never killed (it is the evidence, for py-spy): the
+  incident's page is all;
 - a persistent loss spike is confirmed, or the ranks exit NONFINITE_LIMIT: kill, roll back to the last
-  checkpoint before the spike (later ones set aside), skip the data that fed it, restart;
+  checkpoint before the spike (later ones set aside), skip the data that fed it, restart; a spike that
+  comes back in the region of its rollback is rolled back once more with a wider skip, then the supervisor
+  gives up; no checkpoint before the spike: give up (a stop, nothing restarts);
 - configuration or checkpoint errors: page and stop (restarting cannot help).
+
+What to do is decided by :func:`bigops.watchdog.decide.decide` (the rules, pure) and carried out by
+:class:`bigops.watchdog.executor.Executor`: each action is journaled before it is taken (``watchdog/intents/``)
+and a supervisor that starts finishes whatever its predecessor died doing, so each action happens exactly
+once; an incident is acted on at most once, by incident id.
 
 With ``watchdog.on_crash = "ask"`` / ``watchdog.on_loss_spike = "ask"`` the restart (after a crash or a
 hang) and the rollback wait for a person (``bigops approve RUN ID`` / ``bigops deny RUN ID``), the run kept
@@ -16,16 +25,16 @@ it); a hung rank is left as it is (for py-spy) until the restart is approved. A 
 stops the supervisor (exit code WATCHDOG_GAVE_UP) with the run as it is; a denied kill of hung ranks leaves
 them running. A supervisor started while an earlier one's action is still open waits for it first.
 
-Every decision and its outcome is an ``action`` record in events.jsonl; the restart ledger, the keys
-already acted on and the pending actions live in ``watchdog/state.json``, so a restarted supervisor never
-repeats an action. While it runs, ``watchdog/supervisor.json`` names it: a standalone ``bigops watch`` then
-leaves dead ranks to it.
+Every decision and its outcome is an ``action`` record in events.jsonl; the restart ledger (every restart,
+whoever recorded it) and the pending actions live in ``watchdog/state.json``, the actions taken in the
+journal. While it runs, ``watchdog/supervisor.json`` names it: a standalone ``bigops watch`` then leaves dead
+ranks to it.
 
 A supervisor that was killed (``supervisor.json`` left behind, naming a dead process) may leave its ranks
 running: they are in their own session. The next supervisor never trains beside them: it asks them to save
 and stop (SIGTERM: the trainer saves, then exits), waits while their heartbeats move, kills their process
-group if they do not go, and records a ``kill`` action; then it records the relaunch as a ``restart``. It
-refuses to start while another live supervisor owns the run.
+group if they do not go, and records a ``kill`` action; then it records the relaunch as a ``restart``
+(counted in the budget, once). It refuses to start while another live supervisor owns the run.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from typing import Callable
 from bigops.exitcodes import WATCHDOG_GAVE_UP as SUPERVISOR_GAVE_UP
 from bigops.errors import ConfigError
 from bigops.watchdog import approvals
-from bigops.watchdog.actions import announce_pending, record_action
+from bigops.watchdog.actions import record_action
 from bigops.watchdog.daemon import one_line, state_path, tick
 from bigops.watchdog.decide import SUPERVISOR_KINDS, Ask, GiveUp, Kill, NotifyOnly, Policy, Restart, Rollback, decide, \
     plan_rollback
@@ -397,11 +406,6 @@ class Supervisor:
         return None
 
     # ------------------------------------------------------------------------------------- asking a person
-    def ask(self, action: str, reason: str, key: str | None = None, **details) -> dict:
-        entry = approvals.ask(self.state, action, reason, time.time(), key=key, **details)
-        self.say(announce_pending(self.run, self.notifier, entry))
-        return entry
-
     def await_decision(self, entry: dict) -> dict:
         """Block until ``bigops approve`` / ``deny`` decides ``entry`` (the run stays as it is meanwhile)."""
         while entry["status"] == "pending":

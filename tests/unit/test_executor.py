@@ -201,3 +201,23 @@ def test_a_damaged_latest_is_set_aside_once_through_the_journal(tmp_path):
     again, _, _ = supervisor_for(tmp_path, [exitcodes.FINISHED])
     assert again.run_until_done() == exitcodes.FINISHED
     assert len([e for e in events(tmp_path, "action") if e["action"] == "rollback"]) == 1
+
+
+def test_act_on_incidents_syncs_each_desync_incident_once(tmp_path):
+    from bigops.watchdog.daemon import tick
+    from bigops.watchdog.executor import act_on_incidents
+    from bigops.watchdog.scan import WatchConfig
+    from tests.unit.test_watch import write_run
+    write_run(tmp_path, [{"step": 10, "loss": 2.0, "ln_desync": 0.0}, {"step": 20, "loss": 2.0, "ln_desync": 0.01}])
+    run = RunDir(tmp_path)
+    _, facts = tick(run, state_of(tmp_path), now=100.0, config=WatchConfig(on_desync="notify"))
+    (desync,) = [i for i in facts["incidents"] if i["kind"] == "TPDesync"]
+    control = tmp_path / "control" / "sync-layernorm"
+    assert not control.exists()
+    lines = act_on_incidents(run, state_of(tmp_path), facts["incidents"], WatchConfig(), 110.0, False, None)
+    assert len(lines) == 1 and json.loads(control.read_text())["step"] == 20
+    (event,) = [e for e in events(tmp_path, "action") if e["action"] == "sync-layernorm"]
+    assert event["incident"] == desync["id"]
+    control.unlink()
+    assert act_on_incidents(run, state_of(tmp_path), facts["incidents"], WatchConfig(), 120.0, False, None) == []
+    assert not control.exists()

@@ -221,3 +221,42 @@ def test_act_on_incidents_syncs_each_desync_incident_once(tmp_path):
     control.unlink()
     assert act_on_incidents(run, state_of(tmp_path), facts["incidents"], WatchConfig(), 120.0, False, None) == []
     assert not control.exists()
+
+
+def test_the_journal_begins_once_per_incident_and_lists_only_what_is_in_flight(tmp_path):
+    from bigops.watchdog.journal import Journal, intent_id
+    journal = Journal(tmp_path)
+    intent, fresh = journal.begin("restart", {"reason": "crash"}, incident="inc9")
+    assert fresh and intent["id"] == intent_id("restart", "inc9") and journal.in_flight() == [intent]
+    again, fresh = journal.begin("restart", {"reason": "other"}, incident="inc9")
+    assert not fresh and again["params"]["reason"] == "crash"
+    journal.step(intent, "count")
+    journal.done(intent, "counted")
+    assert journal.in_flight() == [] and journal.get(intent["id"])["status"] == "done"
+    assert journal.exists(intent["id"]) and journal.handled() == frozenset({"inc9"})
+    assert not journal.begin("restart", {}, incident="inc9")[1]  # done: still once
+
+
+def test_rollbacks_in_the_journal_bound_a_recurring_spike(tmp_path):
+    from bigops.watchdog.decide import GiveUp, Policy, Rollback, decide
+    from bigops.watchdog.executor import Executor, view_for
+    run = RunDir(tmp_path)
+    publish(run, 60, 70, 72)
+    policy = Policy(global_batch_size=8, rollback_skip_batches=2)
+
+    def spike(iid, start):
+        return [{"id": iid, "key": f"LossSpike:{iid}", "kind": "LossSpike", "severity": "critical", "status": "open",
+                 "summary": "loss spike", "evidence": {"start_step": start}, "opened": 1.0}]
+    executor = Executor(run, state_of(tmp_path))
+    for iid, start, attempt in (("s1", 71, 1), ("s2", 73, 2)):
+        view = view_for(run, executor.state, executor.journal, spike(iid, start), 1.0, 70, with_checkpoints=True)
+        (_, rollback, _) = decide(spike(iid, start), view, policy)
+        assert isinstance(rollback, Rollback) and rollback.attempt == attempt and rollback.target_tag == "global_step70"
+        executor.execute(rollback)
+    # the second skip starts at the sample that fed the recurring spike's first step (past the first skip:
+    # steps 71, 72 read 576-591 again) and is twice as wide
+    from bigops.checkpoint.rollback import read_skip_ranges
+    assert read_skip_ranges(tmp_path) == [(560, 576), (592, 624)]
+    view = view_for(run, executor.state, executor.journal, spike("s3", 72), 1.0, 70, with_checkpoints=True)
+    (_, stop) = decide(spike("s3", 72), view, policy)
+    assert isinstance(stop, GiveUp) and "after 2 rollbacks" in stop.outcome

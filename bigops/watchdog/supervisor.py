@@ -283,16 +283,30 @@ class Supervisor:
 
     # ------------------------------------------------------------------------------------------- the loop
     def run_until_done(self) -> int:
-        previous = self.previous_supervisor()
-        with self.supervising():
-            try:
-                for line in self.executor.roll_forward():  # what an earlier supervisor died doing: finish it
-                    self.say(line)
-                self.take_over(previous)
-                self.resume_pending()
-                return self.loop()
-            except Stop as stop:
-                return stop.code
+        """Own the run (its writer lock: a second supervisor refuses, a ``bigops watch`` beside us observes)
+        until the ranks are done or we give up."""
+        from bigops.watchdog.lock import LockHeld, WriterLock
+        self.lock = WriterLock(self.run, "supervisor")
+        try:
+            self.lock.acquire()
+        except LockHeld as held:
+            raise ConfigError(f"{held}: stop it first (one watchdog acts on a run; `bigops watch` observes "
+                              f"beside a supervisor)") from None
+        try:
+            if self.notifier is not None and hasattr(self.notifier, "resend_pending"):
+                self.notifier.resend_pending()  # pages a killed watchdog left undelivered
+            previous = self.previous_supervisor()
+            with self.supervising():
+                try:
+                    for line in self.executor.roll_forward():  # what an earlier supervisor died doing: finish it
+                        self.say(line)
+                    self.take_over(previous)
+                    self.resume_pending()
+                    return self.loop()
+                except Stop as stop:
+                    return stop.code
+        finally:
+            self.lock.release()
 
     def loop(self) -> int:
         while True:
@@ -389,6 +403,8 @@ class Supervisor:
                 self.kill_ranks(proc)
                 self.action("kill", f"{names} died", "killed the remaining ranks at once", "warning")
                 return None
+            if getattr(self, "lock", None) is not None:
+                self.lock.renew()
             new, facts = tick(self.run, self.state, config=self.config, notifier=self.notifier)
             self.on_tick(facts)
             for f in new:

@@ -97,3 +97,37 @@ def test_bigops_watch_beside_a_writer_observes_and_writes_nothing(run):
     assert "observing" in proc.stderr and "TrainingHang" in proc.stdout
     assert state_path(run).read_bytes() == before
     assert not (run.root / "events.jsonl").exists()
+
+
+def test_a_second_supervisor_refuses_and_a_finished_one_leaves_the_lock_free(run):
+    """Nothing stopped two supervisors on one run."""
+    from bigops.errors import ConfigError
+    from bigops.watchdog.supervisor import Supervisor
+    from trainer.config import RunConfig
+
+    spawned = []
+    first = WriterLock(run, "supervisor")
+    first.acquire()
+    try:
+        with pytest.raises(ConfigError, match="bigops launch --watch .*stop it first"):
+            Supervisor(run, RunConfig(), spawn=lambda: spawned.append(1), say=lambda line: None).run_until_done()
+        assert spawned == []  # refused before anything started
+    finally:
+        first.release()
+
+    class Finished:
+        pid, returncode = os.getpid(), 0
+
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    def spawn():
+        from trainer import exitcodes
+        exitcodes.record(run.exit_record, exitcodes.FINISHED, "done", rank=0)
+        return Finished()
+
+    assert Supervisor(run, RunConfig(), spawn=spawn, say=lambda line: None).run_until_done() == 0
+    WriterLock(run, "watch").acquire()  # released on the way out

@@ -134,8 +134,8 @@ def real_curves() -> list[tuple[str, list[tuple[int, float]], list[tuple[int, st
 
 # -------------------------------------------------------------------------------------------- scoring
 def score(alarms: list[int], events: list[tuple[int, str]], window: int = 200) -> dict:
-    """Event-level: a persistent event is caught by an alarm in [start, start + window]; an alarm on a
-    recovering event (or on nothing) is a rollback that was not needed."""
+    """Event-level: a persistent event is caught by an alarm in [start, start + window]; every other alarm
+    (on a recovering event, or on nothing: a false alarm) is a rollback that was not needed."""
     caught, delays, unneeded, matched = 0, [], 0, set()
     for start, kind in events:
         hits = [a for a in alarms if start <= a <= start + window]
@@ -150,7 +150,8 @@ def score(alarms: list[int], events: list[tuple[int, str]], window: int = 200) -
     true_alarms = sum(1 for a in alarms if a in matched and any(
         k == PERSISTENT and s <= a <= s + window for s, k in events))
     return {"persistent": persistent, "caught": caught, "alarms": len(alarms), "true_alarms": true_alarms,
-            "unneeded_rollbacks": unneeded + len(false), "false_alarms": len(false), "delays": delays}
+            "unneeded_rollbacks": len(alarms) - true_alarms, "recovering_rolled_back": unneeded,
+            "false_alarms": len(false), "delays": delays}
 
 
 def summarise(total: dict) -> dict:

@@ -8,7 +8,8 @@ def test_score_counts_catches_delays_unneeded_rollbacks_and_false_alarms():
     events = [(100, PERSISTENT), (500, RECOVERING), (900, PERSISTENT)]
     part = score([103, 510, 700, 1500], events, window=200)
     assert (part["caught"], part["delays"], part["persistent"]) == (1, [3], 2)
-    assert part["false_alarms"] == 2 and part["unneeded_rollbacks"] == 3  # 510 (recovering), 700, 1500
+    assert part["false_alarms"] == 1 and part["unneeded_rollbacks"] == 3  # 510, 700 (recovering), 1500 (nothing)
+    assert part["recovering_rolled_back"] == 1
     s = summarise(part)
     assert s["recall"] == 0.5 and s["precision"] == 0.25 and s["median_delay_steps"] == 3
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
 from trainer import exitcodes, faults
-from trainer.control import ControlState, acknowledge_save, decide, take_sync_request
+from trainer.control import ControlState, acknowledge_save, decide, start_skip_ranges, take_sync_request
 from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
 from trainer.data.source import prepare_data, sample_source
@@ -130,6 +130,14 @@ def init_from_hf(ctx: RankContext, directory: str):
     return lambda pipe: load_global_weights(pipe, ctx.cfg, ctx.tp, get)
 
 
+def _skip_ranges_at_start(control: ControlState, run: RunDir) -> list[tuple[int, int]]:
+    """Rank 0: the skip ranges to train with; an unparsable file is a configuration error (never "none")."""
+    try:
+        return start_skip_ranges(control, run.root)
+    except ValueError as exc:
+        raise config_mod.ConfigError(str(exc)) from None
+
+
 def every(interval: int, step: int) -> bool:
     return bool(interval) and step % interval == 0
 
@@ -193,6 +201,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
         if resumable.fell_back_from and rank0:
             print(f"warning: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason}); resuming from "
                   f"{resumable.tag}", file=sys.stderr, flush=True)
+    control.skip_ranges = [tuple(r) for r in _rank0_then_share(ctx, lambda: _skip_ranges_at_start(control, run))]
     engine = build_engine(ctx, init_weights=init_from_hf(ctx, init_hf) if init_hf and resumable is None else None)
     step, consumed = 0, 0
     if resumable is not None:
@@ -220,6 +229,10 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
     try:
         while True:
             decision = decide(control, rank0)
+            if decision.skip_ranges_error:  # the file turned unparsable: save, then stop with its error
+                if last_saved != step:
+                    save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
+                raise config_mod.ConfigError(decision.skip_ranges_error)
             if (decision.save or decision.stop) and last_saved != step:
                 save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
                 last_saved = step

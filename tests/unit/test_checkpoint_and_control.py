@@ -75,19 +75,22 @@ def test_skip_ranges_parsing():
             parse_skip_ranges(bad)
 
 
-def test_poll_reads_switches_and_ignores_a_bad_skip_file(tmp_path, capsys):
+def test_poll_reads_switches_and_flags_a_bad_skip_file(tmp_path):
     state = ControlState(tmp_path, exit_duration_s=None)
-    assert poll_local(state, is_rank0=True) == [0, 0, 0, 0, 0]
+    assert poll_local(state, is_rank0=True) == [0, 0, 0, 0, 0, 0]
     (tmp_path / "save-switch").touch()
     (tmp_path / "kill-switch").touch()
     (tmp_path / "skip-ranges").write_text("10-20\n")
-    assert poll_local(state, is_rank0=True) == [1, 1, 0, 1, 0] and state.skip_ranges == [(10, 20)]
-    assert poll_local(state, is_rank0=False) == [0, 0, 0, 0, 0]  # only rank 0 reads files
+    assert poll_local(state, is_rank0=True) == [1, 1, 0, 1, 0, 0] and state.skip_ranges == [(10, 20)]
+    assert poll_local(state, is_rank0=False) == [0, 0, 0, 0, 0, 0]  # only rank 0 reads files
     (tmp_path / "skip-ranges").write_text("garbage")
     import os
     os.utime(tmp_path / "skip-ranges", (1, 1))
-    assert poll_local(state, is_rank0=True)[3] == 0 and state.skip_ranges == [(10, 20)]
-    assert "ignoring" in capsys.readouterr().err
+    flags = poll_local(state, is_rank0=True)
+    assert flags[3] == 0 and flags[5] == 1 and state.skip_ranges == [(10, 20)]  # kept, and the run stops
+    assert "skip-ranges: line 1: expected START-END" in state.skip_error and "\n" not in state.skip_error
+    (tmp_path / "skip-ranges").write_text("10-20\n")  # fixed: the error clears
+    assert poll_local(state, is_rank0=True)[5] == 0 and state.skip_error is None
     state.signal_received = 10
     assert poll_local(state, is_rank0=False)[2] == 1
     timed = ControlState(tmp_path, exit_duration_s=0.0)
@@ -149,8 +152,8 @@ def test_control_files_must_be_small_regular_files(tmp_path, capsys):
     import os
     state = ControlState(tmp_path, exit_duration_s=None)
     (tmp_path / "skip-ranges").symlink_to("/dev/zero")  # would never end if read
-    assert poll_local(state, is_rank0=True)[3] == 0 and state.skip_ranges == []
+    assert poll_local(state, is_rank0=True)[3:6:2] == [0, 1] and state.skip_ranges == []
     (tmp_path / "skip-ranges").unlink()
     os.mkfifo(tmp_path / "skip-ranges")
-    assert poll_local(state, is_rank0=True)[3] == 0
-    assert "not a regular file" in capsys.readouterr().err
+    assert poll_local(state, is_rank0=True)[3:6:2] == [0, 1]
+    assert "not a regular file" in state.skip_error

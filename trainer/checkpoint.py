@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.rundir import RunDir, atomic_write_text
+from trainer.rundir import RunDir, atomic_write_text, fsync_dir
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -55,15 +55,6 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
             digest.update(block)
         os.fsync(handle.fileno())  # the bytes we vouch for are on disk before the manifest is
     return digest.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def hash_threads() -> int:
@@ -106,8 +97,7 @@ def write_manifest(directory: Path, tag: str, info: dict[str, Any],
         files[rel] = {"size": size, "sha256": digest}
     files = dict(sorted(files.items()))
     manifest = {"format": MANIFEST_FORMAT, "tag": tag, "created": time.time(), **info, "files": files}
-    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    fsync_dir(directory)
+    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")  # + dir fsync
     return manifest
 
 

@@ -157,3 +157,18 @@ def test_control_files_must_be_small_regular_files(tmp_path, capsys):
     os.mkfifo(tmp_path / "skip-ranges")
     assert poll_local(state, is_rank0=True)[3:6:2] == [0, 1]
     assert "not a regular file" in state.skip_error
+
+
+def test_atomic_write_fsyncs_the_directory_after_the_rename(tmp_path, monkeypatch):
+    """Without it a replaced ``latest`` can revert to the old tag after a power loss."""
+    import os
+    from trainer.rundir import atomic_write_text
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
+    target = tmp_path / "checkpoints" / "latest"
+    atomic_write_text(target, "global_step5\n")
+    assert target.read_text() == "global_step5\n"
+    assert events.index(("replace", str(target))) < events.index(("fsync", str(target.parent)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -23,6 +23,8 @@ class RankContext:
     dims: ParallelDims
     coords: RankCoords
     tp: TPGroup
+    provenance: dict = field(default_factory=dict)
+    """What every save records besides the step (trainer.checkpoint: ``lineage``, ``skip_ranges``)."""
 
     @property
     def is_logging_rank(self) -> bool:

@@ -55,7 +55,7 @@ def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_s
     dist.barrier()
     if ctx.is_logging_rank:
         p = ctx.cfg.parallel
-        final = ckpt.publish(run, partial, tag, {"step": step, "consumed_samples": consumed_samples,
+        final = ckpt.publish(run, partial, tag, {**ctx.provenance, "step": step, "consumed_samples": consumed_samples,
                                                  "topology": {"tp": p.tp, "pp": p.pp, "dp": p.dp},
                                                  "precision": ctx.cfg.train.precision})
         log_checkpoint(run, "save", tag, step, time.perf_counter() - started, final)
@@ -130,12 +130,16 @@ def init_from_hf(ctx: RankContext, directory: str):
     return lambda pipe: load_global_weights(pipe, ctx.cfg, ctx.tp, get)
 
 
-def _skip_ranges_at_start(control: ControlState, run: RunDir) -> list[tuple[int, int]]:
-    """Rank 0: the skip ranges to train with; an unparsable file is a configuration error (never "none")."""
+def _skip_ranges_at_start(control: ControlState, run: RunDir,
+                          resumable: ckpt.Resumable | None) -> tuple[list[tuple[int, int]], dict]:
+    """Rank 0: the skip ranges to train with (the file's and the resumed checkpoint's) and what the saves will
+    record (lineage, see trainer.checkpoint); an unparsable file is a configuration error (never "none")."""
+    inherited = ckpt.skip_ranges_of(resumable.manifest) if resumable is not None else []
     try:
-        return start_skip_ranges(control, run.root)
+        ranges = start_skip_ranges(control, run.root, inherited, resumable.tag if resumable else "")
     except ValueError as exc:
         raise config_mod.ConfigError(str(exc)) from None
+    return ranges, ckpt.provenance_at_start(run, resumable, ranges)
 
 
 def every(interval: int, step: int) -> bool:
@@ -201,7 +205,8 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
         if resumable.fell_back_from and rank0:
             print(f"warning: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason}); resuming from "
                   f"{resumable.tag}", file=sys.stderr, flush=True)
-    control.skip_ranges = [tuple(r) for r in _rank0_then_share(ctx, lambda: _skip_ranges_at_start(control, run))]
+    ranges, ctx.provenance = _rank0_then_share(ctx, lambda: _skip_ranges_at_start(control, run, resumable))
+    control.skip_ranges = [tuple(r) for r in ranges]
     engine = build_engine(ctx, init_weights=init_from_hf(ctx, init_hf) if init_hf and resumable is None else None)
     step, consumed = 0, 0
     if resumable is not None:
@@ -233,6 +238,8 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
                 if last_saved != step:
                     save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
                 raise config_mod.ConfigError(decision.skip_ranges_error)
+            if decision.skip_ranges_changed:  # other data from here on: another trajectory
+                ctx.provenance = ckpt.provenance_after_skip_change(ctx.provenance, step, control.skip_ranges)
             if (decision.save or decision.stop) and last_saved != step:
                 save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
                 last_saved = step

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from trainer import safe_load
 from trainer.config import RunConfig, resolve_precision, validate
 from trainer.ds_config import deepspeed_config, lr_at
 from trainer.parallel.mappings import TPGroup
@@ -70,16 +71,19 @@ def build_engine(ctx: RankContext, init_weights=None):
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     engine, _, _, _ = deepspeed.initialize(model=pipe, model_parameters=optimizer_groups,
                                            config=deepspeed_config(ctx.cfg), lr_scheduler=scheduler)
+    safe_load.install(engine)  # every checkpoint file DeepSpeed loads: weights only, allow-listed classes
     return engine
 
 
 def load_checkpoint(engine, checkpoints_dir: str, tag: str):
-    """``engine.load_checkpoint``, plus the one fix DeepSpeed 0.19 needs for bf16 with ZeRO stage 0.
+    """``engine.load_checkpoint`` through our weights-only checkpoint engine (trainer.safe_load: a crafted
+    pickle is refused, never run), plus the one fix DeepSpeed 0.19 needs for bf16 with ZeRO stage 0.
 
     There the BF16_Optimizer saves its per-DP-rank state in ``bf16_zero_pp_rank_*`` files, but on load the
     engine hands it the single dict kept in ``mp_rank_*_model_states.pt``, which it indexes by DP rank
     (``KeyError: 0``): the run could never resume. We give the optimizer the list of per-rank states it expects.
     """
+    safe_load.install(engine)
     optimizer = getattr(engine, "optimizer", None)
     if engine.bfloat16_enabled() and not engine.zero_optimization() and optimizer is not None:
         original = optimizer.load_state_dict

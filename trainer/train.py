@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
-from trainer import exitcodes, faults
+from trainer import exitcodes, faults, safe_load
 from trainer.control import ControlState, acknowledge_save, decide, start_skip_ranges, take_sync_request
 from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
@@ -78,9 +78,7 @@ def restore_rng_state(path: Path) -> None:
     import random
 
     import numpy as np
-    # weights_only=False: Python's and NumPy's states are plain tuples, but not of tensor types. The file is
-    # one this rank wrote into a manifest-verified checkpoint.
-    state = torch.load(path, weights_only=False)
+    state = safe_load.load_rng_state(path)  # weights only: NumPy's array and dtype are allow-listed
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -128,6 +126,13 @@ def init_from_hf(ctx: RankContext, directory: str):
     check_compatible(ctx.cfg.model, read_hf_config(directory))
     get = open_hf_tensors(directory)
     return lambda pipe: load_global_weights(pipe, ctx.cfg, ctx.tp, get)
+
+
+def _checked(resumable: ckpt.Resumable | None) -> ckpt.Resumable | None:
+    """Rank 0: refuse a checkpoint whose files pickle anything outside the allow-list (trainer.safe_load)."""
+    if resumable is not None:
+        safe_load.preflight(resumable.path)
+    return resumable
 
 
 def _skip_ranges_at_start(control: ControlState, run: RunDir,
@@ -199,7 +204,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
 
     _rank0_then_share(ctx, lambda: prepare_data(run, cfg))
     sample = faults.corrupt_samples(sample_source(run, cfg), cfg.model.vocab_size)
-    resumable = _rank0_then_share(ctx, lambda: ckpt.find_resumable(run))
+    resumable = _rank0_then_share(ctx, lambda: _checked(ckpt.find_resumable(run)))
     if resumable is not None:
         _check_topology(resumable.manifest, cfg, resumable.tag)
         if resumable.fell_back_from and rank0:

@@ -82,6 +82,9 @@ def load_checkpoint(engine, checkpoints_dir: str, tag: str):
     There the BF16_Optimizer saves its per-DP-rank state in ``bf16_zero_pp_rank_*`` files, but on load the
     engine hands it the single dict kept in ``mp_rank_*_model_states.pt``, which it indexes by DP rank
     (``KeyError: 0``): the run could never resume. We give the optimizer the list of per-rank states it expects.
+    The engine also leaves ``load_from_fp32_weights`` at its default (False) there: the fp32 master weights
+    would be rebuilt from the bf16 ones, losing their low bits (the resumed run drifts from an uninterrupted
+    one from the second step on). We load the saved masters, as ZeRO-1 does.
     """
     safe_load.install(engine)
     optimizer = getattr(engine, "optimizer", None)
@@ -93,6 +96,7 @@ def load_checkpoint(engine, checkpoints_dir: str, tag: str):
                 state_dict_list = engine._get_all_zero_checkpoints(checkpoints_dir, tag)
                 if state_dict_list is None:
                     raise RuntimeError(f"checkpoint {tag} has no bf16_zero_pp_rank_* optimizer files")
+            kwargs.setdefault("load_from_fp32_weights", True)
             return original(state_dict_list, *args, **kwargs)
 
         optimizer.load_state_dict = load_state_dict

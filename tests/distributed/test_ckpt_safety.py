@@ -69,3 +69,19 @@ def test_an_unparsable_skip_ranges_file_refuses_to_train_at_start_and_stops_mid_
     manifest = ckpt.read_manifest(RunDir(run).checkpoint(saved))
     assert manifest["skip_ranges"] == [[0, 8]] and isinstance(manifest["lineage"], str)
     assert records[0]["consumed_samples"] == 16  # the range applied from the first step
+
+
+def test_bf16_zero0_resume_through_the_weights_only_engine_is_bit_exact(tmp_path):
+    """The BF16_Optimizer's per-rank files and its engine file load through trainer.safe_load's allow-list."""
+    from tests.distributed.test_training_run import losses
+    common = [*ONE, "--precision", "bf16", "--set", "parallel.zero_stage=0"]
+    assert bigops("launch", "--run-dir", tmp_path / "straight", *common, "--steps", 6).returncode == 0
+    run = tmp_path / "resumed"
+    assert bigops("launch", "--run-dir", run, *common, "--steps", 3).returncode == 0
+    assert list((run / "checkpoints" / "global_step3").glob("bf16_zero_pp_rank_*_optim_states.pt"))
+    proc = bigops("launch", "--run-dir", run, "--steps", 6)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert losses(run) == losses(tmp_path / "straight")
+    manifest = ckpt.read_manifest(RunDir(run).checkpoint("global_step6"))
+    first = ckpt.read_manifest(RunDir(run).checkpoint("global_step3"))
+    assert manifest["lineage"] == first["lineage"]  # a plain resume continues the lineage

@@ -1,5 +1,8 @@
-"""Apply a rollback to a run directory: set later checkpoints aside (never delete), point ``latest`` back,
-and add the skipped sample range to ``control/skip-ranges``."""
+"""The pieces of a rollback, each idempotent (the executor journals them: ``bigops.watchdog.executor``):
+add the skipped sample range to ``control/skip-ranges``, point ``latest`` back, set later checkpoints aside
+(never delete).
+
+:func:`apply_rollback` runs them in that order for a caller that does not journal (tools, tests)."""
 
 from __future__ import annotations
 
@@ -8,33 +11,115 @@ from pathlib import Path
 
 from bigops.watchdog.policy import RollbackPlan
 from trainer import checkpoint as ckpt
-from trainer.rundir import RunDir, atomic_write_text
+from trainer import rundir
+from trainer.rundir import RunDir
 
 ASIDE = ".rolled-back"
 
 
 def checkpoints_with_steps(run: RunDir) -> list[tuple[str, int]]:
     """Complete checkpoints (manifest present, sizes right), oldest first."""
+    return [(tag, step) for tag, step, _ in checkpoints_with_samples(run)]
+
+
+def checkpoints_with_samples(run: RunDir) -> list[tuple[str, int, int | None]]:
+    """Complete checkpoints as (tag, step, consumed_samples from the manifest or None), oldest first."""
     out = []
     for tag in ckpt.complete_tags(run):
         path = run.checkpoint(tag)
         if not ckpt.verify(path, hashes=False):
-            step = ckpt.read_manifest(path).get("step")
-            out.append((tag, step if isinstance(step, int) else ckpt.step_of(tag)))
+            manifest = ckpt.read_manifest(path)
+            step, consumed = manifest.get("step"), manifest.get("consumed_samples")
+            out.append((tag, step if isinstance(step, int) else ckpt.step_of(tag),
+                        consumed if isinstance(consumed, int) and not isinstance(consumed, bool) else None))
     return out
 
 
-def apply_rollback(run: RunDir, plan: RollbackPlan, event_id: str) -> Path:
-    aside = run.checkpoints / ASIDE / event_id
+def skip_ranges_path(run_root: Path) -> Path:
+    return Path(run_root) / "control" / "skip-ranges"
+
+
+def read_skip_ranges(run_root: Path) -> list[tuple[int, int]]:
+    """The skip ranges in force (ValueError, one line, when the file does not parse)."""
+    try:
+        from trainer.control import read_skip_ranges as read
+    except ImportError:
+        read = None
+    if read is not None:
+        return read(Path(run_root))
+    from trainer.control import parse_skip_ranges
+    path = skip_ranges_path(run_root)
+    try:
+        return parse_skip_ranges(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def add_skip_range(run_root: Path, start: int, end: int, note: str) -> bool:
+    """Merge ``[start, end)`` into ``control/skip-ranges`` (atomically; idempotent: False when the range is
+    in force already). ``trainer.control.add_skip_range`` when the trainer has it; else the same semantics
+    here, keeping the file's format (a JSON list stays a JSON list; ``START-END`` lines get one more line)."""
+    try:
+        from trainer.control import add_skip_range as add
+    except ImportError:
+        add = None
+    if add is not None:
+        return add(Path(run_root), start, end, note)
+    path = skip_ranges_path(run_root)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        text = ""
+    from trainer.control import parse_skip_ranges
+    try:
+        ranges = parse_skip_ranges(text)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}: not adding {start}-{end}") from None
+    if any(a <= start and end <= b for a, b in ranges):
+        return False
+    if text.strip().startswith("["):
+        import json
+        pairs = json.loads(text)
+        new = json.dumps([*pairs, [start, end]]) + "\n"
+    else:
+        line = f"{start}-{end}  # {note}\n" if note else f"{start}-{end}\n"
+        new = text + ("" if not text or text.endswith("\n") else "\n") + line
+    rundir.atomic_write_text(path, new)
+    ckpt.fsync_dir(path.parent)
+    return True
+
+
+def point_latest(run: RunDir, tag: str) -> None:
+    """``latest`` -> ``tag`` (atomic, durable)."""
+    rundir.atomic_write_text(run.latest, tag + "\n")
+    ckpt.fsync_dir(run.checkpoints)
+
+
+def aside_dir(run: RunDir, event_id: str) -> Path:
+    return run.checkpoints / ASIDE / event_id
+
+
+def set_aside(run: RunDir, tags, event_id: str) -> list[str]:
+    """Move each live ``tags`` checkpoint into ``checkpoints/.rolled-back/<event_id>/`` (kept); the tags moved
+    now (one already moved, or gone, is skipped: idempotent)."""
+    aside = aside_dir(run, event_id)
     aside.mkdir(parents=True, exist_ok=True)
-    # latest first: at every instant it names a complete checkpoint that is still in place.
-    atomic_write_text(run.latest, plan.target_tag + "\n")
-    for tag in plan.aside_tags:
-        os.replace(run.checkpoint(tag), aside / tag)
-    control = run.root / "control"
-    control.mkdir(exist_ok=True)
-    skip = control / "skip-ranges"
-    existing = skip.read_text() if skip.exists() else ""
-    line = f"{plan.skip_range[0]}-{plan.skip_range[1]}  # rollback {event_id} to {plan.target_tag}\n"
-    atomic_write_text(skip, existing + ("" if existing.endswith("\n") or not existing else "\n") + line)
-    return aside
+    moved = []
+    for tag in tags:
+        source = run.checkpoint(tag)
+        if source.is_dir() and not (aside / tag).exists():
+            os.replace(source, aside / tag)
+            moved.append(tag)
+    ckpt.fsync_dir(aside)
+    ckpt.fsync_dir(run.checkpoints)
+    return moved
+
+
+def apply_rollback(run: RunDir, plan: RollbackPlan, event_id: str) -> Path:
+    add_skip_range(run.root, plan.skip_range[0], plan.skip_range[1], f"rollback {event_id} to {plan.target_tag}")
+    # latest before the set-aside: at every instant it names a complete checkpoint that is still in place.
+    point_latest(run, plan.target_tag)
+    set_aside(run, plan.aside_tags, event_id)
+    return aside_dir(run, event_id)

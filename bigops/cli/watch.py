@@ -24,9 +24,13 @@ def watch(
     = "127.0.0.1",
 ) -> None:
     """Watch a run: detect loss spikes, NaNs, hangs, dead ranks, stragglers, slowdowns, TP desync and full
-    disks; record them in events.jsonl, one line each here; request live layer-norm syncs
+    disks; one incident per problem in events.jsonl, one line each here; request live layer-norm syncs
     (watchdog.on_desync) and carry out the ones approved with `bigops approve`. Exit code 0; findings are
-    not errors."""
+    not errors.
+
+    One process per run is its writer (it notifies and acts). When another watchdog is (`bigops launch
+    --watch`, or a `bigops watch` started earlier), this one observes: it prints and exports what it
+    sees, and takes over as the writer when that one is gone."""
     from bigops.errors import ConfigError
     from bigops.watchdog.daemon import one_line, state_path, tick
     from bigops.watchdog.state import WatchState
@@ -39,8 +43,17 @@ def watch(
     run = RunDir(Path(run_dir))
     if not run.root.is_dir():
         raise ConfigError(f"{run.root} is not a run directory")
+    from bigops.watchdog.lock import LockHeld, WriterLock, describe
+    lock = WriterLock(run, "watch")
+    try:
+        lock.acquire()
+    except LockHeld as held:
+        typer.echo(f"observing: {describe(held.holder) if held.holder else 'another watchdog'} is the writer of "
+                   f"{run.root} (this watch detects and exports, and neither notifies nor acts)", err=True)
     state = WatchState.load(state_path(run))
-    notifier = _notifier(run)
+    notifier = _notifier(run) if lock.held else None
+    if notifier is not None:
+        notifier.resend_pending()
     from bigops.watchdog.detectors.liveness import pid_alive
     from bigops.watchdog.supervisor import watch_config
     config = watch_config(_run_config(run), alive=pid_alive)  # standalone: nobody else watches the pids
@@ -54,7 +67,17 @@ def watch(
             raise ConfigError(f"--metrics-port {metrics_port}: cannot listen on {metrics_address} ({exc.strerror})") from None
     while True:
         now = time.time()
-        new, facts = tick(run, state, now=now, dry_run=dry_run, notifier=notifier, config=config)
+        if not lock.held:
+            try:
+                lock.acquire(now)
+                typer.echo(f"the writer of {run.root} is gone: this watch is the writer now", err=True)
+                state, notifier = WatchState.load(state_path(run)), _notifier(run)
+                notifier.resend_pending()
+            except LockHeld:
+                pass
+        lock.renew(now)
+        new, facts = tick(run, state, now=now, dry_run=dry_run, notifier=notifier, config=config,
+                          observe=not lock.held)
         if collector is not None:
             collector.update(facts, facts["findings"], new, now)
         for finding in new:
@@ -63,7 +86,9 @@ def watch(
             for line in facts.get("actions", []):
                 typer.echo(line)
         if once:
-            notifier.drain()
+            if notifier is not None:
+                notifier.drain()
+            lock.release()
             return
         time.sleep(interval)
 
@@ -77,15 +102,18 @@ def _run_config(run):
 
 
 def _notifier(run):
-    """The channels of run.toml's [alerts] (none when the run has no run.toml yet)."""
+    """The channels of run.toml's [alerts] (none when the run has no run.toml yet), with the run's outbox
+    (``watchdog/outbox/``: pages kept until delivered; the writer calls ``resend_pending`` once)."""
     from bigops.errors import ConfigError
     from bigops.notify.notifier import from_config
+    from bigops.notify.outbox import Outbox
     from bigops.notify.secrets import SecretError
     from bigops.watchdog.daemon import events_path
     from trainer.rundir import append_jsonl
 
     alerts = _run_config(run).alerts
     try:
-        return from_config(alerts, run.root.resolve().name, on_result=lambda r: append_jsonl(events_path(run), r))
+        return from_config(alerts, run.root.resolve().name, on_result=lambda r: append_jsonl(events_path(run), r),
+                           outbox=Outbox(run.root / "watchdog" / "outbox"))
     except SecretError as exc:
         raise ConfigError(str(exc)) from None

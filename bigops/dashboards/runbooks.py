@@ -65,6 +65,24 @@ PAGES: dict[str, Page] = {
         "a corrupt checkpoint: point `latest` at the previous one; a bad data shard: `bigops surgery RUN "
         "--skip-range START-END`), then `" + RESUME + "`.",
         "Restarted the run up to the budget, then gave up (a `give-up` action in events.jsonl)."),
+    "RankCrash": Page(
+        "Ranks of a supervised launch died or exited with an error (the exit record and the first failing "
+        "rank's error say why: OOM, a GPU fault, a full disk, a bug). One incident per launch: it is resolved "
+        "when a later launch trains again.",
+        "Training stopped; the steps since the last checkpoint are lost and will be redone.",
+        (ACTIONS, "cat RUN/telemetry/exit.json", "grep -m3 -E 'Error|Exception' RUN/logs/ranks.log", CKPTS),
+        "Usually nothing: the supervisor restarts from the last good checkpoint within its budget. If the same "
+        "error comes back at every launch, fix its cause (a bad node, the disk) before the budget is spent.",
+        "Kills the remaining ranks, then restarts within `watchdog.restart_budget` (or asks, or only "
+        "notifies: `watchdog.on_crash`).", ("RestartBudgetExhausted",)),
+    "NonFiniteLimit": Page(
+        "The ranks stopped themselves after `train.max_skipped_steps_in_a_row` NaN/Inf steps in a row (exit "
+        "code 12): the run diverged.",
+        "No update was applied in those steps; training cannot go on from here.",
+        (TAIL, ACTIONS, CKPTS),
+        "The supervisor rolls back past the first bad step and skips its data (`watchdog.on_loss_spike`). If it "
+        "recurs, lower the LR (`bigops surgery RUN --set-lr ...`) or skip a wider range.",
+        "Rolls back like a loss spike (or asks, or only notifies).", ("LossSpike", "NonFiniteLoss")),
     "WatchdogGiveUp": Page(
         "The supervisor decided not to act on a problem (a restart cannot help, the budget is spent, the "
         "configuration says notify only, or a person denied the action).",
@@ -135,6 +153,21 @@ PAGES: dict[str, Page] = {
         ("squeue --me", "scontrol ping"),
         "Usually transient: the watchdog backs off and retries. If it lasts, check the login node and slurmctld.",
         "Backs off exponentially (up to 10 minutes) and retries."),
+    "WatchdogStateUnwritable": Page(
+        "The watchdog could not save `RUN/watchdog/state.json` (its incidents, restart ledger, handled actions "
+        "and detector positions): usually a full disk or quota, or a read-only filesystem.",
+        "It goes on from memory; if it is restarted before the state can be written again, it forgets what it "
+        "already reported and did (pages may repeat; the restart budget starts again).",
+        ("df -h RUN && df -i RUN", "ls -l RUN/watchdog/", ACTIONS),
+        "Free space (`bigops ckpt prune RUN --keep-last 2 --dry-run`, then without --dry-run) or fix the "
+        "filesystem; the next pass saves the state and the incident resolves.",
+        "Pages (critical) and keeps working from memory.", ("DiskFullSoon",)),
+    "WatchdogEventsUnwritable": Page(
+        "Appending to `RUN/events.jsonl`, the audit log, failed (full disk or quota, read-only filesystem).",
+        "Pages still go out, but what was seen and done is missing from the log for that time.",
+        ("df -h RUN && df -i RUN", "tail -3 RUN/events.jsonl"),
+        "Free space or fix the filesystem; the log resumes by itself.",
+        "Pages (critical); notifications are sent regardless.", ("DiskFullSoon",)),
     "ChainKeeperError": Page(
         "The chain-keeping pass failed unexpectedly.",
         "The chain is not kept until it works again.",

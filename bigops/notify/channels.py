@@ -50,11 +50,15 @@ class Alertmanager:
         self.run, self.timeout = run, timeout
 
     def send(self, event: dict, line: str) -> None:
+        # One alert per incident (a problem that comes back is a new alert); a resolve notice ends it.
         alert = {
             "labels": {"alertname": event["kind"], "severity": event["severity"], "run": self.run,
-                       "key": event["key"], "source": "bigops-watchdog"},
+                       "key": event.get("incident") or event["key"], "source": "bigops-watchdog"},
             "annotations": {"summary": event["summary"], "description": line, "runbook_url": event["runbook"]},
         }
+        if event.get("notice") == "resolve":
+            import datetime
+            alert["endsAt"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
         _post_json(self.url, [alert], self.timeout)
 
 

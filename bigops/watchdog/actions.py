@@ -26,18 +26,41 @@ def events_file(run: RunDir):
     return run.root / "events.jsonl"
 
 
+EVENT_WRITE_ERRORS: dict[str, list[str]] = {}
+"""Per run folder, why recent events.jsonl appends failed (newest last, a few kept): the next pass reports
+it as a finding, then forgets it."""
+
+
+def safe_append(run: RunDir, event: dict) -> bool:
+    """Append to events.jsonl; False (and the reason kept) when that fails — a full disk, a read-only
+    filesystem — so that the page that goes with the event still goes out."""
+    try:
+        append_jsonl(events_file(run), event)
+        return True
+    except OSError as exc:
+        errors = EVENT_WRITE_ERRORS.setdefault(str(run.root), [])
+        errors.append(f"{exc.strerror or type(exc).__name__}")
+        del errors[:-5]
+        return False
+
+
 def action_kind(action: str) -> str:
     return "Watchdog" + "".join(part.title() for part in action.split("-"))
 
 
 def record_action(run: RunDir, notifier, action: str, reason: str, outcome: str, severity: str = "warning",
                   runbook: str | None = None, now: float | None = None, **details) -> str:
-    """Append an ``action`` event, notify (when the notifier wants this severity); returns the console line."""
+    """Append an ``action`` event, notify (when the notifier wants this severity); returns the console line.
+
+    An action taken about an incident (``incident=<id>`` in ``details``) is told with that incident (its
+    resolve notice lists what was done), not paged on its own: one page per problem. Giving up is a page of
+    its own (a person must take over)."""
     event = {"time": time.time() if now is None else now, "type": "action", "id": uuid.uuid4().hex[:12],
              "action": action, "reason": reason, "outcome": outcome, "severity": severity, **details}
-    append_jsonl(events_file(run), event)
+    safe_append(run, event)
     line = f"[{severity.upper()}] watchdog {action}: {reason} -> {outcome}"
-    if notifier is not None and notifier.wanted(severity):
+    folded = details.get("incident") is not None and action != "give-up"
+    if notifier is not None and notifier.wanted(severity) and not folded:
         kind = action_kind(action)
         page = {"kind": kind, "severity": severity, "summary": f"{reason} -> {outcome}", "key": event["id"],
                 "runbook": runbook or f"runbooks/{kind}.md", "evidence": details}
@@ -51,7 +74,7 @@ def announce_pending(run: RunDir, notifier, entry: dict, now: float | None = Non
     event = {"time": time.time() if now is None else now, "type": "pending", "id": entry["id"],
              "action": entry["action"], "reason": entry["reason"], "key": entry.get("key"), "severity": "critical",
              "approve": approve, "deny": deny, "details": entry.get("details", {}), "runbook": APPROVAL_RUNBOOK}
-    append_jsonl(events_file(run), event)
+    safe_append(run, event)
     line = (f"[CRITICAL] WatchdogApprovalNeeded: {entry['action']} waits for a decision ({entry['reason']}); "
             f"approve: {approve}   deny: {deny}")
     if notifier is not None and notifier.wanted("critical"):

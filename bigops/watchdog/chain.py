@@ -6,17 +6,22 @@
   FINISHED / STOPPED_ON_REQUEST end the chain; STOPPED_BY_SIGNAL (a time-out) continues it; CONFIG_ERROR /
   CHECKPOINT_ERROR hold it (a restart will not help); anything else, or a job that vanished without an end
   record (scancel, node failure, hard limit), is a crash: counted in ``WatchState.restarts`` under the same
-  budget and no-progress guard as local restarts (:func:`bigops.watchdog.policy.decide_restart`).
+  budget and no-progress guard as local restarts — decided by :func:`bigops.watchdog.decide.decide` and
+  carried out by the executor (journaled), so a crash is counted exactly once, by job id, even when
+  ``chain.json`` (whose ``seen`` table is only a cache) cannot be written; a hold is journaled too, and
+  retried at the next pass when SLURM did not answer.
 - At least ``slurm.min_queued`` jobs pending or running; "neither running nor queued" is a critical finding.
 - Hosts with critical GPU findings are excluded from the chain's next jobs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 
+from bigops.watchdog.decide import CHAIN_KINDS, ChainExclude, ChainHold, ChainTopUp, ChainView, Policy, Restart, \
+    decide
 from bigops.watchdog.findings import Finding
-from bigops.watchdog.policy import decide_restart
 from trainer import exitcodes
 
 MAX_BACKOFF_S = 600.0
@@ -85,6 +90,15 @@ def _keep(run, state, now, dry_run, findings_so_far, runner):
                         key="SlurmUnreachable", evidence={"failures": failures})], {"calls": calls()}
     k.pop("failures", None)
     k.pop("next_poll", None)
+    from bigops.watchdog.executor import Executor, acted_on, incidents_of, view_for
+    executor = Executor(run, state, runner=runner)
+    policy = Policy.of(cfg)
+    for intent in executor.journal.in_flight():  # a hold SLURM refused earlier (or we died in): finish it
+        if intent["action"] == "chain-hold" and not dry_run:
+            try:
+                executor.finish(intent)
+            except CommandError as exc:
+                facts["actions"].append(f"[WARNING] chain hold failed: {exc}")
     queued_ids = {j.job_id for j in jobs}
     seen = k.setdefault("seen", {})
     records = chain_mod.job_records(local, str(run.root))
@@ -109,32 +123,42 @@ def _keep(run, state, now, dry_run, findings_so_far, runner):
         else:
             verdict = "crash"
         seen[job_id] = {"code": code, "verdict": verdict, "time": now}
-        if verdict == "crash":
-            decision = decide_restart(state.restarts, now, step, w.restart_budget, w.restart_window_s,
-                                      w.no_progress_restarts)
-            if decision.allowed:
-                state.restarts.append({"time": now, "from_step": step, "reason": f"slurm job {job_id}: {why}"})
+        if verdict not in ("crash", "fatal"):
+            continue
+        kind = "ChainJobCrashed" if verdict == "crash" else "ChainJobFatal"
+        key = f"{kind}:{job_id}"
+        incident = {"id": hashlib.sha1(key.encode()).hexdigest()[:12], "key": key, "kind": kind, "status": "open",
+                    "severity": "critical", "summary": f"job {job_id}: {why}", "step": step, "opened": now,
+                    "evidence": {"job_id": job_id, "code": code}}
+        if acted_on(executor.journal, incident["id"]):
+            seen[job_id]["counted_before"] = True  # chain.json was not saved then: never counted twice
+            continue
+        view = view_for(run, state, executor.journal, [incident], now)
+        for action in decide([incident], view, policy, kinds=CHAIN_KINDS):
+            if isinstance(action, Restart):
+                executor.execute(action, key=key)
                 findings.append(Finding("ChainJobFailed", "warning", f"job {job_id} failed: {why}; the next job "
-                                        f"resumes from step {step} ({decision.reason})", key=f"ChainJobFailed:{job_id}",
+                                        f"resumes from step {step} ({action.policy})", key=f"ChainJobFailed:{job_id}",
                                         step=step, evidence={"job_id": job_id, "code": code}))
-            else:
-                verdict = "fatal"
-                why = f"{why}; {decision.reason}"
-        if verdict == "fatal":
-            findings.append(Finding("ChainStopped", "critical", f"job {job_id}: {why}: holding the chain",
-                                    key=f"ChainStopped:{job_id}", step=step, evidence={"job_id": job_id, "code": code}))
-            k["held"] = True
-            if not dry_run:
-                try:
-                    chain_mod.hold(runner, chain)
-                except CommandError as exc:
-                    facts["actions"].append(f"[WARNING] chain hold failed: {exc}")
-            facts["actions"].append(f"[CRITICAL] watchdog chain: held {chain.name} after job {job_id}")
+            elif isinstance(action, ChainHold):
+                findings.append(Finding("ChainStopped", "critical", f"{action.reason}: holding the chain",
+                                        key=f"ChainStopped:{job_id}", step=step,
+                                        evidence={"job_id": job_id, "code": code}))
+                k["held"] = True
+                if not dry_run:
+                    try:
+                        executor.execute(action, key=key)
+                    except CommandError as exc:
+                        facts["actions"].append(f"[WARNING] chain hold failed: {exc}")
+                facts["actions"].append(f"[CRITICAL] watchdog chain: held {chain.name} after job {job_id}")
     if state.restarts:
         state.save()
-    bad = sorted({f.key.split(":")[1] for f in findings_so_far if f.kind in BAD_NODE_KINDS and f.severity ==
-                  "critical" and f.key.count(":") >= 1})
-    if bad and not dry_run and not k.get("done"):
+    live = [j for j in jobs if j.pending or j.running]
+    view = ChainView(live=len(live), held=bool(k.get("held")), done=bool(k.get("done")), exclude=tuple(chain.exclude))
+    upkeep = decide(incidents_of({}, findings_so_far, now), view_for(run, state, executor.journal, [], now, chain=view),
+                    policy, kinds=CHAIN_KINDS)
+    bad = [h for a in upkeep if isinstance(a, ChainExclude) for h in a.hosts]
+    if bad and not dry_run:
         try:
             added = chain_mod.exclude_nodes(runner, chain, bad)
         except CommandError as exc:
@@ -142,13 +166,13 @@ def _keep(run, state, now, dry_run, findings_so_far, runner):
             facts["actions"].append(f"[WARNING] chain exclude failed: {exc}")
         if added:
             facts["actions"].append(f"[WARNING] watchdog chain: next jobs exclude {', '.join(added)}")
-    live = [j for j in jobs if j.pending or j.running]
     if not k.get("done") and not live:
         last = max(records, key=lambda j: records[j].get("start", 0), default="none")
         findings.append(Finding("ChainEmpty", "critical", f"{chain.name}: neither running nor queued (last job "
                                 f"{last})", key=f"ChainEmpty:{last}"))
-    if not k.get("done") and not k.get("held") and len(live) < s.min_queued:
-        missing = s.min_queued - len(live)
+    top_up = next((a for a in upkeep if isinstance(a, ChainTopUp)), None)
+    if top_up is not None:
+        missing = top_up.count
         if dry_run:
             facts["actions"].append(f"dry-run: would submit {missing} job(s) to {chain.name}")
         else:

@@ -17,9 +17,13 @@ class Finding:
     summary: str
     """One line: what was seen."""
     key: str
-    """Deduplication key: the same problem keeps the same key while it lasts."""
+    """The problem's identity (``bigops.watchdog.incidents``): stable while the problem lasts — a resource,
+    a launch, an episode — never a step or window start that moves while it goes on."""
     step: int | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
+    resolved: bool = False
+    """The detector says this problem is over now (its incident is resolved at once, not after the quiet
+    period)."""
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:

@@ -1,4 +1,5 @@
-"""Decisions, as pure functions: may we restart now, and where does a rollback go."""
+"""The restart guards, as a pure function (``bigops.watchdog.decide`` applies them to every restart), and
+the rollback plan's record type (``bigops.checkpoint.rollback.apply_rollback``)."""
 
 from __future__ import annotations
 
@@ -28,22 +29,8 @@ def decide_restart(restarts: list[dict], now: float, checkpoint_step: int | None
 
 @dataclass(frozen=True)
 class RollbackPlan:
+    """Where a rollback goes (see :func:`bigops.watchdog.decide.plan_rollback`, which decides it)."""
     target_tag: str
     target_step: int
     aside_tags: list[str]
     skip_range: tuple[int, int]
-
-
-def plan_rollback(spike_step: int, checkpoints: list[tuple[str, int]], consumed_before_spike: int,
-                  global_batch_size: int, skip_batches: int) -> RollbackPlan | None:
-    """Go back to the newest checkpoint taken before the spike's first step; set aside every later one;
-    skip ``skip_batches`` global batches from the one that fed the spike. None if no checkpoint precedes it.
-
-    ``checkpoints``: complete (tag, step) pairs, oldest first."""
-    before = [(t, s) for t, s in checkpoints if s < spike_step]
-    if not before:
-        return None
-    tag, step = before[-1]
-    aside = [t for t, s in checkpoints if s > step]
-    start = consumed_before_spike
-    return RollbackPlan(tag, step, aside, (start, start + max(1, skip_batches) * global_batch_size))

@@ -26,6 +26,7 @@ from bigops.watchdog.detectors.nonfinite import NonFiniteConfig, NonFiniteDetect
 from bigops.watchdog.detectors.straggler import StragglerConfig, detect_stragglers
 from bigops.watchdog.detectors.throughput import ThroughputConfig, detect_throughput_drop
 from bigops.watchdog.findings import Finding
+from bigops.watchdog.incidents import IncidentPolicy
 from trainer.rundir import RunDir
 
 MAX_LINE_BYTES = 64 * 1024  # a record longer than this is hostile or broken: skipped
@@ -43,6 +44,8 @@ class WatchConfig:
     disk: DiskConfig = field(default_factory=DiskConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
     straggler: StragglerConfig = field(default_factory=StragglerConfig)
+    incidents: IncidentPolicy = field(default_factory=IncidentPolicy)
+    """When an incident is resolved and reminded of (``alerts.resolve_after_s``, ``alerts.remind_every_s``)."""
     on_desync: str = "sync"
     """What the daemon does about a TPDesync finding: sync, notify or ask (``watchdog.on_desync``)."""
     alive: Callable[[int], bool] | None = None

@@ -1,4 +1,6 @@
-"""What the daemon remembers across its own restarts: which problems it already reported."""
+"""What the watchdog remembers across its own restarts: incidents, the detectors' streaming state, the
+restart ledger, what was acted on and what waits for a person. Only the writer of a run (the holder of
+``bigops.watchdog.lock``) saves it."""
 
 from __future__ import annotations
 
@@ -6,21 +8,29 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bigops.watchdog.findings import SEVERITIES, Finding
 from trainer.rundir import atomic_write_text
+
+FORMAT = 2
 
 
 @dataclass
 class WatchState:
     path: Path
-    reported: dict[str, dict] = field(default_factory=dict)
+    incidents: dict[str, dict] = field(default_factory=dict)
+    """Incident table by id (``bigops.watchdog.incidents``): open ones and the newest resolved ones."""
+    stream: dict = field(default_factory=dict)
+    """The detectors' streaming state (read offsets, episodes), so a restarted daemon resumes it."""
     restarts: list[dict] = field(default_factory=list)
     """Automatic restarts so far: {"time", "from_step", "reason"} (the budget and progress guards)."""
     handled: dict[str, dict] = field(default_factory=dict)
-    """Finding keys an action was already taken for (never act twice, even after our own restart)."""
+    """Incident ids an action was already taken for (never act twice, even after our own restart)."""
     pending: dict[str, dict] = field(default_factory=dict)
     """Actions asked for (``watchdog.on_* = "ask"``), by id: pending -> approved/denied -> done
     (see ``bigops.watchdog.approvals``)."""
+    extra: dict = field(default_factory=dict)
+    """Sections this version does not know (written by a newer one): kept as they are."""
+
+    KNOWN = ("incidents", "stream", "restarts", "handled", "pending")
 
     @classmethod
     def load(cls, path: Path) -> "WatchState":
@@ -32,29 +42,24 @@ class WatchState:
             data = {}
         except (OSError, ValueError):
             # A damaged state file must not stop the watchdog: start afresh, keep the bad file aside.
-            path.replace(path.with_suffix(".damaged"))
+            try:
+                path.replace(path.with_suffix(".damaged"))
+            except OSError:
+                pass
             data = {}
 
         def typed(key, kind):
             value = data.get(key)
             return value if isinstance(value, kind) else kind()
-        return cls(path=path, reported=typed("reported", dict), restarts=typed("restarts", list),
-                   handled=typed("handled", dict), pending=typed("pending", dict))
-
-    def is_new(self, finding: Finding) -> bool:
-        """New, or the same problem grown more severe (a blip that became a spike keeps its key...)."""
-        before = self.reported.get(finding.key)
-        if before is None:
-            return True
-        return SEVERITIES.index(finding.severity) > SEVERITIES.index(before.get("severity", "info"))
-
-    def remember(self, finding: Finding, now: float) -> None:
-        before = self.reported.get(finding.key, {})
-        self.reported[finding.key] = {"kind": finding.kind, "severity": finding.severity,
-                                      "first_seen": before.get("first_seen", now), "last_seen": now}
+        incidents = {k: v for k, v in typed("incidents", dict).items()
+                     if isinstance(v, dict) and isinstance(v.get("key"), str) and v.get("id") == k}
+        extra = {k: v for k, v in data.items() if k not in cls.KNOWN and k not in ("format", "reported")}
+        return cls(path=path, incidents=incidents, stream=typed("stream", dict), restarts=typed("restarts", list),
+                   handled=typed("handled", dict), pending=typed("pending", dict), extra=extra)
 
     def save(self) -> None:
+        """Atomic (temp + fsync + rename); raises OSError (e.g. a full disk) for the caller to report."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"reported": self.reported, "restarts": self.restarts, "handled": self.handled,
-                "pending": self.pending}
-        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        data = {**self.extra, "format": FORMAT, "incidents": self.incidents, "stream": self.stream,
+                "restarts": self.restarts, "handled": self.handled, "pending": self.pending}
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")

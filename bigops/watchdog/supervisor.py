@@ -5,9 +5,18 @@ The loop (``bigops launch --watch``):
 - ranks exit FINISHED / STOPPED_ON_REQUEST / STOPPED_BY_SIGNAL: done, with that code;
 - ranks exit with a crash (FAILED), or a hang is detected (the stuck processes are killed first): restart
   from the last good checkpoint, within the restart budget and the no-progress guard, else page and stop;
+  with ``watchdog.on_crash = "notify"`` a hung rank is never killed (it is the evidence, for py-spy): the
+  incident's page is all;
 - a persistent loss spike is confirmed, or the ranks exit NONFINITE_LIMIT: kill, roll back to the last
-  checkpoint before the spike (later ones set aside), skip the data that fed it, restart;
+  checkpoint before the spike (later ones set aside), skip the data that fed it, restart; a spike that
+  comes back in the region of its rollback is rolled back once more with a wider skip, then the supervisor
+  gives up; no checkpoint before the spike: give up (a stop, nothing restarts);
 - configuration or checkpoint errors: page and stop (restarting cannot help).
+
+What to do is decided by :func:`bigops.watchdog.decide.decide` (the rules, pure) and carried out by
+:class:`bigops.watchdog.executor.Executor`: each action is journaled before it is taken (``watchdog/intents/``)
+and a supervisor that starts finishes whatever its predecessor died doing, so each action happens exactly
+once; an incident is acted on at most once, by incident id.
 
 With ``watchdog.on_crash = "ask"`` / ``watchdog.on_loss_spike = "ask"`` the restart (after a crash or a
 hang) and the rollback wait for a person (``bigops approve RUN ID`` / ``bigops deny RUN ID``), the run kept
@@ -16,16 +25,16 @@ it); a hung rank is left as it is (for py-spy) until the restart is approved. A 
 stops the supervisor (exit code WATCHDOG_GAVE_UP) with the run as it is; a denied kill of hung ranks leaves
 them running. A supervisor started while an earlier one's action is still open waits for it first.
 
-Every decision and its outcome is an ``action`` record in events.jsonl; the restart ledger, the keys
-already acted on and the pending actions live in ``watchdog/state.json``, so a restarted supervisor never
-repeats an action. While it runs, ``watchdog/supervisor.json`` names it: a standalone ``bigops watch`` then
-leaves dead ranks to it.
+Every decision and its outcome is an ``action`` record in events.jsonl; the restart ledger (every restart,
+whoever recorded it) and the pending actions live in ``watchdog/state.json``, the actions taken in the
+journal. While it runs, ``watchdog/supervisor.json`` names it: a standalone ``bigops watch`` then leaves dead
+ranks to it.
 
 A supervisor that was killed (``supervisor.json`` left behind, naming a dead process) may leave its ranks
 running: they are in their own session. The next supervisor never trains beside them: it asks them to save
 and stop (SIGTERM: the trainer saves, then exits), waits while their heartbeats move, kills their process
-group if they do not go, and records a ``kill`` action; then it records the relaunch as a ``restart``. It
-refuses to start while another live supervisor owns the run.
+group if they do not go, and records a ``kill`` action; then it records the relaunch as a ``restart``
+(counted in the budget, once). It refuses to start while another live supervisor owns the run.
 """
 
 from __future__ import annotations
@@ -41,13 +50,15 @@ from contextlib import contextmanager
 from typing import Callable
 
 from bigops.exitcodes import WATCHDOG_GAVE_UP as SUPERVISOR_GAVE_UP
-from bigops.checkpoint.rollback import apply_rollback, checkpoints_with_steps
 from bigops.errors import ConfigError
 from bigops.watchdog import approvals
-from bigops.watchdog.actions import announce_pending, record_action, recorded_action_for
-from bigops.watchdog.daemon import one_line, state_path, tick
+from bigops.watchdog.actions import record_action
+from bigops.watchdog.daemon import one_line, report, state_path, tick
 from bigops.watchdog.findings import Finding
-from bigops.watchdog.policy import decide_restart, plan_rollback
+from bigops.watchdog.decide import SUPERVISOR_KINDS, Ask, GiveUp, Kill, NotifyOnly, Policy, Restart, Rollback, decide, \
+    plan_rollback
+from bigops.watchdog.executor import Executor, acted_on, incidents_of, view_for
+from bigops.watchdog.journal import intent_id
 from bigops.watchdog.scan import WatchConfig, read_tail, supervisor_path
 from bigops.watchdog.state import WatchState
 from trainer import checkpoint as ckpt
@@ -132,6 +143,17 @@ class Supervisor:
         self.config = watch_config(cfg)
         self.approved: dict | None = None
         """The approved entry whose restart comes next (no second question, no budget check)."""
+        self.executor = Executor(run, self.state, notifier)
+        self.policy = Policy.of(cfg)
+        self.launch_id: str = uuid.uuid4().hex[:12]
+        """This launch of the ranks (a crash or a hang of the next launch is a new incident)."""
+        self.next_restart: Restart | GiveUp | None = None
+        """What ``decide`` said follows the action ``watch`` took (the relaunch, or giving up)."""
+        self.notified: set[str] = set()
+        """Incidents we only notify about (``on_* = "notify"``): not decided again every pass."""
+        self.own: dict[str, Finding] = {}
+        """Our own findings (ranks that crashed or stopped on NaN/Inf), by key, kept open until a later
+        launch trains again."""
 
     # -------------------------------------------------------------------------------------------- records
     def action(self, action: str, reason: str, outcome: str, severity: str = "warning", **details) -> None:
@@ -237,9 +259,13 @@ class Supervisor:
             who = f"watchdog pid {previous['pid']}" if previous else "an earlier launch"
             self.action("kill", f"ranks of {who} still running without a watchdog ({names})", outcome, "warning")
         if previous is not None:
+            # counted in the budget like any restart, once even if two supervisors take over from it in turn
             step = self.checkpoint_step()
-            self.action("restart", f"the previous watchdog (pid {previous['pid']}) ended without a clean exit",
-                        f"relaunching from checkpoint step {step}", "warning", checkpoint_step=step)
+            incident = f"takeover:{previous.get('host')}:{previous['pid']}:{previous.get('started')}"
+            line = self.executor.execute(Restart(incident, f"the previous watchdog (pid {previous['pid']}) ended "
+                                                           f"without a clean exit", step, "taking over"))
+            if line:
+                self.say(line)
 
     def set_aside_unusable(self) -> None:
         """Before a launch: when ``latest`` names a damaged checkpoint (truncated, bit-flipped: hashes checked),
@@ -252,30 +278,38 @@ class Supervisor:
             return  # nothing verifies: the ranks exit CHECKPOINT_ERROR with the reason, and we give up
         if found is None or not found.fell_back_from:
             return
-        from bigops.checkpoint.rollback import ASIDE
-        event_id = uuid.uuid4().hex[:12]
-        aside = self.run.checkpoints / ASIDE / event_id
-        aside.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run.latest, found.tag + "\n")  # first: latest always names a good checkpoint
-        bad = self.run.checkpoint(found.fell_back_from)
-        moved = bad.is_dir()
-        if moved:
-            os.replace(bad, aside / found.fell_back_from)
-        self.action("rollback", f"checkpoint {found.fell_back_from} is unusable ({found.reason})",
-                    f"latest -> {found.tag}; set aside {found.fell_back_from if moved else 'nothing'} in "
-                    f"{aside.relative_to(self.run.root)}", "warning", target=found.tag,
-                    unusable=found.fell_back_from)
+        # journaled like a spike's rollback (no data to skip): latest first, then the damaged one set aside
+        bad = found.fell_back_from
+        incident = f"unusable:{bad}:{found.manifest.get('created')}:{found.tag}"
+        self.execute(Rollback(incident, f"checkpoint {bad} is unusable ({found.reason})", -1, found.tag,
+                              found.manifest.get("step", -1), (bad,), None, 0), severity="warning", unusable=bad)
 
     # ------------------------------------------------------------------------------------------- the loop
     def run_until_done(self) -> int:
-        previous = self.previous_supervisor()
-        with self.supervising():
-            try:
-                self.take_over(previous)
-                self.resume_pending()
-                return self.loop()
-            except Stop as stop:
-                return stop.code
+        """Own the run (its writer lock: a second supervisor refuses, a ``bigops watch`` beside us observes)
+        until the ranks are done or we give up."""
+        from bigops.watchdog.lock import LockHeld, WriterLock
+        self.lock = WriterLock(self.run, "supervisor")
+        try:
+            self.lock.acquire()
+        except LockHeld as held:
+            raise ConfigError(f"{held}: stop it first (one watchdog acts on a run; `bigops watch` observes "
+                              f"beside a supervisor)") from None
+        try:
+            if self.notifier is not None and hasattr(self.notifier, "resend_pending"):
+                self.notifier.resend_pending()  # pages a killed watchdog left undelivered
+            previous = self.previous_supervisor()
+            with self.supervising():
+                try:
+                    for line in self.executor.roll_forward():  # what an earlier supervisor died doing: finish it
+                        self.say(line)
+                    self.take_over(previous)
+                    self.resume_pending()
+                    return self.loop()
+                except Stop as stop:
+                    return stop.code
+        finally:
+            self.lock.release()
 
     def loop(self) -> int:
         while True:
@@ -286,6 +320,7 @@ class Supervisor:
                 self._log_offset = (self.run.logs / "ranks.log").stat().st_size
             except OSError:
                 self._log_offset = 0
+            self.launch_id, self.next_restart = uuid.uuid4().hex[:12], None
             proc = self.spawn()
             reason = self.watch(proc)
             code = exitcodes.read(self.run.exit_record, proc.returncode)[0] if reason is None else exitcodes.FAILED
@@ -297,17 +332,26 @@ class Supervisor:
                     return code
                 if code == exitcodes.NONFINITE_LIMIT:
                     reason = "spike"
-                    if not self.after_spike(self.first_bad_step(), "too many NaN/Inf steps in a row"):
+                    step = self.first_bad_step()
+                    self.act([self.incident("NonFiniteLimit", "too many NaN/Inf steps in a row", step=step,
+                                            evidence={"start_step": step})], None)
+                    if isinstance(self.next_restart, GiveUp):  # not rolled back: the ranks' own code says why
+                        self.execute(self.next_restart)
                         return code
                 else:
                     message = self.first_error() or exitcodes.read(self.run.exit_record, proc.returncode)[1]
                     reason = f"crash ({message})" if message else f"crash ({exitcodes.describe(code)})"
+                    self.act([self.incident("RankCrash", reason)], None)
             if self.approved is not None:
                 entry, self.approved = self.approved, None
                 self.record_restart(reason, entry)
                 continue
-            if not self.restart_allowed(reason):
+            follow, self.next_restart = self.next_restart, None
+            if follow is None or isinstance(follow, GiveUp):
+                if follow is not None:
+                    self.execute(follow)
                 return SUPERVISOR_GAVE_UP
+            self.execute(follow)
 
     def retire_heartbeats(self) -> None:
         """Before a launch: the heartbeats of ranks that are gone become ``exit`` beats, else the hang
@@ -359,53 +403,33 @@ class Supervisor:
                 # The survivors would sit in a collective until its timeout (gloo/NCCL: minutes) before
                 # torchrun notices: kill them now, then the crash takes the usual path (restart or ask).
                 names = ", ".join(f"rank {b['rank']} (pid {b['pid']}, step {b.get('step')})" for b in dead)
+                crash = self.incident("RankCrash", f"{names} died", step=dead[0].get("step"),
+                                      evidence={"dead": [{k: b.get(k) for k in ("rank", "pid", "host", "step")}
+                                                         for b in dead]})
                 self.kill_ranks(proc)
-                self.action("kill", f"{names} died", "killed the remaining ranks at once", "warning")
+                self.action("kill", f"{names} died", "killed the remaining ranks at once", "warning",
+                            incident=crash["id"])
                 return None
-            new, facts = tick(self.run, self.state, config=self.config, notifier=self.notifier)
+            if getattr(self, "lock", None) is not None:
+                self.lock.renew()
+            new, facts = tick(self.run, self.state, config=self.config, notifier=self.notifier,
+                              extra=self.carried_findings(spawned))
             self.on_tick(facts)
             for f in new:
                 self.say(one_line(f))
             for line in facts.get("actions", []):
                 self.say(line)
-            for f in facts["findings"]:
-                if f.kind == "TrainingHang" and f.key not in self.state.handled:
-                    self.mark(f)
-                    stale = ", ".join(f"rank {s['rank']} (pid {s['pid']}, {s['phase']})" for s in f.evidence["stale"])
-                    if self.cfg.watchdog.on_crash == "ask":
-                        entry = self.ask("restart", f"hang: {stale}", key=f.key, kind="hang", pgid=proc.pid)
-                        entry = self.await_decision(entry)
-                        if entry["status"] == "denied":
-                            self.action("kill", f"hang: {stale}", f"denied by {entry.get('decided_by')}: the ranks "
-                                        f"are left as they are", "critical", key=f.key, pending_id=entry["id"])
-                            approvals.finish(self.state, entry["id"], "denied", time.time())
-                            continue
-                        self.approved = entry
-                    self.kill_ranks(proc)
-                    self.action("kill", f"hang: {stale}", "killed the ranks", "critical", key=f.key)
-                    return "hang"
-                if f.kind == "LossSpike" and f.key not in self.state.handled \
-                        and self.cfg.watchdog.on_loss_spike in ("rollback", "ask"):
-                    self.mark(f)
-                    self.kill_ranks(proc)  # SIGKILL: no checkpoint of the post-spike state
-                    if self.cfg.watchdog.on_loss_spike == "ask":
-                        self.action("kill", f.summary, "killed the ranks (nothing trains past the spike); the "
-                                    "rollback waits for a decision", "critical", key=f.key)
-                    if self.after_spike(f.evidence["start_step"], f.summary, key=f.key):
-                        return "spike"
-                    return "spike (no checkpoint before it)"
+            incidents = [i for i in incidents_of(facts, facts["findings"], time.time())
+                         if (i.get("kind") == "TrainingHang" or (i.get("kind") == "LossSpike"
+                                                                 and i.get("severity") == "critical"))
+                         and i.get("id") not in self.notified and not acted_on(self.executor.journal, i["id"])]
+            if incidents:
+                reason = self.act(incidents, proc)
+                if reason is not None:
+                    return reason
         return None
 
-    def mark(self, f: Finding) -> None:
-        self.state.handled[f.key] = {"time": time.time(), "kind": f.kind}
-        self.state.save()
-
     # ------------------------------------------------------------------------------------- asking a person
-    def ask(self, action: str, reason: str, key: str | None = None, **details) -> dict:
-        entry = approvals.ask(self.state, action, reason, time.time(), key=key, **details)
-        self.say(announce_pending(self.run, self.notifier, entry))
-        return entry
-
     def await_decision(self, entry: dict) -> dict:
         """Block until ``bigops approve`` / ``deny`` decides ``entry`` (the run stays as it is meanwhile)."""
         while entry["status"] == "pending":
@@ -426,9 +450,7 @@ class Supervisor:
                 self.deny(entry)
             details = entry.get("details", {})
             if entry["action"] == "rollback":
-                if not self.rollback(details.get("spike_step", 0), entry["reason"], entry):
-                    approvals.finish(self.state, entry["id"], "no checkpoint to roll back to", time.time())
-                    raise Stop(SUPERVISOR_GAVE_UP)
+                self.rollback_approved(entry)
             elif details.get("kind") == "hang" and isinstance(details.get("pgid"), int):
                 try:  # the hung ranks of the earlier supervisor, if their group is still there
                     if os.getpgid(details["pgid"]) == details["pgid"]:
@@ -450,39 +472,145 @@ class Supervisor:
         found = ckpt.find_resumable(self.run, hashes=False) if self.run.latest.exists() else None
         return found.manifest.get("step") if found else None
 
-    def record_restart(self, reason: str, entry: dict | None = None) -> None:
-        """Count and record a restart that goes ahead (after the guards, or approved by a person)."""
+    def record_restart(self, reason: str, entry: dict) -> None:
+        """The restart a person approved: counted in the ledger and recorded, once (journaled)."""
         step = self.checkpoint_step()
-        self.state.restarts.append({"time": time.time(), "from_step": step, "reason": reason})
-        self.state.save()
-        if entry is None:
-            return
-        self.action("restart", reason, f"approved by {entry.get('decided_by')}: relaunching from checkpoint step "
-                    f"{step}", "warning", checkpoint_step=step, pending_id=entry["id"])
-        approvals.finish(self.state, entry["id"], "restarted", time.time())
+        self.execute(Restart(entry.get("details", {}).get("incident"), reason, step),
+                     iid=intent_id("restart", f"pending:{entry['id']}"), pending_id=entry["id"],
+                     approved_by=entry.get("decided_by"), finish="restarted")
+        if self.state.pending[entry["id"]].get("status") != "done":
+            approvals.finish(self.state, entry["id"], "restarted", time.time())
 
-    def restart_allowed(self, reason: str) -> bool:
-        w = self.cfg.watchdog
-        if w.on_crash not in ("restart", "ask"):
-            self.action("give-up", reason, f"watchdog.on_crash={w.on_crash}: not restarting", "critical")
-            return False
-        step = self.checkpoint_step()
-        decision = decide_restart(self.state.restarts, time.time(), step, w.restart_budget, w.restart_window_s,
-                                  w.no_progress_restarts)
-        if w.on_crash == "ask":
-            entry = self.await_decision(self.ask("restart", reason, kind="crash", checkpoint_step=step,
-                                                 policy=decision.reason))
-            if entry["status"] == "denied":
-                self.deny(entry)
-            self.record_restart(reason, entry)
-            return True
-        if not decision.allowed:
-            self.action("give-up", reason, decision.reason, "critical", checkpoint_step=step)
-            return False
-        self.record_restart(reason)
-        self.action("restart", reason, f"relaunching from checkpoint step {step} ({decision.reason})", "warning",
-                    checkpoint_step=step)
+    def execute(self, action, **extra) -> str | None:
+        line = self.executor.execute(action, **extra)
+        if line:
+            self.say(line)
+        return line
+
+    def incident(self, kind: str, summary: str, step: int | None = None, evidence: dict | None = None) -> dict:
+        """An incident of this launch that the supervisor sees itself (its ranks exited): opened (paged) through
+        the incident layer at once, like any detector's, and kept open until a later launch trains again
+        (``carried_findings``). The same launch seen crashing twice (dead ranks, then torchrun's exit) is
+        one incident."""
+        finding = Finding(kind, "critical", summary, key=f"{kind}:{self.launch_id}", step=step,
+                          evidence={**(evidence or {}), "launch": self.launch_id})
+        known = finding.key in self.own
+        self.own[finding.key] = finding
+        incident_id = report(self.run, self.state, [finding], self.notifier, policy=self.config.incidents)[finding.key]
+        if not known:
+            self.say(one_line(finding))
+        return dict(self.state.incidents[incident_id])
+
+    def carried_findings(self, spawned: float) -> list[Finding]:
+        """Our own open findings for this pass: still present while no launch since has trained a step, then
+        resolved once ("training again")."""
+        from bigops.watchdog.scan import read_tail
+        if not self.own:
+            return []
+        records, _ = read_tail(self.run.metrics, 1)
+        last = records[-1] if records else None
+        trained = last is not None and isinstance(last.get("time"), (int, float)) and last["time"] >= spawned
+        out = []
+        for key, f in list(self.own.items()):
+            if key.endswith(self.launch_id):
+                continue  # this launch's own trouble: reported when it happened
+            if trained:
+                out.append(Finding(f.kind, "info", f"training again at step {last['step']} (launch "
+                                   f"{self.launch_id})", key=key, step=last["step"], resolved=True))
+                del self.own[key]
+            else:
+                out.append(f)
+        return out
+
+    def act(self, incidents: list[dict], proc: subprocess.Popen | None) -> str | None:
+        """Decide (``bigops.watchdog.decide``) and carry out (the executor) what the ranks' incidents call for.
+        Returns why the ranks are down when we brought them down (None: they run on); what follows (the
+        relaunch, or giving up) is left in ``self.next_restart`` for the loop. ``proc`` None: already down."""
+        spike = any(i.get("kind") in ("LossSpike", "NonFiniteLimit") for i in incidents)
+        view = view_for(self.run, self.state, self.executor.journal, incidents, time.time(), self.checkpoint_step(),
+                        with_checkpoints=spike)
+        by_id = {i["id"]: i for i in incidents}
+        down = None
+        for action in decide(incidents, view, self.policy, kinds=SUPERVISOR_KINDS):
+            inc = by_id.get(action.incident, {})
+            if down is not None and inc.get("id") != down[0]:
+                break  # the ranks are down: the other incidents are the next launch's business
+            why = "hang" if inc.get("kind") == "TrainingHang" else "spike"
+            if isinstance(action, NotifyOnly):
+                self.notified.add(action.incident)  # the incident's own page is all: nothing killed
+            elif isinstance(action, Kill):
+                self.kill(proc, action, inc)
+                down = (inc["id"], why)
+            elif isinstance(action, Ask):
+                if not self.ask_and_wait(action, inc, proc):
+                    continue  # a denied kill of hung ranks: they are left as they are
+                down = (inc["id"], why)
+            elif isinstance(action, Rollback):
+                self.execute(action, key=inc.get("key"))
+            elif isinstance(action, (Restart, GiveUp)):
+                self.next_restart = action
+        return down[1] if down is not None and proc is not None else None
+
+    def kill(self, proc: subprocess.Popen | None, action: Kill, inc: dict) -> None:
+        if proc is None:
+            return
+        hang = inc.get("kind") == "TrainingHang"
+        if hang:
+            stale = inc.get("evidence", {}).get("stale") or []
+            reason = "hang: " + ", ".join(f"rank {s['rank']} (pid {s['pid']}, {s['phase']})" for s in stale) \
+                if stale else action.reason
+        else:
+            reason = inc.get("summary", action.reason)
+        ask = not hang and self.policy.on_loss_spike == "ask"
+        outcome = "killed the ranks (nothing trains past the spike); the rollback waits for a decision" if ask \
+            else "killed the ranks"
+        self.executor.kill_now = lambda: self.kill_ranks(proc)
+        try:
+            self.execute(Kill(action.incident, reason), pgid=proc.pid, key=inc.get("key"), outcome=outcome,
+                         severity="critical" if hang or ask else "warning")
+        finally:
+            self.executor.kill_now = None
+        if proc.poll() is None:  # journaled as killed before (an earlier pass of ours): make sure
+            self.kill_ranks(proc)
+
+    def ask_and_wait(self, action: Ask, inc: dict, proc: subprocess.Popen | None) -> bool:
+        """Ask (journaled), wait for the decision, carry it out. False: a denied kill of hung ranks."""
+        hang = inc.get("kind") == "TrainingHang"
+        details = {**action.details, **({"pgid": proc.pid} if hang and proc is not None else {})}
+        self.execute(Ask(action.incident, action.reason, action.action, details), key=inc.get("key"))
+        intent = self.executor.journal.get(intent_id("ask", action.incident))
+        entry = self.await_decision(self.state.pending[intent["steps"]["ask"]["pending_id"]])
+        if entry["status"] == "denied":
+            if hang and proc is not None:
+                self.action("kill", action.reason, f"denied by {entry.get('decided_by')}: the ranks are left as they "
+                            f"are", "critical", key=inc.get("key"), pending_id=entry["id"])
+                approvals.finish(self.state, entry["id"], "denied", time.time())
+                return False
+            self.deny(entry)
+        if action.action == "rollback":
+            self.rollback_approved(entry)
+        elif hang and proc is not None:
+            self.kill(proc, Kill(action.incident, action.reason), inc)
+        self.approved = entry
         return True
+
+    def rollback_approved(self, entry: dict) -> None:
+        """Carry out an approved rollback once (journaled under the question's id); give up (a stop) when
+        there is nothing to roll back to."""
+        iid = intent_id("rollback", f"pending:{entry['id']}")
+        if self.executor.journal.get(iid) is None:
+            details = entry.get("details", {})
+            view = view_for(self.run, self.state, self.executor.journal, [], time.time(), self.checkpoint_step(),
+                            with_checkpoints=True)
+            plan = plan_rollback(details.get("incident"), entry["reason"], details.get("spike_step", 0), view,
+                                 self.policy)
+            if isinstance(plan, GiveUp):
+                self.execute(plan, iid=intent_id("give-up", f"pending:{entry['id']}"), pending_id=entry["id"],
+                             finish="no checkpoint to roll back to")
+                raise Stop(SUPERVISOR_GAVE_UP)
+        else:
+            plan = Rollback(None, entry["reason"], 0, "", 0, (), (0, 0), 0)  # finished from the journal
+        self.execute(plan, iid=iid, pending_id=entry["id"], approved_by=entry.get("decided_by"))
 
     def first_bad_step(self) -> int:
         records, _ = read_tail(self.run.metrics, 2000)
@@ -493,41 +621,3 @@ class Supervisor:
             elif step is not None:
                 break
         return step if step is not None else (records[-1]["step"] if records else 0)
-
-    def after_spike(self, spike_step: int, why: str, key: str | None = None) -> bool:
-        """The ranks are down after a spike: roll back (``rollback``), or ask first (``ask``: approved, the
-        restart that follows needs no second question); ``notify``: give up. False: no rollback happened."""
-        mode = self.cfg.watchdog.on_loss_spike
-        if mode == "notify":
-            self.action("give-up", why, "watchdog.on_loss_spike=notify: not rolling back", "critical")
-            return False
-        if mode == "ask":
-            entry = self.await_decision(self.ask("rollback", why, key=key, spike_step=spike_step))
-            if entry["status"] == "denied":
-                self.deny(entry)
-            if not self.rollback(spike_step, why, entry):
-                approvals.finish(self.state, entry["id"], "no checkpoint to roll back to", time.time())
-                return False
-            self.approved = entry
-            return True
-        return self.rollback(spike_step, why)
-
-    def rollback(self, spike_step: int, why: str, entry: dict | None = None) -> bool:
-        if entry is not None and recorded_action_for(self.run, entry["id"]) and self.run.latest_tag() is not None:
-            return True  # carried out before an earlier supervisor died
-        records, _ = read_tail(self.run.metrics, 100_000)
-        before = [r for r in records if r["step"] < spike_step and isinstance(r.get("consumed_samples"), int)]
-        consumed = before[-1]["consumed_samples"] if before else 0
-        plan = plan_rollback(spike_step, checkpoints_with_steps(self.run), consumed,
-                             self.cfg.train.global_batch_size, self.cfg.watchdog.rollback_skip_batches)
-        if plan is None:
-            self.action("give-up", why, f"no checkpoint before step {spike_step} to roll back to", "critical")
-            return False
-        event_id = entry["id"] if entry is not None else uuid.uuid4().hex[:12]
-        aside = apply_rollback(self.run, plan, event_id)
-        approved = f" (approved by {entry.get('decided_by')})" if entry is not None else ""
-        extra = {"pending_id": entry["id"]} if entry is not None else {}
-        self.action("rollback", why, f"latest -> {plan.target_tag}; set aside {plan.aside_tags or 'nothing'} in "
-                    f"{aside.relative_to(self.run.root)}; skip samples {plan.skip_range[0]}-{plan.skip_range[1]}"
-                    f"{approved}", "critical", target=plan.target_tag, skip_range=list(plan.skip_range), **extra)
-        return True

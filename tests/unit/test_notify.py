@@ -115,26 +115,60 @@ def test_dead_receiver_is_retried_recorded_and_does_not_block(tmp_path, monkeypa
     assert failed and failed[0]["attempts"] == 2 and "token-xyz" not in json.dumps(records)
 
 
+class Sink:
+    """A channel that keeps what it was sent."""
+
+    name = "sink"
+
+    def __init__(self):
+        self.lines = []
+
+    def send(self, event, line):
+        self.lines.append(line)
+
+
 def test_min_severity_and_rate_limit():
     from bigops.notify.notifier import Notifier
 
-    class Sink:
-        name = "sink"
+    sink, results = Sink(), []
+    n = Notifier([sink], min_severity="warning", rate_limit_per_minute=2, on_result=results.append)
+    assert not n.submit({"severity": "info", "key": "i", "kind": "K"}, "i")
+    for i in range(4):
+        assert n.submit({"severity": "warning", "key": f"w{i}", "kind": "K"}, f"warning {i}")
+    n.drain()
+    assert sink.lines == ["warning 0", "warning 1"]
+    assert [r["outcome"] for r in results].count("rate-limited") == 2
 
-        def __init__(self):
-            self.lines = []
 
-        def send(self, event, line):
-            self.lines.append(line)
+def test_critical_pages_are_never_rate_limited_away():
+    """In a storm the limit throttles warnings, never a critical page (it was dropped like any other)."""
+    from bigops.notify.notifier import Notifier
 
     sink, results = Sink(), []
-    n = Notifier([sink], min_severity="critical", rate_limit_per_minute=2, on_result=results.append)
-    assert not n.submit({"severity": "warning", "key": "w", "kind": "K"}, "w")
-    for i in range(4):
-        assert n.submit({"severity": "critical", "key": f"k{i}", "kind": "K"}, f"line {i}")
+    n = Notifier([sink], rate_limit_per_minute=2, on_result=results.append)
+    for i in range(3):
+        n.submit({"severity": "warning", "key": f"w{i}", "kind": "K"}, f"warning {i}")
+    for i in range(5):
+        n.submit({"severity": "critical", "key": f"c{i}", "kind": "K"}, f"critical {i}")
     n.drain()
-    assert sink.lines == ["line 0", "line 1"]
-    assert [r["outcome"] for r in results].count("rate-limited") == 2
+    assert [line for line in sink.lines if line.startswith("critical")] == [f"critical {i}" for i in range(5)]
+    assert "warning 2" not in sink.lines
+
+
+def test_a_failing_outcome_record_does_not_stop_delivery():
+    """A full disk under events.jsonl made the outcome callback raise, which killed the worker thread:
+    every later page was lost."""
+    from bigops.notify.notifier import Notifier
+
+    def full_disk(result):
+        raise OSError(28, "No space left on device")
+
+    sink = Sink()
+    n = Notifier([sink], on_result=full_disk)
+    for i in range(3):
+        n.submit({"severity": "critical", "key": f"c{i}", "kind": "K"}, f"page {i}")
+    n.drain()
+    assert sink.lines == ["page 0", "page 1", "page 2"] and n.report_errors == 3
 
 
 def test_secrets_file_must_be_private(tmp_path):
@@ -159,3 +193,54 @@ def test_secrets_file_must_be_a_regular_file_of_this_user(tmp_path, monkeypatch)
     monkeypatch.setattr(os, "getuid", lambda: 12345)
     with pytest.raises(SecretError, match="belongs to uid"):
         load_secrets_file(real)
+
+
+def test_pages_queued_when_the_watchdog_dies_are_sent_by_the_next_one(tmp_path):
+    """A watchdog SIGKILLed with notifications still queued in memory lost them."""
+    import threading
+    from bigops.notify.notifier import Notifier
+    from bigops.notify.outbox import Outbox
+
+    class Stuck:
+        """A receiver that never answers (the process dies before it does)."""
+        name = "sink"
+
+        def __init__(self):
+            self.release = threading.Event()
+
+        def send(self, event, line):
+            self.release.wait()
+            raise OSError("gone")
+
+    outbox = Outbox(tmp_path / "outbox")
+    stuck = Stuck()
+    dying = Notifier([stuck], outbox=outbox, retries=1)
+    for i in range(3):
+        dying.submit({"severity": "critical", "key": f"c{i}", "kind": "K"}, f"page {i}")
+    assert len(outbox.pending()) == 3  # on disk before anything was sent
+    # the process "dies" here: its queue is gone; the next writer finds the outbox
+    sink, results = Sink(), []
+    nxt = Notifier([sink], outbox=Outbox(tmp_path / "outbox"), on_result=results.append)
+    assert nxt.resend_pending() == 3
+    nxt.drain()
+    assert sorted(sink.lines) == ["page 0", "page 1", "page 2"]
+    assert Outbox(tmp_path / "outbox").pending() == []
+    stuck.release.set()
+
+
+def test_a_delivered_page_leaves_the_outbox_and_a_full_disk_still_sends(tmp_path, monkeypatch):
+    from bigops.notify.notifier import Notifier
+    from bigops.notify.outbox import Outbox
+    sink = Sink()
+    n = Notifier([sink], outbox=Outbox(tmp_path / "outbox"))
+    n.submit({"severity": "warning", "key": "w", "kind": "K"}, "kept then removed")
+    n.drain()
+    assert sink.lines == ["kept then removed"] and Outbox(tmp_path / "outbox").pending() == []
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bigops.notify.outbox.atomic_write_text", full)
+    n.submit({"severity": "critical", "key": "c", "kind": "K"}, "sent from memory")
+    n.drain()
+    assert sink.lines[-1] == "sent from memory"

@@ -1,0 +1,348 @@
+"""The watchdog's one decision function: open incidents + a view of the state + the policy -> actions.
+
+Pure (no I/O, no clock: ``view.now``), so every rule is a unit test, and the supervisor, the daemon's
+desync handling and the SLURM chain keeper decide the same way. The executor (``bigops.watchdog.executor``)
+carries the actions out, journaling each before acting.
+
+Rules:
+
+- An incident is acted on at most once, by incident id (``view.handled``: the ids the journal holds an
+  intent for). A second hang in a new launch is a new incident (new key), so it is acted on again.
+- ``TrainingHang``: ``on_crash = "restart"``: kill, then restart within the budget (else give up);
+  ``"ask"``: ask (the hung ranks stay as they are, for py-spy, until a person decides); ``"notify"``: notify
+  only — never kill (the stuck process is the evidence).
+- ``RankCrash`` (the supervisor's: ranks exited with a crash): restart within the budget, ask, or give up.
+- ``LossSpike`` (critical: confirmed) and ``NonFiniteLimit`` (ranks stopped on NaN/Inf): kill (nothing
+  trains past the spike), roll back to the newest checkpoint before it, restart; ``"ask"``: kill, ask;
+  ``"notify"``: notify only (a NonFiniteLimit exit: give up, the ranks are down already). The rollback
+  budget is per spike region: a spike that recurs in the region of an earlier rollback (from that
+  rollback's target to its spike step plus the data skipped) is rolled back once more skipping twice the
+  batches; after ``max_rollbacks_per_region`` it gives up and pages. No checkpoint before the spike, or a
+  target checkpoint without ``consumed_samples`` in its manifest: give up (a stop: no restart follows).
+- ``TPDesync`` (not resolved): sync, ask or notify (``on_desync``).
+- ``ChainJobCrashed`` (keeper: a SLURM job of the chain crashed): counted once as a restart, within the
+  budget, else the chain is held; ``ChainJobFatal``: hold. Critical GPU incidents (``BAD_NODE_KINDS``) of a
+  chained run exclude their host; fewer than ``min_queued`` live jobs: top up (never while held or done).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bigops.watchdog.policy import decide_restart
+
+BAD_NODE_KINDS = ("GpuMissing", "GpuEccDoubleBit", "GpuXid", "GpuRowRemap")
+SUPERVISOR_KINDS = ("TrainingHang", "RankCrash", "LossSpike", "NonFiniteLimit")
+DAEMON_KINDS = ("TPDesync",)
+CHAIN_KINDS = ("ChainJobCrashed", "ChainJobFatal", *BAD_NODE_KINDS)
+
+
+# ------------------------------------------------------------------------------------------------ actions
+@dataclass(frozen=True)
+class Restart:
+    incident: str | None
+    reason: str
+    from_step: int | None
+    policy: str = ""
+    job_id: str | None = None
+    """A SLURM job's crash: the chain's next job is the restart (counted, not launched, by us)."""
+    name = "restart"
+
+
+@dataclass(frozen=True)
+class Rollback:
+    incident: str | None
+    reason: str
+    spike_step: int
+    target_tag: str
+    target_step: int
+    aside_tags: tuple[str, ...]
+    skip_range: tuple[int, int] | None
+    """None: nothing to skip (a damaged checkpoint set aside, no spike)."""
+    skip_batches: int
+    attempt: int = 1
+    """1: the first rollback in this spike region; 2: the spike recurred after it (a wider skip)."""
+    name = "rollback"
+
+
+@dataclass(frozen=True)
+class Sync:
+    incident: str | None
+    reason: str
+    step: int | None
+    name = "sync-layernorm"
+
+
+@dataclass(frozen=True)
+class Kill:
+    incident: str | None
+    reason: str
+    name = "kill"
+
+
+@dataclass(frozen=True)
+class Ask:
+    incident: str | None
+    reason: str
+    action: str
+    """What waits for the decision: restart, rollback, sync-layernorm."""
+    details: dict = field(default_factory=dict)
+    name = "ask"
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    incident: str | None
+    reason: str
+    outcome: str
+    name = "give-up"
+
+
+@dataclass(frozen=True)
+class NotifyOnly:
+    incident: str | None
+    reason: str
+    name = "notify"
+
+
+@dataclass(frozen=True)
+class ChainHold:
+    incident: str | None
+    reason: str
+    job_id: str | None = None
+    name = "chain-hold"
+
+
+@dataclass(frozen=True)
+class ChainTopUp:
+    count: int
+    reason: str
+    incident: str | None = None
+    name = "chain-top-up"
+
+
+@dataclass(frozen=True)
+class ChainExclude:
+    hosts: tuple[str, ...]
+    reason: str
+    incident: str | None = None
+    name = "chain-exclude"
+
+
+Action = Restart | Rollback | Sync | Kill | Ask | GiveUp | NotifyOnly | ChainHold | ChainTopUp | ChainExclude
+
+
+# ------------------------------------------------------------------------------------------- the inputs
+@dataclass(frozen=True)
+class Policy:
+    on_crash: str = "restart"
+    on_loss_spike: str = "rollback"
+    on_desync: str = "sync"
+    restart_budget: int = 5
+    restart_window_s: float = 3600.0
+    no_progress_restarts: int = 3
+    global_batch_size: int = 1
+    rollback_skip_batches: int = 200
+    max_rollbacks_per_region: int = 2
+    min_queued: int = 1
+
+    @classmethod
+    def of(cls, cfg, on_desync: str | None = None) -> "Policy":
+        """From a ``trainer.config.RunConfig``."""
+        w = cfg.watchdog
+        return cls(on_crash=w.on_crash, on_loss_spike=w.on_loss_spike, on_desync=on_desync or w.on_desync,
+                   restart_budget=w.restart_budget, restart_window_s=w.restart_window_s,
+                   no_progress_restarts=w.no_progress_restarts, global_batch_size=cfg.train.global_batch_size,
+                   rollback_skip_batches=w.rollback_skip_batches, min_queued=cfg.slurm.min_queued)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    tag: str
+    step: int
+    consumed_samples: int | None
+    """From the checkpoint's manifest (None: not recorded: no skip range can be computed from it)."""
+
+
+@dataclass(frozen=True)
+class ChainView:
+    live: int = 0
+    held: bool = False
+    done: bool = False
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StateView:
+    now: float
+    restarts: tuple[dict, ...] = ()
+    """The restart ledger (``WatchState.restarts``): {"time", "from_step", ...}."""
+    rollbacks: tuple[dict, ...] = ()
+    """Rollbacks done (journal): {"target_step", "spike_step", "skip_batches"}."""
+    handled: frozenset[str] = frozenset()
+    """Incident ids already acted on (an intent exists for them)."""
+    pending: frozenset[str] = frozenset()
+    """Incident ids with a question open (asked, not carried out yet)."""
+    checkpoints: tuple[Checkpoint, ...] = ()
+    """Complete checkpoints, oldest first."""
+    checkpoint_step: int | None = None
+    """The step a restart resumes from now."""
+    skip_ranges: tuple[tuple[int, int], ...] = ()
+    chain: ChainView | None = None
+
+
+# ------------------------------------------------------------------------------------------- the function
+def decide(incidents: list[dict[str, Any]], view: StateView, policy: Policy,
+           kinds: tuple[str, ...] | None = None) -> list[Action]:
+    """Actions for the open incidents not acted on yet (oldest first), then the chain's top-up/exclusion.
+    ``kinds``: only incidents of these kinds (each caller owns some: the supervisor its ranks, the daemon
+    the sync, the keeper the chain)."""
+    actions: list[Action] = []
+    for inc in sorted(incidents, key=lambda i: (i.get("opened", 0), str(i.get("id")))):
+        if inc.get("status", "open") != "open" or inc.get("id") in view.handled or inc.get("id") in view.pending:
+            continue
+        if kinds is not None and inc.get("kind") not in kinds:
+            continue
+        actions += _decide_one(inc, view, policy)
+    if view.chain is not None and (kinds is None or set(kinds) & set(CHAIN_KINDS)):
+        actions += _chain_upkeep(incidents, view, policy, actions)
+    return actions
+
+
+def _decide_one(inc: dict, view: StateView, policy: Policy) -> list[Action]:
+    kind, iid, summary = inc.get("kind"), inc.get("id"), str(inc.get("summary") or inc.get("kind"))
+    if kind == "TrainingHang":
+        if policy.on_crash == "notify":
+            return [NotifyOnly(iid, f"{summary}: watchdog.on_crash=notify: the ranks are left as they are")]
+        if policy.on_crash == "ask":
+            return [Ask(iid, f"hang: {summary}", "restart", {"kind": "hang"})]
+        return [Kill(iid, f"hang: {summary}"), restart_or_give_up(iid, f"hang: {summary}", view, policy)]
+    if kind == "RankCrash":
+        if policy.on_crash == "ask":
+            return [Ask(iid, summary, "restart", {"kind": "crash", "checkpoint_step": view.checkpoint_step})]
+        if policy.on_crash != "restart":
+            return [GiveUp(iid, summary, f"watchdog.on_crash={policy.on_crash}: not restarting")]
+        return [restart_or_give_up(iid, summary, view, policy)]
+    if kind in ("LossSpike", "NonFiniteLimit"):
+        if kind == "LossSpike" and inc.get("severity") != "critical":
+            return []  # suspected, not confirmed: watched, not acted on
+        down = kind == "NonFiniteLimit"  # the ranks stopped by themselves
+        spike_step = _spike_step(inc)
+        if policy.on_loss_spike not in ("rollback", "ask"):
+            if down:
+                return [GiveUp(iid, summary, f"watchdog.on_loss_spike={policy.on_loss_spike}: not rolling back")]
+            return [NotifyOnly(iid, f"{summary}: watchdog.on_loss_spike={policy.on_loss_spike}")]
+        kill = [] if down else [Kill(iid, summary)]
+        if policy.on_loss_spike == "ask":
+            return [*kill, Ask(iid, summary, "rollback", {"spike_step": spike_step})]
+        plan = plan_rollback(iid, summary, spike_step, view, policy)
+        if isinstance(plan, GiveUp):
+            return [*kill, plan]
+        return [*kill, plan, restart_or_give_up(iid, f"rollback: {summary}", view, policy,
+                                                from_step=plan.target_step)]
+    if kind == "TPDesync":
+        if inc.get("severity") == "info":
+            return []
+        if policy.on_desync == "sync":
+            return [Sync(iid, summary, inc.get("step"))]
+        if policy.on_desync == "ask":
+            return [Ask(iid, summary, "sync-layernorm", {"step": inc.get("step"),
+                                                         "ln_desync": (inc.get("evidence") or {}).get("ln_desync")})]
+        return [NotifyOnly(iid, summary)]
+    if kind == "ChainJobCrashed":
+        job = (inc.get("evidence") or {}).get("job_id")
+        action = restart_or_give_up(iid, summary, view, policy, from_step=inc.get("step"), job_id=job)
+        if isinstance(action, GiveUp):
+            return [ChainHold(iid, f"{summary}; {action.outcome}", job)]
+        return [action]
+    if kind == "ChainJobFatal":
+        return [ChainHold(iid, summary, (inc.get("evidence") or {}).get("job_id"))]
+    return []
+
+
+def restart_or_give_up(iid, reason: str, view: StateView, policy: Policy, from_step: int | None = None,
+                       job_id: str | None = None) -> Restart | GiveUp:
+    """The budget and the no-progress guard (``policy.decide_restart``) over the whole ledger: every restart
+    counts, whoever recorded it (a taking-over supervisor, the chain keeper)."""
+    step = view.checkpoint_step if from_step is None else from_step
+    verdict = decide_restart(list(view.restarts), view.now, step, policy.restart_budget, policy.restart_window_s,
+                             policy.no_progress_restarts)
+    if not verdict.allowed:
+        return GiveUp(iid, reason, verdict.reason)
+    return Restart(iid, reason, step, verdict.reason, job_id)
+
+
+def _spike_step(inc: dict) -> int:
+    evidence = inc.get("evidence") or {}
+    for value in (evidence.get("start_step"), inc.get("step")):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 0
+
+
+def in_region(rollback: dict, spike_step: int) -> bool:
+    """A spike at ``spike_step`` recurs in the region of an earlier rollback: from that rollback's target to
+    its spike plus the batches it skipped."""
+    try:
+        return rollback["target_step"] <= spike_step <= rollback["spike_step"] + rollback["skip_batches"]
+    except (KeyError, TypeError):
+        return False
+
+
+def plan_rollback(iid, reason: str, spike_step: int, view: StateView, policy: Policy) -> Rollback | GiveUp:
+    """Back to the newest checkpoint before the spike's first step; set aside every later one; skip from the
+    sample that fed the spike's first step (the target's ``consumed_samples``, advanced over the steps
+    trained from it, past the skip ranges in force) for ``rollback_skip_batches`` batches — twice that when
+    the spike recurs in the region of an earlier rollback; give up past ``max_rollbacks_per_region``."""
+    earlier = [r for r in view.rollbacks if in_region(r, spike_step)]
+    if len(earlier) >= policy.max_rollbacks_per_region:
+        return GiveUp(iid, reason, f"the spike came back after {len(earlier)} rollbacks in this region (steps "
+                                   f"{min(r['target_step'] for r in earlier)}-{spike_step}): not rolling back "
+                                   f"again; a person must look at the data or the model")
+    before = [c for c in view.checkpoints if c.step < spike_step]
+    if not before:
+        return GiveUp(iid, reason, f"no checkpoint before step {spike_step} to roll back to")
+    target = before[-1]
+    if not isinstance(target.consumed_samples, int) or isinstance(target.consumed_samples, bool):
+        return GiveUp(iid, reason, f"checkpoint {target.tag} records no consumed_samples in its manifest: the "
+                                   f"data to skip is unknown, not rolling back")
+    batches = max(1, policy.rollback_skip_batches) * (2 ** len(earlier))
+    gbs = max(1, policy.global_batch_size)
+    start = advance(target.consumed_samples, max(0, spike_step - 1 - target.step) * gbs, view.skip_ranges)
+    aside = tuple(c.tag for c in view.checkpoints if c.step > target.step)
+    return Rollback(iid, reason, spike_step, target.tag, target.step, aside, (start, start + batches * gbs),
+                    batches, len(earlier) + 1)
+
+
+def advance(position: int, samples: int, skip_ranges) -> int:
+    """The first sample read after consuming ``samples`` from ``position``, skipping the (end-exclusive)
+    ranges as the trainer's sampler does (``trainer.data.sampler.batch_positions``), in O(ranges)."""
+    left = samples
+    for start, end in sorted(tuple(r) for r in skip_ranges):
+        if end <= position:
+            continue
+        if start > position:
+            gap = start - position
+            if left < gap:
+                return position + left
+            left -= gap
+        position = end
+    return position + left
+
+
+def _chain_upkeep(incidents: list[dict], view: StateView, policy: Policy, so_far: list[Action]) -> list[Action]:
+    chain = view.chain
+    if chain.done:
+        return []
+    out: list[Action] = []
+    bad = sorted({str(i.get("key", "")).split(":")[1] for i in incidents
+                  if i.get("kind") in BAD_NODE_KINDS and i.get("severity") == "critical"
+                  and i.get("status", "open") == "open" and str(i.get("key", "")).count(":") >= 1})
+    bad = tuple(h for h in bad if h and h not in chain.exclude)
+    if bad:
+        out.append(ChainExclude(bad, "critical GPU findings on " + ", ".join(bad)))
+    held = chain.held or any(isinstance(a, ChainHold) for a in so_far)
+    if not held and chain.live < policy.min_queued:
+        out.append(ChainTopUp(policy.min_queued - chain.live, f"keep {policy.min_queued} queued"))
+    return out

@@ -45,6 +45,14 @@ def test_a_crafted_checkpoint_in_a_copied_run_is_refused_and_nothing_runs(tmp_pa
     assert not marker.exists()
     assert max(r["step"] for r in read_jsonl(run / "telemetry" / "metrics.jsonl")) == 2  # no step trained
 
+    # A legacy-format pickle cannot be pre-scanned: DeepSpeed's load, through our engine, refuses it.
+    torch.save({**real, "payload": CreatesAFile(marker)}, engine_file, _use_new_zipfile_serialization=False)
+    ckpt.write_manifest(tagdir, "global_step2", {k: v for k, v in manifest.items()
+                                                 if k not in ("files", "tag", "created", "format")})
+    proc = bigops("launch", "--run-dir", run, "--steps", 4)
+    _one_line_error(proc, exitcodes.CHECKPOINT_ERROR, "mp_rank_00_model_states.pt was refused: it pickles io.open")
+    assert not marker.exists()
+
 
 def test_an_unparsable_skip_ranges_file_refuses_to_train_at_start_and_stops_mid_run(tmp_path):
     run = tmp_path / "run"

@@ -158,8 +158,12 @@ class Supervisor:
     # -------------------------------------------------------------------------------------------- records
     def action(self, action: str, reason: str, outcome: str, severity: str = "warning", **details) -> None:
         runbook = "runbooks/RestartBudgetExhausted.md" if action == "give-up" else None
+        known = details.get("incident") in self.state.incidents
+        if known:
+            from bigops.watchdog import incidents
+            incidents.record_action(self.state.incidents, details["incident"], action, outcome, time.time())
         self.say(record_action(self.run, self.notifier, action, reason, outcome, severity, runbook=runbook,
-                               **details))
+                               with_incident=known, **details))
 
     @contextmanager
     def supervising(self):

@@ -177,7 +177,12 @@ class AlertsConfig:
     rate_limit_per_minute: int = 20
     """Per channel; beyond it, messages are dropped and counted (the events log keeps everything)."""
     retries: int = 3
+    """Attempts per notification (at least 1: 0 would never send)."""
     timeout_s: float = 10.0
+    remind_every_s: float = 14400.0
+    """While an incident stays open, remind on-call at most this often (seconds, default 4 h, >= 60)."""
+    resolve_after_s: float = 600.0
+    """An incident whose finding has not been seen for this long is resolved (quiet period, seconds)."""
 
 
 @dataclass
@@ -436,12 +441,74 @@ def resolve(preset_name: str = "tiny", config_file: str | Path | None = None,
 
 # ------------------------------------------------------------------------------------------- validation
 
+# The range of every numeric option, checked once by :func:`numeric_errors`: (op, bound) pairs that must
+# all hold ("gt" 0 is "> 0"). Floats must also be finite; ``None`` (an unset optional) is not checked.
+_GE0, _GT0, _GE1 = (("ge", 0),), (("gt", 0),), (("ge", 1),)
+_UNIT = (("ge", 0), ("lt", 1))
+NUMERIC_RANGES: dict[str, tuple[tuple[str, float], ...]] = {
+    "model.hidden_size": _GE1, "model.num_layers": _GE1, "model.num_attention_heads": _GE1,
+    "model.vocab_size": _GE1, "model.make_vocab_size_divisible_by": _GE1, "model.pad_vocab_size_to": _GE1,
+    "model.layernorm_epsilon": _GT0, "model.hidden_dropout": _UNIT, "model.attention_dropout": _UNIT,
+    "model.init_std": _GT0,
+    "parallel.tp": _GE1, "parallel.pp": _GE1, "parallel.dp": _GE1, "parallel.zero_stage": _GE0,
+    "train.seq_length": _GE1, "train.micro_batch_size": _GE1, "train.global_batch_size": _GE1,
+    "train.train_steps": _GE1, "train.lr_decay_steps": _GE1, "train.lr": _GT0, "train.min_lr": _GE0,
+    "train.warmup_steps": _GE0, "train.weight_decay": _GE0, "train.adam_beta1": _UNIT,
+    "train.adam_beta2": _UNIT, "train.adam_eps": _GT0, "train.clip_grad": _GE0, "train.seed": _GE0,
+    "train.save_interval": _GE0, "train.exit_duration_in_mins": _GT0,
+    "train.max_skipped_steps_in_a_row": _GE0, "train.eval_interval": _GE0, "train.eval_iters": _GE1,
+    "train.ln_desync_interval": _GE0,
+    "data.max_corpus_bytes": _GE1, "data.valid_every": (("ge", 2),),
+    "alerts.smtp_port": (("ge", 1), ("le", 65535)), "alerts.rate_limit_per_minute": _GE1,
+    "alerts.retries": _GE1, "alerts.timeout_s": _GT0, "alerts.remind_every_s": (("ge", 60),),
+    "alerts.resolve_after_s": _GE0,
+    "watchdog.interval_s": _GT0, "watchdog.restart_budget": _GE0, "watchdog.restart_window_s": _GT0,
+    "watchdog.no_progress_restarts": _GE1, "watchdog.hang_factor": _GE1, "watchdog.hang_min_timeout_s": _GT0,
+    "watchdog.hang_startup_timeout_s": _GT0, "watchdog.hang_checkpoint_timeout_s": _GT0,
+    "watchdog.rollback_skip_batches": _GE0, "watchdog.desync_threshold": _GE0,
+    "watchdog.straggler_factor": _GE1, "watchdog.straggler_min_gap_s": _GE0,
+    "watchdog.straggler_min_samples": _GE1,
+    "slurm.nodes": _GE1, "slurm.gpus_per_node": _GE0, "slurm.cpus_per_task": _GE0, "slurm.time_limit_min": _GE1,
+    "slurm.signal_before_s": _GE0, "slurm.exit_margin_min": _GE0, "slurm.chain_jobs": _GE1,
+    "slurm.min_queued": _GE1, "slurm.master_port": (("ge", 1), ("le", 65535)),
+}
+_OPS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b),
+        "lt": ("<", lambda v, b: v < b), "le": ("<=", lambda v, b: v <= b)}
+
+
+def _fmt_bound(b: float) -> str:
+    return str(int(b)) if float(b).is_integer() else str(b)
+
+
+def numeric_errors(cfg: "RunConfig") -> list[str]:
+    """One line per numeric option out of its range (or not finite), naming the option; [] when all hold.
+
+    Pure: reads ``cfg`` against :data:`NUMERIC_RANGES`. Every int/float field of the tree must be listed
+    there (a test checks it), so a new option cannot skip validation."""
+    errors = []
+    for dotted, rules in NUMERIC_RANGES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value is None:
+            continue
+        is_float = _field_type(getattr(cfg, section), key) in (float, float | None)
+        want = " and ".join(f"{_OPS[op][0]} {_fmt_bound(b)}" for op, b in rules)
+        kind = "a finite number" if is_float else "an integer"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not all(_OPS[op][1](value, b) for op, b in rules):
+            errors.append(f"{dotted}={value}: must be {kind} {want}")
+    return errors
+
+
 def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
 def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     """Check the tree once; fill ``parallel.dp`` from ``world_size``. Raises :class:`ConfigError`."""
+    errors = numeric_errors(cfg)
+    if errors:
+        raise ConfigError(errors[0])
     m, p, t = cfg.model, cfg.parallel, cfg.train
     positive = {
         "model.hidden_size": m.hidden_size, "model.num_layers": m.num_layers,

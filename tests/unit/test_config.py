@@ -81,7 +81,7 @@ def test_toml_round_trip(tmp_path):
     (["parallel.pp=7"], 14, "parallel.pp=7 is more than the 6 pipeline layers"),
     (["train.precision=fp16"], 4, "train.precision='fp16' is not supported: use auto, fp32 or bf16"),
     (["parallel.zero_stage=3"], 4, "parallel.zero_stage=3 is not supported"),
-    (["model.hidden_dropout=1.5"], 4, "model.hidden_dropout=1.5 must be in [0, 1)"),
+    (["model.hidden_dropout=1.5"], 4, "model.hidden_dropout=1.5: must be a finite number >= 0 and < 1"),
     (["model.pad_vocab_size_to=8000"], 4, "model.pad_vocab_size_to=8000 must be >= model.vocab_size=8192"),
 ])
 def test_invalid_combinations_name_the_options(overrides, world, message):

@@ -12,7 +12,6 @@ is full), the page goes out from memory anyway.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 

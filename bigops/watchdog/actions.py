@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Callable
 
 from bigops.watchdog.approvals import command
 from trainer.rundir import RunDir, append_jsonl, atomic_write_text
@@ -88,21 +89,29 @@ def announce_pending(run: RunDir, notifier, entry: dict, now: float | None = Non
     return line
 
 
-def recorded_action_for(run: RunDir, pending_id: str) -> bool:
-    """An ``action`` event carrying out ``pending_id`` is in events.jsonl already (we died after acting)."""
+def find_event(run: RunDir, needle: str, match: Callable[[dict], bool]) -> dict | None:
+    """The first events.jsonl record that contains ``needle`` (a cheap byte test before parsing) and for
+    which ``match`` holds; None when there is none (or no log yet). How an action checks, after a restart,
+    whether it was already recorded."""
     try:
         with open(events_file(run), "rb") as handle:
             for raw in handle:
-                if pending_id.encode() in raw:
+                if needle.encode() in raw:
                     try:
                         event = json.loads(raw)
                     except ValueError:
                         continue
-                    if event.get("type") == "action" and event.get("pending_id") == pending_id:
-                        return True
+                    if isinstance(event, dict) and match(event):
+                        return event
     except FileNotFoundError:
         pass
-    return False
+    return None
+
+
+def recorded_action_for(run: RunDir, pending_id: str) -> bool:
+    """An ``action`` event carrying out ``pending_id`` is in events.jsonl already (we died after acting)."""
+    return find_event(run, pending_id, lambda e: e.get("type") == "action" and e.get("pending_id") == pending_id) \
+        is not None
 
 
 def request_layernorm_sync(run: RunDir, event_id: str, now: float, reason: str, step: int | None = None) -> str:

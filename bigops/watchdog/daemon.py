@@ -9,6 +9,7 @@ which owns the ranks (``bigops.watchdog.supervisor``).
 from __future__ import annotations
 
 import time
+from typing import Iterable
 from pathlib import Path
 
 from bigops.watchdog import approvals, incidents

@@ -28,7 +28,6 @@ the executor at every instant.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import time
@@ -37,7 +36,7 @@ from typing import Callable
 
 from bigops.checkpoint import rollback as rb
 from bigops.watchdog import approvals
-from bigops.watchdog.actions import announce_pending, record_action, request_layernorm_sync
+from bigops.watchdog.actions import announce_pending, find_event, record_action, request_layernorm_sync
 from bigops.watchdog.decide import Ask, ChainHold, Checkpoint, GiveUp, NotifyOnly, Policy, Restart, \
     Rollback, StateView, Sync, decide
 from bigops.watchdog.journal import DONE, Journal, intent_id
@@ -180,20 +179,11 @@ class Executor:
 
     def recorded(self, iid: str) -> str | None:
         """The console line of the ``action`` event of intent ``iid`` already in events.jsonl, if any."""
-        try:
-            with open(self.run.root / "events.jsonl", "rb") as handle:
-                for raw in handle:
-                    if iid.encode() in raw:
-                        try:
-                            event = json.loads(raw)
-                        except ValueError:
-                            continue
-                        if event.get("intent") == iid and event.get("type") in ("action", "pending"):
-                            return f"[{str(event.get('severity', 'warning')).upper()}] watchdog " \
-                                   f"{event.get('action')}: {event.get('reason')} -> {event.get('outcome')}"
-        except FileNotFoundError:
-            pass
-        return None
+        event = find_event(self.run, iid, lambda e: e.get("intent") == iid and e.get("type") in ("action", "pending"))
+        if event is None:
+            return None
+        return f"[{str(event.get('severity', 'warning')).upper()}] watchdog " \
+               f"{event.get('action')}: {event.get('reason')} -> {event.get('outcome')}"
 
 
 def _outcome(ex: Executor, intent: dict) -> str:
@@ -319,19 +309,8 @@ def _kill(ex: Executor, intent: dict, resumed: bool) -> dict:
 
 def _sync_consumed(ex: Executor, request_id: str) -> bool:
     """The trainer already honoured the request (its own ``action`` event names it)."""
-    try:
-        with open(ex.run.root / "events.jsonl", "rb") as handle:
-            for raw in handle:
-                if request_id.encode() in raw:
-                    try:
-                        event = json.loads(raw)
-                    except ValueError:
-                        continue
-                    if event.get("source") == "trainer" and request_id in str(event.get("request", "")):
-                        return True
-    except FileNotFoundError:
-        pass
-    return False
+    return find_event(ex.run, request_id, lambda e: e.get("source") == "trainer"
+                      and request_id in str(e.get("request", ""))) is not None
 
 
 def _sync_request(ex: Executor, intent: dict, resumed: bool) -> dict:
@@ -383,19 +362,8 @@ def _announce(ex: Executor, intent: dict, resumed: bool) -> dict:
 
 
 def _pending_announced(ex: Executor, pending_id: str) -> bool:
-    try:
-        with open(ex.run.root / "events.jsonl", "rb") as handle:
-            for raw in handle:
-                if pending_id.encode() in raw:
-                    try:
-                        event = json.loads(raw)
-                    except ValueError:
-                        continue
-                    if event.get("type") == "pending" and event.get("id") == pending_id:
-                        return True
-    except FileNotFoundError:
-        pass
-    return False
+    return find_event(ex.run, pending_id, lambda e: e.get("type") == "pending" and e.get("id") == pending_id) \
+        is not None
 
 
 STEPS: dict[str, list[tuple[str, Callable]]] = {

@@ -177,7 +177,13 @@ class AlertsConfig:
     rate_limit_per_minute: int = 20
     """Per channel; beyond it, messages are dropped and counted (the events log keeps everything)."""
     retries: int = 3
+    """Attempts per message and channel (at least 1: the first send is an attempt)."""
     timeout_s: float = 10.0
+    """Seconds a channel may take to accept one message."""
+    remind_every_s: float = 14400.0
+    """While an incident is open, remind at most this often (0: never remind; else at least 60 s)."""
+    resolve_after_s: float = 600.0
+    """An open incident whose problem has not been seen for this long is resolved (its quiet period)."""
 
 
 @dataclass
@@ -436,32 +442,117 @@ def resolve(preset_name: str = "tiny", config_file: str | Path | None = None,
 
 # ------------------------------------------------------------------------------------------- validation
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option may take: ``lo``/``hi`` bounds (``None``: unbounded), open or closed,
+    and optionally an ``off`` value allowed outside them (``0 = never``). Floats must also be finite."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    off: float | None = None
+
+    def holds(self, value: float) -> bool:
+        if self.off is not None and value == self.off:
+            return True
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
+
+    def describe(self, kind: str) -> str:
+        """``a finite number > 0``, ``an integer in [1, 65535]``, ``0 or a finite number >= 60``."""
+        what = "an integer" if kind == "int" else "a finite number"
+        if self.lo is not None and self.hi is not None:
+            bounds = f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            bounds = f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        elif self.hi is not None:
+            bounds = f"{'<' if self.hi_open else '<='} {_num(self.hi)}"
+        else:
+            bounds = ""
+        text = f"{what} {bounds}".rstrip()
+        return f"{_num(self.off)} or {text}" if self.off is not None else text
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_1, FRACTION = Range(lo=0, lo_open=True), Range(lo=0), Range(lo=1), \
+    Range(lo=0, hi=1, hi_open=True)
+TCP_PORT = Range(lo=1, hi=65535)
+
+RANGES: dict[str, Range] = {
+    # model
+    "model.hidden_size": AT_LEAST_1, "model.num_layers": AT_LEAST_1, "model.num_attention_heads": AT_LEAST_1,
+    "model.vocab_size": AT_LEAST_1, "model.make_vocab_size_divisible_by": AT_LEAST_1,
+    "model.pad_vocab_size_to": AT_LEAST_1, "model.layernorm_epsilon": POSITIVE,
+    "model.hidden_dropout": FRACTION, "model.attention_dropout": FRACTION, "model.init_std": POSITIVE,
+    # parallel (zero_stage is a choice, checked below)
+    "parallel.tp": AT_LEAST_1, "parallel.pp": AT_LEAST_1, "parallel.dp": AT_LEAST_1,
+    # train
+    "train.seq_length": AT_LEAST_1, "train.micro_batch_size": AT_LEAST_1, "train.global_batch_size": AT_LEAST_1,
+    "train.train_steps": AT_LEAST_1, "train.lr_decay_steps": AT_LEAST_1, "train.lr": POSITIVE,
+    "train.min_lr": NON_NEGATIVE, "train.warmup_steps": NON_NEGATIVE, "train.weight_decay": NON_NEGATIVE,
+    "train.adam_beta1": FRACTION, "train.adam_beta2": FRACTION, "train.adam_eps": POSITIVE,
+    "train.clip_grad": NON_NEGATIVE, "train.seed": Range(lo=0, hi=2**32 - 1), "train.save_interval": NON_NEGATIVE,
+    "train.exit_duration_in_mins": POSITIVE, "train.max_skipped_steps_in_a_row": NON_NEGATIVE,
+    "train.eval_interval": NON_NEGATIVE, "train.eval_iters": AT_LEAST_1, "train.ln_desync_interval": NON_NEGATIVE,
+    # data
+    "data.max_corpus_bytes": AT_LEAST_1, "data.valid_every": Range(lo=2),
+    # alerts
+    "alerts.smtp_port": TCP_PORT, "alerts.rate_limit_per_minute": AT_LEAST_1, "alerts.retries": AT_LEAST_1,
+    "alerts.timeout_s": POSITIVE, "alerts.remind_every_s": Range(lo=60, off=0), "alerts.resolve_after_s": NON_NEGATIVE,
+    # watchdog
+    "watchdog.interval_s": POSITIVE, "watchdog.restart_budget": NON_NEGATIVE, "watchdog.restart_window_s": POSITIVE,
+    "watchdog.no_progress_restarts": AT_LEAST_1, "watchdog.hang_factor": POSITIVE,
+    "watchdog.hang_min_timeout_s": POSITIVE, "watchdog.hang_startup_timeout_s": POSITIVE,
+    "watchdog.hang_checkpoint_timeout_s": POSITIVE, "watchdog.rollback_skip_batches": NON_NEGATIVE,
+    "watchdog.desync_threshold": NON_NEGATIVE, "watchdog.straggler_factor": AT_LEAST_1,
+    "watchdog.straggler_min_gap_s": NON_NEGATIVE, "watchdog.straggler_min_samples": AT_LEAST_1,
+    # slurm
+    "slurm.nodes": AT_LEAST_1, "slurm.gpus_per_node": NON_NEGATIVE, "slurm.cpus_per_task": NON_NEGATIVE,
+    "slurm.time_limit_min": AT_LEAST_1, "slurm.signal_before_s": NON_NEGATIVE, "slurm.exit_margin_min": NON_NEGATIVE,
+    "slurm.chain_jobs": AT_LEAST_1, "slurm.min_queued": AT_LEAST_1, "slurm.master_port": TCP_PORT,
+}
+"""The range of every numeric option; an int or float field missing here is only checked finite."""
+
+
+def numeric_fields(cfg: RunConfig) -> typing.Iterator[tuple[str, str, Any]]:
+    """``(option, "int" | "float", value)`` for every numeric field of the tree (unset ``None`` ones left out)."""
+    for section_field in dataclasses.fields(RunConfig):
+        section = getattr(cfg, section_field.name)
+        hints = typing.get_type_hints(type(section))
+        for f in dataclasses.fields(section):
+            annotation = hints[f.name]
+            args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+                else (annotation,)
+            kind = "int" if int in args else "float" if float in args else None
+            value = getattr(section, f.name)
+            if kind is not None and value is not None:
+                yield f"{section_field.name}.{f.name}", kind, value
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """Every numeric option finite and within :data:`RANGES`; the first that is not is one ConfigError line,
+    e.g. ``train.lr=nan: must be a finite number > 0``."""
+    for option, kind, value in numeric_fields(cfg):
+        allowed = RANGES.get(option, Range())
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not allowed.holds(value):
+            raise ConfigError(f"{option}={value!r}: must be {allowed.describe(kind)}")
+
+
 def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
 def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     """Check the tree once; fill ``parallel.dp`` from ``world_size``. Raises :class:`ConfigError`."""
+    check_ranges(cfg)
     m, p, t = cfg.model, cfg.parallel, cfg.train
-    positive = {
-        "model.hidden_size": m.hidden_size, "model.num_layers": m.num_layers,
-        "model.num_attention_heads": m.num_attention_heads, "model.vocab_size": m.vocab_size,
-        "model.make_vocab_size_divisible_by": m.make_vocab_size_divisible_by,
-        "parallel.tp": p.tp, "parallel.pp": p.pp, "train.seq_length": t.seq_length,
-        "train.micro_batch_size": t.micro_batch_size, "train.global_batch_size": t.global_batch_size,
-        "train.train_steps": t.train_steps,
-    }
-    for name, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{name}={value} must be a positive integer")
-    if p.dp is not None and p.dp < 1:
-        raise ConfigError(f"parallel.dp={p.dp} must be a positive integer")
-    for name, value in {"model.hidden_dropout": m.hidden_dropout,
-                        "model.attention_dropout": m.attention_dropout}.items():
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{name}={value} must be in [0, 1)")
-    if m.init_std is not None and m.init_std <= 0:
-        raise ConfigError(f"model.init_std={m.init_std} must be positive (or unset for BLOOM's default)")
     if m.pad_vocab_size_to is not None and (m.pad_vocab_size_to < m.vocab_size or m.pad_vocab_size_to % p.tp):
         raise ConfigError(f"model.pad_vocab_size_to={m.pad_vocab_size_to} must be >= model.vocab_size="
                           f"{m.vocab_size} and divisible by parallel.tp={p.tp}")
@@ -483,62 +574,31 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
         raise ConfigError(f"train.precision={t.precision!r} is not supported: use auto, fp32 or bf16")
     if t.lr_decay_style not in ("cosine", "linear", "constant"):
         raise ConfigError(f"train.lr_decay_style={t.lr_decay_style!r}: use cosine, linear or constant")
-    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
-        raise ConfigError(f"train.lr={t.lr} must be positive and train.min_lr={t.min_lr} in [0, train.lr]")
-    for name in ("max_skipped_steps_in_a_row", "eval_interval", "ln_desync_interval"):
-        if getattr(t, name) < 0:
-            raise ConfigError(f"train.{name}={getattr(t, name)} must be >= 0")
-    if t.eval_iters < 1:
-        raise ConfigError(f"train.eval_iters={t.eval_iters} must be >= 1")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr={t.min_lr}: must be in [0, train.lr={t.lr}]")
     w = cfg.watchdog
     if w.on_loss_spike not in ("rollback", "notify", "ask") or w.on_crash not in ("restart", "notify", "ask"):
         raise ConfigError("watchdog.on_loss_spike must be rollback, notify or ask; watchdog.on_crash restart, "
                           "notify or ask")
-    if w.interval_s <= 0 or w.restart_budget < 0 or w.no_progress_restarts < 1 or w.rollback_skip_batches < 0:
-        raise ConfigError("watchdog.interval_s must be positive, watchdog.restart_budget and "
-                          "watchdog.rollback_skip_batches >= 0, watchdog.no_progress_restarts >= 1")
     if w.on_desync not in ("sync", "notify", "ask"):
         raise ConfigError(f"watchdog.on_desync={w.on_desync!r}: use sync, notify or ask")
-    if w.desync_threshold < 0 or w.straggler_min_gap_s < 0:
-        raise ConfigError("watchdog.desync_threshold and watchdog.straggler_min_gap_s must be >= 0")
-    if w.straggler_factor < 1 or w.straggler_min_samples < 1:
-        raise ConfigError("watchdog.straggler_factor and watchdog.straggler_min_samples must be >= 1")
     if cfg.alerts.min_severity not in ("info", "warning", "critical"):
         raise ConfigError(f"alerts.min_severity={cfg.alerts.min_severity!r}: use info, warning or critical")
-    if t.save_interval < 0:
-        raise ConfigError(f"train.save_interval={t.save_interval} must be >= 0")
-    if t.exit_duration_in_mins is not None and t.exit_duration_in_mins <= 0:
-        raise ConfigError(f"train.exit_duration_in_mins={t.exit_duration_in_mins} must be positive")
-    if cfg.data.max_corpus_bytes < 1 or cfg.data.valid_every < 2:
-        raise ConfigError("data.max_corpus_bytes must be positive and data.valid_every at least 2")
     if cfg.data.source not in ("stdlib", "synthetic") and not Path(cfg.data.source).exists():
         raise ConfigError(f"data.source={cfg.data.source!r} does not exist: give a file or folder of text, "
                           f"or stdlib / synthetic")
     if cfg.data.tokenizer is not None and not Path(cfg.data.tokenizer).is_file():
         raise ConfigError(f"data.tokenizer={cfg.data.tokenizer!r} does not exist")
-    if t.lr_decay_steps is not None and t.lr_decay_steps < 1:
-        raise ConfigError(f"train.lr_decay_steps={t.lr_decay_steps} must be a positive integer")
-    if t.warmup_steps < 0:
-        raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be >= 0")
-    if not (0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1):
-        raise ConfigError("train.adam_beta1 and train.adam_beta2 must be in [0, 1)")
-    if t.clip_grad < 0 or t.weight_decay < 0 or t.adam_eps <= 0:
-        raise ConfigError("train.clip_grad and train.weight_decay must be >= 0, train.adam_eps > 0")
 
     s = cfg.slurm
-    if s.nodes < 1 or s.gpus_per_node < 0 or s.cpus_per_task < 0 or s.time_limit_min < 1:
-        raise ConfigError("slurm.nodes and slurm.time_limit_min must be >= 1, slurm.gpus_per_node and "
-                          "slurm.cpus_per_task >= 0")
-    if s.signal_before_s < 0 or not 0 <= s.exit_margin_min < s.time_limit_min:
-        raise ConfigError(f"slurm.signal_before_s must be >= 0 and slurm.exit_margin_min={s.exit_margin_min} in "
-                          f"[0, slurm.time_limit_min={s.time_limit_min})")
+    if s.exit_margin_min >= s.time_limit_min:
+        raise ConfigError(f"slurm.exit_margin_min={s.exit_margin_min} must be less than slurm.time_limit_min="
+                          f"{s.time_limit_min}")
     if s.signal_before_s >= s.time_limit_min * 60:
         raise ConfigError(f"slurm.signal_before_s={s.signal_before_s} must be less than slurm.time_limit_min="
                           f"{s.time_limit_min} minutes")
     if s.chain_mode not in ("singleton", "array"):
         raise ConfigError(f"slurm.chain_mode={s.chain_mode!r}: use singleton or array")
-    if s.chain_jobs < 1 or s.min_queued < 1 or not 0 < s.master_port < 65536:
-        raise ConfigError("slurm.chain_jobs and slurm.min_queued must be >= 1, slurm.master_port a TCP port")
 
     model_parallel = p.tp * p.pp
     if world_size is not None:

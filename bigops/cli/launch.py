@@ -156,8 +156,9 @@ def _supervised(run: RunDir, cfg: config_mod.RunConfig, world: int, trainer_args
 
     current: list = []
 
-    def spawn():
-        current[:] = [local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log")]
+    def spawn():  # the supervisor's launch id: its hang and crash incidents and the heartbeats agree
+        current[:] = [local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log",
+                                  launch_id=supervisor.launch_id)]
         return current[0]
 
     shown = {"step": -1, "time": 0.0}

@@ -102,6 +102,29 @@ def left_running(since_ticks: int, marker: str) -> dict[int, str]:
     return found
 
 
+def processes_naming(text: str | os.PathLike) -> dict[int, str]:
+    """pid -> command line of every live process whose command line contains ``text`` (e.g. a run
+    directory: its launcher, torchrun and ranks)."""
+    needle = os.fsencode(text)
+    found = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _stat(int(name)) is not None:
+            cmdline = _read(int(name), "cmdline")
+            if needle in cmdline:
+                found[int(name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+    return found
+
+
+def wait_gone(text: str | os.PathLike, timeout: float) -> dict[int, str]:
+    """Wait (polling) until no process names ``text``; what is still there after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    left = processes_naming(text)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = processes_naming(text)
+    return left
+
+
 def reap(since_ticks: int, marker: str, grace_s: float = 2.0) -> dict[int, str]:
     """What the test left running after ``grace_s`` (time to finish exiting), each SIGKILLed by its pid."""
     left = left_running(since_ticks, marker)

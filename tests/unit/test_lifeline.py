@@ -107,19 +107,20 @@ RANK = textwrap.dedent("""
 GUARDIAN = textwrap.dedent("""
     import os, subprocess, sys, time
     from trainer.lifeline import guardian_env
-    env = {**os.environ, **guardian_env("t1")}
+    # "parent": the guardian (the test) lives on, the rank's parent dies (torchrun SIGKILLed by a supervisor)
+    env = {**os.environ, **guardian_env("t1", os.getppid() if sys.argv[4] == "parent" else None)}
     child = subprocess.Popen([sys.executable, "-c", sys.argv[1], *sys.argv[2:]], env=env, start_new_session=True)
     print(child.pid, flush=True)
     time.sleep(600)
 """)
 
 
-@pytest.mark.parametrize("mode,code", [("save", 11), ("stuck", 7)])
-def test_a_sigkilled_guardian_takes_its_rank_with_it(mode, code):
+@pytest.mark.parametrize("mode,who", [("save", "guardian"), ("stuck", "guardian"), ("save", "parent")])
+def test_a_sigkilled_guardian_takes_its_rank_with_it(mode, who):
     """The rank is in its own session (as torchrun's workers): only the lifeline can stop it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    guardian = subprocess.Popen([sys.executable, "-c", GUARDIAN, RANK, "1.0", mode], env=env, stdout=subprocess.PIPE,
-                                text=True)
+    guardian = subprocess.Popen([sys.executable, "-c", GUARDIAN, RANK, "1.0", mode, who], env=env,
+                                stdout=subprocess.PIPE, text=True)
     rank_pid = int(guardian.stdout.readline())
     try:
         time.sleep(0.5)

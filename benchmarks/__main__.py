@@ -5,11 +5,12 @@ import json
 import platform
 import time
 
-from benchmarks import alerting, model_throughput, parallel_overhead, recovery, surgery, watchdog, watchdog_scale
+from benchmarks import alerting, detection, model_throughput, parallel_overhead, recovery, surgery, watchdog, \
+    watchdog_scale
 
 BENCHMARKS = {"model_throughput": model_throughput.main, "watchdog": watchdog.main, "recovery": recovery.main,
               "surgery": surgery.main, "parallel_overhead": parallel_overhead.main,
-              "watchdog_scale": watchdog_scale.main, "alerting": alerting.main}
+              "watchdog_scale": watchdog_scale.main, "alerting": alerting.main, "detection": detection.main}
 
 
 def _get(result: dict, *path):
@@ -31,6 +32,7 @@ HEADLINES = {
     "parallel_overhead": ("PP2 step time / one rank", lambda r: _get(r, "ratio_vs_single_rank", "PP2")),
     "watchdog_scale": ("pass CPU / parse-only baseline", lambda r: _get(r, "ratio_pass_vs_parse_baseline")),
     "alerting": ("Prometheus+AM / watchdog direct latency", lambda r: _alerting_ratio(r)),
+    "detection": ("rollbacks not needed (bigops, 20 recovering)", lambda r: _get(r, "unneeded_rollbacks_bigops")),
 }
 
 

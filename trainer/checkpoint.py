@@ -9,6 +9,26 @@ Save, in this order (a crash at any instant leaves the previous checkpoint as ``
 
 A tag directory without a valid manifest is incomplete and never resumed from. The manifest is the
 contract the checkpoint tools (verify, list, surgery) read.
+
+Besides the files, the manifest records what the trainer applied (``trainer.train`` passes it as info):
+``step``, ``consumed_samples`` (the data position: a rollback's skip range starts at its target's), the
+``skip_ranges`` applied (a resume applies the union of these and ``control/skip-ranges``, so a lost or
+edited file never silently un-skips data), and the *lineage*.
+
+Lineage: the identity of the training trajectory whose weights a checkpoint holds. ``lineage`` is an id;
+``lineage_history`` lists the forks that led to it (newest last: ``{"lineage", "from", "step", "why"}``).
+A fresh run starts a new (random) lineage. A resume continues the checkpoint's lineage only when it
+replays exactly what was trained: it resumes from a trainer-written tag (``global_step<N>``, not a surgery
+copy), no newer checkpoint of the run is left behind it (no rewind: a rollback, manual or automatic, and a
+fall-back past a damaged ``latest`` are rewinds), and it applies the same skip ranges. Otherwise, and
+whenever the skip ranges change mid-run, the lineage forks: a new id derived from the parent's, the tag
+and the ranges (deterministic, so two replays of the same fork agree).
+
+Saving a step that exists already keeps the existing copy only if it verifies (hashes) and has the same
+lineage: then it holds the same trajectory's state. Otherwise (damaged, another lineage, or no lineage
+recorded) the existing copy is set aside, never deleted, under ``checkpoints/.superseded/<tag>-<time>/``
+(recorded in ``telemetry/checkpoints.jsonl``), and the new save is published in its place. Every rename
+that publishes or sets aside is followed by an fsync of the folders it changed.
 """
 
 from __future__ import annotations
@@ -17,19 +37,25 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.rundir import RunDir, atomic_write_text
+from trainer.rundir import RunDir, append_jsonl, atomic_write_text, fsync_dir
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 PARTIAL_PREFIX = ".partial-"
-DAMAGED = ".damaged"
-"""Where a save puts a damaged checkpoint of the same step that it replaces (kept as evidence)."""
+SUPERSEDED = ".superseded"
+"""Where a save sets aside the existing checkpoint of its step that it replaces (damaged, or of another
+lineage): ``checkpoints/.superseded/<tag>-<time>/``, kept as evidence, never pruned."""
+LEGACY_DAMAGED = ".damaged"
+"""The same, as older versions named it (read by the inventory, never written)."""
+LINEAGE_HISTORY_MAX = 100
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -55,15 +81,6 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
             digest.update(block)
         os.fsync(handle.fileno())  # the bytes we vouch for are on disk before the manifest is
     return digest.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def hash_threads() -> int:
@@ -106,8 +123,7 @@ def write_manifest(directory: Path, tag: str, info: dict[str, Any],
         files[rel] = {"size": size, "sha256": digest}
     files = dict(sorted(files.items()))
     manifest = {"format": MANIFEST_FORMAT, "tag": tag, "created": time.time(), **info, "files": files}
-    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    fsync_dir(directory)
+    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")  # + dir fsync
     return manifest
 
 
@@ -147,25 +163,142 @@ def verify(directory: Path, hashes: bool = True) -> list[str]:
     return sorted(problems)
 
 
+def supersede_reason(existing: Path, info: dict[str, Any]) -> str | None:
+    """Why a save must replace the existing checkpoint of its step (None: keep it, it holds the same state)."""
+    problems = verify(existing, hashes=True)
+    if problems:
+        return f"damaged ({problems[0]})"
+    old, new = read_manifest(existing).get("lineage"), info.get("lineage")
+    if not isinstance(new, str) or not isinstance(old, str):
+        return "no lineage recorded to show it holds the same state"
+    if old != new:
+        return f"another lineage ({old}, the new save is {new})"
+    return None
+
+
+def set_aside(run: RunDir, path: Path, tag: str, why: str) -> Path:
+    """Move a checkpoint to ``.superseded/<tag>-<time>/`` (atomic, durable); record and say it."""
+    root = run.checkpoints / SUPERSEDED
+    root.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    aside = root / f"{tag}-{stamp}"
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = root / f"{tag}-{stamp}.{n}"
+    os.replace(path, aside)
+    fsync_dir(root)
+    fsync_dir(path.parent)
+    append_jsonl(run.telemetry / "checkpoints.jsonl", {"kind": "superseded", "tag": tag, "time": time.time(),
+                                                       "aside": aside.relative_to(run.checkpoints).as_posix(),
+                                                       "why": why})
+    print(f"warning: checkpoint {tag} existed ({why}): set aside as {aside}, the new save replaces it",
+          file=sys.stderr, flush=True)
+    return aside
+
+
 def publish(run: RunDir, partial: Path, tag: str, info: dict[str, Any]) -> Path:
     """Steps 2-4 of a save, on one process after all ranks wrote ``partial``."""
     final = run.checkpoint(tag)
     write_manifest(partial, tag, info)
     if final.exists():
-        # Only possible when re-saving a step that exists already (e.g. a stop right after a resume, or a
-        # replay after a crash). An intact copy holds the same state: keep it, drop the new one. A damaged
-        # one (truncated, bit-flipped) is set aside — never deleted — and the fresh save takes its place.
-        if not verify(final, hashes=True):
+        # Only when re-saving a step that exists (a replay after a rollback or a crash). The existing copy is
+        # kept only if intact and of the same lineage (the same state); else set aside, never deleted.
+        why = supersede_reason(final, info)
+        if why is None:
             shutil.rmtree(partial)
             atomic_write_text(run.latest, tag + "\n")
             return final
-        aside = run.checkpoints / DAMAGED / f"{tag}-{int(time.time())}"
-        aside.parent.mkdir(exist_ok=True)
-        os.replace(final, aside)
+        set_aside(run, final, tag, why)
     os.replace(partial, final)
     fsync_dir(run.checkpoints)
     atomic_write_text(run.latest, tag + "\n")
     return final
+
+
+# ------------------------------------------------------------------------------ what a checkpoint applied
+def consumed_samples_of(path: Path) -> int | None:
+    """The data position a checkpoint was saved at (its manifest's ``consumed_samples``), None if unknown."""
+    try:
+        value = read_manifest(Path(path)).get("consumed_samples")
+    except CheckpointError:
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def skip_ranges_of(manifest: dict[str, Any]) -> list[tuple[int, int]]:
+    """The skip ranges a checkpoint applied ([] for one written before they were recorded)."""
+    ranges = manifest.get("skip_ranges")
+    if ranges is None:
+        return []
+    ok = isinstance(ranges, list) and all(
+        isinstance(r, (list, tuple)) and len(r) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                              for v in r) and 0 <= r[0] < r[1] for r in ranges)
+    if not ok:
+        raise CheckpointError(f"checkpoint {manifest.get('tag')}: its manifest's skip_ranges is not a list of "
+                              f"[start, end] pairs")
+    return sorted((int(a), int(b)) for a, b in ranges)
+
+
+def _merged(ranges) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def derive_lineage(parent: str, origin: str, ranges) -> str:
+    """The id of a fork: a function of the parent lineage, where it forked and the skip ranges applied."""
+    text = json.dumps({"parent": parent, "from": origin, "skip_ranges": [list(r) for r in ranges]}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _provenance(lineage: str, history: list, ranges, fork: dict | None) -> dict[str, Any]:
+    history = list(history) + ([fork] if fork else [])
+    return {"lineage": lineage, "lineage_history": history[-LINEAGE_HISTORY_MAX:],
+            "skip_ranges": [[int(a), int(b)] for a, b in ranges]}
+
+
+def provenance_at_start(run: RunDir, resumable: Resumable | None, applied) -> dict[str, Any]:
+    """Manifest info of the saves to come: lineage (continued or forked, see the module docstring) and the
+    skip ranges applied. Rank 0, after the resume point and the skip ranges are known."""
+    applied = sorted((int(a), int(b)) for a, b in applied)
+    if resumable is None:
+        lineage = secrets.token_hex(8)
+        return _provenance(lineage, [], applied, {"lineage": lineage, "from": None, "step": 0, "why": "fresh start"})
+    manifest = resumable.manifest
+    step = manifest.get("step") if isinstance(manifest.get("step"), int) else step_of(resumable.tag)
+    parent = manifest.get("lineage")
+    history = manifest.get("lineage_history")
+    history = history if isinstance(history, list) else []
+    why = []
+    if not isinstance(parent, str):
+        why.append("the checkpoint records no lineage")
+    if resumable.tag != tag_for(step):
+        why.append(f"{resumable.tag} is not a trainer save (surgery or a copy)")
+    newer = [t for t in complete_tags(run) if step_of(t) > step]
+    if newer:
+        why.append(f"rewinds past {newer[-1]}")
+    if _merged(skip_ranges_of(manifest)) != _merged(applied):
+        why.append("the skip ranges changed")
+    if not why:
+        return _provenance(parent, history, applied, None)
+    lineage = derive_lineage(parent if isinstance(parent, str) else f"unrecorded:{resumable.tag}",
+                             resumable.tag, applied)
+    return _provenance(lineage, history, applied, {"lineage": lineage, "from": resumable.tag, "step": step,
+                                                   "why": "; ".join(why)})
+
+
+def provenance_after_skip_change(provenance: dict[str, Any], step: int, applied) -> dict[str, Any]:
+    """Mid-run, the skip ranges changed at ``step``: the trajectory forks from here."""
+    applied = sorted((int(a), int(b)) for a, b in applied)
+    parent = provenance.get("lineage") or "unrecorded"
+    lineage = derive_lineage(parent, f"step{step}", applied)
+    return _provenance(lineage, provenance.get("lineage_history") or [], applied,
+                       {"lineage": lineage, "from": None, "step": step, "why": "the skip ranges changed mid-run"})
 
 
 def partial_dir(run: RunDir, tag: str) -> Path:

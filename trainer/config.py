@@ -177,13 +177,13 @@ class AlertsConfig:
     rate_limit_per_minute: int = 20
     """Per channel; beyond it, messages are dropped and counted (the events log keeps everything)."""
     retries: int = 3
-    """Attempts per message and channel (at least 1: the first send is an attempt)."""
+    """Attempts per notification (at least 1: 0 would never send)."""
     timeout_s: float = 10.0
-    """Seconds a channel may take to accept one message."""
     remind_every_s: float = 14400.0
-    """While an incident is open, remind at most this often (0: never remind; else at least 60 s)."""
+    """While an incident stays open, remind on-call at most this often (seconds, default 4 h; 0: never
+    remind; else >= 60)."""
     resolve_after_s: float = 600.0
-    """An open incident whose problem has not been seen for this long is resolved (its quiet period)."""
+    """An incident whose finding has not been seen for this long is resolved (quiet period, seconds)."""
 
 
 @dataclass
@@ -442,107 +442,68 @@ def resolve(preset_name: str = "tiny", config_file: str | Path | None = None,
 
 # ------------------------------------------------------------------------------------------- validation
 
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric option may take: ``lo``/``hi`` bounds (``None``: unbounded), open or closed,
-    and optionally an ``off`` value allowed outside them (``0 = never``). Floats must also be finite."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    off: float | None = None
-
-    def holds(self, value: float) -> bool:
-        if self.off is not None and value == self.off:
-            return True
-        if not math.isfinite(value):
-            return False
-        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
-            return False
-        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
-
-    def describe(self, kind: str) -> str:
-        """``a finite number > 0``, ``an integer in [1, 65535]``, ``0 or a finite number >= 60``."""
-        what = "an integer" if kind == "int" else "a finite number"
-        if self.lo is not None and self.hi is not None:
-            bounds = f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
-        elif self.lo is not None:
-            bounds = f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
-        elif self.hi is not None:
-            bounds = f"{'<' if self.hi_open else '<='} {_num(self.hi)}"
-        else:
-            bounds = ""
-        text = f"{what} {bounds}".rstrip()
-        return f"{_num(self.off)} or {text}" if self.off is not None else text
-
-
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
-POSITIVE, NON_NEGATIVE, AT_LEAST_1, FRACTION = Range(lo=0, lo_open=True), Range(lo=0), Range(lo=1), \
-    Range(lo=0, hi=1, hi_open=True)
-TCP_PORT = Range(lo=1, hi=65535)
-
-RANGES: dict[str, Range] = {
-    # model
-    "model.hidden_size": AT_LEAST_1, "model.num_layers": AT_LEAST_1, "model.num_attention_heads": AT_LEAST_1,
-    "model.vocab_size": AT_LEAST_1, "model.make_vocab_size_divisible_by": AT_LEAST_1,
-    "model.pad_vocab_size_to": AT_LEAST_1, "model.layernorm_epsilon": POSITIVE,
-    "model.hidden_dropout": FRACTION, "model.attention_dropout": FRACTION, "model.init_std": POSITIVE,
-    # parallel (zero_stage is a choice, checked below)
-    "parallel.tp": AT_LEAST_1, "parallel.pp": AT_LEAST_1, "parallel.dp": AT_LEAST_1,
-    # train
-    "train.seq_length": AT_LEAST_1, "train.micro_batch_size": AT_LEAST_1, "train.global_batch_size": AT_LEAST_1,
-    "train.train_steps": AT_LEAST_1, "train.lr_decay_steps": AT_LEAST_1, "train.lr": POSITIVE,
-    "train.min_lr": NON_NEGATIVE, "train.warmup_steps": NON_NEGATIVE, "train.weight_decay": NON_NEGATIVE,
-    "train.adam_beta1": FRACTION, "train.adam_beta2": FRACTION, "train.adam_eps": POSITIVE,
-    "train.clip_grad": NON_NEGATIVE, "train.seed": Range(lo=0, hi=2**32 - 1), "train.save_interval": NON_NEGATIVE,
-    "train.exit_duration_in_mins": POSITIVE, "train.max_skipped_steps_in_a_row": NON_NEGATIVE,
-    "train.eval_interval": NON_NEGATIVE, "train.eval_iters": AT_LEAST_1, "train.ln_desync_interval": NON_NEGATIVE,
-    # data
-    "data.max_corpus_bytes": AT_LEAST_1, "data.valid_every": Range(lo=2),
-    # alerts
-    "alerts.smtp_port": TCP_PORT, "alerts.rate_limit_per_minute": AT_LEAST_1, "alerts.retries": AT_LEAST_1,
-    "alerts.timeout_s": POSITIVE, "alerts.remind_every_s": Range(lo=60, off=0), "alerts.resolve_after_s": NON_NEGATIVE,
-    # watchdog
-    "watchdog.interval_s": POSITIVE, "watchdog.restart_budget": NON_NEGATIVE, "watchdog.restart_window_s": POSITIVE,
-    "watchdog.no_progress_restarts": AT_LEAST_1, "watchdog.hang_factor": POSITIVE,
-    "watchdog.hang_min_timeout_s": POSITIVE, "watchdog.hang_startup_timeout_s": POSITIVE,
-    "watchdog.hang_checkpoint_timeout_s": POSITIVE, "watchdog.rollback_skip_batches": NON_NEGATIVE,
-    "watchdog.desync_threshold": NON_NEGATIVE, "watchdog.straggler_factor": AT_LEAST_1,
-    "watchdog.straggler_min_gap_s": NON_NEGATIVE, "watchdog.straggler_min_samples": AT_LEAST_1,
-    # slurm
-    "slurm.nodes": AT_LEAST_1, "slurm.gpus_per_node": NON_NEGATIVE, "slurm.cpus_per_task": NON_NEGATIVE,
-    "slurm.time_limit_min": AT_LEAST_1, "slurm.signal_before_s": NON_NEGATIVE, "slurm.exit_margin_min": NON_NEGATIVE,
-    "slurm.chain_jobs": AT_LEAST_1, "slurm.min_queued": AT_LEAST_1, "slurm.master_port": TCP_PORT,
+# The range of every numeric option, checked once by :func:`numeric_errors`: (op, bound) pairs that must
+# all hold ("gt" 0 is "> 0"). Floats must also be finite; ``None`` (an unset optional) is not checked.
+_GE0, _GT0, _GE1 = (("ge", 0),), (("gt", 0),), (("ge", 1),)
+_UNIT = (("ge", 0), ("lt", 1))
+NUMERIC_RANGES: dict[str, tuple[tuple[str, float], ...]] = {
+    "model.hidden_size": _GE1, "model.num_layers": _GE1, "model.num_attention_heads": _GE1,
+    "model.vocab_size": _GE1, "model.make_vocab_size_divisible_by": _GE1, "model.pad_vocab_size_to": _GE1,
+    "model.layernorm_epsilon": _GT0, "model.hidden_dropout": _UNIT, "model.attention_dropout": _UNIT,
+    "model.init_std": _GT0,
+    "parallel.tp": _GE1, "parallel.pp": _GE1, "parallel.dp": _GE1, "parallel.zero_stage": _GE0,
+    "train.seq_length": _GE1, "train.micro_batch_size": _GE1, "train.global_batch_size": _GE1,
+    "train.train_steps": _GE1, "train.lr_decay_steps": _GE1, "train.lr": _GT0, "train.min_lr": _GE0,
+    "train.warmup_steps": _GE0, "train.weight_decay": _GE0, "train.adam_beta1": _UNIT,
+    "train.adam_beta2": _UNIT, "train.adam_eps": _GT0, "train.clip_grad": _GE0, "train.seed": _GE0,
+    "train.save_interval": _GE0, "train.exit_duration_in_mins": _GT0,
+    "train.max_skipped_steps_in_a_row": _GE0, "train.eval_interval": _GE0, "train.eval_iters": _GE1,
+    "train.ln_desync_interval": _GE0,
+    "data.max_corpus_bytes": _GE1, "data.valid_every": (("ge", 2),),
+    "alerts.smtp_port": (("ge", 1), ("le", 65535)), "alerts.rate_limit_per_minute": _GE1,
+    "alerts.retries": _GE1, "alerts.timeout_s": _GT0, "alerts.remind_every_s": (("ge", 60),),
+    "alerts.resolve_after_s": _GE0,
+    "watchdog.interval_s": _GT0, "watchdog.restart_budget": _GE0, "watchdog.restart_window_s": _GT0,
+    "watchdog.no_progress_restarts": _GE1, "watchdog.hang_factor": _GE1, "watchdog.hang_min_timeout_s": _GT0,
+    "watchdog.hang_startup_timeout_s": _GT0, "watchdog.hang_checkpoint_timeout_s": _GT0,
+    "watchdog.rollback_skip_batches": _GE0, "watchdog.desync_threshold": _GE0,
+    "watchdog.straggler_factor": _GE1, "watchdog.straggler_min_gap_s": _GE0,
+    "watchdog.straggler_min_samples": _GE1,
+    "slurm.nodes": _GE1, "slurm.gpus_per_node": _GE0, "slurm.cpus_per_task": _GE0, "slurm.time_limit_min": _GE1,
+    "slurm.signal_before_s": _GE0, "slurm.exit_margin_min": _GE0, "slurm.chain_jobs": _GE1,
+    "slurm.min_queued": _GE1, "slurm.master_port": (("ge", 1), ("le", 65535)),
 }
-"""The range of every numeric option; an int or float field missing here is only checked finite."""
+NUMERIC_OFF: dict[str, float] = {"alerts.remind_every_s": 0}
+"""A value allowed outside its option's range because it switches the option off (0: never remind)."""
+_OPS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b),
+        "lt": ("<", lambda v, b: v < b), "le": ("<=", lambda v, b: v <= b)}
 
 
-def numeric_fields(cfg: RunConfig) -> typing.Iterator[tuple[str, str, Any]]:
-    """``(option, "int" | "float", value)`` for every numeric field of the tree (unset ``None`` ones left out)."""
-    for section_field in dataclasses.fields(RunConfig):
-        section = getattr(cfg, section_field.name)
-        hints = typing.get_type_hints(type(section))
-        for f in dataclasses.fields(section):
-            annotation = hints[f.name]
-            args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
-                else (annotation,)
-            kind = "int" if int in args else "float" if float in args else None
-            value = getattr(section, f.name)
-            if kind is not None and value is not None:
-                yield f"{section_field.name}.{f.name}", kind, value
+def _fmt_bound(b: float) -> str:
+    return str(int(b)) if float(b).is_integer() else str(b)
 
 
-def check_ranges(cfg: RunConfig) -> None:
-    """Every numeric option finite and within :data:`RANGES`; the first that is not is one ConfigError line,
-    e.g. ``train.lr=nan: must be a finite number > 0``."""
-    for option, kind, value in numeric_fields(cfg):
-        allowed = RANGES.get(option, Range())
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not allowed.holds(value):
-            raise ConfigError(f"{option}={value!r}: must be {allowed.describe(kind)}")
+def numeric_errors(cfg: "RunConfig") -> list[str]:
+    """One line per numeric option out of its range (or not finite), naming the option; [] when all hold.
+
+    Pure: reads ``cfg`` against :data:`NUMERIC_RANGES`. Every int/float field of the tree must be listed
+    there (a test checks it), so a new option cannot skip validation."""
+    errors = []
+    for dotted, rules in NUMERIC_RANGES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value is None or (dotted in NUMERIC_OFF and value == NUMERIC_OFF[dotted]
+                             and not isinstance(value, bool)):
+            continue
+        is_float = _field_type(getattr(cfg, section), key) in (float, float | None)
+        want = " and ".join(f"{_OPS[op][0]} {_fmt_bound(b)}" for op, b in rules)
+        kind = "a finite number" if is_float else "an integer"
+        if dotted in NUMERIC_OFF:
+            kind = f"{_fmt_bound(NUMERIC_OFF[dotted])} (off) or {kind}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not all(_OPS[op][1](value, b) for op, b in rules):
+            errors.append(f"{dotted}={value}: must be {kind} {want}")
+    return errors
 
 
 def _divisors(n: int) -> str:
@@ -551,7 +512,9 @@ def _divisors(n: int) -> str:
 
 def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     """Check the tree once; fill ``parallel.dp`` from ``world_size``. Raises :class:`ConfigError`."""
-    check_ranges(cfg)
+    errors = numeric_errors(cfg)
+    if errors:
+        raise ConfigError(errors[0])
     m, p, t = cfg.model, cfg.parallel, cfg.train
     if m.pad_vocab_size_to is not None and (m.pad_vocab_size_to < m.vocab_size or m.pad_vocab_size_to % p.tp):
         raise ConfigError(f"model.pad_vocab_size_to={m.pad_vocab_size_to} must be >= model.vocab_size="

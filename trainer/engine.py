@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
+from trainer import safe_load
 from trainer.config import RunConfig, resolve_precision, validate
 from trainer.ds_config import deepspeed_config, lr_at
 from trainer.parallel.mappings import TPGroup
@@ -23,6 +24,8 @@ class RankContext:
     dims: ParallelDims
     coords: RankCoords
     tp: TPGroup
+    provenance: dict = field(default_factory=dict)
+    """What every save records besides the step (trainer.checkpoint: ``lineage``, ``skip_ranges``)."""
 
     @property
     def is_logging_rank(self) -> bool:
@@ -68,16 +71,22 @@ def build_engine(ctx: RankContext, init_weights=None):
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     engine, _, _, _ = deepspeed.initialize(model=pipe, model_parameters=optimizer_groups,
                                            config=deepspeed_config(ctx.cfg), lr_scheduler=scheduler)
+    safe_load.install(engine)  # every checkpoint file DeepSpeed loads: weights only, allow-listed classes
     return engine
 
 
 def load_checkpoint(engine, checkpoints_dir: str, tag: str):
-    """``engine.load_checkpoint``, plus the one fix DeepSpeed 0.19 needs for bf16 with ZeRO stage 0.
+    """``engine.load_checkpoint`` through our weights-only checkpoint engine (trainer.safe_load: a crafted
+    pickle is refused, never run), plus the one fix DeepSpeed 0.19 needs for bf16 with ZeRO stage 0.
 
     There the BF16_Optimizer saves its per-DP-rank state in ``bf16_zero_pp_rank_*`` files, but on load the
     engine hands it the single dict kept in ``mp_rank_*_model_states.pt``, which it indexes by DP rank
     (``KeyError: 0``): the run could never resume. We give the optimizer the list of per-rank states it expects.
+    The engine also leaves ``load_from_fp32_weights`` at its default (False) there: the fp32 master weights
+    would be rebuilt from the bf16 ones, losing their low bits (the resumed run drifts from an uninterrupted
+    one from the second step on). We load the saved masters, as ZeRO-1 does.
     """
+    safe_load.install(engine)
     optimizer = getattr(engine, "optimizer", None)
     if engine.bfloat16_enabled() and not engine.zero_optimization() and optimizer is not None:
         original = optimizer.load_state_dict
@@ -87,6 +96,7 @@ def load_checkpoint(engine, checkpoints_dir: str, tag: str):
                 state_dict_list = engine._get_all_zero_checkpoints(checkpoints_dir, tag)
                 if state_dict_list is None:
                     raise RuntimeError(f"checkpoint {tag} has no bf16_zero_pp_rank_* optimizer files")
+            kwargs.setdefault("load_from_fp32_weights", True)
             return original(state_dict_list, *args, **kwargs)
 
         optimizer.load_state_dict = load_state_dict

@@ -97,9 +97,19 @@ def make_dir(path: Path, mode: int = DIR_MODE, tighten: bool = False) -> Path:
     return path
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (the rename itself lives in the folder's data)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(handle)`` on a temp file in ``path``'s directory, fsync, then rename it to ``path``:
-    readers see the old file or the whole new one, never a part."""
+    """Call ``write(handle)`` on a temp file in ``path``'s directory, fsync, rename it to ``path``, then fsync
+    the directory: readers see the old file or the whole new one, never a part, and after a power loss the
+    new one is still there (a replaced ``checkpoints/latest`` would otherwise revert to the old tag)."""
     make_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -111,6 +121,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

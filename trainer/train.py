@@ -21,8 +21,8 @@ import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
-from trainer import exitcodes, faults
-from trainer.control import ControlState, acknowledge_save, decide, take_sync_request
+from trainer import exitcodes, faults, safe_load
+from trainer.control import ControlState, acknowledge_save, decide, start_skip_ranges, take_sync_request
 from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
 from trainer.data.source import prepare_data, sample_source
@@ -56,7 +56,7 @@ def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_s
     dist.barrier()
     if ctx.is_logging_rank:
         p = ctx.cfg.parallel
-        final = ckpt.publish(run, partial, tag, {"step": step, "consumed_samples": consumed_samples,
+        final = ckpt.publish(run, partial, tag, {**ctx.provenance, "step": step, "consumed_samples": consumed_samples,
                                                  "topology": {"tp": p.tp, "pp": p.pp, "dp": p.dp},
                                                  "precision": ctx.cfg.train.precision})
         log_checkpoint(run, "save", tag, step, time.perf_counter() - started, final)
@@ -79,9 +79,7 @@ def restore_rng_state(path: Path) -> None:
     import random
 
     import numpy as np
-    # weights_only=False: Python's and NumPy's states are plain tuples, but not of tensor types. The file is
-    # one this rank wrote into a manifest-verified checkpoint.
-    state = torch.load(path, weights_only=False)
+    state = safe_load.load_rng_state(path)  # weights only: NumPy's array and dtype are allow-listed
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -129,6 +127,25 @@ def init_from_hf(ctx: RankContext, directory: str):
     check_compatible(ctx.cfg.model, read_hf_config(directory))
     get = open_hf_tensors(directory)
     return lambda pipe: load_global_weights(pipe, ctx.cfg, ctx.tp, get)
+
+
+def _checked(resumable: ckpt.Resumable | None) -> ckpt.Resumable | None:
+    """Rank 0: refuse a checkpoint whose files pickle anything outside the allow-list (trainer.safe_load)."""
+    if resumable is not None:
+        safe_load.preflight(resumable.path)
+    return resumable
+
+
+def _skip_ranges_at_start(control: ControlState, run: RunDir,
+                          resumable: ckpt.Resumable | None) -> tuple[list[tuple[int, int]], dict]:
+    """Rank 0: the skip ranges to train with (the file's and the resumed checkpoint's) and what the saves will
+    record (lineage, see trainer.checkpoint); an unparsable file is a configuration error (never "none")."""
+    inherited = ckpt.skip_ranges_of(resumable.manifest) if resumable is not None else []
+    try:
+        ranges = start_skip_ranges(control, run.root, inherited, resumable.tag if resumable else "")
+    except ValueError as exc:
+        raise config_mod.ConfigError(str(exc)) from None
+    return ranges, ckpt.provenance_at_start(run, resumable, ranges)
 
 
 def every(interval: int, step: int) -> bool:
@@ -200,12 +217,14 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
 
     _rank0_then_share(ctx, lambda: prepare_data(run, cfg))
     sample = faults.corrupt_samples(sample_source(run, cfg), cfg.model.vocab_size)
-    resumable = _rank0_then_share(ctx, lambda: ckpt.find_resumable(run))
+    resumable = _rank0_then_share(ctx, lambda: _checked(ckpt.find_resumable(run)))
     if resumable is not None:
         _check_topology(resumable.manifest, cfg, resumable.tag)
         if resumable.fell_back_from and rank0:
             print(f"warning: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason}); resuming from "
                   f"{resumable.tag}", file=sys.stderr, flush=True)
+    ranges, ctx.provenance = _rank0_then_share(ctx, lambda: _skip_ranges_at_start(control, run, resumable))
+    control.skip_ranges = [tuple(r) for r in ranges]
     engine = build_engine(ctx, init_weights=init_from_hf(ctx, init_hf) if init_hf and resumable is None else None)
     step, consumed = 0, 0
     if resumable is not None:
@@ -233,6 +252,12 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
     try:
         while True:
             decision = decide(control, rank0)
+            if decision.skip_ranges_error:  # the file turned unparsable: save, then stop with its error
+                if last_saved != step:
+                    save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
+                raise config_mod.ConfigError(decision.skip_ranges_error)
+            if decision.skip_ranges_changed:  # other data from here on: another trajectory
+                ctx.provenance = ckpt.provenance_after_skip_change(ctx.provenance, step, control.skip_ranges)
             if (decision.save or decision.stop) and last_saved != step:
                 save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
                 last_saved = step

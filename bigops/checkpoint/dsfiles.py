@@ -13,7 +13,7 @@ A tag directory of a TP x PP x DP run holds:
 - ``rng_state_rankNNNNN.pt`` (ours).
 
 Everything is loaded with ``weights_only=True``; the three DeepSpeed classes an optimizer file pickles are
-allow-listed by name, nothing else.
+allow-listed by name (``trainer.safe_load.DEEPSPEED_GLOBALS``), nothing else.
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ RNG_RE = re.compile(r"^rng_state_rank(?P<rank>\d+)\.pt$")
 
 
 def _deepspeed_safe_globals() -> list:
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-    return [fragment_address, LossScaler, ZeroStageEnum]
+    """The allow-list, from one place: trainer.safe_load (the trainer's resume loads with the same one)."""
+    from trainer.safe_load import deepspeed_safe_globals
+    return deepspeed_safe_globals()
 
 
 def load(path: Path, mmap: bool = True) -> dict:

@@ -5,10 +5,13 @@ Under ``RUN/checkpoints/`` (see trainer.checkpoint and bigops.checkpoint.rollbac
 - ``<tag>/``                       a published checkpoint (manifest written last, then renamed into place);
 - ``.partial-<tag>/``              a save being written, or one that crashed before its rename;
 - ``.rolled-back/<event>/<tag>/``  checkpoints a watchdog rollback set aside (evidence: never touched);
+- ``.superseded/<tag>-<time>/``   a save of the same step replaced it (damaged, or another lineage: see
+                                   trainer.checkpoint); evidence, never touched (``.damaged/``: older name);
 - ``.deleting-<tag>/``             a prune renamed it there before removing it (a crash left it behind);
 - ``<tag>/KEEP``                   a marker (``bigops ckpt mark``): prune keeps this checkpoint.
 
-:func:`scan` reads names, sizes and manifests only (no hashing); :func:`verify_tags` re-hashes.
+:func:`scan` reads names, sizes and manifests only (no hashing); :func:`verify_entry` and
+:func:`newest_intact` re-hash.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from trainer.rundir import RunDir
 
 DELETING_PREFIX = ".deleting-"
 KEEP_MARKER = "KEEP"
+SUPERSEDED_ASIDE = "superseded"
+"""``Entry.aside`` of a checkpoint a save of the same step set aside (under ``ckpt.SUPERSEDED``)."""
 
 # states of an entry
 COMPLETE = "complete"
@@ -157,6 +162,10 @@ def scan(run: RunDir) -> Inventory:
                 for event in sorted(p for p in path.iterdir() if p.is_dir()):
                     for tagdir in sorted(p for p in event.iterdir() if p.is_dir()):
                         entries.append(describe(root, tagdir, tagdir.name, aside=event.name))
+            elif name in (ckpt.SUPERSEDED, ckpt.LEGACY_DAMAGED):
+                for copy in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink()):
+                    tag = copy.name.rsplit("-", 1)[0] if "-" in copy.name else copy.name
+                    entries.append(describe(root, copy, tag, aside=SUPERSEDED_ASIDE))
             elif not name.startswith("."):
                 try:
                     ckpt.check_tag(name)
@@ -228,6 +237,19 @@ class VerifyResult:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok, "bytes_per_second": self.throughput}
+
+
+def newest_intact(run: RunDir, inv: Inventory) -> tuple[Entry | None, dict[str, str]]:
+    """The newest live checkpoint whose every file verifies with its sha256 (what a resume could use, whatever
+    ``latest`` says), and {tag: first problem} of the newer ones that failed. Hashes newest first and stops at
+    the first intact one (usually one checkpoint is read)."""
+    damaged: dict[str, str] = {}
+    for entry in reversed([e for e in inv.live() if e.complete]):
+        problems = ckpt.verify(entry_path(run, entry), hashes=True)
+        if not problems:
+            return entry, damaged
+        damaged[entry.tag] = problems[0]
+    return None, damaged
 
 
 def verify_entry(run: RunDir, entry: Entry) -> VerifyResult:

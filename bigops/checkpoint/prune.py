@@ -1,9 +1,12 @@
 """Checkpoint retention: decide (a pure function of the inventory) and apply (rename, then remove).
 
-Kept, always: the checkpoint ``latest`` names, the last ``keep_last`` complete checkpoints, those whose step
-is a multiple of ``keep_every``, those named with ``keep`` or holding a ``KEEP`` marker
-(``bigops ckpt mark``), and any tag directory that is not complete (it is reported, not judged).
-Never touched: partial saves (``.partial-*``: maybe being written) and ``.rolled-back/`` (rollback evidence).
+Kept, always: the newest checkpoint that verifies with its hashes (sha256 of every file, whatever ``latest``
+says: a bit-flipped ``latest`` has the right sizes, and the intact older one is what a resume falls back
+to), the checkpoint ``latest`` names, the last ``keep_last`` complete checkpoints, those whose step is a
+multiple of ``keep_every``, those named with ``keep`` or holding a ``KEEP`` marker (``bigops ckpt mark``),
+and any tag directory that is not complete (it is reported, not judged). When no checkpoint verifies,
+nothing is pruned. Never touched: partial saves (``.partial-*``: maybe being written), ``.rolled-back/``
+(rollback evidence) and ``.superseded/`` (copies a save of the same step replaced).
 
 A removal renames ``<tag>`` to ``.deleting-<tag>`` (atomic) before removing it, so a crash mid-way never
 leaves a half-deleted directory that looks like a checkpoint; a later prune finishes such leftovers.
@@ -17,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bigops.checkpoint.inventory import DELETING, DELETING_PREFIX, KEEP_MARKER, PARTIAL, Entry, Inventory, read_latest
+from bigops.checkpoint.inventory import (DELETING, DELETING_PREFIX, KEEP_MARKER, PARTIAL, SUPERSEDED_ASIDE, Entry,
+                                         Inventory, newest_intact, read_latest)
 from bigops.errors import CheckpointError, ConfigError
 from trainer import checkpoint as ckpt
 from trainer.rundir import RunDir, append_jsonl, atomic_write_text
@@ -59,15 +63,28 @@ class Plan:
                 "leftovers": [e.path for e in self.leftovers], "unknown_keep": self.unknown_keep}
 
 
-def plan_prune(inv: Inventory, policy: Policy) -> Plan:
-    """What a prune removes and keeps, and why. Refuses when ``latest`` cannot be trusted."""
+IntactCheck = tuple[Entry | None, dict[str, str]]
+"""(newest live checkpoint that verifies with hashes, {newer tag: its first problem}): inventory.newest_intact."""
+
+
+def plan_prune(inv: Inventory, policy: Policy, intact: IntactCheck | None = None) -> Plan:
+    """What a prune removes and keeps, and why. Refuses when ``latest`` cannot be trusted, or when no
+    checkpoint verifies with its hashes. ``intact``: the hash check, done here when not given (the rest is a
+    pure function of the inventory)."""
     if inv.latest_problem:
         raise CheckpointError(f"not pruning: {inv.latest_problem}; fix checkpoints/latest first")
-    plan = Plan()
     complete = [e for e in inv.live() if e.complete]  # oldest step first
+    keeper, damaged = intact if intact is not None else newest_intact(inv.run, inv)
+    if complete and keeper is None:
+        first = next(iter(damaged.items()))
+        raise CheckpointError(f"not pruning: no checkpoint verifies with its hashes ({len(damaged)} checked, e.g. "
+                              f"{first[0]}: {first[1]}); run `bigops ckpt verify --all` and repair first")
+    plan = Plan()
     last = {e.tag for e in complete[-policy.keep_last:]}
     for entry in inv.entries:
-        if entry.aside is not None:
+        if entry.aside == SUPERSEDED_ASIDE:
+            plan.untouched.append((entry, "superseded by a save of the same step (evidence, never pruned)"))
+        elif entry.aside is not None:
             plan.untouched.append((entry, f"set aside by rollback {entry.aside} (evidence, never pruned)"))
         elif entry.state == PARTIAL:
             plan.untouched.append((entry, "partial: maybe being written, or crashed (remove by hand if stale)"))
@@ -78,7 +95,7 @@ def plan_prune(inv: Inventory, policy: Policy) -> Plan:
         else:
             why = []
             if entry.latest:
-                why.append("latest")
+                why.append("latest" + (f" (fails its hashes: {damaged[entry.tag]})" if entry.tag in damaged else ""))
             if entry.tag in last:
                 why.append(f"last {policy.keep_last}")
             if policy.keep_every and entry.step >= 0 and entry.step % policy.keep_every == 0:
@@ -87,6 +104,9 @@ def plan_prune(inv: Inventory, policy: Policy) -> Plan:
                 why.append("--keep")
             if entry.marked:
                 why.append(f"{KEEP_MARKER} marker")
+            if entry == keeper:
+                newer = ", ".join(f"{t} fails them" for t in damaged)
+                why.append("newest intact (hashes verified" + (f"; {newer}" if newer else "") + ")")
             if why:
                 plan.keep[entry.tag] = why
             else:

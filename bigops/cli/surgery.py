@@ -118,7 +118,7 @@ def surgery(
     """Repair a checkpoint, never in place: write a new tag beside it, verify it, then point latest at it."""
     from bigops.checkpoint import surgery as surgery_mod
     from bigops.errors import BigopsError, ConfigError
-    from trainer.control import KILL_SWITCH, SKIP_RANGES, parse_skip_ranges
+    from trainer.control import KILL_SWITCH, SKIP_RANGES, add_skip_range, parse_skip_ranges
     from trainer.rundir import RunDir, atomic_write_text
 
     run = RunDir(Path(run_dir))
@@ -212,11 +212,11 @@ def surgery(
                 _update_run_toml_lr(run, outcome.new_tag, set_lr, set_min_lr)
         if ranges:
             path = run.root / "control" / SKIP_RANGES
-            path.parent.mkdir(exist_ok=True)
-            existing = path.read_text() if path.exists() else ""
-            lines = "".join(f"{s}-{e}  # bigops surgery\n" for s, e in ranges)
-            atomic_write_text(path, existing + ("\n" if existing and not existing.endswith("\n") else "") + lines)
-            console.print(f"skip ranges added to {path}")
+            try:  # merged under a lock, the file's lines and notes kept (trainer.control)
+                added = [add_skip_range(run.root, s, e, "bigops surgery") for s, e in ranges]
+            except ValueError as exc:
+                raise ConfigError(f"--skip-range: {exc}") from None
+            console.print(f"skip ranges added to {path}" if any(added) else f"skip ranges already in {path}")
     except BigopsError:
         raise
     finally:

@@ -65,6 +65,24 @@ PAGES: dict[str, Page] = {
         "a corrupt checkpoint: point `latest` at the previous one; a bad data shard: `bigops surgery RUN "
         "--skip-range START-END`), then `" + RESUME + "`.",
         "Restarted the run up to the budget, then gave up (a `give-up` action in events.jsonl)."),
+    "RankCrash": Page(
+        "Ranks of a supervised launch died or exited with an error (the exit record and the first failing "
+        "rank's error say why: OOM, a GPU fault, a full disk, a bug). One incident per launch: it is resolved "
+        "when a later launch trains again.",
+        "Training stopped; the steps since the last checkpoint are lost and will be redone.",
+        (ACTIONS, "cat RUN/telemetry/exit.json", "grep -m3 -E 'Error|Exception' RUN/logs/ranks.log", CKPTS),
+        "Usually nothing: the supervisor restarts from the last good checkpoint within its budget. If the same "
+        "error comes back at every launch, fix its cause (a bad node, the disk) before the budget is spent.",
+        "Kills the remaining ranks, then restarts within `watchdog.restart_budget` (or asks, or only "
+        "notifies: `watchdog.on_crash`).", ("RestartBudgetExhausted",)),
+    "NonFiniteLimit": Page(
+        "The ranks stopped themselves after `train.max_skipped_steps_in_a_row` NaN/Inf steps in a row (exit "
+        "code 12): the run diverged.",
+        "No update was applied in those steps; training cannot go on from here.",
+        (TAIL, ACTIONS, CKPTS),
+        "The supervisor rolls back past the first bad step and skips its data (`watchdog.on_loss_spike`). If it "
+        "recurs, lower the LR (`bigops surgery RUN --set-lr ...`) or skip a wider range.",
+        "Rolls back like a loss spike (or asks, or only notifies).", ("LossSpike", "NonFiniteLoss")),
     "WatchdogGiveUp": Page(
         "The supervisor decided not to act on a problem (a restart cannot help, the budget is spent, the "
         "configuration says notify only, or a person denied the action).",

@@ -49,17 +49,19 @@ def action_kind(action: str) -> str:
 
 
 def record_action(run: RunDir, notifier, action: str, reason: str, outcome: str, severity: str = "warning",
-                  runbook: str | None = None, now: float | None = None, **details) -> str:
+                  runbook: str | None = None, now: float | None = None, with_incident: bool = False,
+                  **details) -> str:
     """Append an ``action`` event, notify (when the notifier wants this severity); returns the console line.
 
-    An action taken about an incident (``incident=<id>`` in ``details``) is told with that incident (its
-    resolve notice lists what was done), not paged on its own: one page per problem. Giving up is a page of
-    its own (a person must take over)."""
+    ``with_incident``: the action was taken about an incident of the table (``incident=<id>`` in
+    ``details``), which was paged when it opened and whose resolve notice lists what was done: the action is
+    not paged on its own (one page per problem). Giving up is always a page of its own (a person must take
+    over); so is an action about no incident (a damaged checkpoint set aside, a take-over relaunch)."""
     event = {"time": time.time() if now is None else now, "type": "action", "id": uuid.uuid4().hex[:12],
              "action": action, "reason": reason, "outcome": outcome, "severity": severity, **details}
     safe_append(run, event)
     line = f"[{severity.upper()}] watchdog {action}: {reason} -> {outcome}"
-    folded = details.get("incident") is not None and action != "give-up"
+    folded = with_incident and action != "give-up"
     if notifier is not None and notifier.wanted(severity) and not folded:
         kind = action_kind(action)
         page = {"kind": kind, "severity": severity, "summary": f"{reason} -> {outcome}", "key": event["id"],

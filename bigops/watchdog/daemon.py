@@ -35,7 +35,8 @@ def events_path(run: RunDir) -> Path:
 
 
 def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool = False,
-         config: WatchConfig = WatchConfig(), notifier=None, observe: bool = False) -> tuple[list[Finding], dict]:
+         config: WatchConfig = WatchConfig(), notifier=None, observe: bool = False,
+         extra: Iterable[Finding] = ()) -> tuple[list[Finding], dict]:
     """One pass; returns the findings that opened or escalated an incident, and the facts of the pass
     (``facts["actions"]``: one console line per action taken or asked for in this pass;
     ``facts["incidents"]``: the open incidents; ``facts["incident_of"]``: finding key -> incident id).
@@ -45,6 +46,7 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
     to events.jsonl, then handed to the notifier (which only enqueues: a slow or dead receiver never delays
     the next pass; a full disk under events.jsonl never stops the page).
 
+    ``extra``: findings the caller saw itself (the supervisor: its ranks crashed) that belong to this pass.
     ``observe``: this process is not the run's writer (``bigops.watchdog.lock``): detect and report facts,
     but write nothing, notify nobody, act on nothing."""
     now = time.time() if now is None else now
@@ -55,27 +57,14 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
         findings = [*findings, *chain_findings]
     else:
         facts["chain"] = {}
-    findings += _watchdog_health(run, state)
-    before = state.incidents
-    state.incidents, notices = incidents.advance(state.incidents, findings, now, config.incidents)
-    new = []
-    for notice in notices:
-        if notice.type in ("open", "escalate") and notice.finding is not None:
-            new.append(notice.finding)
-        if not observe:
-            _tell(run, notice, now, dry_run, notifier)
-    incident_of = {i["key"]: i["id"] for i in state.incidents.values() if i["status"] == incidents.OPEN}
-    incident_of.update({n.incident["key"]: n.incident["id"] for n in notices if n.type in ("open", "escalate")
-                        and n.incident["key"] not in incident_of})
+    findings += [*extra, *_watchdog_health(run, state)]
+    new, incident_of = _incident_pass(run, state, findings, now, config.incidents, notifier, dry_run, observe)
     facts["incidents"] = [i for i in state.incidents.values() if i["status"] == incidents.OPEN]
     facts["incident_of"] = incident_of
-    facts["notices"] = [(n.type, n.incident["id"]) for n in notices]
+    facts["pending_approvals"] = sum(1 for e in state.pending.values() if e.get("status") == "pending")
     if observe:
         facts["actions"] = []
-        facts["pending_approvals"] = sum(1 for e in state.pending.values() if e.get("status") == "pending")
         return new, facts
-    if notices or state.incidents is not before:
-        save_state(state)
     lines = []
     for f in findings:
         if f.kind == "TPDesync" and not f.resolved and incident_of.get(f.key) not in state.handled:
@@ -86,6 +75,39 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
     facts["actions"] = lines
     facts["pending_approvals"] = sum(1 for e in state.pending.values() if e.get("status") == "pending")
     return new, facts
+
+
+def report(run: RunDir, state: WatchState, findings: Iterable[Finding], notifier=None, now: float | None = None,
+           policy: incidents.IncidentPolicy = incidents.IncidentPolicy(), dry_run: bool = False) -> dict[str, str]:
+    """Findings seen outside a pass (the supervisor's own: its ranks exited) through the incident layer:
+    opened (paged), escalated or resolved like any other, and saved. Returns finding key -> incident id.
+    Other incidents are left as they are (no quiet-period resolution, no reminders: that is a pass's job)."""
+    now = time.time() if now is None else now
+    _, incident_of = _incident_pass(run, state, list(findings), now, policy, notifier, dry_run, False, full=False)
+    return incident_of
+
+
+SAVE_EVERY_S = 60.0
+"""Incidents' last-seen times are saved at least this often (notices and actions are saved at once)."""
+
+
+def _incident_pass(run: RunDir, state: WatchState, findings: list[Finding], now: float,
+                   policy: incidents.IncidentPolicy, notifier, dry_run: bool, observe: bool, full: bool = True
+                   ) -> tuple[list[Finding], dict[str, str]]:
+    state.incidents, notices = incidents.advance(state.incidents, findings, now, policy, full=full)
+    new = []
+    for notice in notices:
+        if notice.type in ("open", "escalate") and notice.finding is not None:
+            new.append(notice.finding)
+        if not observe:
+            _tell(run, notice, now, dry_run, notifier)
+    incident_of = {i["key"]: i["id"] for i in state.incidents.values() if i["status"] == incidents.OPEN}
+    incident_of.update({n.incident["key"]: n.incident["id"] for n in notices if n.type in ("open", "escalate")
+                        and n.incident["key"] not in incident_of})
+    if not observe and (notices or now - state.extra.get("saved_at", 0) >= SAVE_EVERY_S):
+        state.extra["saved_at"] = now
+        save_state(state)
+    return new, incident_of
 
 
 STATE_WRITE_ERRORS: dict[str, list[str]] = {}

@@ -252,10 +252,11 @@ def _record(ex: Executor, intent: dict, resumed: bool) -> dict:
         details["checkpoint_step"] = p["from_step"]
     elif action == "sync-layernorm":
         details["request_id"] = p.get("request_id", intent["id"])
-    line = record_action(ex.run, ex.notifier, action, p["reason"], _outcome(ex, intent), severity, runbook=runbook,
-                         intent=intent["id"], incident=intent.get("incident"), **details)
     table = getattr(ex.state, "incidents", None)
-    if intent.get("incident") and isinstance(table, dict) and intent["incident"] in table:
+    known = bool(intent.get("incident")) and isinstance(table, dict) and intent["incident"] in table
+    line = record_action(ex.run, ex.notifier, action, p["reason"], _outcome(ex, intent), severity, runbook=runbook,
+                         intent=intent["id"], incident=intent.get("incident"), with_incident=known, **details)
+    if known:
         from bigops.watchdog import incidents
         incidents.record_action(table, intent["incident"], action, _outcome(ex, intent), time.time())
         try:

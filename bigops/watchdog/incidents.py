@@ -74,12 +74,14 @@ def open_by_key(table: dict[str, dict]) -> dict[str, dict]:
 
 
 def advance(table: dict[str, dict], findings: Iterable[Finding], now: float,
-            policy: IncidentPolicy = IncidentPolicy(), make_id: Callable[[], str] = new_id
+            policy: IncidentPolicy = IncidentPolicy(), make_id: Callable[[], str] = new_id, full: bool = True
             ) -> tuple[dict[str, dict], list[Notice]]:
     """The incident table after one pass's findings, and what to tell people.
 
     Findings are taken in order: a spike that was confirmed and recovered between two passes arrives as
-    its critical finding then its ``resolved`` one, and is opened (paged) and resolved, in that order."""
+    its critical finding then its ``resolved`` one, and is opened (paged) and resolved, in that order.
+    ``full``: these are all the findings of a pass (a key not among them is quiet, and reminders are due);
+    False: a few findings seen outside a pass, which say nothing of the other incidents."""
     table = copy.deepcopy(table)
     by_key = open_by_key(table)
     notices: list[Notice] = []
@@ -110,13 +112,13 @@ def advance(table: dict[str, dict], findings: Iterable[Finding], now: float,
             incident["escalated"].append(now)
             incident["last_notified"] = now
             notices.append(Notice("escalate", dict(incident), f))
-    for incident in list(by_key.values()):
+    for incident in list(by_key.values()) if full else []:
         if incident["key"] in seen:
             continue
         quiet = now - incident["last_seen"]
         if quiet >= policy.quiet_for(incident["kind"]):
             notices.append(Notice("resolve", _resolve(incident, now, f"not seen for {quiet / 60:.0f} min"), None))
-    for incident in by_key.values():
+    for incident in by_key.values() if full else []:
         if incident["status"] == OPEN and policy.remind_every_s > 0 and _rank(incident["severity"]) > 0 \
                 and now - incident["last_notified"] >= policy.remind_every_s:
             incident["reminders"] += 1
@@ -156,7 +158,9 @@ def _update(incident: dict, f: Finding, now: float) -> None:
 
 def _resolve(incident: dict, now: float, why: str) -> dict:
     incident.update(status=RESOLVED, resolved_at=now, resolution=why)
-    return dict(incident)
+    told = dict(incident)
+    incident.pop("evidence", None)  # events.jsonl has it; the table keeps resolved incidents small
+    return told
 
 
 def _occurrences(table: dict[str, dict]) -> dict[str, int]:

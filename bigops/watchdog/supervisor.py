@@ -44,7 +44,6 @@ import os
 import signal
 import socket
 import subprocess
-import hashlib
 import time
 import uuid
 from contextlib import contextmanager
@@ -54,7 +53,8 @@ from bigops.exitcodes import WATCHDOG_GAVE_UP as SUPERVISOR_GAVE_UP
 from bigops.errors import ConfigError
 from bigops.watchdog import approvals
 from bigops.watchdog.actions import record_action
-from bigops.watchdog.daemon import one_line, state_path, tick
+from bigops.watchdog.daemon import one_line, report, state_path, tick
+from bigops.watchdog.findings import Finding
 from bigops.watchdog.decide import SUPERVISOR_KINDS, Ask, GiveUp, Kill, NotifyOnly, Policy, Restart, Rollback, decide, \
     plan_rollback
 from bigops.watchdog.executor import Executor, acted_on, incidents_of, view_for
@@ -154,12 +154,19 @@ class Supervisor:
         """What ``decide`` said follows the action ``watch`` took (the relaunch, or giving up)."""
         self.notified: set[str] = set()
         """Incidents we only notify about (``on_* = "notify"``): not decided again every pass."""
+        self.own: dict[str, Finding] = {}
+        """Our own findings (ranks that crashed or stopped on NaN/Inf), by key, kept open until a later
+        launch trains again."""
 
     # -------------------------------------------------------------------------------------------- records
     def action(self, action: str, reason: str, outcome: str, severity: str = "warning", **details) -> None:
         runbook = "runbooks/RestartBudgetExhausted.md" if action == "give-up" else None
+        known = details.get("incident") in self.state.incidents
+        if known:
+            from bigops.watchdog import incidents
+            incidents.record_action(self.state.incidents, details["incident"], action, outcome, time.time())
         self.say(record_action(self.run, self.notifier, action, reason, outcome, severity, runbook=runbook,
-                               **details))
+                               with_incident=known, **details))
 
     @contextmanager
     def supervising(self):
@@ -403,12 +410,17 @@ class Supervisor:
                 # The survivors would sit in a collective until its timeout (gloo/NCCL: minutes) before
                 # torchrun notices: kill them now, then the crash takes the usual path (restart or ask).
                 names = ", ".join(f"rank {b['rank']} (pid {b['pid']}, step {b.get('step')})" for b in dead)
+                crash = self.incident("RankCrash", f"{names} died", step=dead[0].get("step"),
+                                      evidence={"dead": [{k: b.get(k) for k in ("rank", "pid", "host", "step")}
+                                                         for b in dead]})
                 self.kill_ranks(proc)
-                self.action("kill", f"{names} died", "killed the remaining ranks at once", "warning")
+                self.action("kill", f"{names} died", "killed the remaining ranks at once", "warning",
+                            incident=crash["id"])
                 return None
             if getattr(self, "lock", None) is not None:
                 self.lock.renew()
-            new, facts = tick(self.run, self.state, config=self.config, notifier=self.notifier)
+            new, facts = tick(self.run, self.state, config=self.config, notifier=self.notifier,
+                              extra=self.carried_findings(spawned))
             self.on_tick(facts)
             for f in new:
                 self.say(one_line(f))
@@ -483,10 +495,39 @@ class Supervisor:
         return line
 
     def incident(self, kind: str, summary: str, step: int | None = None, evidence: dict | None = None) -> dict:
-        """An incident of this launch that the supervisor sees itself (the ranks exited)."""
-        key = f"{kind}:{self.launch_id}"
-        return {"id": hashlib.sha1(key.encode()).hexdigest()[:12], "key": key, "kind": kind, "severity": "critical",
-                "status": "open", "summary": summary, "step": step, "evidence": evidence or {}, "opened": time.time()}
+        """An incident of this launch that the supervisor sees itself (its ranks exited): opened (paged) through
+        the incident layer at once, like any detector's, and kept open until a later launch trains again
+        (``carried_findings``). The same launch seen crashing twice (dead ranks, then torchrun's exit) is
+        one incident."""
+        finding = Finding(kind, "critical", summary, key=f"{kind}:{self.launch_id}", step=step,
+                          evidence={**(evidence or {}), "launch": self.launch_id})
+        known = finding.key in self.own
+        self.own[finding.key] = finding
+        incident_id = report(self.run, self.state, [finding], self.notifier, policy=self.config.incidents)[finding.key]
+        if not known:
+            self.say(one_line(finding))
+        return dict(self.state.incidents[incident_id])
+
+    def carried_findings(self, spawned: float) -> list[Finding]:
+        """Our own open findings for this pass: still present while no launch since has trained a step, then
+        resolved once ("training again")."""
+        from bigops.watchdog.scan import read_tail
+        if not self.own:
+            return []
+        records, _ = read_tail(self.run.metrics, 1)
+        last = records[-1] if records else None
+        trained = last is not None and isinstance(last.get("time"), (int, float)) and last["time"] >= spawned
+        out = []
+        for key, f in list(self.own.items()):
+            if key.endswith(self.launch_id):
+                continue  # this launch's own trouble: reported when it happened
+            if trained:
+                out.append(Finding(f.kind, "info", f"training again at step {last['step']} (launch "
+                                   f"{self.launch_id})", key=key, step=last["step"], resolved=True))
+                del self.own[key]
+            else:
+                out.append(f)
+        return out
 
     def act(self, incidents: list[dict], proc: subprocess.Popen | None) -> str | None:
         """Decide (``bigops.watchdog.decide``) and carry out (the executor) what the ranks' incidents call for.

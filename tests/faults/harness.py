@@ -54,11 +54,12 @@ ENV_FAULTS = {"kill_in_save", "disk_full", "nan_loss", "loss_spike"}
 RESTARTS = {"rank_kill", "rank_hang", "job_kill", "kill_in_save", "ckpt_corrupt", "disk_full", "watchdog_kill",
             "receiver_down", "loss_spike"}
 PRIMARY = {
-    # the alert each fault must raise exactly once (and its events.jsonl record); kinds are action_kind()s
-    "rank_kill": "WatchdogRestart", "rank_hang": "TrainingHang", "job_kill": "WatchdogRestart",
-    "kill_in_save": "WatchdogRestart", "ckpt_corrupt": "WatchdogRollback", "disk_full": "WatchdogRestart",
+    # the page each fault must raise exactly once (an incident opening, or an action outside any incident:
+    # a take-over relaunch, a damaged checkpoint set aside), and its events.jsonl record
+    "rank_kill": "RankCrash", "rank_hang": "TrainingHang", "job_kill": "WatchdogRestart",
+    "kill_in_save": "RankCrash", "ckpt_corrupt": "WatchdogRollback", "disk_full": "RankCrash",
     "nan_loss": "NonFiniteLoss", "loss_spike": "LossSpike", "watchdog_kill": "WatchdogRestart",
-    "receiver_down": "WatchdogRestart",
+    "receiver_down": "RankCrash",
 }
 LOSS_SPIKE_MIN_STEP = 60  # the spike detector's warm-up (50 records) plus margin
 BATCH = 8
@@ -552,14 +553,16 @@ class Report:
         when = {e["id"]: e["time"] for e in events if e.get("type") == "action" and "id" in e}
         for e in received:
             e["time"] = e.get("time") or when.get(e.get("key"), e["received"])
+        # an incident is paged when it opens; its escalation, reminders and resolve are not new pages
+        opened = [e for e in received if e.get("notice") in (None, "open")]
         for f in self.faults:
             lo, hi = (f.injected_at or 0) - 1, (f.done_at or 1e18)
             want = PRIMARY[f.kind]
-            got = [e for e in received if e.get("kind") == want and lo <= e["time"] <= hi]
+            got = [e for e in opened if e.get("kind") == want and lo <= e["time"] <= hi]
             if f.kind == "watchdog_kill":
                 got = [e for e in got if "previous watchdog" in e.get("summary", "")]
             if f.kind == "nan_loss":
-                got = [e for e in received if e.get("kind") in ("NonFiniteLoss", "NonFiniteGradNorm", "SkippedSteps")
+                got = [e for e in opened if e.get("kind") in ("NonFiniteLoss", "NonFiniteGradNorm", "SkippedSteps")
                        and lo <= e["time"] <= hi]
             if len(got) != 1:
                 problems.append(f"{f.kind}: {len(got)} {want} alerts delivered (want exactly 1)")
@@ -570,7 +573,8 @@ class Report:
                 problems.append(f"{f.kind}: no events.jsonl record of kind {want}")
             if f.kind == "receiver_down" and got and got[0]["received"] < (f.injected_at or 0) + 7.5:
                 problems.append("receiver_down: an alert arrived while the receiver was down?")
-        pairs = [(e.get("key"), e.get("severity")) for e in received]
+        pairs = [(e.get("incident") or e.get("key"), e.get("notice"), e.get("severity"), e.get("reminder"))
+                 for e in received]
         dupes = {p for p in pairs if pairs.count(p) > 1}
         if dupes:
             problems.append(f"notifications delivered twice: {sorted(map(str, dupes))[:3]}")

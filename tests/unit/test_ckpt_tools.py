@@ -137,7 +137,7 @@ def test_prune_plan_keeps_last_every_marked_latest_and_evidence(run):
     assert [e.tag for e in plan.remove] == ["global_step100", "global_step400", "global_step600"]
     assert plan.keep == {"global_step200": ["KEEP marker"], "global_step300": ["--keep"],
                          "global_step500": ["step % 500 == 0"], "global_step700": ["last 2"],
-                         "global_step800": ["latest", "last 2"]}
+                         "global_step800": ["latest", "last 2", "newest intact (hashes verified)"]}
     untouched = {e.path for e, _ in plan.untouched}
     assert untouched == {".partial-global_step850", ".rolled-back/ev1/global_step900",
                          ".rolled-back/ev1/global_step1000"}
@@ -149,6 +149,53 @@ def test_prune_never_removes_latest_even_when_it_is_older(run):
     plan = plan_prune(scan(run), Policy(keep_last=1))
     assert plan.keep["global_step1"] == ["latest"] and [e.tag for e in plan.remove] == ["global_step2",
                                                                                           "global_step3"]
+
+
+def flip_a_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_prune_keeps_the_newest_checkpoint_that_verifies_with_hashes(run, capsys):
+    """The defect: sizes said the bit-flipped latest was complete, so --keep-last 1 removed the only intact one."""
+    steps(run, 1, 2, 3)
+    flip_a_byte(run.checkpoint("global_step3") / "layer_00-model_00-model_states.pt")
+    assert bigops_main(["ckpt", "prune", str(run.root), "--keep-last", "1", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "keep    global_step2: newest intact (hashes verified; global_step3 fails them)" in out
+    assert "keep    global_step3: latest (fails its hashes: layer_00-model_00-model_states.pt: sha256 differs" in out
+    assert live_tags(run) == ["global_step2", "global_step3"]
+    assert ckpt.find_resumable(run).tag == "global_step2"  # what a resume falls back to is still there
+
+
+def test_prune_never_removes_the_only_intact_checkpoint_and_refuses_when_none_verifies(run, capsys):
+    steps(run, 1, 2, 3, 4)
+    for n in (2, 3, 4):
+        flip_a_byte(run.checkpoint(f"global_step{n}") / "mp_rank_00_model_states.pt")
+    plan = plan_prune(scan(run), Policy(keep_last=2))
+    assert [e.tag for e in plan.remove] == ["global_step2"] and "newest intact" in plan.keep["global_step1"][0]
+    flip_a_byte(run.checkpoint("global_step1") / "mp_rank_00_model_states.pt")
+    assert bigops_main(["ckpt", "prune", str(run.root), "--keep-last", "1", "--yes"]) == 3
+    err = capsys.readouterr().err
+    assert "no checkpoint verifies with its hashes (4 checked" in err and err.strip().count("\n") == 0
+    assert live_tags(run) == ["global_step1", "global_step2", "global_step3", "global_step4"]
+
+
+def test_superseded_copies_are_listed_and_never_pruned(run):
+    steps(run, 1, 2)
+    partial = ckpt.partial_dir(run, "global_step2")
+    partial.mkdir()
+    (partial / "layer_00-model_00-model_states.pt").write_bytes(b"replayed")
+    ckpt.publish(run, partial, "global_step2", {"step": 2, "lineage": "another"})
+    inv = scan(run)
+    aside = [e for e in inv.entries if e.aside == inventory.SUPERSEDED_ASIDE]
+    assert [e.tag for e in aside] == ["global_step2"] and aside[0].path.startswith(".superseded/global_step2-")
+    plan = plan_prune(inv, Policy(keep_last=1))
+    assert [e.tag for e in plan.remove] == ["global_step1"]
+    assert any("superseded by a save of the same step" in why for _, why in plan.untouched)
+    apply_prune(run, plan)
+    assert (run.checkpoints / aside[0].path / ckpt.MANIFEST).is_file()
 
 
 def test_prune_refuses_when_latest_cannot_be_trusted(run, capsys):

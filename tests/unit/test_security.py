@@ -307,13 +307,13 @@ def test_control_polling_rejects_hostile_skip_ranges(tmp_path, capsys):
     control.mkdir()
     state = ControlState(control)
     (control / "skip-ranges").write_text("0-8\n" + "#" * (MAX_CONTROL_FILE_BYTES + 1))
-    assert poll_local(state, True)[3] == 0 and state.skip_ranges == []
-    assert "ignoring" in capsys.readouterr().err
+    assert poll_local(state, True)[3:6:2] == [0, 1] and state.skip_ranges == []  # refused: the run stops
+    assert "larger than" in state.skip_error
     (control / "skip-ranges").unlink()
     outside = tmp_path / "elsewhere"
     outside.write_text("\xff\xfe\x00")
     (control / "skip-ranges").symlink_to(outside)
-    assert poll_local(state, True)[3] == 0 and state.skip_ranges == []
+    assert poll_local(state, True)[3:6:2] == [0, 1] and state.skip_ranges == []
 
 
 # --------------------------------------------------------------------------- hostile files: checkpoints

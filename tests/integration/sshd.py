@@ -42,7 +42,8 @@ class Sshd:
         self.known_hosts = root / "known_hosts"
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {' '.join(host_pub.split()[:2])}\n")
         self.user_key = root / "user_key"
-        set_env = "".join(f"SetEnv {k}={v}\n" for k, v in self.env.items())
+        # one SetEnv line: sshd takes the first SetEnv directive only
+        set_env = "SetEnv " + " ".join(f"{k}={v}" for k, v in self.env.items()) + "\n" if self.env else ""
         (root / "sshd_config").write_text(f"""Port {self.port}
 ListenAddress 127.0.0.1
 HostKey {root}/host_key

@@ -2,7 +2,8 @@
 
 The command is built as an argument list (never a shell string) and the environment sets
 ``OMP_NUM_THREADS`` to share this machine's cores between ranks: without it, 4 ranks on 2 cores ran 5x
-slower (../shared/FACTS.md).
+slower (../shared/FACTS.md). The ranks' guardian is the launching process (``trainer.lifeline``): a
+``bigops launch`` killed by any signal takes its ranks with it. SLURM jobs have none (srun owns the ranks).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 
@@ -58,19 +60,26 @@ def secure_run_dir(run_dir: str | Path) -> None:
 
 
 def spawn(run_dir: str | Path, nproc: int, trainer_args: list[str] = (), log_path: Path | None = None,
-          master_port: int | None = None) -> subprocess.Popen:
-    """Start the ranks in their own process group (so the whole run can be signalled at once).
+          master_port: int | None = None, launch_id: str | None = None) -> subprocess.Popen:
+    """Start the ranks in their own process group (so the whole run can be signalled at once), with this
+    process as their guardian: they stop (saving at the next step, see ``trainer.lifeline``) when it is gone,
+    however it dies. ``launch_id`` names this start of the ranks (the supervisor's; default: a new one); the
+    Popen carries it as ``launch_id`` and the ranks' heartbeats as ``launch``.
 
     The run folder and the ones the ranks and the watchdog steer through are made 0750 first (see
     ``trainer.rundir.DIR_MODE``): nobody outside the owner's group reads checkpoints or telemetry, and only
     the owner writes control files; the rank log is 0640."""
+    from trainer.lifeline import guardian_env
     secure_run_dir(run_dir)
+    launch_id = launch_id or uuid.uuid4().hex[:12]
     command = rank_command(run_dir, nproc, master_port or free_port(), list(trainer_args))
+    env = {**rank_env(nproc), **guardian_env(launch_id)}
     stdout = open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), "ab") if log_path \
         else subprocess.DEVNULL
     try:
-        return subprocess.Popen(command, env=rank_env(nproc), stdout=stdout, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
     finally:
         if log_path:
             stdout.close()
+    proc.launch_id = launch_id
+    return proc

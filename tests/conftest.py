@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny configs, HF reference models, and a helper that runs ranks under torchrun."""
+"""Shared fixtures: tiny configs, HF reference models, and the check that no test leaves a process of ours
+running (``tests/procguard.py``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+from tests import procguard  # noqa: E402  (after the path: the tests import the project from ROOT)
+
+SESSION = procguard.session_marker()  # every process the suite starts inherits it
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Fail the test that leaves a trainer, torchrun, bigops CLI or test service process running (each is
+    SIGKILLed by its pid first); what longer-lived fixtures own (``procguard.own``) is theirs to stop."""
+    since = procguard.now_ticks()
+    yield
+    left = procguard.reap(since, SESSION)
+    if left:
+        pytest.fail(f"left running (killed): {'; '.join(f'pid {pid}: {cmd}' for pid, cmd in sorted(left.items()))}",
+                    pytrace=False)
 
 
 def tiny_hf_config(num_heads: int = 4, hidden: int = 64, layers: int = 2, vocab: int = 512):

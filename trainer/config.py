@@ -180,7 +180,8 @@ class AlertsConfig:
     """Attempts per notification (at least 1: 0 would never send)."""
     timeout_s: float = 10.0
     remind_every_s: float = 14400.0
-    """While an incident stays open, remind on-call at most this often (seconds, default 4 h, >= 60)."""
+    """While an incident stays open, remind on-call at most this often (seconds, default 4 h; 0: never
+    remind; else >= 60)."""
     resolve_after_s: float = 600.0
     """An incident whose finding has not been seen for this long is resolved (quiet period, seconds)."""
 
@@ -472,6 +473,8 @@ NUMERIC_RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "slurm.signal_before_s": _GE0, "slurm.exit_margin_min": _GE0, "slurm.chain_jobs": _GE1,
     "slurm.min_queued": _GE1, "slurm.master_port": (("ge", 1), ("le", 65535)),
 }
+NUMERIC_OFF: dict[str, float] = {"alerts.remind_every_s": 0}
+"""A value allowed outside its option's range because it switches the option off (0: never remind)."""
 _OPS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b),
         "lt": ("<", lambda v, b: v < b), "le": ("<=", lambda v, b: v <= b)}
 
@@ -489,11 +492,14 @@ def numeric_errors(cfg: "RunConfig") -> list[str]:
     for dotted, rules in NUMERIC_RANGES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
-        if value is None:
+        if value is None or (dotted in NUMERIC_OFF and value == NUMERIC_OFF[dotted]
+                             and not isinstance(value, bool)):
             continue
         is_float = _field_type(getattr(cfg, section), key) in (float, float | None)
         want = " and ".join(f"{_OPS[op][0]} {_fmt_bound(b)}" for op, b in rules)
         kind = "a finite number" if is_float else "an integer"
+        if dotted in NUMERIC_OFF:
+            kind = f"{_fmt_bound(NUMERIC_OFF[dotted])} (off) or {kind}"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or not all(_OPS[op][1](value, b) for op, b in rules):
             errors.append(f"{dotted}={value}: must be {kind} {want}")
@@ -510,25 +516,6 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     if errors:
         raise ConfigError(errors[0])
     m, p, t = cfg.model, cfg.parallel, cfg.train
-    positive = {
-        "model.hidden_size": m.hidden_size, "model.num_layers": m.num_layers,
-        "model.num_attention_heads": m.num_attention_heads, "model.vocab_size": m.vocab_size,
-        "model.make_vocab_size_divisible_by": m.make_vocab_size_divisible_by,
-        "parallel.tp": p.tp, "parallel.pp": p.pp, "train.seq_length": t.seq_length,
-        "train.micro_batch_size": t.micro_batch_size, "train.global_batch_size": t.global_batch_size,
-        "train.train_steps": t.train_steps,
-    }
-    for name, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{name}={value} must be a positive integer")
-    if p.dp is not None and p.dp < 1:
-        raise ConfigError(f"parallel.dp={p.dp} must be a positive integer")
-    for name, value in {"model.hidden_dropout": m.hidden_dropout,
-                        "model.attention_dropout": m.attention_dropout}.items():
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{name}={value} must be in [0, 1)")
-    if m.init_std is not None and m.init_std <= 0:
-        raise ConfigError(f"model.init_std={m.init_std} must be positive (or unset for BLOOM's default)")
     if m.pad_vocab_size_to is not None and (m.pad_vocab_size_to < m.vocab_size or m.pad_vocab_size_to % p.tp):
         raise ConfigError(f"model.pad_vocab_size_to={m.pad_vocab_size_to} must be >= model.vocab_size="
                           f"{m.vocab_size} and divisible by parallel.tp={p.tp}")
@@ -550,62 +537,31 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
         raise ConfigError(f"train.precision={t.precision!r} is not supported: use auto, fp32 or bf16")
     if t.lr_decay_style not in ("cosine", "linear", "constant"):
         raise ConfigError(f"train.lr_decay_style={t.lr_decay_style!r}: use cosine, linear or constant")
-    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
-        raise ConfigError(f"train.lr={t.lr} must be positive and train.min_lr={t.min_lr} in [0, train.lr]")
-    for name in ("max_skipped_steps_in_a_row", "eval_interval", "ln_desync_interval"):
-        if getattr(t, name) < 0:
-            raise ConfigError(f"train.{name}={getattr(t, name)} must be >= 0")
-    if t.eval_iters < 1:
-        raise ConfigError(f"train.eval_iters={t.eval_iters} must be >= 1")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr={t.min_lr}: must be in [0, train.lr={t.lr}]")
     w = cfg.watchdog
     if w.on_loss_spike not in ("rollback", "notify", "ask") or w.on_crash not in ("restart", "notify", "ask"):
         raise ConfigError("watchdog.on_loss_spike must be rollback, notify or ask; watchdog.on_crash restart, "
                           "notify or ask")
-    if w.interval_s <= 0 or w.restart_budget < 0 or w.no_progress_restarts < 1 or w.rollback_skip_batches < 0:
-        raise ConfigError("watchdog.interval_s must be positive, watchdog.restart_budget and "
-                          "watchdog.rollback_skip_batches >= 0, watchdog.no_progress_restarts >= 1")
     if w.on_desync not in ("sync", "notify", "ask"):
         raise ConfigError(f"watchdog.on_desync={w.on_desync!r}: use sync, notify or ask")
-    if w.desync_threshold < 0 or w.straggler_min_gap_s < 0:
-        raise ConfigError("watchdog.desync_threshold and watchdog.straggler_min_gap_s must be >= 0")
-    if w.straggler_factor < 1 or w.straggler_min_samples < 1:
-        raise ConfigError("watchdog.straggler_factor and watchdog.straggler_min_samples must be >= 1")
     if cfg.alerts.min_severity not in ("info", "warning", "critical"):
         raise ConfigError(f"alerts.min_severity={cfg.alerts.min_severity!r}: use info, warning or critical")
-    if t.save_interval < 0:
-        raise ConfigError(f"train.save_interval={t.save_interval} must be >= 0")
-    if t.exit_duration_in_mins is not None and t.exit_duration_in_mins <= 0:
-        raise ConfigError(f"train.exit_duration_in_mins={t.exit_duration_in_mins} must be positive")
-    if cfg.data.max_corpus_bytes < 1 or cfg.data.valid_every < 2:
-        raise ConfigError("data.max_corpus_bytes must be positive and data.valid_every at least 2")
     if cfg.data.source not in ("stdlib", "synthetic") and not Path(cfg.data.source).exists():
         raise ConfigError(f"data.source={cfg.data.source!r} does not exist: give a file or folder of text, "
                           f"or stdlib / synthetic")
     if cfg.data.tokenizer is not None and not Path(cfg.data.tokenizer).is_file():
         raise ConfigError(f"data.tokenizer={cfg.data.tokenizer!r} does not exist")
-    if t.lr_decay_steps is not None and t.lr_decay_steps < 1:
-        raise ConfigError(f"train.lr_decay_steps={t.lr_decay_steps} must be a positive integer")
-    if t.warmup_steps < 0:
-        raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be >= 0")
-    if not (0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1):
-        raise ConfigError("train.adam_beta1 and train.adam_beta2 must be in [0, 1)")
-    if t.clip_grad < 0 or t.weight_decay < 0 or t.adam_eps <= 0:
-        raise ConfigError("train.clip_grad and train.weight_decay must be >= 0, train.adam_eps > 0")
 
     s = cfg.slurm
-    if s.nodes < 1 or s.gpus_per_node < 0 or s.cpus_per_task < 0 or s.time_limit_min < 1:
-        raise ConfigError("slurm.nodes and slurm.time_limit_min must be >= 1, slurm.gpus_per_node and "
-                          "slurm.cpus_per_task >= 0")
-    if s.signal_before_s < 0 or not 0 <= s.exit_margin_min < s.time_limit_min:
-        raise ConfigError(f"slurm.signal_before_s must be >= 0 and slurm.exit_margin_min={s.exit_margin_min} in "
-                          f"[0, slurm.time_limit_min={s.time_limit_min})")
+    if s.exit_margin_min >= s.time_limit_min:
+        raise ConfigError(f"slurm.exit_margin_min={s.exit_margin_min} must be less than slurm.time_limit_min="
+                          f"{s.time_limit_min}")
     if s.signal_before_s >= s.time_limit_min * 60:
         raise ConfigError(f"slurm.signal_before_s={s.signal_before_s} must be less than slurm.time_limit_min="
                           f"{s.time_limit_min} minutes")
     if s.chain_mode not in ("singleton", "array"):
         raise ConfigError(f"slurm.chain_mode={s.chain_mode!r}: use singleton or array")
-    if s.chain_jobs < 1 or s.min_queued < 1 or not 0 < s.master_port < 65536:
-        raise ConfigError("slurm.chain_jobs and slurm.min_queued must be >= 1, slurm.master_port a TCP port")
 
     model_parallel = p.tp * p.pp
     if world_size is not None:

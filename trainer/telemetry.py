@@ -4,7 +4,7 @@
   measured), appended by rank 0.
 - ``telemetry/heartbeat/rank-NNNNN.json``: replaced atomically whenever the rank changes phase (startup,
   forward, backward, step, checkpoint, eval, exit) and at least once per step, so a hang names its rank
-  and what it was doing.
+  and what it was doing; ``launch`` names the start of the ranks it belongs to (``BIGOPS_LAUNCH_ID``).
 - ``tensorboard/``: the same scalars for people.
 """
 
@@ -16,7 +16,7 @@ import socket
 import time
 from collections import deque
 
-from trainer import faults
+from trainer import faults, lifeline
 from trainer.rundir import RunDir, append_jsonl, atomic_write_text
 
 PHASES = ("startup", "forward", "backward", "step", "checkpoint", "eval", "exit")
@@ -42,10 +42,14 @@ class Heartbeat:
     RECENT_STEPS = 16
 
     def __init__(self, run: RunDir, rank: int, min_interval_s: float = 0.5, stage: int | None = None,
-                 dp_rank: int | None = None, tp: int | None = None):
+                 dp_rank: int | None = None, tp: int | None = None, launch: str | None = None):
         self.path = run.telemetry / "heartbeat" / f"rank-{rank:05d}.json"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rank, self.host, self.pid = rank, socket.gethostname(), os.getpid()
+        self.launch = launch if launch is not None else lifeline.launch_id()
+        """This start of the ranks (``BIGOPS_LAUNCH_ID``, set by the launcher; None: not a bigops launch)."""
+        self.beats = 0
+        """Calls of :meth:`beat` (written or not): the lifeline's measure of progress."""
         self.stage, self.dp_rank, self.tp = stage, dp_rank, tp
         self.min_interval_s = min_interval_s
         self.step, self.phase, self._last_write = 0, "startup", 0.0
@@ -58,7 +62,7 @@ class Heartbeat:
     def record(self, phase: str, now: float) -> dict:
         data = {"rank": self.rank, "host": self.host, "pid": self.pid, "step": self.step, "time": now,
                 "phase": phase}
-        for key in ("stage", "dp_rank", "tp"):
+        for key in ("launch", "stage", "dp_rank", "tp"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         if self.last_forward is not None:
@@ -67,6 +71,7 @@ class Heartbeat:
         return data
 
     def beat(self, phase: str, step: int | None = None, force: bool = False) -> None:
+        self.beats += 1
         if step is not None:
             self.step = step
         if phase == "step" and self._forward_calls:  # a training step ended: close its forward timing

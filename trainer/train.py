@@ -27,6 +27,7 @@ from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
 from trainer.data.source import prepare_data, sample_source
 from trainer.engine import RankContext, build_engine, follow_configured_lr, load_checkpoint, setup_rank
+from trainer.lifeline import Lifeline
 from trainer.parallel.sanity import sync_tp_duplicated, tp_desync
 from trainer.rundir import RunDir, append_jsonl
 from trainer.telemetry import Heartbeat, MetricsSink, flops_per_token
@@ -192,11 +193,23 @@ def _n_params(cfg: config_mod.RunConfig) -> int:
         return sum(p.numel() for p in BloomForCausalLM(cfg.model, cfg.padded_vocab_size).parameters())
 
 
+def start_lifeline(run: RunDir) -> Lifeline | None:
+    """Stop this rank when the launcher that started it is gone (see ``trainer.lifeline``; none under SLURM)."""
+    rank = int(os.environ.get("RANK", "0"))
+    return Lifeline.from_env(exit_code=exitcodes.FAILED, on_hard_exit=lambda message: exitcodes.record(
+        run.exit_record, exitcodes.FAILED, message, rank))
+
+
 def train(run: RunDir, init_hf: str | None = None) -> int:
+    lifeline = start_lifeline(run)
+    if lifeline is not None:
+        lifeline.start()
     cfg = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
     ctx = setup_rank(cfg)
     cfg, rank0 = ctx.cfg, ctx.is_logging_rank
     heartbeat = Heartbeat(run, ctx.coords.rank)
+    if lifeline is not None:
+        lifeline.progress = lambda: (heartbeat.beats, heartbeat.phase)
     heartbeat.beat("startup", 0, force=True)
     exit_s = cfg.train.exit_duration_in_mins * 60 if cfg.train.exit_duration_in_mins else None
     control = ControlState(run.root / "control", exit_duration_s=exit_s)

@@ -60,6 +60,10 @@ def launch(
                                                    "checkpoints/latest (default: when there is one).")] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Run the watchdog over the ranks: restart "
                                         "after a crash or hang, roll back past a loss spike, notify.")] = False,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="With --watch: serve the run's Prometheus "
+                                              "metrics on this port from the watchdog's passes (0: off).")] = 0,
+    metrics_address: Annotated[str, typer.Option("--metrics-address", help="With --metrics-port: the address to "
+                                                 "serve on.")] = "127.0.0.1",
     slurm: Annotated[bool, typer.Option("--slurm", help="Submit a chain of SLURM jobs instead (see `bigops chain`); "
                                         "the run dir must be on a filesystem the nodes see.")] = False,
     profile: Annotated[Optional[str], typer.Option("--profile", help="Cluster profile: a name under "
@@ -76,6 +80,9 @@ def launch(
     run = RunDir(run_dir)
     overrides = [*(set_ or []), *_flag_overrides(tp, pp, dp, steps, seed, precision, save_interval,
                                                            exit_duration)]
+    if metrics_port and not watch:
+        raise config_mod.ConfigError("--metrics-port goes with --watch (or run `bigops watch RUN --metrics-port P` "
+                                     "beside the launch)")
     if slurm or host or profile or print_script:
         if not slurm:
             raise config_mod.ConfigError("--host, --profile and --print-script go with --slurm")
@@ -87,6 +94,7 @@ def launch(
         from bigops.cli.chain import launch_slurm
         launch_slurm(run_dir, preset, config, overrides, profile, host, ssh_key, known_hosts, print_script, console)
         return
+    exporter = _serve_metrics(run, metrics_port, metrics_address) if metrics_port else None
     from trainer.checkpoint import find_resumable
     resumable = find_resumable(run, hashes=False)  # sizes only here; the ranks verify the hashes
     has_checkpoint = resumable is not None
@@ -132,7 +140,7 @@ def launch(
         console.print(f"[yellow]warning[/]: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason})")
     spawned = time.time()
     if watch:
-        code, message = _supervised(run, cfg, world, trainer_args)
+        code, message = _supervised(run, cfg, world, trainer_args, exporter)
     else:
         proc = local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log")
         try:
@@ -149,20 +157,50 @@ def launch(
         raise TrainingEnded(f"{message}; see {run.logs / 'ranks.log'}", code)
 
 
-def _supervised(run: RunDir, cfg: config_mod.RunConfig, world: int, trainer_args: list[str]) -> tuple[int, str]:
-    """Run the ranks under the watchdog (bigops.watchdog.supervisor) until it is done or gives up."""
+def _serve_metrics(run: RunDir, port: int, address: str):
+    """The run's Prometheus exporter (``bigops.metrics.exporter``), fed by the supervisor's passes: what
+    ``bigops watch --metrics-port`` serves, without a second watcher. A port that cannot be bound is one line."""
+    from bigops.metrics.exporter import RunCollector, serve
+    collector = RunCollector(run.root.resolve().name, run_dir=run.root)
+    try:
+        serve(collector, port, address)
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise config_mod.ConfigError(f"--metrics-port {port}: cannot listen on {address} ({reason})") from None
+    console.print(f"metrics: http://{address}:{port}/metrics")
+    return collector
+
+
+def opened_findings(facts: dict) -> list:
+    """The findings that opened or escalated an incident in this pass (``tick``'s first result), from the
+    pass's facts alone: the supervisor hands ``on_tick`` only those."""
+    ids = {incident for kind, incident in facts.get("notices", []) if kind in ("open", "escalate")}
+    incident_of = facts.get("incident_of") or {}
+    return [f for f in facts.get("findings", []) if incident_of.get(f.key) in ids]
+
+
+def _supervised(run: RunDir, cfg: config_mod.RunConfig, world: int, trainer_args: list[str],
+                exporter=None) -> tuple[int, str]:
+    """Run the ranks under the watchdog (bigops.watchdog.supervisor) until it is done or gives up; with an
+    ``exporter`` (a ``RunCollector``), each pass's facts are served to Prometheus."""
     from bigops.cli.watch import _notifier
     from bigops.watchdog.supervisor import SUPERVISOR_GAVE_UP, Supervisor
 
     current: list = []
 
-    def spawn():
-        current[:] = [local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log")]
+    def spawn():  # the supervisor's launch id: its hang and crash incidents and the heartbeats agree
+        current[:] = [local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log",
+                                  launch_id=supervisor.launch_id)]
         return current[0]
 
     shown = {"step": -1, "time": 0.0}
 
     def progress(facts: dict) -> None:
+        if exporter is not None:
+            try:
+                exporter.update(facts, facts.get("findings", []), opened_findings(facts), time.time())
+            except Exception as exc:  # noqa: BLE001 - the exporter never stops the supervision
+                console.print(f"warning: metrics not updated: {type(exc).__name__}: {exc}", markup=False)
         last = facts.get("last_record")
         if last and last["step"] != shown["step"] and time.time() - shown["time"] >= 5:
             shown.update(step=last["step"], time=time.time())

@@ -72,6 +72,7 @@ def watch_config(cfg: RunConfig, alive: Callable[[int], bool] | None = None) -> 
     from bigops.watchdog.detectors.desync import DesyncConfig
     from bigops.watchdog.detectors.hang import HangConfig
     from bigops.watchdog.detectors.straggler import StragglerConfig
+    from bigops.watchdog.incidents import IncidentPolicy
     w = cfg.watchdog
     if w.on_desync not in ("sync", "notify", "ask"):
         raise ConfigError(f"watchdog.on_desync={w.on_desync!r}: use sync, notify or ask")
@@ -86,6 +87,8 @@ def watch_config(cfg: RunConfig, alive: Callable[[int], bool] | None = None) -> 
                        desync=DesyncConfig(threshold=w.desync_threshold),
                        straggler=StragglerConfig(factor=w.straggler_factor, min_gap_s=w.straggler_min_gap_s,
                                                  min_samples=w.straggler_min_samples),
+                       incidents=IncidentPolicy(resolve_after_s=cfg.alerts.resolve_after_s,
+                                                remind_every_s=cfg.alerts.remind_every_s),
                        on_desync=w.on_desync, alive=alive)
 
 

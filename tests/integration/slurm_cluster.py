@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import procguard
+
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "srun")
 PACKAGES = "slurm-wlm slurmctld slurmd slurm-client munge"
 
@@ -107,6 +109,11 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
         while time.time() < deadline:
             out = self.run("sinfo", "--noheader", "--format=%T").stdout.strip()
             if out in ("idle",):
+                for pid_file in self.pid_files:  # live across the module's tests: stop() stops them
+                    try:
+                        procguard.own(int(pid_file.read_text().strip()))
+                    except (OSError, ValueError):
+                        pass
                 return self
             time.sleep(0.2)
         raise AssertionError(f"SLURM node not idle after 30 s (sinfo: {out!r}); see {root}/log")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import procguard
 from tests.integration.slurm_cluster import free_port, require
 
 
@@ -24,7 +25,9 @@ def keygen(path: Path) -> str:
 
 class Sshd:
     def __init__(self, root: Path, env: dict[str, str] | None = None):
-        self.root, self.env = root, env or {}
+        # the session's marker reaches what runs over SSH (sshd gives its sessions a clean environment), so
+        # that the leak check sees a run a remote command left behind
+        self.root, self.env = root, {procguard.MARKER: procguard.session_marker(), **(env or {})}
         self.port = free_port()
         self.pid_file = root / "sshd.pid"
 
@@ -39,7 +42,8 @@ class Sshd:
         self.known_hosts = root / "known_hosts"
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {' '.join(host_pub.split()[:2])}\n")
         self.user_key = root / "user_key"
-        set_env = "".join(f"SetEnv {k}={v}\n" for k, v in self.env.items())
+        # one SetEnv line: sshd takes the first SetEnv directive only
+        set_env = "SetEnv " + " ".join(f"{k}={v}" for k, v in self.env.items()) + "\n" if self.env else ""
         (root / "sshd_config").write_text(f"""Port {self.port}
 ListenAddress 127.0.0.1
 HostKey {root}/host_key
@@ -58,6 +62,10 @@ Subsystem sftp internal-sftp
         deadline = time.time() + 10
         while not self.pid_file.exists() and time.time() < deadline:
             time.sleep(0.05)
+        try:  # lives across the module's tests: the leak check leaves it (and its connections) to stop()
+            procguard.own(int(self.pid_file.read_text().strip()))
+        except (OSError, ValueError):
+            pass
         return self
 
     @property

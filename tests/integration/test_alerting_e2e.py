@@ -19,6 +19,7 @@ from bigops.dashboards.generate import FAST, alertmanager_config, prometheus_con
 from bigops.gpu.fake import FakeGpuBackend
 from bigops.gpu.monitor import sample_once
 from launcher.local import free_port
+from tests import procguard
 from tests.integration.services import WebhookReceiver, query, start_alertmanager, start_prometheus
 from trainer.rundir import read_jsonl
 
@@ -48,6 +49,21 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def stop_launch(run, proc: subprocess.Popen) -> None:
+    """A proper stop of the training run: the kill switch (every rank saves and exits, torchrun and the
+    launcher after them), then wait until no process of the run is left. SIGTERM to the launcher's group
+    would not reach torchrun and the ranks (their own sessions)."""
+    control = run / "control"
+    control.mkdir(parents=True, exist_ok=True)
+    (control / "kill-switch").write_text("end of test\n")
+    try:
+        proc.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        stop(proc)  # the ranks' lifeline then stops them (trainer.lifeline)
+    left = procguard.wait_gone(run, timeout=180)
+    assert not left, f"the launch left {left}"
 
 
 def wait_for(condition, timeout: float, what: str, procs=()):
@@ -127,8 +143,10 @@ def test_dashboards_and_alerts_on_a_real_run(tmp_path):
                     failures.append(f"rule {a.name}: no series for {metric}")
         assert not failures, "\n".join(failures)
     finally:
-        for proc in procs:
+        for proc in procs[1:]:  # the watcher and the GPU sampler name the run too: first
             stop(proc)
+        if procs:
+            stop_launch(run, procs[0])
         for service in services:
             service.stop()
         receiver.close()

@@ -13,7 +13,17 @@ from trainer import config as C
     ("train.lr=inf", "train.lr=inf: must be a finite number > 0"),
     ("watchdog.restart_window_s=-1", "watchdog.restart_window_s=-1.0: must be a finite number > 0"),
     ("alerts.retries=0", "alerts.retries=0: must be an integer >= 1"),
-    ("alerts.remind_every_s=30", "alerts.remind_every_s=30.0: must be a finite number >= 60"),
+    ("alerts.remind_every_s=30", "alerts.remind_every_s=30.0: must be 0 (off) or a finite number >= 60"),
+    ("alerts.remind_every_s=inf", "alerts.remind_every_s=inf: must be 0 (off) or a finite number >= 60"),
+    ("alerts.remind_every_s=-60", "alerts.remind_every_s=-60.0: must be 0 (off) or a finite number >= 60"),
+    ("train.clip_grad=-inf", "train.clip_grad=-inf: must be a finite number >= 0"),
+    ("watchdog.interval_s=0", "watchdog.interval_s=0.0: must be a finite number > 0"),
+    ("alerts.rate_limit_per_minute=0", "alerts.rate_limit_per_minute=0: must be an integer >= 1"),
+    ("alerts.smtp_port=70000", "alerts.smtp_port=70000: must be an integer >= 1 and <= 65535"),
+    ("slurm.exit_margin_min=nan", "slurm.exit_margin_min=nan: must be a finite number >= 0"),
+    ("train.exit_duration_in_mins=nan", "train.exit_duration_in_mins=nan: must be a finite number > 0"),
+    ("train.seed=-1", "train.seed=-1: must be an integer >= 0"),
+    ("train.min_lr=1", "train.min_lr=1.0: must be in [0, train.lr=0.005]"),
     ("alerts.resolve_after_s=-5", "alerts.resolve_after_s=-5.0: must be a finite number >= 0"),
     ("watchdog.hang_factor=nan", "watchdog.hang_factor=nan: must be a finite number >= 1"),
     ("alerts.timeout_s=0", "alerts.timeout_s=0.0: must be a finite number > 0"),
@@ -44,3 +54,18 @@ def test_every_numeric_option_has_a_range():
             if args & {int, float} and bool not in args:
                 numeric.add(f"{section.name}.{name}")
     assert numeric == set(C.NUMERIC_RANGES)
+
+
+@pytest.mark.parametrize("override", ["alerts.remind_every_s=0", "alerts.remind_every_s=60", "alerts.resolve_after_s=0",
+                                      "train.lr=1e30", "watchdog.hang_min_timeout_s=0.5",
+                                      "train.exit_duration_in_mins=none"])
+def test_edges_that_are_allowed(override):
+    C.validate(C.apply_overrides(C.preset("tiny"), [override]), world_size=4)
+
+
+def test_incident_timing_reaches_the_watchdog():
+    """alerts.remind_every_s / resolve_after_s are the incident layer's policy (supervisor.watch_config)."""
+    from bigops.watchdog.supervisor import watch_config
+    cfg = C.apply_overrides(C.preset("tiny"), ["alerts.remind_every_s=0", "alerts.resolve_after_s=120"])
+    policy = watch_config(C.validate(cfg, world_size=4)).incidents
+    assert (policy.remind_every_s, policy.resolve_after_s) == (0.0, 120.0)

@@ -1,0 +1,46 @@
+"""Ranks never outlive what started them: a `bigops launch` (with or without --watch) killed with SIGKILL
+takes torchrun and its ranks with it, and they save on the way out (trainer.lifeline)."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.distributed.test_training_run import FAST, start, wait_for_step
+from tests.procguard import processes_naming, wait_gone
+from trainer import exitcodes
+from trainer.rundir import RunDir
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.mark.parametrize("watch", [False, True], ids=["launch", "launch-watch"])
+def test_a_sigkilled_launcher_leaves_no_rank_behind_and_they_save(tmp_path, watch):
+    run = tmp_path / "run"
+    proc = start("launch", "--run-dir", run, *FAST, "--steps", 100_000,
+                 *(["--watch", "--set", "watchdog.interval_s=0.5"] if watch else []))
+    try:
+        wait_for_step(run, 5, proc, timeout=300)
+        ranks = [json.loads(p.read_text()) for p in (run / "telemetry" / "heartbeat").glob("rank-*.json")]
+        assert len(ranks) == 4 and len({r.get("launch") for r in ranks}) == 1 and ranks[0].get("launch")
+        assert len(processes_naming(run)) >= 6  # the launcher, torchrun, 4 ranks
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        killed = time.monotonic()
+        left = wait_gone(run, timeout=300)
+        assert not left, f"left behind after its launcher was killed: {left}"
+        gone_after = time.monotonic() - killed
+    finally:
+        for pid in processes_naming(run):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    record = json.loads((run / "telemetry" / "exit.json").read_text())
+    assert record["code"] == exitcodes.STOPPED_BY_SIGNAL, record
+    tag = RunDir(run).latest_tag()
+    assert tag is not None and int(tag.removeprefix("global_step")) >= 5  # saved at the stop
+    print(f"\nall of the run gone {gone_after:.1f} s after SIGKILL of `bigops launch{' --watch' if watch else ''}`, "
+          f"saved {tag}")

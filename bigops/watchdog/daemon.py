@@ -15,7 +15,7 @@ from bigops.watchdog import approvals, incidents
 from bigops.watchdog.actions import SYNC_LAYERNORM, record_action, safe_append
 from bigops.watchdog.chain import keep as keep_chain
 from bigops.watchdog.findings import Finding
-from bigops.watchdog.scan import WatchConfig, scan_run
+from bigops.watchdog.scan import ScanStream, WatchConfig, scan_run
 from bigops.watchdog.state import WatchState
 from trainer.rundir import RunDir
 
@@ -48,7 +48,9 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
     ``observe``: this process is not the run's writer (``bigops.watchdog.lock``): detect and report facts,
     but write nothing, notify nobody, act on nothing."""
     now = time.time() if now is None else now
-    findings, facts = scan_run(run, now=now, config=config)
+    stream = ScanStream.from_json(state.stream, config)
+    findings, facts = scan_run(run, now=now, config=config, stream=stream)
+    stream_before, state.stream = state.stream, stream.to_json()  # saved with the state (never when observing)
     if not observe:
         # SLURM chain keeping (bigops.watchdog.chain): only runs launched with --slurm; it never raises.
         chain_findings, facts["chain"] = keep_chain(run, state, now=now, dry_run=dry_run, findings_so_far=findings)
@@ -74,7 +76,7 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
         facts["actions"] = []
         facts["pending_approvals"] = sum(1 for e in state.pending.values() if e.get("status") == "pending")
         return new, facts
-    if notices or state.incidents is not before:
+    if notices or state.incidents is not before or state.stream != stream_before:
         save_state(state)
     lines = []
     for f in findings:

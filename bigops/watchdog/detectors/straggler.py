@@ -66,7 +66,7 @@ def detect_stragglers(heartbeats: dict[int, dict], config: StragglerConfig = Str
                        f"{mine:.3g} s of forward per step vs {peer_median:.3g} s, the median of {len(peers)} "
                        f"peer rank(s) in {where} ({ratio:.1f}x)")
             findings.append(Finding(
-                "Straggler", "warning", summary, key=f"Straggler:stage{stage}:group{group}", step=beat.get("step"),
+                "Straggler", "warning", summary, key=f"Straggler:{beat.get('host')}:rank{rank}", step=beat.get("step"),
                 evidence={"rank": rank, "host": beat.get("host"), "pid": beat.get("pid"), "stage": stage,
                           "dp_rank": beat.get("dp_rank"), "tp": tp, "forward_s": mine, "peers_median_s": peer_median,
                           "ratio": ratio, "samples": samples, "tp_group": [r for r, *_ in members],

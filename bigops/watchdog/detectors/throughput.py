@@ -35,6 +35,6 @@ def detect_throughput_drop(records: list[tuple[int, float]], config: ThroughputC
         return []
     start = recent[0][0]
     return [Finding("ThroughputDrop", "warning", f"{now:,.0f} tokens/s over the last {len(recent)} steps, "
-                    f"{now / before:.0%} of the {before:,.0f} before", key=f"ThroughputDrop:{start}",
+                    f"{now / before:.0%} of the {before:,.0f} before", key="ThroughputDrop",
                     step=recent[-1][0], evidence={"recent_median": now, "baseline_median": before,
                                                   "ratio": now / before, "since_step": start})]

@@ -235,13 +235,57 @@ def _pair(p) -> bool:
     return isinstance(p, list) and len(p) == 2 and _int_or(p[0], None) is not None and _number(p[1]) is not None
 
 
-def read_heartbeats(run: RunDir) -> dict[int, dict]:
+_INT = "int"
+_NUM = "number"
+_STR = "str"
+HEARTBEAT_FIELDS = {"rank": _INT, "pid": _INT, "step": _INT, "stage": _INT, "dp_rank": _INT, "tp": _INT,
+                    "time": _NUM, "host": _STR, "phase": _STR, "launch": _STR, "forward_s_recent": list}
+GPU_FIELDS = {"index": _INT, "time": _NUM, "host": _STR, "uuid": _STR, "temperature_c": _NUM,
+              "ecc_volatile_double_bit": _INT, "xid_errors": list, "throttle_reasons": list,
+              "remapped_rows_failure": (bool, int), "remapped_rows_pending": (bool, int),
+              "retired_pages_pending": (bool, int)}
+
+
+def _fits(value, want) -> bool:
+    if want == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want == _NUM:
+        return _number(value) is not None
+    if want == _STR:
+        return isinstance(value, str)
+    return isinstance(value, want)
+
+
+def typed(record: dict, fields: dict, bad: list) -> dict:
+    """The record without its fields of the wrong type (each one named in ``bad``): a detector reading it
+    sees a field missing, never a list where it expects a stage or "N/A" where it expects degrees."""
+    out = {}
+    for name, value in record.items():
+        want = fields.get(name)
+        if want is not None and value is not None and not _fits(value, want):
+            bad.append(name)
+            continue
+        out[name] = value
+    return out
+
+
+def malformed_finding(source: str, bad: list[str]) -> list[Finding]:
+    if not bad:
+        return []
+    counts = {name: bad.count(name) for name in sorted(set(bad))}
+    return [Finding("MalformedTelemetry", "warning", f"{source} telemetry: {len(bad)} field(s) of the wrong type "
+                    f"ignored ({', '.join(f'{k} x{v}' for k, v in counts.items())})", key=f"MalformedTelemetry:{source}",
+                    evidence={"source": source, "fields": counts})]
+
+
+def read_heartbeats(run: RunDir, bad: list | None = None) -> dict[int, dict]:
     beats = {}
     for path in sorted((run.telemetry / "heartbeat").glob("rank-*.json")):
         try:
             if path.stat().st_size > MAX_LINE_BYTES:
                 continue
             beat = json.loads(path.read_text())
+            beat = typed(beat, HEARTBEAT_FIELDS, bad if bad is not None else [])
             rank = beat["rank"]
             if isinstance(rank, int) and _number(beat.get("time")) is not None:
                 beats[rank] = beat
@@ -250,10 +294,14 @@ def read_heartbeats(run: RunDir) -> dict[int, dict]:
     return beats
 
 
-def read_gpu_samples(run: RunDir, per_host: int = 256) -> dict[str, list[dict]]:
+def read_gpu_samples(run: RunDir, per_host: int = 256, bad: dict | None = None) -> dict[str, list[dict]]:
     out = {}
     for path in sorted((run.telemetry / "gpu").glob("*.jsonl")):
         records, _ = read_tail(path, per_host, required_int="index")
+        wrong: list = []
+        records = [typed(r, GPU_FIELDS, wrong) for r in records]
+        if wrong and bad is not None:
+            bad[path.stem] = wrong
         records = [r for r in records if isinstance(r.get("host"), str) and _number(r.get("time")) is not None]
         if records:
             out[records[-1]["host"]] = records
@@ -348,7 +396,9 @@ def scan_run(run: RunDir, now: float | None = None, config: WatchConfig = WatchC
     completed, malformed = stream.advance(run.metrics, config)
     findings: list[Finding] = compact([*completed, *stream.current()])
     findings += detect_throughput_drop([(s, v) for s, v in stream.throughput], config.throughput)
-    beats = read_heartbeats(run)
+    wrong_beats: list = []
+    beats = read_heartbeats(run, wrong_beats)
+    findings += malformed_finding("heartbeat", wrong_beats)
     findings += detect_hang(beats, now, stream.step_seconds, config.hang)
     findings += detect_stragglers(beats, config.straggler)
     if config.alive is not None and beats:
@@ -357,7 +407,10 @@ def scan_run(run: RunDir, now: float | None = None, config: WatchConfig = WatchC
                                       restarting=supervised(run, config.alive, host))
     if run.root.exists():
         findings += detect_disk((config.disk_usage or disk_usage)(run.root), last_checkpoint_bytes(run), config.disk)
-    gpu_samples = read_gpu_samples(run)
+    wrong_gpu: dict = {}
+    gpu_samples = read_gpu_samples(run, bad=wrong_gpu)
+    for host, wrong in sorted(wrong_gpu.items()):
+        findings += malformed_finding(f"gpu:{host}", wrong)
     findings += detect_gpu(gpu_samples, now, config.gpu)
     checkpoint = latest_checkpoint_facts(run)
     facts = {"last_record": stream.last_record, "records": stream.records,

@@ -149,3 +149,29 @@ def test_a_restarted_daemon_resumes_its_stream(tmp_path):
     new, facts = tick(run, WatchState.load(path), now=1010.0)  # a new process: state from disk only
     assert ("resolve", facts["notices"][0][1]) in facts["notices"] and not new
     assert WatchState.load(path).stream["loss"]["last_step"] == 119
+
+
+def test_hostile_heartbeat_and_gpu_fields_are_ignored_and_counted_never_a_crash(tmp_path):
+    """A heartbeat stage that is a list, a temperature "N/A", a numeric throttle_reasons, a bool pid."""
+    run = RunDir(tmp_path)
+    append(tmp_path, [{"step": s, "loss": 2.0} for s in range(5)])
+    hb = tmp_path / "telemetry" / "heartbeat"
+    hb.mkdir(parents=True)
+    for r in range(4):
+        beat = {"rank": r, "host": "n1", "pid": 10 + r, "step": 4, "phase": "step", "time": 100.0, "stage": 0,
+                "dp_rank": r, "forward_s_recent": [0.4] * 8}
+        if r == 1:
+            beat["stage"] = [0, 1]
+        if r == 2:
+            beat["pid"] = True
+        (hb / f"rank-{r:05d}.json").write_text(json.dumps(beat))
+    gpu = tmp_path / "telemetry" / "gpu"
+    gpu.mkdir()
+    sample = {"host": "n1", "index": 0, "time": 100.0, "temperature_c": "N/A", "throttle_reasons": 4,
+              "xid_errors": [79]}
+    (gpu / "n1.jsonl").write_text(json.dumps(sample) + "\n")
+    findings, facts = scan_run(run, now=101.0)
+    bad = {f.key: f.evidence["fields"] for f in findings if f.kind == "MalformedTelemetry"}
+    assert bad == {"MalformedTelemetry:heartbeat": {"pid": 1, "stage": 1},
+                   "MalformedTelemetry:gpu:n1": {"temperature_c": 1, "throttle_reasons": 1}}
+    assert [f.key for f in findings if f.kind == "GpuXid"] == ["GpuXid:n1:0:79"]  # the rest still read

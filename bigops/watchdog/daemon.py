@@ -69,8 +69,6 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
     if observe:
         facts["actions"] = []
         return new, facts
-    if state.stream != stream_before:  # the read offset and detector states: a restarted daemon resumes them
-        save_state(state)
     lines = []
     for f in findings:
         if f.kind == "TPDesync" and not f.resolved and incident_of.get(f.key) not in state.handled:

@@ -54,7 +54,7 @@ class WatchConfig:
     disk_usage: "Callable[[Path], DiskUsage] | None" = None
     """How full the run directory's filesystem is (None: ``os.statvfs``); a simulation scripts it."""
     throughput_history: int = 1000
-    """Recent (step, tokens/s) pairs the stream keeps for the throughput detector."""
+    """Unused (the throughput detector streams every record once, its state in the ScanStream); kept for configs."""
     alive: Callable[[int], bool] | None = None
     """Liveness of a pid on this host: given, the ranks-not-running check runs (standalone ``bigops watch``;
     a supervisor restarts its ranks itself and leaves it None)."""
@@ -106,6 +106,9 @@ def read_tail_at(path: Path, max_records: int, required_int: str = "step") -> tu
     if start > 0:
         cut = body.find(b"\n") + 1  # the first line may be cut by the seek
         body = body[cut:]
+    lines = body.split(b"\n")
+    if len(lines) > max_records + 1:  # parse only the last max_records lines (not every line of the window)
+        body = b"\n".join(lines[-(max_records + 1):])
     records, skipped = parse_lines(body, required_int)
     return records[-max_records:], skipped, start + end, (st.st_ino, size)
 
@@ -151,7 +154,6 @@ class ScanStream:
         self.grad = GradNormSpikeDetector.from_json(_dict(data.get("grad_norm")), config.grad_norm)
         self.nonfinite = NonFiniteDetector.from_json(_dict(data.get("nonfinite")), config.nonfinite)
         self.desync = DesyncTracker(config.desync, _dict(data.get("desync")))
-        self.throughput: list[list] = [p for p in data.get("throughput") or [] if _pair(p)]
         self.tput = ThroughputDetector.from_json(_dict(data.get("tput")), config.throughput)
         self.step_seconds: list[float] = [float(v) for v in data.get("step_seconds") or [] if _number(v)]
         self.last_record: dict | None = _dict(data.get("last_record")) or None
@@ -168,7 +170,7 @@ class ScanStream:
         return {"format": self.FORMAT, "offset": self.offset, "inode": self.inode, "size": self.size,
                 "loss": self.loss.to_json(), "grad_norm": self.grad.to_json(),
                 "nonfinite": self.nonfinite.to_json(), "desync": self.desync.to_json(),
-                "throughput": self.throughput, "tput": self.tput.to_json(), "step_seconds": self.step_seconds,
+                "tput": self.tput.to_json(), "step_seconds": self.step_seconds,
                 "last_record": self.last_record, "last_val_loss": self.last_val_loss,
                 "last_ln_desync": self.last_ln_desync, "records": self.records}
 
@@ -187,7 +189,6 @@ class ScanStream:
                 self.last_ln_desync = desync
             tps = _number(r.get("tokens_per_second"))
             if tps:
-                self.throughput.append([step, tps])
                 self.tput.update(step, tps)
             seconds = _number(r.get("step_seconds"))
             if seconds:
@@ -197,8 +198,6 @@ class ScanStream:
                 self.last_val_loss = val
             self.last_record = r
             self.records += 1
-        keep = max(config.throughput_history, config.throughput.recent_records + config.throughput.baseline_records)
-        del self.throughput[:-keep]
         del self.step_seconds[:-200]
         return out
 

@@ -68,6 +68,10 @@ KINDS: dict[str, tuple[float, tuple[str, ...]]] = {
     "hot": (0.8, ("GpuHot",)),
     "ecc": (0.5, ("GpuEccDoubleBit",)),
 }
+SPIKE_SPACING_S = 16 * HOUR
+"""Independent spikes are at least this far apart (960 steps): a spike within ``rollback_skip_batches`` x
+2**attempt steps of an earlier rollback's spike is, by design, the same spike region
+(``bigops.watchdog.decide.in_region``), and its rollback budget is shared."""
 RUN_LEVEL = ("crash", "hang", "startup_hang", "spike")
 """Faults that take the ranks down or roll them back: one at a time, on a training run."""
 METRIC_LEVEL = ("spike", "gradnorm", "nan")
@@ -255,6 +259,10 @@ STARTUP_S = 180.0
 CHECKPOINT_BYTES = int(2.3e12)
 DISK_TOTAL = int(100e12)
 DESYNC_EVERY = 10
+GPU_SAMPLE_S = 60.0
+"""The GPU sampler's interval (an XID stays in the watchdog's 256-sample tail per host for
+256 / GPUS_PER_HOST samples of this)."""
+GPU_TAIL_S = 256 / 2 * GPU_SAMPLE_S
 FAKE_PID_BASE = 7_000_000
 """Above any pid_max: nothing the watchdog might signal exists."""
 
@@ -430,19 +438,23 @@ class SimRanks:
             atomic_write_text(self.run.telemetry / "heartbeat" / f"rank-{rank:05d}.json", json.dumps(beat))
 
     def write_gpu_samples(self, now: float) -> None:
+        """One sample per GPU every ``GPU_SAMPLE_S`` since the last pass (``bigops.gpu.monitor``'s format); an
+        XID is in one sample only (the sampler reports the events since its last sample)."""
         sim = self.sim
+        times = [now - k * GPU_SAMPLE_S for k in range(max(1, int(sim.config.pass_s // GPU_SAMPLE_S)) - 1, -1, -1)]
         for host in HOSTS:
             lines = []
-            for index in range(GPUS_PER_HOST):
-                gpu = f"{host}:{index}"
-                hot = sim.active.get(("hot", gpu))
-                ecc = sim.active.get(("ecc", gpu))
-                xids = [int(k[3:]) for k in ("xid79", "xid48") if sim.fresh_xid.pop((k, gpu), False)]
-                lines.append(json.dumps({
-                    "index": index, "time": now, "host": host, "uuid": f"GPU-{host}-{index}",
-                    "temperature_c": hot.detail["temperature"] if hot else 62.0,
-                    "ecc_volatile_double_bit": 1 if ecc else 0, "xid_errors": xids, "throttle_reasons": [],
-                    "remapped_rows_failure": False, "remapped_rows_pending": False}))
+            for t in times:
+                for index in range(GPUS_PER_HOST):
+                    gpu = f"{host}:{index}"
+                    hot = sim.active.get(("hot", gpu))
+                    ecc = sim.active.get(("ecc", gpu))
+                    xids = [int(k[3:]) for k in ("xid79", "xid48") if t == now and sim.fresh_xid.pop((k, gpu), False)]
+                    lines.append(json.dumps({
+                        "index": index, "time": t, "host": host, "uuid": f"GPU-{host}-{index}",
+                        "temperature_c": hot.detail["temperature"] if hot else 62.0,
+                        "ecc_volatile_double_bit": 1 if ecc else 0, "xid_errors": xids, "throttle_reasons": [],
+                        "remapped_rows_failure": False, "remapped_rows_pending": False}))
             with open(self.run.telemetry / "gpu" / f"{host}.jsonl", "a") as handle:
                 handle.write("\n".join(lines) + "\n")
 
@@ -609,7 +621,7 @@ class Sim:
         still sees of it (an XID stays in the GPU sample tail) and its quiet period."""
         quiet = self.sup.config.incidents.resolve_after_s
         if kind.startswith("xid"):
-            return 256 / GPUS_PER_HOST * self.config.pass_s + quiet + HOUR
+            return GPU_TAIL_S + self.config.pass_s + quiet + HOUR
         return quiet + HOUR
 
     def inject(self, fault: Fault, now: float) -> bool:
@@ -621,6 +633,8 @@ class Sim:
         if now - self.last_end.get((k, resource), -math.inf) < self.gap_s(k):
             return False
         if k in RUN_LEVEL and self._busy_run():
+            return False
+        if k == "spike" and now - self.last_end.get(("spike", "run"), -math.inf) < SPIKE_SPACING_S:
             return False
         if k in METRIC_LEVEL and (any(key in self.active for key in (("gradnorm", "run"), ("nan", "run"),
                                                                       ("spike", "run")))
@@ -807,7 +821,7 @@ class Report:
                 if page["kind"] not in e.families() or not self._same_resource(e, page):
                     continue
                 end = (e.end if e.end is not None else self.end) + self._slack(e)
-                if e.start - self.sim.config.pass_s <= page["time"] <= end and (
+                if e.start <= page["time"] <= end and (
                         best is None or e.start > self.episodes[best].start):
                     best = n
             if best is None:
@@ -818,7 +832,7 @@ class Report:
 
     def _slack(self, e: Episode) -> float:
         if e.kind.startswith("xid"):  # an XID stays in the GPU sample tail this long
-            return 256 / GPUS_PER_HOST * self.sim.config.pass_s + SLACK_S
+            return GPU_TAIL_S + self.sim.config.pass_s + SLACK_S
         return SLACK_S
 
     @staticmethod
@@ -915,7 +929,7 @@ class Report:
                 out.append(f"incident {i['id']} ({i['key']}): {len(i['open'])} open notices")
             if len(i["resolve"]) > 1:
                 out.append(f"incident {i['id']} ({i['key']}): {len(i['resolve'])} resolves")
-            visible = 256 / GPUS_PER_HOST * self.sim.config.pass_s if i["kind"] == "GpuXid" else 0.0
+            visible = GPU_TAIL_S if i["kind"] == "GpuXid" else 0.0
             if not i["resolve"] and i["open"] and i["open"][0] < self.end - margin - visible and not self._still_on(i):
                 out.append(f"incident {i['id']} ({i['key']}) opened at +{(i['open'][0] - T0) / HOUR:.1f} h: never "
                            f"resolved")

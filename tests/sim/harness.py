@@ -885,6 +885,10 @@ class Report:
             "old_unmatched_pages": len(self.match_old["unmatched"]),
             "other_pages": len([p for p in self.pages if not p.get("notice")]),
             "gave_up": len(self.sim.gave_up), "operator": len(self.sim.operator),
+            "critical_pages": sum(1 for p in self.pages if p["severity"] == "critical"),
+            "rate_limited": sum(1 for r in self.sim.notifier.results if r.get("outcome") == "rate-limited"),
+            "rate_limited_critical": sum(1 for r in self.sim.notifier.results
+                                         if r.get("outcome") == "rate-limited" and r.get("severity") == "critical"),
             "cpu_s": self.sim.cpu_s, "rows": rows,
         }
 
@@ -916,7 +920,9 @@ class Report:
                   f"{f['old_longest_silent_recurrence_h']:.1f} h ({f['old_silent_episodes']} silent episodes); "
                   f"{f['old_unmatched_pages']} pages of no injected episode  (old keys + WatchState.is_new)",
                   f"other pages (actions without an incident, give-ups): {f['other_pages']}; supervisor gave up "
-                  f"{f['gave_up']}x; operator stepped in {f['operator']}x"]
+                  f"{f['gave_up']}x; operator stepped in {f['operator']}x",
+                  f"notifier (20/min per channel): {f['critical_pages']} critical pages, {f['rate_limited_critical']} of "
+                  f"them rate-limited; {f['rate_limited']} pages held back in all"]
         return "\n".join(lines)
 
     # -- invariants --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A month of a supervised run on a simulated clock (``tests.sim.harness``): every fault kind recurring
+"""Three weeks of a supervised run on a simulated clock (``tests.sim.harness``): every fault kind recurring
 at Llama 3's interruption rate, a storm on day 2.5; one page per incident, every episode paged, each action
 once, no critical page lost. ``python -m benchmarks.incidents --days 90`` prints the full table."""
 
@@ -23,9 +23,9 @@ def root():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_a_month_of_recurring_faults_one_page_per_incident_none_silent(root):
-    # 30 days, one watchdog pass every 10 simulated minutes (4,320 passes: about a minute here)
-    report = Sim(root, SimConfig(days=30, seed=0, pass_s=600)).run_all()
+def test_weeks_of_recurring_faults_one_page_per_incident_none_silent(root):
+    # 20 days, one watchdog pass every 10 simulated minutes (2,880 passes: about a minute here)
+    report = Sim(root, SimConfig(days=20, seed=0, pass_s=600)).run_all()
     print(report.table())
     figures = report.figures()
     rows = {r["kind"]: r for r in figures["rows"]}
@@ -40,3 +40,23 @@ def test_a_month_of_recurring_faults_one_page_per_incident_none_silent(root):
     # the same findings keyed the old way: recurrences go silent, sliding keys flood
     assert figures["old_silent_episodes"] > 0
     assert rows["slow"]["old_pages"] > 3 * rows["slow"]["episodes"]
+
+
+def test_the_checks_catch_a_watchdog_that_never_pages_a_key_twice(root, monkeypatch):
+    """The harness is not blind: an incident layer with the old dedup (a key opened once never opens again)
+    leaves recurrences silent, and the checks say which."""
+    from bigops.watchdog import incidents
+
+    real, ever = incidents.advance, set()
+
+    def old_dedup(table, findings, now, policy=incidents.IncidentPolicy(), **kw):
+        findings = [f for f in findings if f.resolved or f.key not in ever or f.key in incidents.open_by_key(table)]
+        table, notices = real(table, findings, now, policy, **kw)
+        ever.update(n.incident["key"] for n in notices if n.type == "open")
+        return table, notices
+
+    monkeypatch.setattr(incidents, "advance", old_dedup)
+    report = Sim(root, SimConfig(days=4, seed=0, pass_s=600)).run_all()
+    silent = [v for v in report.violations() if v.startswith("silent:")]
+    assert silent and report.figures()["silent_episodes"] == len(silent)
+    assert any(v.startswith(("silent: hot", "silent: slow", "silent: crash")) for v in silent), silent

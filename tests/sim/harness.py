@@ -330,6 +330,10 @@ class SimRanks:
         self.phase = "exit"
         self.write_heartbeats()
 
+    def bad_samples_ahead(self) -> bool:
+        """A spike's bad data not read (nor skipped) yet: the run is not free for another run-level fault."""
+        return any(b >= self.consumed for b in self.bad_samples if not any(s <= b < e for s, e in self.skips))
+
     # -- one pass of training ------------------------------------------------------------------------
     def advance(self, now: float) -> None:
         if self.status == "starting" and not self.startup_hang and now >= self.startup_until:
@@ -564,6 +568,7 @@ class Sim:
         self.pending_startup_hang = False
         self.hang_repeat = 1
         self.last_end: dict[tuple[str, str], float] = {}
+        self.metric_quiet_since = T0
         self.old = OldDedup()
         self.gave_up: list[float] = []
         self.operator: list[tuple[float, str]] = []
@@ -670,8 +675,6 @@ class Sim:
                 self.fresh_xid[(k, gpu)] = True
         return True
 
-    metric_quiet_since = T0
-
     def expire(self, now: float) -> None:
         """Episodes that end by themselves."""
         for (kind, resource), e in list(self.active.items()):
@@ -768,13 +771,6 @@ class Sim:
         return Report(self)
 
 
-def _bad_samples_ahead(ranks: SimRanks) -> bool:
-    return any(b >= ranks.consumed for b in ranks.bad_samples if not any(s <= b < e for s, e in ranks.skips))
-
-
-SimRanks.bad_samples_ahead = _bad_samples_ahead  # a spike's data not passed yet: the run is not free
-
-
 # ----------------------------------------------------------------------------------------------- report
 SLACK_S = 2 * HOUR
 """A page belongs to an episode from its start to this long after its end (detection delay, quiet period)."""
@@ -803,11 +799,17 @@ class Report:
         self.match_old = self._match(sim.old.pages)
 
     def _actions(self) -> list[dict]:
+        """Every action the watchdog carried out: its ``action`` records in events.jsonl (one per execution:
+        an action done twice would show twice), not the trainer's own."""
         out = []
-        done = self.sim.run.root / "watchdog" / "intents" / "done"
-        for path in sorted(done.glob("*.json")) if done.is_dir() else []:
-            intent = json.loads(path.read_text())
-            out.append({"action": intent["action"], "incident": intent.get("incident"), "id": intent["id"]})
+        with open(self.sim.run.root / "events.jsonl") as handle:
+            for line in handle:
+                if '"action"' not in line:
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "action" and event.get("source") != "trainer":
+                    out.append({"action": event["action"], "incident": event.get("incident"),
+                                "intent": event.get("intent"), "time": event["time"]})
         return out
 
     def _match(self, pages: list[dict]) -> dict:
@@ -837,13 +839,13 @@ class Report:
 
     @staticmethod
     def _same_resource(e: Episode, page: dict) -> bool:
+        """GPU pages name the GPU (and an XID page its code: ``GpuXid:<host>:<index>:<xid>``, the old key
+        ``...:<sorted xids>``); run-level pages are about the run."""
         if not page["kind"].startswith("Gpu"):
             return True
-        gpu = ":".join(e.resource.split(":")[:2])
-        if page.get("resource") != gpu:
+        if page.get("resource") != ":".join(e.resource.split(":")[:2]):
             return False
-        return not e.kind.startswith("xid") or page["key"].split(":")[-1].split(",")[-1] == e.kind[3:] \
-            or e.kind[3:] in page["key"].split(":")[-1].split(",")
+        return not e.kind.startswith("xid") or e.kind[3:] in page["key"].split(":")[-1].split(",")
 
     # -- figures -----------------------------------------------------------------------------------
     def rows(self) -> list[dict]:
@@ -974,7 +976,10 @@ class Report:
             if e.kind not in want or n not in self.match_bigops["by_episode"]:
                 continue
             ids = {p["incident"] for p in self.match_bigops["by_episode"][n]}
-            done = {a["action"] for a in self.actions if a["incident"] in ids}
+            taken = [a["action"] for a in self.actions if a["incident"] in ids]
+            done = set(taken)
+            out += [f"{e.kind} at +{(e.start - T0) / HOUR:.2f} h: {a} {taken.count(a)} times" for a in sorted(done)
+                    if taken.count(a) > 1]
             missing = [a for a in want[e.kind] if a not in done and not ("give-up" in done and a == "restart")]
             if missing:
                 out.append(f"{e.kind} at +{(e.start - T0) / HOUR:.2f} h: no {', '.join(missing)} (done: "

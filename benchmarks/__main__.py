@@ -5,12 +5,13 @@ import json
 import platform
 import time
 
-from benchmarks import alerting, detection, model_throughput, parallel_overhead, recovery, surgery, watchdog, \
+from benchmarks import alerting, detection, incidents, model_throughput, parallel_overhead, recovery, surgery, watchdog, \
     watchdog_scale
 
 BENCHMARKS = {"model_throughput": model_throughput.main, "watchdog": watchdog.main, "recovery": recovery.main,
               "surgery": surgery.main, "parallel_overhead": parallel_overhead.main,
-              "watchdog_scale": watchdog_scale.main, "alerting": alerting.main, "detection": detection.main}
+              "watchdog_scale": watchdog_scale.main, "alerting": alerting.main, "detection": detection.main,
+              "incidents": incidents.main}
 
 
 def _get(result: dict, *path):
@@ -33,6 +34,7 @@ HEADLINES = {
     "watchdog_scale": ("pass CPU / parse-only baseline", lambda r: _get(r, "ratio_pass_vs_parse_baseline")),
     "alerting": ("Prometheus+AM / watchdog direct latency", lambda r: _alerting_ratio(r)),
     "detection": ("rollbacks not needed (bigops, 20 recovering)", lambda r: _get(r, "unneeded_rollbacks_bigops")),
+    "incidents": ("pages per incident, 90 sim. days (goal 1.0)", lambda r: _get(r, "pages_per_incident")),
 }
 
 

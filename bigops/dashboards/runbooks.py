@@ -340,6 +340,13 @@ PAGES: dict[str, Page] = {
         "GPU faults on that node go unseen.",
         (GPU_LOG, "ps -C python3 -o pid,etime,cmd | grep gpu-monitor  # on the node"),
         "Restart it on that node: `bigops gpu-monitor RUN --interval 10`. NVML errors: `nvidia-smi` on the node."),
+    "MalformedTelemetry": Page(
+        "Heartbeat or GPU-sample fields of the wrong type (a list where a number is expected, \"N/A\" degrees): "
+        "the watchdog ignored those fields and counted them (source: heartbeat or gpu:<host>).",
+        "What those fields would have shown goes unseen (a hang, a hot GPU); the rest is still watched.",
+        ("ls -l RUN/telemetry/heartbeat | head; cat RUN/telemetry/heartbeat/rank-00000.json", GPU_LOG),
+        "Fix the writer (a trainer or gpu-monitor of another version, a hand-edited file); the finding resolves "
+        "once the fields are well-typed again.", see_also=("GpuSamplerSilent",)),
 }
 
 

@@ -16,7 +16,7 @@ from bigops.watchdog import approvals, incidents
 from bigops.watchdog.actions import SYNC_LAYERNORM, record_action, safe_append
 from bigops.watchdog.chain import keep as keep_chain
 from bigops.watchdog.findings import Finding
-from bigops.watchdog.scan import WatchConfig, scan_run
+from bigops.watchdog.scan import ScanStream, WatchConfig, scan_run
 from bigops.watchdog.state import WatchState
 from trainer.rundir import RunDir
 
@@ -51,7 +51,9 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
     ``observe``: this process is not the run's writer (``bigops.watchdog.lock``): detect and report facts,
     but write nothing, notify nobody, act on nothing."""
     now = time.time() if now is None else now
-    findings, facts = scan_run(run, now=now, config=config)
+    stream = ScanStream.from_json(state.stream, config)
+    findings, facts = scan_run(run, now=now, config=config, stream=stream)
+    stream_before, state.stream = state.stream, stream.to_json()  # saved with the state (never when observing)
     if not observe:
         # SLURM chain keeping (bigops.watchdog.chain): only runs launched with --slurm; it never raises.
         chain_findings, facts["chain"] = keep_chain(run, state, now=now, dry_run=dry_run, findings_so_far=findings)
@@ -59,7 +61,9 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
     else:
         facts["chain"] = {}
     findings += [*extra, *_watchdog_health(run, state)]
-    new, incident_of = _incident_pass(run, state, findings, now, config.incidents, notifier, dry_run, observe)
+    new, incident_of, notices = _incident_pass(run, state, findings, now, config.incidents, notifier, dry_run,
+                                               observe)
+    facts["notices"] = [(n.type, n.incident["id"]) for n in notices]
     facts["incidents"] = [i for i in state.incidents.values() if i["status"] == incidents.OPEN]
     facts["incident_of"] = incident_of
     facts["pending_approvals"] = sum(1 for e in state.pending.values() if e.get("status") == "pending")
@@ -84,7 +88,7 @@ def report(run: RunDir, state: WatchState, findings: Iterable[Finding], notifier
     opened (paged), escalated or resolved like any other, and saved. Returns finding key -> incident id.
     Other incidents are left as they are (no quiet-period resolution, no reminders: that is a pass's job)."""
     now = time.time() if now is None else now
-    _, incident_of = _incident_pass(run, state, list(findings), now, policy, notifier, dry_run, False, full=False)
+    _, incident_of, _ = _incident_pass(run, state, list(findings), now, policy, notifier, dry_run, False, full=False)
     return incident_of
 
 
@@ -94,7 +98,7 @@ SAVE_EVERY_S = 60.0
 
 def _incident_pass(run: RunDir, state: WatchState, findings: list[Finding], now: float,
                    policy: incidents.IncidentPolicy, notifier, dry_run: bool, observe: bool, full: bool = True
-                   ) -> tuple[list[Finding], dict[str, str]]:
+                   ) -> tuple[list[Finding], dict[str, str], list[incidents.Notice]]:
     state.incidents, notices = incidents.advance(state.incidents, findings, now, policy, full=full)
     new = []
     for notice in notices:
@@ -108,7 +112,7 @@ def _incident_pass(run: RunDir, state: WatchState, findings: list[Finding], now:
     if not observe and (notices or now - state.extra.get("saved_at", 0) >= SAVE_EVERY_S):
         state.extra["saved_at"] = now
         save_state(state)
-    return new, incident_of
+    return new, incident_of, notices
 
 
 STATE_WRITE_ERRORS: dict[str, list[str]] = {}

@@ -1,8 +1,10 @@
 """One pass of the watchdog over a run directory: read the records, run every detector, return findings.
 
-Stateless on purpose: each pass re-reads the recent tail of the records and replays the streaming
-detectors over it, so a restarted daemon sees exactly what the previous one saw (deduplication of what was
-already reported lives in ``watchdog/state.json``, see ``bigops.watchdog.state``).
+Streaming: a ``ScanStream`` (plain JSON, saved in ``watchdog/state.json`` by the daemon) carries the
+metrics.jsonl read offset and the streaming detectors' states across passes, so each record is read once
+and an episode is seen once, however long the run (a re-scan of a sliding tail saw old episodes again under
+new keys). Without a stream (``bigops status``) a fresh one is warmed from the tail. Every pass reports
+every current problem (open episodes included), then what ended, in order (``bigops.watchdog.incidents``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bigops.watchdog.detectors.desync import DesyncConfig, desync_episode_start, detect_desync
+from bigops.watchdog.detectors.desync import DesyncConfig, DesyncTracker
 from bigops.watchdog.detectors.disk import DiskConfig, DiskUsage, detect_disk
 from bigops.watchdog.detectors.gpu import GpuConfig, detect_gpu
 from bigops.watchdog.detectors.grad_norm import GradNormConfig, GradNormSpikeDetector
@@ -24,12 +26,13 @@ from bigops.watchdog.detectors.liveness import detect_dead_ranks
 from bigops.watchdog.detectors.loss_spike import LossSpikeConfig, LossSpikeDetector
 from bigops.watchdog.detectors.nonfinite import NonFiniteConfig, NonFiniteDetector
 from bigops.watchdog.detectors.straggler import StragglerConfig, detect_stragglers
-from bigops.watchdog.detectors.throughput import ThroughputConfig, detect_throughput_drop
+from bigops.watchdog.detectors.throughput import ThroughputConfig, ThroughputDetector
 from bigops.watchdog.findings import Finding
 from bigops.watchdog.incidents import IncidentPolicy
 from trainer.rundir import RunDir
 
 MAX_LINE_BYTES = 64 * 1024  # a record longer than this is hostile or broken: skipped
+MAX_PASS_BYTES = 64 * 2**20  # one pass reads at most this much of metrics.jsonl (the rest: next pass)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class WatchConfig:
     """When an incident is resolved and reminded of (``alerts.resolve_after_s``, ``alerts.remind_every_s``)."""
     on_desync: str = "sync"
     """What the daemon does about a TPDesync finding: sync, notify or ask (``watchdog.on_desync``)."""
+    disk_usage: "Callable[[Path], DiskUsage] | None" = None
+    """How full the run directory's filesystem is (None: ``os.statvfs``); a simulation scripts it."""
+    throughput_history: int = 1000
+    """Unused (the throughput detector streams every record once, its state in the ScanStream); kept for configs."""
     alive: Callable[[int], bool] | None = None
     """Liveness of a pid on this host: given, the ranks-not-running check runs (standalone ``bigops watch``;
     a supervisor restarts its ranks itself and leaves it None)."""
@@ -59,22 +66,11 @@ def _number(value) -> float | None:
     return float(value)
 
 
-def read_tail(path: Path, max_records: int, required_int: str = "step") -> tuple[list[dict], int]:
-    """The last ``max_records`` well-formed metric records, and how many lines were skipped as malformed
-    (half-written, not JSON, wrong types, oversized): the daemon never crashes on a bad record."""
+def parse_lines(data: bytes, required_int: str = "step") -> tuple[list[dict], int]:
+    """The well-formed records of complete lines, and how many were skipped as malformed (not JSON, wrong
+    types, oversized): the daemon never crashes on a bad record."""
     records, skipped = [], 0
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_records * 1024))
-            data = handle.read()
-    except FileNotFoundError:
-        return [], 0
-    lines = data.split(b"\n")
-    if size > len(data):
-        lines = lines[1:]  # the first line may be cut by the seek
-    for raw in lines[:-1] if not data.endswith(b"\n") else lines:  # an unterminated last line is being written
+    for raw in data.split(b"\n"):
         if not raw.strip():
             continue
         if len(raw) > MAX_LINE_BYTES:
@@ -82,7 +78,7 @@ def read_tail(path: Path, max_records: int, required_int: str = "step") -> tuple
             continue
         try:
             record = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             skipped += 1
             continue
         key = record.get(required_int) if isinstance(record, dict) else None
@@ -90,16 +86,207 @@ def read_tail(path: Path, max_records: int, required_int: str = "step") -> tuple
             skipped += 1
             continue
         records.append(record)
-    return records[-max_records:], skipped
+    return records, skipped
 
 
-def read_heartbeats(run: RunDir) -> dict[int, dict]:
+def read_tail_at(path: Path, max_records: int, required_int: str = "step") -> tuple[list[dict], int, int, tuple]:
+    """The last ``max_records`` well-formed records, the malformed count, the byte offset just past the last
+    complete line, and the file's (inode, size); an unterminated last line is being written: left for later."""
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            size = st.st_size
+            start = max(0, size - max_records * 1024)
+            handle.seek(start)
+            data = handle.read(size - start)
+    except FileNotFoundError:
+        return [], 0, 0, (None, 0)
+    end = data.rfind(b"\n") + 1  # complete lines only
+    body = data[:end]
+    if start > 0:
+        cut = body.find(b"\n") + 1  # the first line may be cut by the seek
+        body = body[cut:]
+    lines = body.split(b"\n")
+    if len(lines) > max_records + 1:  # parse only the last max_records lines (not every line of the window)
+        body = b"\n".join(lines[-(max_records + 1):])
+    records, skipped = parse_lines(body, required_int)
+    return records[-max_records:], skipped, start + end, (st.st_ino, size)
+
+
+def read_tail(path: Path, max_records: int, required_int: str = "step") -> tuple[list[dict], int]:
+    """The last ``max_records`` well-formed records, and how many lines were skipped as malformed."""
+    records, skipped, _, _ = read_tail_at(path, max_records, required_int)
+    return records, skipped
+
+
+def read_appended(path: Path, offset: int, limit: int = MAX_PASS_BYTES) -> tuple[list[dict], int, int, tuple] | None:
+    """The records of the complete lines appended since ``offset`` (at most ``limit`` bytes), the malformed
+    count, the new offset and (inode, size); None when the file is gone."""
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            handle.seek(offset)
+            data = handle.read(max(0, min(limit, st.st_size - offset)))
+    except FileNotFoundError:
+        return None
+    end = data.rfind(b"\n") + 1
+    if end == 0 and len(data) >= limit:  # one line longer than a whole pass: skip it
+        end = len(data)
+    records, skipped = parse_lines(data[:end])
+    return records, skipped, offset + end, (st.st_ino, st.st_size)
+
+
+class ScanStream:
+    """What the scan carries from one pass to the next (plain JSON: ``to_json``/``from_json``, never pickle):
+    where metrics.jsonl was read up to (offset, inode and size: a replaced or truncated file is re-read from
+    its tail), the streaming detectors' states (their segment counter and last step in ``loss``), and the
+    few recent values the per-pass detectors need."""
+
+    FORMAT = 1
+
+    def __init__(self, config: "WatchConfig | None" = None, data: dict | None = None):
+        config = config or WatchConfig()
+        data = data if isinstance(data, dict) and data.get("format") == self.FORMAT else {}
+        self.offset: int | None = _int_or(data.get("offset"), None)
+        self.inode: int | None = _int_or(data.get("inode"), None)
+        self.size: int = _int_or(data.get("size"), 0)
+        self.loss = LossSpikeDetector.from_json(_dict(data.get("loss")), config.loss)
+        self.grad = GradNormSpikeDetector.from_json(_dict(data.get("grad_norm")), config.grad_norm)
+        self.nonfinite = NonFiniteDetector.from_json(_dict(data.get("nonfinite")), config.nonfinite)
+        self.desync = DesyncTracker(config.desync, _dict(data.get("desync")))
+        self.tput = ThroughputDetector.from_json(_dict(data.get("tput")), config.throughput)
+        self.step_seconds: list[float] = [float(v) for v in data.get("step_seconds") or [] if _number(v)]
+        self.last_record: dict | None = _dict(data.get("last_record")) or None
+        self.last_val_loss = _number(data.get("last_val_loss"))
+        self.last_ln_desync = _number(data.get("last_ln_desync"))
+        self.records: int = _int_or(data.get("records"), 0)
+
+    @classmethod
+    def from_json(cls, data: dict | None, config: "WatchConfig | None" = None) -> "ScanStream":
+        """A stream from its saved form; anything unreadable gives a fresh one (warmed from the tail)."""
+        return cls(config, data)
+
+    def to_json(self) -> dict:
+        return {"format": self.FORMAT, "offset": self.offset, "inode": self.inode, "size": self.size,
+                "loss": self.loss.to_json(), "grad_norm": self.grad.to_json(),
+                "nonfinite": self.nonfinite.to_json(), "desync": self.desync.to_json(),
+                "tput": self.tput.to_json(), "step_seconds": self.step_seconds,
+                "last_record": self.last_record, "last_val_loss": self.last_val_loss,
+                "last_ln_desync": self.last_ln_desync, "records": self.records}
+
+    def feed(self, records: list[dict], config: "WatchConfig") -> list[Finding]:
+        """Every record once, in order: the findings the streaming detectors complete (in order)."""
+        out: list[Finding] = []
+        for r in records:
+            step = r["step"]
+            loss, grad = _number(r.get("loss")), _number(r.get("grad_norm"))
+            out += self.loss.update(step, loss if loss is not None else float("nan"))
+            out += self.grad.update(step, grad)
+            out += self.nonfinite.update(step, loss, grad, skipped=r.get("skipped") is True)
+            desync = _number(r.get("ln_desync"))
+            if desync is not None:
+                out += self.desync.update(step, desync)
+                self.last_ln_desync = desync
+            tps = _number(r.get("tokens_per_second"))
+            if tps:
+                self.tput.update(step, tps)
+            seconds = _number(r.get("step_seconds"))
+            if seconds:
+                self.step_seconds.append(seconds)
+            val = _number(r.get("val_loss"))
+            if val is not None:
+                self.last_val_loss = val
+            self.last_record = r
+            self.records += 1
+        del self.step_seconds[:-200]
+        return out
+
+    def current(self) -> list[Finding]:
+        """The open episodes: reported every pass so that their incidents stay open."""
+        return [*self.loss.current(), *self.grad.current(), *self.nonfinite.current(), *self.desync.current()]
+
+    def advance(self, path: Path, config: "WatchConfig") -> tuple[list[Finding], int]:
+        """Read what was appended since the last pass (or warm from the tail: first pass, file replaced or
+        truncated) and feed it; the findings completed, and the malformed lines skipped."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return [], 0
+        if self.offset is None or st.st_ino != self.inode or st.st_size < self.offset:
+            records, skipped, self.offset, (self.inode, self.size) = read_tail_at(path, config.tail_records)
+            return self.feed(records, config), skipped
+        if st.st_size == self.offset:
+            return [], 0
+        got = read_appended(path, self.offset)
+        if got is None:
+            return [], 0
+        records, skipped, self.offset, (self.inode, self.size) = got
+        return self.feed(records, config), skipped
+
+
+def _int_or(value, default):
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _pair(p) -> bool:
+    return isinstance(p, list) and len(p) == 2 and _int_or(p[0], None) is not None and _number(p[1]) is not None
+
+
+_INT = "int"
+_NUM = "number"
+_STR = "str"
+HEARTBEAT_FIELDS = {"rank": _INT, "pid": _INT, "step": _INT, "stage": _INT, "dp_rank": _INT, "tp": _INT,
+                    "time": _NUM, "host": _STR, "phase": _STR, "launch": _STR, "forward_s_recent": list}
+GPU_FIELDS = {"index": _INT, "time": _NUM, "host": _STR, "uuid": _STR, "temperature_c": _NUM,
+              "ecc_volatile_double_bit": _INT, "xid_errors": list, "throttle_reasons": list,
+              "remapped_rows_failure": (bool, int), "remapped_rows_pending": (bool, int),
+              "retired_pages_pending": (bool, int)}
+
+
+def _fits(value, want) -> bool:
+    if want == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want == _NUM:
+        return _number(value) is not None
+    if want == _STR:
+        return isinstance(value, str)
+    return isinstance(value, want)
+
+
+def typed(record: dict, fields: dict, bad: list) -> dict:
+    """The record without its fields of the wrong type (each one named in ``bad``): a detector reading it
+    sees a field missing, never a list where it expects a stage or "N/A" where it expects degrees."""
+    out = {}
+    for name, value in record.items():
+        want = fields.get(name)
+        if want is not None and value is not None and not _fits(value, want):
+            bad.append(name)
+            continue
+        out[name] = value
+    return out
+
+
+def malformed_finding(source: str, bad: list[str]) -> list[Finding]:
+    if not bad:
+        return []
+    counts = {name: bad.count(name) for name in sorted(set(bad))}
+    return [Finding("MalformedTelemetry", "warning", f"{source} telemetry: {len(bad)} field(s) of the wrong type "
+                    f"ignored ({', '.join(f'{k} x{v}' for k, v in counts.items())})", key=f"MalformedTelemetry:{source}",
+                    evidence={"source": source, "fields": counts})]
+
+
+def read_heartbeats(run: RunDir, bad: list | None = None) -> dict[int, dict]:
     beats = {}
     for path in sorted((run.telemetry / "heartbeat").glob("rank-*.json")):
         try:
             if path.stat().st_size > MAX_LINE_BYTES:
                 continue
             beat = json.loads(path.read_text())
+            beat = typed(beat, HEARTBEAT_FIELDS, bad if bad is not None else [])
             rank = beat["rank"]
             if isinstance(rank, int) and _number(beat.get("time")) is not None:
                 beats[rank] = beat
@@ -108,10 +295,14 @@ def read_heartbeats(run: RunDir) -> dict[int, dict]:
     return beats
 
 
-def read_gpu_samples(run: RunDir, per_host: int = 256) -> dict[str, list[dict]]:
+def read_gpu_samples(run: RunDir, per_host: int = 256, bad: dict | None = None) -> dict[str, list[dict]]:
     out = {}
     for path in sorted((run.telemetry / "gpu").glob("*.jsonl")):
         records, _ = read_tail(path, per_host, required_int="index")
+        wrong: list = []
+        records = [typed(r, GPU_FIELDS, wrong) for r in records]
+        if wrong and bad is not None:
+            bad[path.stem] = wrong
         records = [r for r in records if isinstance(r.get("host"), str) and _number(r.get("time")) is not None]
         if records:
             out[records[-1]["host"]] = records
@@ -179,50 +370,52 @@ def last_checkpoint_bytes(run: RunDir) -> int | None:
     return int(saves[-1]["bytes"]) if saves else None
 
 
-def scan_run(run: RunDir, now: float | None = None, config: WatchConfig = WatchConfig()) -> tuple[list[Finding], dict]:
-    """All findings of one pass, and the facts they were drawn from (for the status screen and metrics)."""
-    now = time.time() if now is None else now
-    records, malformed = read_tail(run.metrics, config.tail_records)
-    findings: list[Finding] = []
-    loss_d, grad_d, nan_d = (LossSpikeDetector(config.loss), GradNormSpikeDetector(config.grad_norm),
-                             NonFiniteDetector(config.nonfinite))
-    for r in records:
-        step = r["step"]
-        loss, grad = _number(r.get("loss")), _number(r.get("grad_norm"))
-        findings += loss_d.update(step, loss if loss is not None else float("nan"))
-        findings += grad_d.update(step, grad)
-        findings += nan_d.update(step, loss, grad, skipped=r.get("skipped") is True)
-    # Streaming detectors report every record of an episode; keep the newest finding per key.
-    latest: dict[str, Finding] = {}
+def compact(findings: list[Finding]) -> list[Finding]:
+    """In order, each key's findings with a newer report of the same ongoing problem folded into it (its
+    latest state, at its latest position); a ``resolved`` finding and what came before it are both kept: a
+    spike confirmed and recovered between two passes gives its critical finding, then its resolve."""
+    out: list[Finding | None] = []
+    last: dict[str, int] = {}
     for f in findings:
-        latest[f.key] = f
-    findings = list(latest.values())
-    # Only an ongoing non-finite streak matters now; blips are history (kept for the record).
-    throughput = [(r["step"], _number(r.get("tokens_per_second"))) for r in records
-                  if _number(r.get("tokens_per_second"))]
-    findings += detect_throughput_drop(throughput, config.throughput)
-    desync = [r for r in records if _number(r.get("ln_desync")) is not None]
-    if desync:
-        series = [(r["step"], _number(r["ln_desync"])) for r in desync]
-        findings += detect_desync(series[-1][0], series[-1][1], config.desync,
-                                  since_step=desync_episode_start(series, config.desync.threshold))
-    beats = read_heartbeats(run)
-    step_seconds = [s for r in records[-200:] if (s := _number(r.get("step_seconds")))]
-    findings += detect_hang(beats, now, step_seconds, config.hang)
+        i = last.get(f.key)
+        if not f.resolved and i is not None and not out[i].resolved:
+            out[i] = None
+        out.append(f)
+        last[f.key] = len(out) - 1
+    return [f for f in out if f is not None]
+
+
+def scan_run(run: RunDir, now: float | None = None, config: WatchConfig = WatchConfig(),
+             stream: ScanStream | None = None) -> tuple[list[Finding], dict]:
+    """All findings of one pass, and the facts they were drawn from (for the status screen and metrics).
+
+    ``stream``: the state of the previous passes (updated in place: the caller saves ``stream.to_json()``);
+    None: a fresh one, warmed from the tail of the records (``bigops status``). Findings come in order: what
+    the new records completed (a spike confirmed then recovered gives both), then every open problem."""
+    now = time.time() if now is None else now
+    stream = ScanStream(config) if stream is None else stream
+    completed, malformed = stream.advance(run.metrics, config)
+    findings: list[Finding] = compact([*completed, *stream.current()])
+    findings += stream.tput.current()  # streaming: each record once (a re-run over the history cost ~50 ms a pass)
+    wrong_beats: list = []
+    beats = read_heartbeats(run, wrong_beats)
+    findings += malformed_finding("heartbeat", wrong_beats)
+    findings += detect_hang(beats, now, stream.step_seconds, config.hang)
     findings += detect_stragglers(beats, config.straggler)
     if config.alive is not None and beats:
         host = socket.gethostname()
         findings += detect_dead_ranks(beats, host, config.alive, read_exit_record(run),
                                       restarting=supervised(run, config.alive, host))
     if run.root.exists():
-        findings += detect_disk(disk_usage(run.root), last_checkpoint_bytes(run), config.disk)
-    gpu_samples = read_gpu_samples(run)
+        findings += detect_disk((config.disk_usage or disk_usage)(run.root), last_checkpoint_bytes(run), config.disk)
+    wrong_gpu: dict = {}
+    gpu_samples = read_gpu_samples(run, bad=wrong_gpu)
+    for host, wrong in sorted(wrong_gpu.items()):
+        findings += malformed_finding(f"gpu:{host}", wrong)
     findings += detect_gpu(gpu_samples, now, config.gpu)
-    val = [r for r in records if _number(r.get("val_loss")) is not None]
     checkpoint = latest_checkpoint_facts(run)
-    facts = {"last_record": records[-1] if records else None, "records": len(records),
-             "last_val_loss": val[-1]["val_loss"] if val else None,
-             "last_ln_desync": desync[-1]["ln_desync"] if desync else None,
+    facts = {"last_record": stream.last_record, "records": stream.records,
+             "last_val_loss": stream.last_val_loss, "last_ln_desync": stream.last_ln_desync,
              "target_step": target_step(run), "checkpoint_step": checkpoint.get("step"),
              "checkpoint_time": checkpoint.get("created"), "findings": findings,
              "malformed_records": malformed, "heartbeats": beats, "latest_checkpoint": run.latest_tag(),

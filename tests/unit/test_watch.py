@@ -123,11 +123,11 @@ def test_desync_requests_one_live_sync_per_episode(tmp_path):
     write_run(tmp_path, records)
     control = tmp_path / "control" / SYNC_LAYERNORM
     new, facts = tick(run, WatchState.load(tmp_path / "watchdog" / "state.json"), now=1000.0)
-    assert [f.key for f in new] == ["TPDesync:60"] and len(facts["actions"]) == 1
+    assert [f.key for f in new] == ["TPDesync"] and len(facts["actions"]) == 1
     request = json.loads(control.read_text())
     assert request["time"] == 1000.0 and request["step"] == 70 and request["id"]
     actions = [e for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines()) if e["type"] == "action"]
-    assert [(a["action"], a["key"], a["request_id"]) for a in actions] == [("sync-layernorm", "TPDesync:60", request["id"])]
+    assert [(a["action"], a["key"], a["request_id"]) for a in actions] == [("sync-layernorm", "TPDesync", request["id"])]
     control.unlink()  # the trainer honoured it
     for _ in range(2):  # later passes, and a restarted daemon: the same episode is not synced twice
         _, facts = tick(run, WatchState.load(tmp_path / "watchdog" / "state.json"), now=1010.0)

@@ -49,13 +49,12 @@ def detect_gpu(samples_by_host: dict[str, list[dict]], now: float, config: GpuCo
             if dbe:
                 findings.append(Finding("GpuEccDoubleBit", "critical", f"{where}: {dbe} uncorrected ECC error(s)",
                                         key=f"GpuEccDoubleBit:{host}:{index}", evidence={**base, "count": dbe}))
-            xids = [x for smp in samples if smp["index"] == index for x in smp.get("xid_errors") or []]
-            if xids:
-                critical = sorted(set(xids) & CRITICAL_XIDS)
-                findings.append(Finding("GpuXid", "critical" if critical else "warning",
-                                        f"{where}: XID {', '.join(map(str, sorted(set(xids))))}",
-                                        key=f"GpuXid:{host}:{index}:{','.join(map(str, sorted(set(xids))))}",
-                                        evidence={**base, "xids": sorted(set(xids))}))
+            xids = sorted({x for smp in samples if smp["index"] == index for x in (smp.get("xid_errors") if isinstance(smp.get("xid_errors"), list) else [])
+                           if isinstance(x, int) and not isinstance(x, bool)})
+            for xid in xids:  # one incident per GPU and code: an older XID ageing out changes nothing
+                findings.append(Finding("GpuXid", "critical" if xid in CRITICAL_XIDS else "warning",
+                                        f"{where}: XID {xid}", key=f"GpuXid:{host}:{index}:{xid}",
+                                        evidence={**base, "xid": xid, "xids": xids}))
             if s.get("remapped_rows_failure") or s.get("remapped_rows_pending") or s.get("retired_pages_pending"):
                 findings.append(Finding("GpuRowRemap", "critical" if s.get("remapped_rows_failure") else "warning",
                                         f"{where}: memory rows {'failed to remap' if s.get('remapped_rows_failure') else 'pending remap/retirement (reset the GPU)'}",

@@ -43,7 +43,11 @@ def timeout_for(phase: str, p95: float | None, config: HangConfig) -> float:
 
 def detect_hang(heartbeats: dict[int, dict], now: float, recent_step_seconds: list[float],
                 config: HangConfig = HangConfig()) -> list[Finding]:
-    """One finding naming every stale rank (``exit`` heartbeats are not expected to move)."""
+    """One finding naming every stale rank (``exit`` heartbeats are not expected to move).
+
+    Identity ``TrainingHang:<launch>``: the heartbeats' ``launch`` field (set by the trainer for each launch),
+    else ``pid<pid of the lowest stale rank>``: a second hang at the same step (every start-up hang is step 0)
+    in a new launch is a new incident, acted on again."""
     p95 = step_time_p95(recent_step_seconds)
     stale = []
     for rank, beat in sorted(heartbeats.items()):
@@ -59,9 +63,12 @@ def detect_hang(heartbeats: dict[int, dict], now: float, recent_step_seconds: li
         return []
     everyone = len(stale) == len([b for b in heartbeats.values() if b.get("phase") != "exit"])
     first = stale[0]
+    launches = sorted({b for s in stale if isinstance(b := heartbeats[s["rank"]].get("launch"), str) and b})
+    pid = first["pid"] if isinstance(first["pid"], int) and not isinstance(first["pid"], bool) else "?"
+    launch = launches[0] if launches else f"pid{pid}"
     names = ", ".join(f"rank {s['rank']} ({s['phase']}, step {s['step']}, {s['age_s']:.0f} s)" for s in stale[:8])
     more = f" and {len(stale) - 8} more" if len(stale) > 8 else ""
     return [Finding("TrainingHang", "critical",
                     f"{'all ranks' if everyone else f'{len(stale)} rank(s)'} without progress: {names}{more}",
-                    key=f"TrainingHang:{first['step']}", step=first["step"],
-                    evidence={"stale": stale, "p95_step_seconds": p95, "all_ranks": everyone})]
+                    key=f"TrainingHang:{launch}", step=first["step"],
+                    evidence={"stale": stale, "launch": launch, "p95_step_seconds": p95, "all_ranks": everyone})]

@@ -204,6 +204,10 @@ class WatchdogConfig:
     hang_checkpoint_timeout_s: float = 1800.0
     on_loss_spike: str = "rollback"
     """rollback (to the last checkpoint before the spike, skipping its data), notify, or ask."""
+    spike_patience: int = 50
+    """Steps a suspected loss spike may take to recover by itself before it is confirmed (critical: rolled
+    back, or asked for, per ``on_loss_spike``); one that gets worse first (NaN, the grad norm exploding, the
+    loss rising past its first peak) is confirmed at once. 0: confirm as soon as it persists."""
     rollback_skip_batches: int = 200
     """Global batches skipped from the one that fed the spike's first step (PaLM skipped 200-500)."""
     on_crash: str = "restart"
@@ -466,7 +470,7 @@ NUMERIC_RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "watchdog.interval_s": _GT0, "watchdog.restart_budget": _GE0, "watchdog.restart_window_s": _GT0,
     "watchdog.no_progress_restarts": _GE1, "watchdog.hang_factor": _GE1, "watchdog.hang_min_timeout_s": _GT0,
     "watchdog.hang_startup_timeout_s": _GT0, "watchdog.hang_checkpoint_timeout_s": _GT0,
-    "watchdog.rollback_skip_batches": _GE0, "watchdog.desync_threshold": _GE0,
+    "watchdog.rollback_skip_batches": _GE0, "watchdog.spike_patience": _GE0, "watchdog.desync_threshold": _GE0,
     "watchdog.straggler_factor": _GE1, "watchdog.straggler_min_gap_s": _GE0,
     "watchdog.straggler_min_samples": _GE1,
     "slurm.nodes": _GE1, "slurm.gpus_per_node": _GE0, "slurm.cpus_per_task": _GE0, "slurm.time_limit_min": _GE1,

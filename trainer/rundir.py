@@ -56,6 +56,15 @@ class RunDir:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def watchdog(self) -> Path:
+        return self.root / "watchdog"
+
+    @property
+    def watchdog_state(self) -> Path:
+        """The one writer's incidents, detector streams, restart budget and handled actions."""
+        return self.watchdog / "state.json"
+
     def latest_tag(self) -> str | None:
         """The tag ``checkpoints/latest`` names, or None when there is no checkpoint yet."""
         try:

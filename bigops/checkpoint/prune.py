@@ -4,7 +4,8 @@ Kept, always: the newest checkpoint that verifies with its hashes (sha256 of eve
 says: a bit-flipped ``latest`` has the right sizes, and the intact older one is what a resume falls back
 to), the checkpoint ``latest`` names, the last ``keep_last`` complete checkpoints, those whose step is a
 multiple of ``keep_every``, those named with ``keep`` or holding a ``KEEP`` marker (``bigops ckpt mark``),
-and any tag directory that is not complete (it is reported, not judged). When no checkpoint verifies,
+the newest checkpoint before each open loss spike (``protect_before``: a spike watched for
+``watchdog.spike_patience`` steps may still be rolled back to it), and any tag directory that is not complete (it is reported, not judged). When no checkpoint verifies,
 nothing is pruned. Never touched: partial saves (``.partial-*``: maybe being written), ``.rolled-back/``
 (rollback evidence) and ``.superseded/`` (copies a save of the same step replaced).
 
@@ -32,6 +33,9 @@ class Policy:
     keep_last: int
     keep_every: int | None = None
     keep: tuple[str, ...] = ()
+    protect_before: tuple[tuple[int, str], ...] = ()
+    """(step, why): keep the newest complete checkpoint whose step is before ``step`` (an open spike's
+    rollback target; ``why`` names the incident)."""
 
     def __post_init__(self) -> None:
         if self.keep_last < 1:
@@ -81,6 +85,11 @@ def plan_prune(inv: Inventory, policy: Policy, intact: IntactCheck | None = None
                               f"{first[0]}: {first[1]}); run `bigops ckpt verify --all` and repair first")
     plan = Plan()
     last = {e.tag for e in complete[-policy.keep_last:]}
+    targets: dict[str, list[str]] = {}
+    for step, why in policy.protect_before:
+        before = [e for e in complete if 0 <= e.step < step]
+        if before:
+            targets.setdefault(before[-1].tag, []).append(f"rollback target of {why} (spike from step {step})")
     for entry in inv.entries:
         if entry.aside == SUPERSEDED_ASIDE:
             plan.untouched.append((entry, "superseded by a save of the same step (evidence, never pruned)"))
@@ -104,6 +113,7 @@ def plan_prune(inv: Inventory, policy: Policy, intact: IntactCheck | None = None
                 why.append("--keep")
             if entry.marked:
                 why.append(f"{KEEP_MARKER} marker")
+            why += targets.get(entry.tag, [])
             if entry == keeper:
                 newer = ", ".join(f"{t} fails them" for t in damaged)
                 why.append("newest intact (hashes verified" + (f"; {newer}" if newer else "") + ")")

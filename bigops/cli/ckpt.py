@@ -231,8 +231,12 @@ def prune_command(
     from bigops.checkpoint.prune import Policy, apply_prune, plan_prune
     from bigops.errors import ConfigError
 
-    policy = Policy(keep_last=keep_last, keep_every=keep_every, keep=tuple(keep or ()))
+    from bigops.watchdog.state import open_spike_steps
+
     inv = _inventory(run_dir)
+    spikes = open_spike_steps(inv.run.watchdog_state)
+    policy = Policy(keep_last=keep_last, keep_every=keep_every, keep=tuple(keep or ()),
+                    protect_before=tuple(sorted((step, f"open incident {iid}") for step, iid in spikes.items())))
     plan = plan_prune(inv, policy)
     console = _console()
     for tag, why in plan.keep.items():

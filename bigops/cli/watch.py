@@ -114,6 +114,6 @@ def _notifier(run):
     alerts = _run_config(run).alerts
     try:
         return from_config(alerts, run.root.resolve().name, on_result=lambda r: append_jsonl(events_path(run), r),
-                           outbox=Outbox(run.root / "watchdog" / "outbox"))
+                           outbox=Outbox(run.watchdog / "outbox"))
     except SecretError as exc:
         raise ConfigError(str(exc)) from None

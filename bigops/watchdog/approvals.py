@@ -40,7 +40,7 @@ OPEN = ("pending", "approved", "denied")
 
 
 def approvals_dir(run: RunDir) -> Path:
-    return run.root / "watchdog" / "approvals"
+    return run.watchdog / "approvals"
 
 
 def decision_path(run: RunDir, event_id: str) -> Path:
@@ -108,7 +108,7 @@ class DecisionError(ValueError):
 def read_pending(run: RunDir) -> dict[str, dict]:
     """The pending table of ``watchdog/state.json``, read-only (status, approve/deny)."""
     try:
-        data = json.loads((run.root / "watchdog" / "state.json").read_text())
+        data = json.loads(run.watchdog_state.read_text())
     except (OSError, ValueError):
         return {}
     pending = data.get("pending") if isinstance(data, dict) else None

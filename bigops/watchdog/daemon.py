@@ -28,7 +28,7 @@ def runbook_for(finding: Finding) -> str:
 
 
 def state_path(run: RunDir) -> Path:
-    return run.root / "watchdog" / "state.json"
+    return run.watchdog_state
 
 
 def events_path(run: RunDir) -> Path:

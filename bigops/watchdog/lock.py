@@ -34,11 +34,11 @@ DEFAULT_LEASE_S = 120.0
 
 
 def lock_path(run: RunDir) -> Path:
-    return run.root / "watchdog" / LOCK_FILE
+    return run.watchdog / LOCK_FILE
 
 
 def lease_path(run: RunDir) -> Path:
-    return run.root / "watchdog" / LEASE_FILE
+    return run.watchdog / LEASE_FILE
 
 
 def read_lease(run: RunDir) -> dict | None:

@@ -180,8 +180,10 @@ class ScanStream:
         for r in records:
             step = r["step"]
             loss, grad = _number(r.get("loss")), _number(r.get("grad_norm"))
-            out += self.loss.update(step, loss if loss is not None else float("nan"))
             out += self.grad.update(step, grad)
+            grad_episode = self.grad.episode
+            grad_spike = grad_episode is not None and grad_episode.get("step") == step  # this record spiked
+            out += self.loss.update(step, loss if loss is not None else float("nan"), grad, grad_spike)
             out += self.nonfinite.update(step, loss, grad, skipped=r.get("skipped") is True)
             desync = _number(r.get("ln_desync"))
             if desync is not None:
@@ -335,7 +337,7 @@ SUPERVISOR_FILE = "supervisor.json"
 
 def supervisor_path(run: RunDir) -> Path:
     """Written by ``bigops launch --watch`` while it owns the ranks: {"pid", "host", "started"}."""
-    return run.root / "watchdog" / SUPERVISOR_FILE
+    return run.watchdog / SUPERVISOR_FILE
 
 
 def supervised(run: RunDir, alive: Callable[[int], bool], host: str) -> bool:

@@ -63,3 +63,26 @@ class WatchState:
         data = {**self.extra, "format": FORMAT, "incidents": self.incidents, "stream": self.stream,
                 "restarts": self.restarts, "handled": self.handled, "pending": self.pending}
         atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def open_spike_steps(path: Path) -> dict[int, str]:
+    """{first step of an open loss spike / non-finite incident: its id} from ``watchdog/state.json``, read
+    only (a missing or damaged file: none). Whoever removes checkpoints keeps the newest one before each:
+    a spike watched for ``watchdog.spike_patience`` steps may still be rolled back to it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    incidents = data.get("incidents") if isinstance(data, dict) else None
+    out: dict[int, str] = {}
+    for iid, inc in (incidents or {}).items() if isinstance(incidents, dict) else ():
+        if not isinstance(inc, dict) or inc.get("status") != "open" or \
+                inc.get("kind") not in ("LossSpike", "NonFiniteLoss", "NonFiniteLimit"):
+            continue
+        evidence = inc.get("evidence") if isinstance(inc.get("evidence"), dict) else {}
+        step = next((v for v in (evidence.get("start_step"), evidence.get("streak_start"), inc.get("step"))
+                     if isinstance(v, int) and not isinstance(v, bool)), None)
+        if step is not None:
+            out[step] = str(iid)
+    return out
+

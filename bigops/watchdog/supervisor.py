@@ -71,6 +71,7 @@ def watch_config(cfg: RunConfig, alive: Callable[[int], bool] | None = None) -> 
     """The detectors' and the daemon's settings from ``[watchdog]`` (checked here: ConfigError)."""
     from bigops.watchdog.detectors.desync import DesyncConfig
     from bigops.watchdog.detectors.hang import HangConfig
+    from bigops.watchdog.detectors.loss_spike import LossSpikeConfig
     from bigops.watchdog.detectors.straggler import StragglerConfig
     from bigops.watchdog.incidents import IncidentPolicy
     w = cfg.watchdog
@@ -81,7 +82,8 @@ def watch_config(cfg: RunConfig, alive: Callable[[int], bool] | None = None) -> 
     if not w.straggler_factor >= 1 or not w.straggler_min_gap_s >= 0 or w.straggler_min_samples < 1:
         raise ConfigError("watchdog.straggler_factor must be >= 1, watchdog.straggler_min_gap_s >= 0 and "
                           "watchdog.straggler_min_samples >= 1")
-    return WatchConfig(hang=HangConfig(factor=w.hang_factor, min_timeout_s=w.hang_min_timeout_s,
+    return WatchConfig(loss=LossSpikeConfig(spike_patience=w.spike_patience),
+                       hang=HangConfig(factor=w.hang_factor, min_timeout_s=w.hang_min_timeout_s,
                                        startup_timeout_s=w.hang_startup_timeout_s,
                                        checkpoint_timeout_s=w.hang_checkpoint_timeout_s),
                        desync=DesyncConfig(threshold=w.desync_threshold),

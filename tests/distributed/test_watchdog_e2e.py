@@ -66,7 +66,8 @@ def test_stopped_rank_is_a_hang_named_then_killed_and_restarted(tmp_path):
 
 
 def test_loss_spike_is_rolled_back_and_its_data_skipped(tmp_path):
-    common = [*FAST, "--steps", 150, "--save-interval", 10, "--set", "watchdog.rollback_skip_batches=10"]
+    common = [*FAST, "--steps", 150, "--save-interval", 10, "--set", "watchdog.rollback_skip_batches=10",
+              "--set", "watchdog.spike_patience=3"]  # the planted spike lasts 6 steps: roll back, do not wait
     clean = tmp_path / "clean"
     common = [str(a) for a in common]
     assert subprocess.run([sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(clean), *common],

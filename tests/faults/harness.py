@@ -66,8 +66,8 @@ BATCH = 8
 FAST = ["data.source=synthetic", "model.vocab_size=512", "train.seq_length=32", f"train.global_batch_size={BATCH}",
         "train.micro_batch_size=2", "train.eval_interval=0", "watchdog.interval_s=0.5",
         "watchdog.hang_min_timeout_s=15", "watchdog.hang_factor=8", "watchdog.restart_budget=50",
-        "watchdog.no_progress_restarts=50", "watchdog.rollback_skip_batches=4", "alerts.webhook_env=FAULTS_HOOK",
-        "alerts.retries=7", "alerts.rate_limit_per_minute=600"]
+        "watchdog.no_progress_restarts=50", "watchdog.rollback_skip_batches=4", "watchdog.spike_patience=3",
+        "alerts.webhook_env=FAULTS_HOOK", "alerts.retries=7", "alerts.rate_limit_per_minute=600"]
 
 
 class Receiver:

@@ -198,6 +198,23 @@ def test_superseded_copies_are_listed_and_never_pruned(run):
     assert (run.checkpoints / aside[0].path / ckpt.MANIFEST).is_file()
 
 
+def test_prune_keeps_the_rollback_target_of_an_open_spike(run, capsys):
+    """A suspected spike from step 35 is watched (watchdog.spike_patience) while saves go on: the newest
+    checkpoint before it is what a rollback would need, so prune keeps it until the incident is over."""
+    steps(run, 10, 20, 30, 40, 50)
+    run.watchdog_state.parent.mkdir(parents=True)
+    run.watchdog_state.write_text(json.dumps({"incidents": {
+        "i-1": {"id": "i-1", "key": "LossSpike:0:35", "kind": "LossSpike", "status": "open", "step": 35,
+                "evidence": {"start_step": 35}},
+        "i-0": {"id": "i-0", "key": "LossSpike:0:15", "kind": "LossSpike", "status": "resolved", "step": 15}}}))
+    assert bigops_main(["ckpt", "prune", str(run.root), "--keep-last", "1", "--yes"]) == 0
+    assert "rollback target of open incident i-1 (spike from step 35)" in capsys.readouterr().out
+    assert live_tags(run) == ["global_step30", "global_step50"]
+    run.watchdog_state.write_text("{not json")  # damaged: nothing protected, nothing breaks
+    assert bigops_main(["ckpt", "prune", str(run.root), "--keep-last", "1", "--yes"]) == 0
+    assert live_tags(run) == ["global_step50"]
+
+
 def test_prune_refuses_when_latest_cannot_be_trusted(run, capsys):
     steps(run, 1, 2, 3)
     run.latest.write_bytes(b"\xff\xfe")

@@ -70,7 +70,16 @@ def test_a_spike_confirmed_and_recovered_between_two_passes_gives_both_findings_
     append(tmp_path, [{"step": s, "loss": v} for s, v in spike])
     findings, _ = scan_run(run, now=10.0, stream=persisted(stream))
     mine = [(f.severity, f.resolved) for f in findings if f.key == "LossSpike:0:100"]
-    assert mine == [("critical", False), ("info", True)]
+    assert mine == [("warning", False), ("info", True)]  # suspected, recovered within spike_patience
+    eager = WatchConfig(loss=LossSpikeConfig(spike_patience=0))
+    run2 = RunDir(tmp_path / "eager")
+    append(run2.root, [{"step": s, "loss": v} for s, v in flat(range(100))])
+    stream = ScanStream(eager)
+    scan_run(run2, now=0.0, config=eager, stream=stream)
+    append(run2.root, [{"step": s, "loss": v} for s, v in spike])
+    findings, _ = scan_run(run2, now=10.0, config=eager, stream=ScanStream.from_json(stream.to_json(), eager))
+    mine = [(f.severity, f.resolved) for f in findings if f.key == "LossSpike:0:100"]
+    assert mine == [("critical", False), ("info", True)]  # the pass keeps the latest state of each key
 
 
 def test_an_open_spike_is_reported_on_every_pass_and_resolved_once(tmp_path):

@@ -5,7 +5,9 @@ beside the rules people use instead, on the same series in the same run.
   1.5B run with >100 one-step outliers) and on synthetic runs with planted spikes, some that recover by
   themselves within ~30 steps (a rollback there is lost work: 20 iterations redone on 384 GPUs and 839 M
   tokens skipped for nothing, in BLOOM's case) and some that persist (a rollback is the remedy). A rollback
-  is what the rule's alarm triggers: bigops' critical ``LossSpike``; Megatron's rule (a loss above 10x the
+  is what the rule's alarm triggers: bigops' critical ``LossSpike`` (confirmed after ``spike_patience``
+  steps or on getting worse; its first flag, the suspected warning, is shown as its own row, and the real
+  BigScience excerpts end before 50 steps have passed, so there only the flag can be seen); Megatron's rule (a loss above 10x the
   max of the first 100 losses); a 1.5x running-median rule (a loss above 1.5x the median of the last 100).
 - Slowdowns of 2-50 % at 0.4 % and 3 % step-time noise, and a noisy box (20 %): bigops' change detection
   vs the fixed 0.7x ratio rule (median of the last 20 / median of the 200 before).
@@ -29,23 +31,29 @@ PERSISTENT, RECOVERING = "persistent", "recovering"
 
 
 # ------------------------------------------------------------------------------------------ the rules
-def bigops_loss_rule(series: list[tuple[int, float]], excerpt: bool = False) -> list[int]:
-    """Steps at which bigops would roll back: each critical ``LossSpike`` (once per episode key).
-    ``excerpt``: a few rows of a real log (BigScience's chronicles): no warm-up, as in the unit tests."""
+def _bigops_alarms(series: list[tuple[int, float]], excerpt: bool, severities: tuple[str, ...]) -> list[int]:
     from bigops.watchdog.detectors.loss_spike import LossSpikeConfig, LossSpikeDetector
     config = LossSpikeConfig(warmup_records=0, min_history=2) if excerpt else LossSpikeConfig()
     detector = LossSpikeDetector(config)
     alarms, keys = [], set()
     for step, loss in series:
-        found = detector.update(step, loss)
-        current = getattr(detector, "current", None)
-        found = [*found, *(current() if callable(current) else [])]
-        for f in found:
-            if f.kind == "LossSpike" and f.severity == "critical" and not getattr(f, "resolved", False) \
-                    and f.key not in keys:
+        for f in [*detector.update(step, loss), *detector.current()]:
+            if f.kind == "LossSpike" and f.severity in severities and not f.resolved and f.key not in keys:
                 keys.add(f.key)
                 alarms.append(step)
     return alarms
+
+
+def bigops_loss_rule(series: list[tuple[int, float]], excerpt: bool = False) -> list[int]:
+    """Steps at which bigops rolls back: each confirmed (critical) ``LossSpike``, once per episode key — a
+    spike not recovered ``watchdog.spike_patience`` (50) steps after it started, or worse first.
+    ``excerpt``: a few rows of a real log (BigScience's chronicles): no warm-up, as in the unit tests."""
+    return _bigops_alarms(series, excerpt, ("critical",))
+
+
+def bigops_flag_rule(series: list[tuple[int, float]], excerpt: bool = False) -> list[int]:
+    """Steps at which bigops first flags a spike (suspected: a warning page, nothing rolled back yet)."""
+    return _bigops_alarms(series, excerpt, ("warning", "critical"))
 
 
 def megatron_rule(series: list[tuple[int, float]], excerpt: bool = False) -> list[int]:
@@ -84,7 +92,7 @@ def _episodes(marks: list[tuple[int, bool]], rearm: int = 5) -> list[int]:
     return out
 
 
-LOSS_RULES = {"bigops": bigops_loss_rule, "megatron 10x first-100 max": megatron_rule,
+LOSS_RULES = {"bigops": bigops_loss_rule, "bigops flag (no rollback)": bigops_flag_rule, "megatron 10x first-100 max": megatron_rule,
               "1.5x running median": running_median_rule}
 
 

@@ -1,9 +1,9 @@
 """One pass of the watchdog over a run directory: read the records, run every detector, return findings.
 
 Streaming: a ``ScanStream`` (plain JSON, saved in ``watchdog/state.json`` by the daemon) carries the
-metrics.jsonl read offset and the streaming detectors' states across passes, so each record is read once
-and an episode is seen once, however long the run (a re-scan of a sliding tail saw old episodes again under
-new keys). Without a stream (``bigops status``) a fresh one is warmed from the tail. Every pass reports
+metrics.jsonl read offset, the GPU sample files' offsets with a summary per host, and the streaming
+detectors' states across passes, so each record is read once and an episode is seen once, however long the
+run (a re-scan of a sliding tail saw old episodes again under new keys). Without a stream (``bigops status``) a fresh one is warmed from the tail. Every pass reports
 every current problem (open episodes included), then what ended, in order (``bigops.watchdog.incidents``).
 """
 
@@ -28,11 +28,11 @@ from bigops.watchdog.detectors.nonfinite import NonFiniteConfig, NonFiniteDetect
 from bigops.watchdog.detectors.straggler import StragglerConfig, detect_stragglers
 from bigops.watchdog.detectors.throughput import ThroughputConfig, ThroughputDetector
 from bigops.watchdog.findings import Finding
+from bigops.watchdog.gpu_stream import GpuStream
 from bigops.watchdog.incidents import IncidentPolicy
+from bigops.watchdog.telemetry_io import (HEARTBEAT_FIELDS, MAX_LINE_BYTES, _number,  # noqa: F401
+                                         malformed_finding, read_appended, read_tail, read_tail_at, typed)
 from trainer.rundir import RunDir
-
-MAX_LINE_BYTES = 64 * 1024  # a record longer than this is hostile or broken: skipped
-MAX_PASS_BYTES = 64 * 2**20  # one pass reads at most this much of metrics.jsonl (the rest: next pass)
 
 
 @dataclass(frozen=True)
@@ -60,87 +60,11 @@ class WatchConfig:
     a supervisor restarts its ranks itself and leaves it None)."""
 
 
-def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def parse_lines(data: bytes, required_int: str = "step") -> tuple[list[dict], int]:
-    """The well-formed records of complete lines, and how many were skipped as malformed (not JSON, wrong
-    types, oversized): the daemon never crashes on a bad record."""
-    records, skipped = [], 0
-    for raw in data.split(b"\n"):
-        if not raw.strip():
-            continue
-        if len(raw) > MAX_LINE_BYTES:
-            skipped += 1
-            continue
-        try:
-            record = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            skipped += 1
-            continue
-        key = record.get(required_int) if isinstance(record, dict) else None
-        if not isinstance(key, int) or isinstance(key, bool):
-            skipped += 1
-            continue
-        records.append(record)
-    return records, skipped
-
-
-def read_tail_at(path: Path, max_records: int, required_int: str = "step") -> tuple[list[dict], int, int, tuple]:
-    """The last ``max_records`` well-formed records, the malformed count, the byte offset just past the last
-    complete line, and the file's (inode, size); an unterminated last line is being written: left for later."""
-    try:
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            size = st.st_size
-            start = max(0, size - max_records * 1024)
-            handle.seek(start)
-            data = handle.read(size - start)
-    except FileNotFoundError:
-        return [], 0, 0, (None, 0)
-    end = data.rfind(b"\n") + 1  # complete lines only
-    body = data[:end]
-    if start > 0:
-        cut = body.find(b"\n") + 1  # the first line may be cut by the seek
-        body = body[cut:]
-    lines = body.split(b"\n")
-    if len(lines) > max_records + 1:  # parse only the last max_records lines (not every line of the window)
-        body = b"\n".join(lines[-(max_records + 1):])
-    records, skipped = parse_lines(body, required_int)
-    return records[-max_records:], skipped, start + end, (st.st_ino, size)
-
-
-def read_tail(path: Path, max_records: int, required_int: str = "step") -> tuple[list[dict], int]:
-    """The last ``max_records`` well-formed records, and how many lines were skipped as malformed."""
-    records, skipped, _, _ = read_tail_at(path, max_records, required_int)
-    return records, skipped
-
-
-def read_appended(path: Path, offset: int, limit: int = MAX_PASS_BYTES) -> tuple[list[dict], int, int, tuple] | None:
-    """The records of the complete lines appended since ``offset`` (at most ``limit`` bytes), the malformed
-    count, the new offset and (inode, size); None when the file is gone."""
-    try:
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            handle.seek(offset)
-            data = handle.read(max(0, min(limit, st.st_size - offset)))
-    except FileNotFoundError:
-        return None
-    end = data.rfind(b"\n") + 1
-    if end == 0 and len(data) >= limit:  # one line longer than a whole pass: skip it
-        end = len(data)
-    records, skipped = parse_lines(data[:end])
-    return records, skipped, offset + end, (st.st_ino, st.st_size)
-
-
 class ScanStream:
     """What the scan carries from one pass to the next (plain JSON: ``to_json``/``from_json``, never pickle):
     where metrics.jsonl was read up to (offset, inode and size: a replaced or truncated file is re-read from
     its tail), the streaming detectors' states (their segment counter and last step in ``loss``), and the
-    few recent values the per-pass detectors need."""
+    few recent values the per-pass detectors need; the GPU samples' ``GpuStream`` (offsets per sampler file)."""
 
     FORMAT = 1
 
@@ -155,6 +79,7 @@ class ScanStream:
         self.nonfinite = NonFiniteDetector.from_json(_dict(data.get("nonfinite")), config.nonfinite)
         self.desync = DesyncTracker(config.desync, _dict(data.get("desync")))
         self.tput = ThroughputDetector.from_json(_dict(data.get("tput")), config.throughput)
+        self.gpu = GpuStream(_dict(data.get("gpu")), config.gpu.xid_window_s)
         self.step_seconds: list[float] = [float(v) for v in data.get("step_seconds") or [] if _number(v)]
         self.last_record: dict | None = _dict(data.get("last_record")) or None
         self.last_val_loss = _number(data.get("last_val_loss"))
@@ -170,7 +95,7 @@ class ScanStream:
         return {"format": self.FORMAT, "offset": self.offset, "inode": self.inode, "size": self.size,
                 "loss": self.loss.to_json(), "grad_norm": self.grad.to_json(),
                 "nonfinite": self.nonfinite.to_json(), "desync": self.desync.to_json(),
-                "tput": self.tput.to_json(), "step_seconds": self.step_seconds,
+                "tput": self.tput.to_json(), "gpu": self.gpu.to_json(), "step_seconds": self.step_seconds,
                 "last_record": self.last_record, "last_val_loss": self.last_val_loss,
                 "last_ln_desync": self.last_ln_desync, "records": self.records}
 
@@ -238,49 +163,6 @@ def _pair(p) -> bool:
     return isinstance(p, list) and len(p) == 2 and _int_or(p[0], None) is not None and _number(p[1]) is not None
 
 
-_INT = "int"
-_NUM = "number"
-_STR = "str"
-HEARTBEAT_FIELDS = {"rank": _INT, "pid": _INT, "step": _INT, "stage": _INT, "dp_rank": _INT, "tp": _INT,
-                    "time": _NUM, "host": _STR, "phase": _STR, "launch": _STR, "forward_s_recent": list}
-GPU_FIELDS = {"index": _INT, "time": _NUM, "host": _STR, "uuid": _STR, "temperature_c": _NUM,
-              "ecc_volatile_double_bit": _INT, "xid_errors": list, "throttle_reasons": list,
-              "remapped_rows_failure": (bool, int), "remapped_rows_pending": (bool, int),
-              "retired_pages_pending": (bool, int)}
-
-
-def _fits(value, want) -> bool:
-    if want == _INT:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if want == _NUM:
-        return _number(value) is not None
-    if want == _STR:
-        return isinstance(value, str)
-    return isinstance(value, want)
-
-
-def typed(record: dict, fields: dict, bad: list) -> dict:
-    """The record without its fields of the wrong type (each one named in ``bad``): a detector reading it
-    sees a field missing, never a list where it expects a stage or "N/A" where it expects degrees."""
-    out = {}
-    for name, value in record.items():
-        want = fields.get(name)
-        if want is not None and value is not None and not _fits(value, want):
-            bad.append(name)
-            continue
-        out[name] = value
-    return out
-
-
-def malformed_finding(source: str, bad: list[str]) -> list[Finding]:
-    if not bad:
-        return []
-    counts = {name: bad.count(name) for name in sorted(set(bad))}
-    return [Finding("MalformedTelemetry", "warning", f"{source} telemetry: {len(bad)} field(s) of the wrong type "
-                    f"ignored ({', '.join(f'{k} x{v}' for k, v in counts.items())})", key=f"MalformedTelemetry:{source}",
-                    evidence={"source": source, "fields": counts})]
-
-
 def read_heartbeats(run: RunDir, bad: list | None = None) -> dict[int, dict]:
     beats = {}
     for path in sorted((run.telemetry / "heartbeat").glob("rank-*.json")):
@@ -297,18 +179,14 @@ def read_heartbeats(run: RunDir, bad: list | None = None) -> dict[int, dict]:
     return beats
 
 
-def read_gpu_samples(run: RunDir, per_host: int = 256, bad: dict | None = None) -> dict[str, list[dict]]:
-    out = {}
-    for path in sorted((run.telemetry / "gpu").glob("*.jsonl")):
-        records, _ = read_tail(path, per_host, required_int="index")
-        wrong: list = []
-        records = [typed(r, GPU_FIELDS, wrong) for r in records]
-        if wrong and bad is not None:
-            bad[path.stem] = wrong
-        records = [r for r in records if isinstance(r.get("host"), str) and _number(r.get("time")) is not None]
-        if records:
-            out[records[-1]["host"]] = records
-    return out
+def read_gpu_samples(run: RunDir, bad: dict | None = None, config: GpuConfig = GpuConfig()) -> dict[str, list[dict]]:
+    """The GPU samples in ``detect_gpu``'s shape, read afresh from the files' tails (``bigops status``, tests);
+    the daemon follows them with the ``GpuStream`` in its ``ScanStream``."""
+    gpus = GpuStream(xid_window_s=config.xid_window_s)
+    wrong = gpus.advance(run.telemetry / "gpu")
+    if bad is not None:
+        bad.update(wrong)
+    return gpus.samples()
 
 
 def target_step(run: RunDir) -> int | None:
@@ -410,8 +288,8 @@ def scan_run(run: RunDir, now: float | None = None, config: WatchConfig = WatchC
                                       restarting=supervised(run, config.alive, host))
     if run.root.exists():
         findings += detect_disk((config.disk_usage or disk_usage)(run.root), last_checkpoint_bytes(run), config.disk)
-    wrong_gpu: dict = {}
-    gpu_samples = read_gpu_samples(run, bad=wrong_gpu)
+    wrong_gpu = stream.gpu.advance(run.telemetry / "gpu")  # each sample once
+    gpu_samples = stream.gpu.samples()
     for host, wrong in sorted(wrong_gpu.items()):
         findings += malformed_finding(f"gpu:{host}", wrong)
     findings += detect_gpu(gpu_samples, now, config.gpu)

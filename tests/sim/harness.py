@@ -42,6 +42,7 @@ from pathlib import Path
 
 from bigops.watchdog.decide import GiveUp, advance as advance_samples
 from bigops.watchdog.detectors.disk import DiskUsage
+from bigops.watchdog.detectors.gpu import GpuConfig
 from bigops.watchdog.findings import SEVERITIES
 
 DAY = 86400.0
@@ -260,9 +261,9 @@ CHECKPOINT_BYTES = int(2.3e12)
 DISK_TOTAL = int(100e12)
 DESYNC_EVERY = 10
 GPU_SAMPLE_S = 60.0
-"""The GPU sampler's interval (an XID stays in the watchdog's 256-sample tail per host for
-256 / GPUS_PER_HOST samples of this)."""
-GPU_TAIL_S = 256 / 2 * GPU_SAMPLE_S
+"""The GPU sampler's interval."""
+GPU_TAIL_S = GpuConfig().xid_window_s
+"""How long an XID stays in the watchdog's view after the sample that reported it."""
 FAKE_PID_BASE = 7_000_000
 """Above any pid_max: nothing the watchdog might signal exists."""
 

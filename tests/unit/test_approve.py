@@ -209,7 +209,7 @@ SPIKY_RANKS = """
 import json, sys, time
 metrics = sys.argv[1]
 with open(metrics, "a") as handle:
-    for step in range(1, 76):
+    for step in range(1, 131):  # from step 71 on a spike that stays: confirmed after spike_patience (50)
         loss = 8.0 if step > 70 else 2.0 + 0.01 * (step % 3)
         handle.write(json.dumps({"step": step, "loss": loss, "grad_norm": 1.0, "consumed_samples": 8 * step,
                                  "skipped": False}) + "\\n")

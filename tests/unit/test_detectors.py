@@ -87,6 +87,13 @@ def test_a_spike_that_recovers_within_patience_is_watched_never_critical():
     assert over.evidence["recovered_step"] == 234 and over.evidence["cost"] == 30
 
 
+def test_a_normal_record_after_a_gap_never_confirms_a_spike():
+    """The tr1-13B excerpt jumps from 29090 (still high) to 33240 (back at 2.72): past the patience, but the
+    loss is under the bar now, so nothing is rolled back (the excerpt's last records are not a persistence)."""
+    series = losses(segments("bigscience_tr1_13b_excerpts.csv")["1"]) + [(33240, 2.72)]
+    assert [f.severity for f in scan(series, SHORT) if f.kind == "LossSpike" and not f.resolved] == ["warning"]
+
+
 def test_a_suspected_spike_that_gets_worse_is_confirmed_at_once():
     base = [(s, 2.5 + 0.01 * ((s * 7) % 5)) for s in range(200)]
     high = [(200 + i, 4.0) for i in range(5)]

@@ -39,7 +39,7 @@ def test_exposition_parses_and_uses_declared_names(tmp_path):
     value = lambda name, **labels: next(s.value for s in families[name].samples  # noqa: E731
                                         if all(s.labels.get(k) == v for k, v in labels.items()))
     assert value("bigops_up", run="myrun") == 1
-    assert value("bigops_run_step") == 29090 and value("bigops_run_target_step") == 30000
+    assert value("bigops_run_step") == 29110 and value("bigops_run_target_step") == 30000
     assert value("bigops_gpu_temperature_celsius", host="node-a", gpu="1") == 55.0
     assert value("bigops_gpu_utilization_ratio", host="node-a", gpu="0") == 0.97
     assert value("bigops_findings", kind="LossSpike", severity="critical") == 1

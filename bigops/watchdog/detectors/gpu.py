@@ -19,6 +19,8 @@ class GpuConfig:
     temperature_warning_c: float = 85.0
     temperature_critical_c: float = 90.0
     stale_after_s: float = 120.0
+    xid_window_s: float = 1800.0
+    """An XID stays in view this long after the sample that reported it (``bigops.watchdog.gpu_stream``)."""
 
 
 def detect_gpu(samples_by_host: dict[str, list[dict]], now: float, config: GpuConfig = GpuConfig()) -> list[Finding]:

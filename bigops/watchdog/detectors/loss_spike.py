@@ -186,7 +186,7 @@ class LossSpikeDetector:
             out.append(self._spike(e))
         if e.get("suspected"):
             first_peak = e.get("first_peak") if isinstance(e.get("first_peak"), (int, float)) else e["peak"]
-            if persisting and step - e["start_step"] >= c.spike_patience:
+            if high and persisting and step - e["start_step"] >= c.spike_patience:  # still above the bar now
                 out += self._confirm(step, f"not recovered {step - e['start_step']} steps after it started "
                                            f"({sum(self.recent)} of the last {len(self.recent)} records above the bar)")
             elif grad_spike:

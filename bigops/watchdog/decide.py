@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bigops.watchdog.policy import decide_restart
-from trainer.config import WatchdogConfig
+from trainer.config import SlurmConfig, WatchdogConfig
 
 BAD_NODE_KINDS = ("GpuMissing", "GpuEccDoubleBit", "GpuXid", "GpuRowRemap")
 SUPERVISOR_KINDS = ("TrainingHang", "RankCrash", "LossSpike", "NonFiniteLimit")
@@ -145,9 +145,10 @@ class Policy:
     restart_window_s: float = WatchdogConfig.restart_window_s
     no_progress_restarts: int = WatchdogConfig.no_progress_restarts
     global_batch_size: int = 1
+    """``train.global_batch_size`` (a skip range counts samples); 1 where no run config is at hand."""
     rollback_skip_batches: int = WatchdogConfig.rollback_skip_batches
     max_rollbacks_per_region: int = 2
-    min_queued: int = 1
+    min_queued: int = SlurmConfig.min_queued
 
     @classmethod
     def of(cls, cfg, on_desync: str | None = None) -> "Policy":

@@ -644,7 +644,8 @@ def slurm_errors(cfg: RunConfig) -> list[str]:
 
 SECTION_CHECKS: dict[str, typing.Callable[[RunConfig], list[str]]] = {
     "model": model_errors, "parallel": parallel_errors, "train": train_errors, "watchdog": watchdog_errors,
-    "alerts": lambda cfg: [], "data": data_errors, "slurm": slurm_errors,
+    "alerts": lambda cfg: [],  # its ranges and choices are all its rules
+    "data": data_errors, "slurm": slurm_errors,
 }
 """Every section's rules, in the order :func:`validate` reports them (a test checks each section is here)."""
 

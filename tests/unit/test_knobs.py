@@ -97,3 +97,16 @@ def test_one_world_size_rule():
     assert render.slots(cfg) == 384 and render.world_size(cfg) == 384 and C.data_parallel_of(cfg, 384) == 8
     cfg.parallel.dp = 2
     assert render.world_size(cfg) == C.world_size_of(cfg) == 96
+
+
+@pytest.mark.parametrize("option", [f.name for f in dataclasses.fields(C.WatchdogConfig) if f.name != "interval_s"])
+def test_every_watchdog_option_reaches_the_detectors_or_the_policy(option):
+    """``interval_s`` paces the loop itself; every other option changes what watch_config or Policy.of gives."""
+    from bigops.watchdog.decide import Policy
+    from bigops.watchdog.settings import watch_config
+    default = C.RunConfig()
+    cfg = C.RunConfig()
+    allowed = C.choices_of(cfg.watchdog, option)
+    value = getattr(cfg.watchdog, option)
+    setattr(cfg.watchdog, option, next(v for v in allowed if v != value) if allowed else value + 1)
+    assert (watch_config(cfg), Policy.of(cfg)) != (watch_config(default), Policy.of(default))

@@ -6,6 +6,11 @@ then ``--set section.key=value`` overrides, and validated once by :func:`validat
 
     parallel.tp=3 does not divide model.num_attention_heads=16: choose a parallel.tp among 1, 2, 4, 8, 16
 
+Every option is declared here once, with its docstring: its type (a ``Literal`` lists a choice's values),
+its default (the watchdog's detectors, its policy and the alert rules take theirs from here), its range
+(:data:`NUMERIC_RANGES`) and its section's rules (:data:`SECTION_CHECKS`). The world size has one rule,
+tp x pp x dp (:func:`data_parallel_size`, :func:`world_size_of`).
+
 Nothing here touches torch or torch.distributed: the launcher, the CLI and the trainer all use it.
 """
 

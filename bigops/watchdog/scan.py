@@ -54,8 +54,6 @@ class WatchConfig:
     """What the daemon does about a TPDesync finding: sync, notify or ask (``watchdog.on_desync``)."""
     disk_usage: "Callable[[Path], DiskUsage] | None" = None
     """How full the run directory's filesystem is (None: ``os.statvfs``); a simulation scripts it."""
-    throughput_history: int = 1000
-    """Unused (the throughput detector streams every record once, its state in the ScanStream); kept for configs."""
     alive: Callable[[int], bool] | None = None
     """Liveness of a pid on this host: given, the ranks-not-running check runs (standalone ``bigops watch``;
     a supervisor restarts its ranks itself and leaves it None)."""

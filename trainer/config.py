@@ -578,8 +578,8 @@ def choice_errors(cfg: RunConfig, section: str) -> list[str]:
     return errors
 
 
-# Each section's own rules, beyond its numbers' ranges and its choices; a rule that relates two sections
-# belongs to the later one (the TP degree's rules are parallel's). Each returns one line per problem.
+# Each section's own rules, beyond its numbers' ranges and its choices; a rule relating two sections sits
+# with the option its message names first. Each returns one line per problem.
 
 def model_errors(cfg: RunConfig) -> list[str]:
     """The heads split the width; a fixed vocabulary padding holds the vocabulary and splits over TP."""

@@ -76,8 +76,9 @@ def test_watchdog_options_reach_their_detectors_and_are_checked():
     assert (config.hang.factor, config.hang.checkpoint_timeout_s, config.straggler.min_samples) == (4.0, 99.0, 7)
     assert (config.loss.spike_patience, config.desync.threshold, config.on_desync) == (3, 0.5, "ask")
     assert (config.gpu.temperature_warning_c, config.gpu.temperature_critical_c) == (70, 75)
-    for bad, option in (("on_desync=reboot", "watchdog.on_desync"), ("straggler_factor=0.5", "watchdog.straggler_factor"),
-                        ("desync_threshold=-1", "watchdog.desync_threshold")):
+    bad_options = (("on_desync=reboot", "watchdog.on_desync"), ("desync_threshold=-1", "watchdog.desync_threshold"),
+                   ("straggler_factor=0.5", "watchdog.straggler_factor"))
+    for bad, option in bad_options:
         with pytest.raises(C.ConfigError, match=option):  # a hand-edited run.toml, never validated
             watch_config(C.apply_overrides(C.preset("tiny"), [f"watchdog.{bad}"]))
 

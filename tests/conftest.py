@@ -31,8 +31,8 @@ def no_process_left_behind():
 
 
 TIERS = ("unit", "distributed", "integration", "faults", "sim")
-"""The test tiers, one folder each under tests/ (markers registered in pyproject.toml): ``unit`` CPU-only,
-seconds; ``distributed`` real gloo ranks under torchrun; ``integration`` real services (Prometheus, SLURM,
+"""The test tiers, one folder each under tests/ (markers registered in pyproject.toml): ``unit`` CPU only,
+no gloo ranks; ``distributed`` real gloo ranks under torchrun; ``integration`` real services (Prometheus, SLURM,
 sshd); ``faults`` injected faults under a supervised run; ``sim`` the simulated long run."""
 
 
@@ -40,7 +40,8 @@ def pytest_collection_modifyitems(config, items):
     """Mark each test with its tier, the folder it is in, so ``pytest -m unit`` runs the unit tier alone."""
     tests = Path(__file__).resolve().parent
     for item in items:
-        parts = Path(item.path).resolve().relative_to(tests).parts
+        path = Path(item.path).resolve()
+        parts = path.relative_to(tests).parts if path.is_relative_to(tests) else ()
         if parts and parts[0] in TIERS:
             item.add_marker(parts[0])
 

@@ -1,10 +1,11 @@
-"""The watchdog's settings from a run's config: the one place that maps each ``[watchdog]`` and ``[alerts]``
-option onto the detector or policy that uses it.
+"""The watchdog's settings from a run's config: the one place that maps ``[watchdog]`` and ``[alerts]``
+options onto the detectors and the incident layer that use them (what the rules may do is mapped by
+``bigops.watchdog.decide.Policy.of``, the channels by ``bigops.notify.notifier.from_config``).
 
 Every option is declared once, with its meaning, in :mod:`trainer.config` (``WatchdogConfig``,
 ``AlertsConfig``); the detector configs take their defaults from there, so ``watch_config(RunConfig())`` is
-``WatchConfig()`` (a test checks it). Settings that are not options (the loss-spike statistics, the disk
-margins...) stay the detectors' own.
+``WatchConfig()``, and every ``[watchdog]`` option reaches this or ``Policy.of`` (tests/unit/test_knobs.py).
+Settings that are not options (the loss-spike statistics, the disk margins...) stay the detectors' own.
 """
 
 from __future__ import annotations

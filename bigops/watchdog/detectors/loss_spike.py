@@ -136,21 +136,14 @@ class LossSpikeDetector:
     def update(self, step: int, loss: float, grad_norm: float | None = None,
                grad_spike: bool = False) -> list[Finding]:
         """Feed one record; returns the findings of the transitions it makes (suspected, confirmed, over)."""
-        out: list[Finding] = []
         stride = step - self.last_step if self.last_step is not None and step > self.last_step else 1
-        if self.last_step is not None and step <= self.last_step:
-            self.segment += 1  # steps replayed: whatever comes now is a new episode
-            e, self.episode = self.episode, None
-            self.recent.clear()
-            if e is not None and (e.get("suspected") or e.get("confirmed")):
-                out.append(self._over(e, step, f"steps replayed from {step} (rollback or restart)", replayed=True))
+        out = self._replayed(step) if self.last_step is not None and step <= self.last_step else []
         self.last_step = step
         self.seen += 1
-        c = self.config
-        e = self.episode
+        c, e = self.config, self.episode
         if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
-            # the non-finite detector reports the NaN/Inf itself; for an open spike it is "worse"
-            if e is not None and (e.get("suspected") or e.get("confirmed")) and not e.get("confirmed"):
+            # the non-finite detector reports the NaN/Inf itself; for a suspected spike it is "worse"
+            if e is not None and e.get("suspected") and not e.get("confirmed"):
                 out += self._confirm(step, "non-finite " + ("loss" if not math.isfinite(loss) else "grad norm"))
             return out
         if self.seen <= c.warmup_records or len(self.window) < c.min_history:
@@ -160,40 +153,63 @@ class LossSpikeDetector:
         high = loss > bar
         self.recent.append(high)
         if high:
-            if e is None:
-                e = self.episode = {"start_step": step, "segment": self.segment, "baseline": baseline, "bar": bar,
-                                    "peak": loss, "first_peak": None, "high_records": 0, "cost": 0,
-                                    "suspected": False, "suspected_step": None, "confirmed": False,
-                                    "confirmed_step": None, "why": None}
-            e["peak"], e["high_records"] = max(e["peak"], loss), e["high_records"] + 1
-            e["cost"] = e.get("cost", 0) + stride
+            e = self._high(step, loss, stride, baseline, bar)
         else:
             self._add_normal(loss)
             if e is not None and not any(self.recent) and len(self.recent) == c.persist_window:
-                self.episode = None
-                if e.get("suspected") or e.get("confirmed"):
-                    out.append(self._over(e, step, f"loss back under {e['bar']:.3f}"))
-                else:
-                    out.append(Finding("LossBlip", "info", f"loss blip at step {e['start_step']}: {e['peak']:.3f} vs "
-                                       f"median {e['baseline']:.3f}, recovered", key=f"LossBlip:{e['segment']}:"
-                                       f"{e['start_step']}", step=e["start_step"],
-                                       evidence={**e, "recovered_step": step}))
-                return out
+                return out + self._ended(e, step)
         if e is None or e.get("confirmed"):
             return out
+        return out + self._judge(e, step, loss, high, grad_spike)
+
+    def _replayed(self, step: int) -> list[Finding]:
+        """A step not after the previous one: a rollback or restart replays steps; a new segment begins."""
+        self.segment += 1
+        e, self.episode = self.episode, None
+        self.recent.clear()
+        if e is not None and (e.get("suspected") or e.get("confirmed")):
+            return [self._over(e, step, f"steps replayed from {step} (rollback or restart)", replayed=True)]
+        return []
+
+    def _high(self, step: int, loss: float, stride: int, baseline: float, bar: float) -> dict:
+        """A record above the bar: opens the episode or adds to it (peak, records, steps above the bar)."""
+        e = self.episode
+        if e is None:
+            e = self.episode = {"start_step": step, "segment": self.segment, "baseline": baseline, "bar": bar,
+                                "peak": loss, "first_peak": None, "high_records": 0, "cost": 0,
+                                "suspected": False, "suspected_step": None, "confirmed": False,
+                                "confirmed_step": None, "why": None}
+        e["peak"], e["high_records"] = max(e["peak"], loss), e["high_records"] + 1
+        e["cost"] = e.get("cost", 0) + stride
+        return e
+
+    def _ended(self, e: dict, step: int) -> list[Finding]:
+        """``persist_window`` normal records in a row: a spike is over (resolved), an unsuspected one a blip."""
+        self.episode = None
+        if e.get("suspected") or e.get("confirmed"):
+            return [self._over(e, step, f"loss back under {e['bar']:.3f}")]
+        return [Finding("LossBlip", "info", f"loss blip at step {e['start_step']}: {e['peak']:.3f} vs median "
+                        f"{e['baseline']:.3f}, recovered", key=f"LossBlip:{e['segment']}:{e['start_step']}",
+                        step=e["start_step"], evidence={**e, "recovered_step": step})]
+
+    def _judge(self, e: dict, step: int, loss: float, high: bool, grad_spike: bool) -> list[Finding]:
+        """An open, unconfirmed episode after this record: suspected once it persists; confirmed when still
+        high ``spike_patience`` steps in, or worse first (the grad norm exploding, the loss past its first peak)."""
+        c, out = self.config, []
         persisting = sum(self.recent) >= c.persist_records
         if not e.get("suspected") and persisting:
             e["suspected"], e["suspected_step"], e["first_peak"] = True, step, e["peak"]
             out.append(self._spike(e))
-        if e.get("suspected"):
-            first_peak = e.get("first_peak") if isinstance(e.get("first_peak"), (int, float)) else e["peak"]
-            if high and persisting and step - e["start_step"] >= c.spike_patience:  # still above the bar now
-                out += self._confirm(step, f"not recovered {step - e['start_step']} steps after it started "
-                                           f"({sum(self.recent)} of the last {len(self.recent)} records above the bar)")
-            elif grad_spike:
-                out += self._confirm(step, "the grad norm exploded past its own bar")
-            elif loss - e["baseline"] > c.worse_factor * (first_peak - e["baseline"]):
-                out += self._confirm(step, f"the loss rose to {loss:.3f}, past the first peak {first_peak:.3f}")
+        if not e.get("suspected"):
+            return out
+        first_peak = e.get("first_peak") if isinstance(e.get("first_peak"), (int, float)) else e["peak"]
+        if high and persisting and step - e["start_step"] >= c.spike_patience:  # still above the bar now
+            out += self._confirm(step, f"not recovered {step - e['start_step']} steps after it started "
+                                       f"({sum(self.recent)} of the last {len(self.recent)} records above the bar)")
+        elif grad_spike:
+            out += self._confirm(step, "the grad norm exploded past its own bar")
+        elif loss - e["baseline"] > c.worse_factor * (first_peak - e["baseline"]):
+            out += self._confirm(step, f"the loss rose to {loss:.3f}, past the first peak {first_peak:.3f}")
         return out
 
 

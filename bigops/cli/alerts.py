@@ -7,10 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from bigops.cli.options import RunDirArg
+from bigops.cli.options import RunDirArg, make_app
 
-app = typer.Typer(help="Alerts: render the Prometheus rules, test the run's notification channels.",
-                  no_args_is_help=True)
+app = make_app("Alerts: render the Prometheus rules, test the run's notification channels.")
 
 
 @app.command("render")
@@ -47,10 +46,10 @@ def test(
     import time
     import uuid
 
-    from bigops.cli.watch import _run_config
     from bigops.errors import BigopsError, ConfigError
     from bigops.notify.notifier import SEVERITY_ORDER, from_config
-    from bigops.notify.secrets import SecretError, redact
+    from bigops.notify.secrets import redact
+    from launcher.plan import stored_config
     from trainer.rundir import RunDir
 
     if severity not in SEVERITY_ORDER:
@@ -59,10 +58,7 @@ def test(
     if not run.root.is_dir():
         raise ConfigError(f"{run.root} is not a run directory")
     name = run.root.resolve().name
-    try:
-        notifier = from_config(_run_config(run).alerts, name)
-    except SecretError as exc:
-        raise ConfigError(str(exc)) from None
+    notifier = from_config(stored_config(run).alerts, name)  # a SecretError is one line, exit code 2
     if not notifier.channels:
         raise ConfigError(f"{run.run_toml}: no channel in [alerts] (slack_webhook_env, webhook_env, "
                           "alertmanager_url or smtp_host + email_to)")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bigops.cli.options import RunDirArg
+from bigops.cli.options import FormatOpt, OutputFormat, RunDirArg
 
 
 def _age(then: float | None, now: float) -> str:
@@ -24,7 +23,7 @@ def _age(then: float | None, now: float) -> str:
 
 def status(
     run_dir: RunDirArg,
-    output_format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    output_format: FormatOpt = OutputFormat.text,
 ) -> None:
     """Step, loss, throughput, checkpoint, ranks, GPUs and open problems of a run (read-only)."""
     from bigops.errors import ConfigError
@@ -33,8 +32,6 @@ def status(
     from bigops.watchdog.scan import scan_run
     from trainer.rundir import RunDir
 
-    if output_format not in ("text", "json"):
-        raise ConfigError(f"--format {output_format!r}: use text or json")
     run = RunDir(Path(run_dir))
     if not run.root.is_dir():
         raise ConfigError(f"{run.root} is not a run directory")
@@ -45,7 +42,7 @@ def status(
                 "approve": command(run, "approve", e["id"]), "deny": command(run, "deny", e["id"])}
                for e in waiting(run)]
     last = facts.get("last_record") or {}
-    if output_format == "json":
+    if output_format == OutputFormat.json:
         out = {k: v for k, v in facts.items() if k not in ("findings", "gpus")}
         out["problems"] = [f.as_dict() for f in problems]
         out["pending_approvals"] = pending

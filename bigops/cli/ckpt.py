@@ -93,9 +93,7 @@ def inspect_command(run_dir: RunDirArg, tag: TagOpt = None, output_format: Forma
     """Topology, files, parameters per pipeline layer and optimizer partitions (one file loaded at a time)."""
     import json
 
-    from rich.table import Table
-
-    from bigops.checkpoint.inspect import KIND_LAYER, inspect_checkpoint
+    from bigops.checkpoint.inspect import inspect_checkpoint
     from bigops.checkpoint.inventory import entry_path, resolve
 
     inv = _inventory(run_dir)
@@ -117,6 +115,17 @@ def inspect_command(run_dir: RunDirArg, tag: TagOpt = None, output_format: Forma
                       f"{report.num_parameters:,} parameters")
     if report.engine:
         console.print("engine: " + ", ".join(f"{k} {v}" for k, v in report.engine.items()))
+    _print_files(console, report)
+    _print_layers(console, report, params)
+    if report.optimizer:
+        _print_optimizer(console, report)
+    for problem in report.problems:
+        console.print(f"[red]problem:[/] {problem}")
+
+
+def _print_files(console, report) -> None:
+    """``inspect``: every file with its kind and coordinates, then the totals per kind."""
+    from rich.table import Table
     files = Table("file", "kind", "coordinates", "size", title="files")
     files.columns[0].overflow = "fold"
     for f in report.files:
@@ -128,6 +137,13 @@ def inspect_command(run_dir: RunDirArg, tag: TagOpt = None, output_format: Forma
     for f in report.files:
         by_kind.setdefault(f.kind, []).append(f.size)
     console.print("  " + "; ".join(f"{k}: {len(v)} files, {_size(sum(v))}" for k, v in by_kind.items()))
+
+
+def _print_layers(console, report, params: bool) -> None:
+    """``inspect``: the parameters per pipeline layer (each tensor's full shape and TP split with ``params``)."""
+    from rich.table import Table
+
+    from bigops.checkpoint.inspect import KIND_LAYER
     layers = Table("layer", "role", "parameter", "shape (full)", "TP split", "dtype", "count",
                    title=f"parameters per pipeline layer ({sum(1 for f in report.files if f.kind == KIND_LAYER)} "
                          f"layer files)")
@@ -140,24 +156,26 @@ def inspect_command(run_dir: RunDirArg, tag: TagOpt = None, output_format: Forma
                 layers.add_row("", "", p.name, "x".join(map(str, p.shape)), split, p.dtype, f"{p.numel:,}")
     layers.add_row("", "total", "", "", "", "", f"{report.num_parameters:,}", style="bold")
     console.print(layers)
-    if report.optimizer:
-        opt = Table("pp", "tp", "dp", "group", "fp32 partition", "exp_avg, exp_avg_sq", "params", "lr", "wd",
-                    title="optimizer state: flattened fp32 master partitions and Adam moments (elements)")
-        for o in report.optimizer:
-            for g in o.groups:
-                moments = [g.get("exp_avg"), g.get("exp_avg_sq")]
-                opt.add_row(str(o.pp_stage), str(o.tp_rank), str(o.dp_rank), str(g["group"]),
-                            _numel(g.get("fp32_partition")),
-                            f"{_numel(moments[0])} each" if moments[0] == moments[1]
-                            else ", ".join(_numel(m) for m in moments), str(g.get("params", "-")), f"{g.get('lr'):g}"
-                            if isinstance(g.get("lr"), (int, float)) else "-", str(g.get("weight_decay")))
-        console.print(opt)
-        zero = {o.zero_stage for o in report.optimizer if o.zero_stage is not None}
-        console.print(f"  {sum(o.fp32_numel for o in report.optimizer):,} fp32 master elements and "
-                      f"{sum(o.moments_numel for o in report.optimizer):,} Adam moment elements over "
-                      f"{len(report.optimizer)} files" + (f" (ZeRO stage {', '.join(map(str, zero))})" if zero else ""))
-    for problem in report.problems:
-        console.print(f"[red]problem:[/] {problem}")
+
+
+def _print_optimizer(console, report) -> None:
+    """``inspect``: the optimizer's fp32 master partitions and Adam moments per (pp, tp, dp) and group."""
+    from rich.table import Table
+    opt = Table("pp", "tp", "dp", "group", "fp32 partition", "exp_avg, exp_avg_sq", "params", "lr", "wd",
+                title="optimizer state: flattened fp32 master partitions and Adam moments (elements)")
+    for o in report.optimizer:
+        for g in o.groups:
+            moments = [g.get("exp_avg"), g.get("exp_avg_sq")]
+            opt.add_row(str(o.pp_stage), str(o.tp_rank), str(o.dp_rank), str(g["group"]),
+                        _numel(g.get("fp32_partition")),
+                        f"{_numel(moments[0])} each" if moments[0] == moments[1]
+                        else ", ".join(_numel(m) for m in moments), str(g.get("params", "-")), f"{g.get('lr'):g}"
+                        if isinstance(g.get("lr"), (int, float)) else "-", str(g.get("weight_decay")))
+    console.print(opt)
+    zero = {o.zero_stage for o in report.optimizer if o.zero_stage is not None}
+    console.print(f"  {sum(o.fp32_numel for o in report.optimizer):,} fp32 master elements and "
+                  f"{sum(o.moments_numel for o in report.optimizer):,} Adam moment elements over "
+                  f"{len(report.optimizer)} files" + (f" (ZeRO stage {', '.join(map(str, zero))})" if zero else ""))
 
 
 @app.command("verify")

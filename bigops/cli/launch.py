@@ -85,7 +85,11 @@ def launch(
             overrides.append(f"slurm.chain_jobs={jobs}")
         _launch_slurm(run_dir, preset, config, overrides, profile, host, ssh_key, known_hosts, print_script)
         return
-    exporter = _serve_metrics(run, metrics_port, metrics_address) if metrics_port else None
+    exporter = None
+    if metrics_port:
+        from bigops.metrics.exporter import serve_run
+        exporter = serve_run(run, metrics_port, metrics_address)
+        console.print(f"metrics: http://{metrics_address}:{metrics_port}/metrics")
     launch_plan = plan.launch_plan(run, preset, config, overrides, init_hf=init_hf, resume=resume)
     cfg, resume, resumable = launch_plan.cfg, launch_plan.resume, launch_plan.resumable
     world = config_mod.world_size_of(cfg)
@@ -144,20 +148,6 @@ def _launch_slurm(run_dir: Path, preset: str, config: Path | None, overrides: li
               f"x DP {cfg.parallel.dp} = {render.world_size(cfg)} ranks on {cfg.slurm.nodes} node(s), "
               f"{cfg.slurm.time_limit_min} min per job, exit after {cfg.train.exit_duration_in_mins} min"
               + (f" (via {host})" if host else ""))
-
-
-def _serve_metrics(run: RunDir, port: int, address: str):
-    """The run's Prometheus exporter (``bigops.metrics.exporter``), fed by the supervisor's passes: what
-    ``bigops watch --metrics-port`` serves, without a second watcher. A port that cannot be bound is one line."""
-    from bigops.metrics.exporter import RunCollector, serve
-    collector = RunCollector(run.root.resolve().name, run_dir=run.root)
-    try:
-        serve(collector, port, address)
-    except (OSError, OverflowError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise config_mod.ConfigError(f"--metrics-port {port}: cannot listen on {address} ({reason})") from None
-    console.print(f"metrics: http://{address}:{port}/metrics")
-    return collector
 
 
 def opened_findings(facts: dict) -> list:

@@ -34,7 +34,7 @@ def watch(
     no action; with --format json it prints one object per finding."""
     from bigops.errors import ConfigError
     from bigops.notify.notifier import for_run
-    from bigops.watchdog.daemon import one_line, state_path, tick
+    from bigops.watchdog.daemon import state_path, tick
     from bigops.watchdog.state import WatchState
     from launcher.plan import stored_config
     from trainer.rundir import RunDir
@@ -61,12 +61,8 @@ def watch(
     config = watch_config(run_config, alive=pid_alive)  # standalone: nobody else watches the pids
     collector = None
     if metrics_port:
-        from bigops.metrics.exporter import RunCollector, serve
-        collector = RunCollector(run.root.resolve().name, run_dir=run.root)
-        try:
-            serve(collector, metrics_port, metrics_address)
-        except OSError as exc:
-            raise ConfigError(f"--metrics-port {metrics_port}: cannot listen on {metrics_address} ({exc.strerror})") from None
+        from bigops.metrics.exporter import serve_run
+        collector = serve_run(run, metrics_port, metrics_address)
     while True:
         now = time.time()
         if not lock.held:
@@ -82,11 +78,7 @@ def watch(
                           observe=not lock.held)
         if collector is not None:
             collector.update(facts, facts["findings"], new, now)
-        for finding in new:
-            typer.echo(json.dumps(finding.as_dict()) if output_format == OutputFormat.json else one_line(finding))
-        if output_format == OutputFormat.text:
-            for line in facts.get("actions", []):
-                typer.echo(line)
+        _print_pass(new, facts, output_format)
         if once:
             if notifier is not None:
                 notifier.drain()
@@ -94,3 +86,12 @@ def watch(
             return
         time.sleep(interval)
 
+
+def _print_pass(new: list, facts: dict, output_format: OutputFormat) -> None:
+    """One pass's output: a line (or a JSON object) per new finding, then, as text, the actions taken."""
+    from bigops.watchdog.daemon import one_line
+    for finding in new:
+        typer.echo(json.dumps(finding.as_dict()) if output_format == OutputFormat.json else one_line(finding))
+    if output_format == OutputFormat.text:
+        for line in facts.get("actions", []):
+            typer.echo(line)

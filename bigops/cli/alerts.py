@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bigops.cli.options import RunDirArg, make_app
+from bigops.cli.options import RunDirArg, existing_run, make_app
 
 app = make_app("Alerts: render the Prometheus rules, test the run's notification channels.")
 
@@ -50,13 +50,10 @@ def test(
     from bigops.notify.notifier import SEVERITY_ORDER, from_config
     from bigops.notify.secrets import redact
     from launcher.plan import stored_config
-    from trainer.rundir import RunDir
 
     if severity not in SEVERITY_ORDER:
         raise ConfigError(f"--severity {severity!r}: use {', '.join(SEVERITY_ORDER)}")
-    run = RunDir(run_dir)
-    if not run.root.is_dir():
-        raise ConfigError(f"{run.root} is not a run directory")
+    run = existing_run(run_dir)
     name = run.root.resolve().name
     notifier = from_config(stored_config(run).alerts, name)  # a SecretError is one line, exit code 2
     if not notifier.channels:

@@ -49,3 +49,14 @@ HostOpt = Annotated[Optional[str], typer.Option("--host", help="Run SLURM's comm
 SSHKeyOpt = Annotated[Optional[str], typer.Option("--ssh-key", help="Private key file for --host.")]
 KnownHostsOpt = Annotated[Optional[str], typer.Option("--known-hosts", help="known_hosts file for --host "
                                                       "(default ~/.ssh/known_hosts).")]
+
+
+def existing_run(run_dir: Path):
+    """The ``RunDirArg`` of a command that reads or steers a run: it must exist (a ConfigError, exit code 2,
+    names it otherwise). Checkpoint tools check more, and say so with their own error (exit code 3)."""
+    from bigops.errors import ConfigError
+    from trainer.rundir import RunDir
+    run = RunDir(Path(run_dir))
+    if not run.root.is_dir():
+        raise ConfigError(f"{run.root} is not a run directory")
+    return run

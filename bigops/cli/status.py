@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bigops.cli.options import FormatOpt, OutputFormat, RunDirArg
+from bigops.cli.options import FormatOpt, OutputFormat, RunDirArg, existing_run
 
 
 def _age(then: float | None, now: float) -> str:
@@ -26,15 +25,11 @@ def status(
     output_format: FormatOpt = OutputFormat.text,
 ) -> None:
     """Step, loss, throughput, checkpoint, ranks, GPUs and open problems of a run (read-only)."""
-    from bigops.errors import ConfigError
     from bigops.watchdog.approvals import command, waiting
     from bigops.watchdog.daemon import one_line
     from bigops.watchdog.scan import scan_run
-    from trainer.rundir import RunDir
 
-    run = RunDir(Path(run_dir))
-    if not run.root.is_dir():
-        raise ConfigError(f"{run.root} is not a run directory")
+    run = existing_run(run_dir)
     now = time.time()
     findings, facts = scan_run(run, now=now)
     problems = [f for f in findings if f.severity != "info"]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bigops.cli.options import DryRunOpt, FormatOpt, OutputFormat, RunDirArg
+from bigops.cli.options import DryRunOpt, FormatOpt, OutputFormat, RunDirArg, existing_run
 
 
 def watch(
@@ -37,13 +36,10 @@ def watch(
     from bigops.watchdog.daemon import state_path, tick
     from bigops.watchdog.state import WatchState
     from launcher.plan import stored_config
-    from trainer.rundir import RunDir
 
     if interval <= 0:
         raise ConfigError(f"--interval {interval}: must be positive")
-    run = RunDir(Path(run_dir))
-    if not run.root.is_dir():
-        raise ConfigError(f"{run.root} is not a run directory")
+    run = existing_run(run_dir)
     from bigops.watchdog.lock import LockHeld, WriterLock, describe
     lock = WriterLock(run, "watch")
     try:

@@ -30,6 +30,22 @@ def no_process_left_behind():
                     pytrace=False)
 
 
+TIERS = ("unit", "distributed", "integration", "faults", "sim")
+"""The test tiers, one folder each under tests/ (markers registered in pyproject.toml): ``unit`` CPU only,
+no gloo ranks; ``distributed`` real gloo ranks under torchrun; ``integration`` real services (Prometheus, SLURM,
+sshd); ``faults`` injected faults under a supervised run; ``sim`` the simulated long run."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its tier, the folder it is in, so ``pytest -m unit`` runs the unit tier alone."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(item.path).resolve()
+        parts = path.relative_to(tests).parts if path.is_relative_to(tests) else ()
+        if parts and parts[0] in TIERS:
+            item.add_marker(parts[0])
+
+
 def tiny_hf_config(num_heads: int = 4, hidden: int = 64, layers: int = 2, vocab: int = 512):
     from transformers import BloomConfig
     return BloomConfig(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=num_heads,

@@ -6,6 +6,11 @@ then ``--set section.key=value`` overrides, and validated once by :func:`validat
 
     parallel.tp=3 does not divide model.num_attention_heads=16: choose a parallel.tp among 1, 2, 4, 8, 16
 
+Every option is declared here once, with its docstring: its type (a ``Literal`` lists a choice's values),
+its default (the watchdog's detectors, its policy and the alert rules take theirs from here), its range
+(:data:`NUMERIC_RANGES`) and its section's rules (:data:`SECTION_CHECKS`). The world size has one rule,
+tp x pp x dp (:func:`data_parallel_size`, :func:`world_size_of`).
+
 Nothing here touches torch or torch.distributed: the launcher, the CLI and the trainer all use it.
 """
 
@@ -19,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
 
@@ -46,6 +51,7 @@ class ModelConfig:
     """Pad the embedding to exactly this many rows instead (Megatron-DeepSpeed's ``--pad-vocab-size-to``):
     the BLOOM presets use 250880 so that checkpoints match the released models at every TP degree."""
     layernorm_epsilon: float = 1e-5
+    """The epsilon of every LayerNorm (BLOOM: 1e-5)."""
     hidden_dropout: float = 0.0
     """Dropout on the attention and MLP outputs before the residual add (BLOOM-176B trained with 0)."""
     attention_dropout: float = 0.0
@@ -93,6 +99,7 @@ class TrainConfig:
     """Optimization and batch sizes (Megatron-DeepSpeed names)."""
 
     seq_length: int = 64
+    """Tokens per sample (BLOOM: 2048)."""
     micro_batch_size: int = 4
     """Samples per micro-batch per data-parallel rank."""
     global_batch_size: int = 16
@@ -104,17 +111,25 @@ class TrainConfig:
     created (default: its first ``train_steps``), so raising the target step of a resumed run does not
     change the schedule it has followed so far."""
     lr: float = 5e-3
+    """Peak learning rate, reached at the end of the warm-up."""
     min_lr: float = 5e-4
+    """The learning rate the decay ends at (at most ``lr``)."""
     warmup_steps: int = 10
-    lr_decay_style: str = "cosine"
+    """Steps of linear warm-up from 0 to ``lr``."""
+    lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
     """``cosine``, ``linear`` or ``constant`` decay after warm-up, down to ``min_lr`` at train_steps."""
     weight_decay: float = 0.1
+    """AdamW's decoupled weight decay."""
     adam_beta1: float = 0.9
+    """AdamW's first-moment decay."""
     adam_beta2: float = 0.95
+    """AdamW's second-moment decay (BLOOM: 0.95)."""
     adam_eps: float = 1e-8
+    """AdamW's epsilon."""
     clip_grad: float = 1.0
     """Global gradient-norm clipping; 0 disables it."""
     seed: int = 42
+    """Seed of the initialization and of the data order."""
     save_interval: int = 0
     """Checkpoint every N steps (0: only at the end, on request and before a stop)."""
     exit_duration_in_mins: float | None = None
@@ -132,7 +147,7 @@ class TrainConfig:
     sync_tp_duplicated: bool = False
     """Average TP-duplicated parameters (with their fp32 masters and Adam moments) over each TP group before
     every step, as BLOOM-176B finally did; off by default (``control/sync-layernorm`` does it once, on request)."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``bf16`` (bf16 weights, fp32 master weights and grad accumulation, as BLOOM), ``fp32``, or ``auto``:
     bf16 on a GPU, fp32 on a CPU (resolved by :func:`resolve_precision` where the ranks run)."""
 
@@ -157,7 +172,7 @@ class AlertsConfig:
     """Where the watchdog sends one line per problem. Secrets are never in this file: options ending in
     ``_env`` name an environment variable (or a key of ``secrets_file``, a 0600 KEY=VALUE file)."""
 
-    min_severity: str = "warning"
+    min_severity: Literal["info", "warning", "critical"] = "warning"
     """info, warning or critical: what is sent (everything is recorded in events.jsonl anyway)."""
     slack_webhook_env: str | None = None
     """Variable holding a Slack-compatible incoming-webhook URL."""
@@ -166,19 +181,27 @@ class AlertsConfig:
     alertmanager_url: str | None = None
     """Alertmanager's base URL, e.g. http://127.0.0.1:9093 (alerts are POSTed to /api/v2/alerts)."""
     smtp_host: str | None = None
+    """The SMTP server of the e-mail channel (unset: no e-mail)."""
     smtp_port: int = 25
+    """The SMTP server's port."""
     smtp_starttls: bool = False
+    """Upgrade the SMTP connection with STARTTLS before logging in."""
     smtp_user: str | None = None
+    """Log in as this user (unset: send without logging in)."""
     smtp_password_env: str | None = None
+    """Variable holding the SMTP password."""
     email_from: str = "bigops@localhost"
+    """The e-mails' sender."""
     email_to: str = ""
     """Comma-separated recipients."""
     secrets_file: str | None = None
+    """A 0600 KEY=VALUE file the ``_env`` options are also looked up in (after the environment)."""
     rate_limit_per_minute: int = 20
     """Per channel; beyond it, messages are dropped and counted (the events log keeps everything)."""
     retries: int = 3
     """Attempts per notification (at least 1: 0 would never send)."""
     timeout_s: float = 10.0
+    """Seconds one delivery attempt may take."""
     remind_every_s: float = 14400.0
     """While an incident stays open, remind on-call at most this often (seconds, default 4 h; 0: never
     remind; else >= 60)."""
@@ -195,14 +218,18 @@ class WatchdogConfig:
     restart_budget: int = 5
     """Automatic restarts allowed per ``restart_window_s``; beyond, it stops and pages."""
     restart_window_s: float = 3600.0
+    """The sliding window (seconds) ``restart_budget`` counts restarts in."""
     no_progress_restarts: int = 3
     """Stop restarting (and page) when this many restarts in a row resumed from the same checkpoint step."""
     hang_factor: float = 10.0
     """A training phase hangs after max(hang_min_timeout_s, factor x p95 step time) without a heartbeat."""
     hang_min_timeout_s: float = 60.0
+    """The shortest hang timeout of a training phase (seconds), however fast the steps are."""
     hang_startup_timeout_s: float = 900.0
+    """A rank still starting up (or with no step time observed yet) hangs after this many seconds."""
     hang_checkpoint_timeout_s: float = 1800.0
-    on_loss_spike: str = "rollback"
+    """A rank saving a checkpoint hangs after this many seconds (BLOOM-176B's 2.3 TB took minutes)."""
+    on_loss_spike: Literal["rollback", "notify", "ask"] = "rollback"
     """rollback (to the last checkpoint before the spike, skipping its data), notify, or ask."""
     spike_patience: int = 50
     """Steps a suspected loss spike may take to recover by itself before it is confirmed (critical: rolled
@@ -210,9 +237,9 @@ class WatchdogConfig:
     loss rising past its first peak) is confirmed at once. 0: confirm as soon as it persists."""
     rollback_skip_batches: int = 200
     """Global batches skipped from the one that fed the spike's first step (PaLM skipped 200-500)."""
-    on_crash: str = "restart"
+    on_crash: Literal["restart", "notify", "ask"] = "restart"
     """restart, notify, or ask (record a pending action; ``bigops approve RUN ID`` carries it out)."""
-    on_desync: str = "sync"
+    on_desync: Literal["sync", "notify", "ask"] = "sync"
     """When TP-duplicated parameters drift apart (``ln_desync`` above ``desync_threshold``): sync (ask the
     trainer for a live layer-norm sync through ``control/sync-layernorm``), notify, or ask."""
     desync_threshold: float = 1e-3
@@ -223,6 +250,11 @@ class WatchdogConfig:
     """... and exceeds it by at least this many seconds."""
     straggler_min_samples: int = 5
     """Steps of forward timing a rank needs before it is compared."""
+    gpu_temperature_warning_c: int = 85
+    """A GPU at or above this temperature (degrees C; NVML reports whole degrees) is a GpuHot warning. The
+    exported Prometheus rules (``bigops dashboards export``, GpuHotWarning) are generated with the default."""
+    gpu_temperature_critical_c: int = 90
+    """... and at or above this one a critical GpuHot (GpuHotCritical pages), at least the warning's."""
 
 
 @dataclass
@@ -232,9 +264,13 @@ class SlurmConfig:
     An empty string leaves its sbatch option out. Every value is quoted where it reaches a shell."""
 
     partition: str = ""
+    """``--partition``."""
     account: str = ""
+    """``--account`` (the allocation the hours are charged to)."""
     qos: str = ""
+    """``--qos`` (Jean Zay: qos_gpu-t3 for 20 h jobs, qos_gpu-t4 for 100 h)."""
     constraint: str = ""
+    """``--constraint`` (e.g. a100, v100-32g)."""
     nodes: int = 1
     """Nodes per job; the world size (tp x pp x dp) is spread evenly over them, one srun task per node."""
     gpus_per_node: int = 0
@@ -249,7 +285,7 @@ class SlurmConfig:
     """``train.exit_duration_in_mins`` = time_limit_min - exit_margin_min when the run does not set it."""
     job_name: str = ""
     """The chain's job name (default: ``bigops-<run dir name>``); the singleton dependency is per name."""
-    chain_mode: str = "singleton"
+    chain_mode: Literal["singleton", "array"] = "singleton"
     """singleton (one job per submission, ``--dependency=singleton``) or array (``--array=0-N%1``)."""
     chain_jobs: int = 3
     """Jobs submitted by ``bigops launch --slurm`` (``bigops chain extend`` adds more)."""
@@ -341,6 +377,8 @@ def _coerce(value: Any, annotation: Any, option: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         annotation = args[0]
+    if typing.get_origin(annotation) is Literal:  # a choice: typed here, its value checked by validate
+        annotation = type(typing.get_args(annotation)[0])
     try:
         if annotation is bool:
             if isinstance(value, bool):
@@ -472,7 +510,8 @@ NUMERIC_RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "watchdog.hang_startup_timeout_s": _GT0, "watchdog.hang_checkpoint_timeout_s": _GT0,
     "watchdog.rollback_skip_batches": _GE0, "watchdog.spike_patience": _GE0, "watchdog.desync_threshold": _GE0,
     "watchdog.straggler_factor": _GE1, "watchdog.straggler_min_gap_s": _GE0,
-    "watchdog.straggler_min_samples": _GE1,
+    "watchdog.straggler_min_samples": _GE1, "watchdog.gpu_temperature_warning_c": _GE1,
+    "watchdog.gpu_temperature_critical_c": _GE1,
     "slurm.nodes": _GE1, "slurm.gpus_per_node": _GE0, "slurm.cpus_per_task": _GE0, "slurm.time_limit_min": _GE1,
     "slurm.signal_before_s": _GE0, "slurm.exit_margin_min": _GE0, "slurm.chain_jobs": _GE1,
     "slurm.min_queued": _GE1, "slurm.master_port": (("ge", 1), ("le", 65535)),
@@ -487,14 +526,17 @@ def _fmt_bound(b: float) -> str:
     return str(int(b)) if float(b).is_integer() else str(b)
 
 
-def numeric_errors(cfg: "RunConfig") -> list[str]:
-    """One line per numeric option out of its range (or not finite), naming the option; [] when all hold.
+def numeric_errors(cfg: "RunConfig", only: str | None = None) -> list[str]:
+    """One line per numeric option out of its range (or not finite), naming the option; [] when all hold
+    (``only``: the options of that section).
 
     Pure: reads ``cfg`` against :data:`NUMERIC_RANGES`. Every int/float field of the tree must be listed
     there (a test checks it), so a new option cannot skip validation."""
     errors = []
     for dotted, rules in NUMERIC_RANGES.items():
         section, key = dotted.split(".")
+        if only is not None and section != only:
+            continue
         value = getattr(getattr(cfg, section), key)
         if value is None or (dotted in NUMERIC_OFF and value == NUMERIC_OFF[dotted]
                              and not isinstance(value, bool)):
@@ -514,70 +556,132 @@ def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
+def _one_of(values: typing.Iterable[Any]) -> str:
+    """``a, b or c``."""
+    names = [str(v) for v in values]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def choices_of(section: Any, key: str) -> tuple[Any, ...] | None:
+    """The values a ``Literal[...]`` option allows, as its annotation declares them (None: not a choice)."""
+    annotation = _field_type(section, key)
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
+
+
+def choice_errors(cfg: RunConfig, section: str) -> list[str]:
+    """One line per choice option of ``section`` whose value is not one its annotation allows."""
+    obj, errors = getattr(cfg, section), []
+    for f in dataclasses.fields(obj):
+        allowed, value = choices_of(obj, f.name), getattr(obj, f.name)
+        if allowed is not None and value not in allowed:
+            errors.append(f"{section}.{f.name}={value!r} is not supported: use {_one_of(allowed)}")
+    return errors
+
+
+# Each section's own rules, beyond its numbers' ranges and its choices; a rule relating two sections sits
+# with the option its message names first. Each returns one line per problem.
+
+def model_errors(cfg: RunConfig) -> list[str]:
+    """The heads split the width; a fixed vocabulary padding holds the vocabulary and splits over TP."""
+    m, tp, errors = cfg.model, cfg.parallel.tp, []
+    if m.pad_vocab_size_to is not None and (m.pad_vocab_size_to < m.vocab_size or m.pad_vocab_size_to % tp):
+        errors.append(f"model.pad_vocab_size_to={m.pad_vocab_size_to} must be >= model.vocab_size="
+                      f"{m.vocab_size} and divisible by parallel.tp={tp}")
+    if m.hidden_size % m.num_attention_heads:
+        errors.append(f"model.hidden_size={m.hidden_size} is not divisible by "
+                      f"model.num_attention_heads={m.num_attention_heads}")
+    return errors
+
+
+def parallel_errors(cfg: RunConfig) -> list[str]:
+    """TP splits the heads and the MLP; PP has a layer per stage at least; a ZeRO stage DeepSpeed runs with PP."""
+    m, p, errors = cfg.model, cfg.parallel, []
+    if m.num_attention_heads % p.tp:
+        errors.append(f"parallel.tp={p.tp} does not divide model.num_attention_heads={m.num_attention_heads}: "
+                      f"choose parallel.tp among {_divisors(m.num_attention_heads)}")
+    if (4 * m.hidden_size) % p.tp:
+        errors.append(f"parallel.tp={p.tp} does not divide the MLP width 4 x model.hidden_size")
+    if p.pp > m.num_layers + 2:
+        errors.append(f"parallel.pp={p.pp} is more than the {m.num_layers + 2} pipeline layers "
+                      f"(model.num_layers={m.num_layers} blocks + 2 embeddings): lower parallel.pp")
+    if p.zero_stage not in (0, 1):
+        errors.append(f"parallel.zero_stage={p.zero_stage} is not supported: use 0 or 1 "
+                      f"(DeepSpeed refuses ZeRO-2/3 with pipeline parallelism)")
+    return errors
+
+
+def train_errors(cfg: RunConfig) -> list[str]:
+    """The schedule decays down, not up."""
+    t = cfg.train
+    return [f"train.min_lr={t.min_lr}: must be in [0, train.lr={t.lr}]"] if t.min_lr > t.lr else []
+
+
+def data_errors(cfg: RunConfig) -> list[str]:
+    """The text and the tokenizer named exist (checked where the run is launched)."""
+    d, errors = cfg.data, []
+    if d.source not in ("stdlib", "synthetic") and not Path(d.source).exists():
+        errors.append(f"data.source={d.source!r} does not exist: give a file or folder of text, or stdlib / synthetic")
+    if d.tokenizer is not None and not Path(d.tokenizer).is_file():
+        errors.append(f"data.tokenizer={d.tokenizer!r} does not exist")
+    return errors
+
+
+def watchdog_errors(cfg: RunConfig) -> list[str]:
+    """The GPU temperature limits are in order."""
+    w = cfg.watchdog
+    if w.gpu_temperature_critical_c < w.gpu_temperature_warning_c:
+        return [f"watchdog.gpu_temperature_critical_c={w.gpu_temperature_critical_c} must be at least "
+                f"watchdog.gpu_temperature_warning_c={w.gpu_temperature_warning_c}"]
+    return []
+
+
+def slurm_errors(cfg: RunConfig) -> list[str]:
+    """A job saves (exit margin) and is signalled within its time limit."""
+    s, errors = cfg.slurm, []
+    if s.exit_margin_min >= s.time_limit_min:
+        errors.append(f"slurm.exit_margin_min={s.exit_margin_min} must be less than slurm.time_limit_min="
+                      f"{s.time_limit_min}")
+    if s.signal_before_s >= s.time_limit_min * 60:
+        errors.append(f"slurm.signal_before_s={s.signal_before_s} must be less than slurm.time_limit_min="
+                      f"{s.time_limit_min} minutes")
+    return errors
+
+
+SECTION_CHECKS: dict[str, typing.Callable[[RunConfig], list[str]]] = {
+    "model": model_errors, "parallel": parallel_errors, "train": train_errors, "watchdog": watchdog_errors,
+    "alerts": lambda cfg: [],  # its ranges and choices are all its rules
+    "data": data_errors, "slurm": slurm_errors,
+}
+"""Every section's rules, in the order :func:`validate` reports them (a test checks each section is here)."""
+
+
+def section_errors(cfg: RunConfig, section: str) -> list[str]:
+    """One section alone: its numbers' ranges, then its choices, then its own rules (numbers first: the
+    rules divide by them)."""
+    return numeric_errors(cfg, section) or choice_errors(cfg, section) + SECTION_CHECKS[section](cfg)
+
+
+def check_section(cfg: RunConfig, section: str) -> None:
+    """Raise :class:`ConfigError` for the first problem of one section: for a reader of ``run.toml`` that
+    uses only that section (the watchdog reads ``[watchdog]``)."""
+    errors = section_errors(cfg, section)
+    if errors:
+        raise ConfigError(errors[0])
+
+
 def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
-    """Check the tree once; fill ``parallel.dp`` from ``world_size``. Raises :class:`ConfigError`."""
+    """Check the tree once: every number in its range, then section by section (:data:`SECTION_CHECKS`),
+    then the layout against ``world_size`` (filling ``parallel.dp``) and the batch sizes. Raises
+    :class:`ConfigError` with the first problem, one line naming the option(s)."""
     errors = numeric_errors(cfg)
     if errors:
         raise ConfigError(errors[0])
-    m, p, t = cfg.model, cfg.parallel, cfg.train
-    if m.pad_vocab_size_to is not None and (m.pad_vocab_size_to < m.vocab_size or m.pad_vocab_size_to % p.tp):
-        raise ConfigError(f"model.pad_vocab_size_to={m.pad_vocab_size_to} must be >= model.vocab_size="
-                          f"{m.vocab_size} and divisible by parallel.tp={p.tp}")
-    if m.hidden_size % m.num_attention_heads:
-        raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by "
-                          f"model.num_attention_heads={m.num_attention_heads}")
-    if m.num_attention_heads % p.tp:
-        raise ConfigError(f"parallel.tp={p.tp} does not divide model.num_attention_heads="
-                          f"{m.num_attention_heads}: choose parallel.tp among {_divisors(m.num_attention_heads)}")
-    if (4 * m.hidden_size) % p.tp:
-        raise ConfigError(f"parallel.tp={p.tp} does not divide the MLP width 4 x model.hidden_size")
-    if p.pp > m.num_layers + 2:
-        raise ConfigError(f"parallel.pp={p.pp} is more than the {m.num_layers + 2} pipeline layers "
-                          f"(model.num_layers={m.num_layers} blocks + 2 embeddings): lower parallel.pp")
-    if p.zero_stage not in (0, 1):
-        raise ConfigError(f"parallel.zero_stage={p.zero_stage} is not supported: use 0 or 1 "
-                          f"(DeepSpeed refuses ZeRO-2/3 with pipeline parallelism)")
-    if t.precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"train.precision={t.precision!r} is not supported: use auto, fp32 or bf16")
-    if t.lr_decay_style not in ("cosine", "linear", "constant"):
-        raise ConfigError(f"train.lr_decay_style={t.lr_decay_style!r}: use cosine, linear or constant")
-    if t.min_lr > t.lr:
-        raise ConfigError(f"train.min_lr={t.min_lr}: must be in [0, train.lr={t.lr}]")
-    w = cfg.watchdog
-    if w.on_loss_spike not in ("rollback", "notify", "ask") or w.on_crash not in ("restart", "notify", "ask"):
-        raise ConfigError("watchdog.on_loss_spike must be rollback, notify or ask; watchdog.on_crash restart, "
-                          "notify or ask")
-    if w.on_desync not in ("sync", "notify", "ask"):
-        raise ConfigError(f"watchdog.on_desync={w.on_desync!r}: use sync, notify or ask")
-    if cfg.alerts.min_severity not in ("info", "warning", "critical"):
-        raise ConfigError(f"alerts.min_severity={cfg.alerts.min_severity!r}: use info, warning or critical")
-    if cfg.data.source not in ("stdlib", "synthetic") and not Path(cfg.data.source).exists():
-        raise ConfigError(f"data.source={cfg.data.source!r} does not exist: give a file or folder of text, "
-                          f"or stdlib / synthetic")
-    if cfg.data.tokenizer is not None and not Path(cfg.data.tokenizer).is_file():
-        raise ConfigError(f"data.tokenizer={cfg.data.tokenizer!r} does not exist")
-
-    s = cfg.slurm
-    if s.exit_margin_min >= s.time_limit_min:
-        raise ConfigError(f"slurm.exit_margin_min={s.exit_margin_min} must be less than slurm.time_limit_min="
-                          f"{s.time_limit_min}")
-    if s.signal_before_s >= s.time_limit_min * 60:
-        raise ConfigError(f"slurm.signal_before_s={s.signal_before_s} must be less than slurm.time_limit_min="
-                          f"{s.time_limit_min} minutes")
-    if s.chain_mode not in ("singleton", "array"):
-        raise ConfigError(f"slurm.chain_mode={s.chain_mode!r}: use singleton or array")
-
-    model_parallel = p.tp * p.pp
+    for section in SECTION_CHECKS:
+        check_section(cfg, section)
+    p, t = cfg.parallel, cfg.train
     if world_size is not None:
-        if world_size % model_parallel:
-            raise ConfigError(f"parallel.tp={p.tp} x parallel.pp={p.pp} = {model_parallel} does not divide "
-                              f"the world size {world_size}")
-        dp = world_size // model_parallel
-        if p.dp is not None and p.dp != dp:
-            raise ConfigError(f"parallel.tp={p.tp} x parallel.pp={p.pp} x parallel.dp={p.dp} = "
-                              f"{model_parallel * p.dp} != world size {world_size}")
-        p.dp = dp
-    dp = p.dp or 1
+        p.dp = data_parallel_size(world_size, p.tp, p.pp, p.dp)
+    dp = data_parallel_of(cfg)
     if t.global_batch_size % (t.micro_batch_size * dp):
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
                           f"train.micro_batch_size={t.micro_batch_size} x parallel.dp={dp}")
@@ -592,10 +696,36 @@ def resolve_precision(cfg: RunConfig, cuda_available: bool) -> RunConfig:
     return cfg
 
 
-def world_size_of(cfg: RunConfig) -> int:
-    """tp x pp x dp (dp defaulting to 1)."""
-    return cfg.parallel.tp * cfg.parallel.pp * (cfg.parallel.dp or 1)
+# ------------------------------------------------------------------------------ the layout: the world size
+# The one rule: world size = tp x pp x dp. Everything that sizes a launch, checks a world or fills an unset
+# parallel.dp (validate, the trainer's ParallelDims, the SLURM renderer) goes through these three.
+
+def data_parallel_size(world_size: int, tp: int, pp: int, dp: int | None = None) -> int:
+    """dp for ``world_size`` ranks of TP ``tp`` x PP ``pp`` (``dp`` given: it must agree). The error names
+    every factor."""
+    model_parallel = tp * pp
+    if world_size % model_parallel:
+        raise ConfigError(f"parallel.tp={tp} x parallel.pp={pp} = {model_parallel} does not divide "
+                          f"the world size {world_size}")
+    if dp is not None and dp * model_parallel != world_size:
+        raise ConfigError(f"parallel.tp={tp} x parallel.pp={pp} x parallel.dp={dp} = "
+                          f"{model_parallel * dp} != world size {world_size}")
+    return world_size // model_parallel
+
+
+def data_parallel_of(cfg: RunConfig, slots: int | None = None) -> int:
+    """``parallel.dp``; unset, as many model replicas as ``slots`` ranks hold (a SLURM allocation's nodes x
+    GPUs per node; rounded down: the renderer then names the GPUs left idle), else 1 (a local launch)."""
+    p = cfg.parallel
+    if p.dp is not None:
+        return p.dp
+    return slots // (p.tp * p.pp) if slots else 1
+
+
+def world_size_of(cfg: RunConfig, slots: int | None = None) -> int:
+    """tp x pp x dp, dp as :func:`data_parallel_of` fills it."""
+    return cfg.parallel.tp * cfg.parallel.pp * data_parallel_of(cfg, slots)
 
 
 def gradient_accumulation_steps(cfg: RunConfig) -> int:
-    return cfg.train.global_batch_size // (cfg.train.micro_batch_size * (cfg.parallel.dp or 1))
+    return cfg.train.global_batch_size // (cfg.train.micro_batch_size * data_parallel_of(cfg))

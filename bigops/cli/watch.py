@@ -53,7 +53,7 @@ def watch(
     if notifier is not None:
         notifier.resend_pending()
     from bigops.watchdog.detectors.liveness import pid_alive
-    from bigops.watchdog.supervisor import watch_config
+    from bigops.watchdog.settings import watch_config
     config = watch_config(run_config, alive=pid_alive)  # standalone: nobody else watches the pids
     collector = None
     if metrics_port:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from bigops.metrics import names as m
 from bigops.watchdog.detectors.gpu import CRITICAL_XIDS, HW_THROTTLE
+from trainer.config import WatchdogConfig
 
 JOB = "bigops"
 """The scrape job name the rules expect for the watchdog's exporter."""
@@ -26,7 +27,10 @@ NO_PROGRESS_S = 900
 """No new step for this long (and the run is not finished): NoProgress. BLOOM-176B took ~105 s a step."""
 CHECKPOINT_MAX_AGE_S = 4 * 3600
 """The newest complete checkpoint is older than this while training progresses: CheckpointTooOld."""
-GPU_HOT_WARNING_C, GPU_HOT_CRITICAL_C = 85, 90
+GPU_HOT_WARNING_C = WatchdogConfig.gpu_temperature_warning_c
+GPU_HOT_CRITICAL_C = WatchdogConfig.gpu_temperature_critical_c
+"""GpuHotWarning / GpuHotCritical: the watchdog's own GpuHot limits (``watchdog.gpu_temperature_*_c``), as
+their defaults (the rules are generated once, for every run)."""
 GPU_SILENT_S = 300
 
 

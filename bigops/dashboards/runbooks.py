@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trainer.config import WatchdogConfig
+
 STATUS = "bigops status RUN"
 EVENTS = "grep '\"kind\": \"{name}\"' RUN/events.jsonl | tail -5"
 ACTIONS = "grep '\"type\": \"action\"' RUN/events.jsonl | tail -10"
@@ -299,7 +301,8 @@ PAGES: dict[str, Page] = {
         see_also=("DiskFullSoon",)),
     # --------------------------------------------------------------------------------------------- GPUs
     "GpuHot": Page(
-        "A GPU is at or above 85 C (warning) or 90 C (critical).",
+        f"A GPU is at or above {WatchdogConfig.gpu_temperature_warning_c} C (warning) or "
+        f"{WatchdogConfig.gpu_temperature_critical_c} C (critical).",
         "It throttles, slowing the run; lasting heat damages hardware.",
         (GPUS, GPU_LOG, "nvidia-smi -q -d TEMPERATURE,PERFORMANCE  # on the node"),
         "Tell the cluster's operators (cooling, fans). Drain the node if it does not cool down; the run resumes "

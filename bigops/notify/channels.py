@@ -7,6 +7,8 @@ import smtplib
 import urllib.request
 from email.message import EmailMessage
 
+from trainer.config import AlertsConfig
+
 
 def _post_json(url: str, payload, timeout: float) -> None:
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
@@ -21,7 +23,7 @@ class SlackWebhook:
 
     name = "slack"
 
-    def __init__(self, url: str, timeout: float = 10.0):
+    def __init__(self, url: str, timeout: float = AlertsConfig.timeout_s):
         self.url, self.timeout = url, timeout
 
     def send(self, event: dict, line: str) -> None:
@@ -33,7 +35,7 @@ class GenericWebhook:
 
     name = "webhook"
 
-    def __init__(self, url: str, timeout: float = 10.0):
+    def __init__(self, url: str, timeout: float = AlertsConfig.timeout_s):
         self.url, self.timeout = url, timeout
 
     def send(self, event: dict, line: str) -> None:
@@ -45,7 +47,7 @@ class Alertmanager:
 
     name = "alertmanager"
 
-    def __init__(self, base_url: str, run: str, timeout: float = 10.0):
+    def __init__(self, base_url: str, run: str, timeout: float = AlertsConfig.timeout_s):
         self.url = base_url.rstrip("/") + "/api/v2/alerts"
         self.run, self.timeout = run, timeout
 
@@ -66,7 +68,8 @@ class Email:
     name = "email"
 
     def __init__(self, host: str, port: int, sender: str, recipients: list[str], user: str | None = None,
-                 password: str | None = None, starttls: bool = False, timeout: float = 10.0):
+                 password: str | None = None, starttls: bool = AlertsConfig.smtp_starttls,
+                 timeout: float = AlertsConfig.timeout_s):
         self.host, self.port, self.sender, self.recipients = host, port, sender, recipients
         self.user, self.password, self.starttls, self.timeout = user, password, starttls, timeout
 

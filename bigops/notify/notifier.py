@@ -19,14 +19,16 @@ from typing import Callable
 
 from bigops.notify import channels as ch
 from bigops.notify.secrets import load_secrets_file, redact, resolve
+from trainer.config import AlertsConfig
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 
 class Notifier:
-    def __init__(self, channels: list, min_severity: str = "warning", rate_limit_per_minute: int = 20,
-                 retries: int = 3, backoff_s: float = 0.5, on_result: Callable[[dict], None] | None = None,
-                 secret_values: list[str] = (), outbox=None):
+    def __init__(self, channels: list, min_severity: str = AlertsConfig.min_severity,
+                 rate_limit_per_minute: int = AlertsConfig.rate_limit_per_minute,
+                 retries: int = AlertsConfig.retries, backoff_s: float = 0.5,
+                 on_result: Callable[[dict], None] | None = None, secret_values: list[str] = (), outbox=None):
         self.channels, self.min_severity = channels, min_severity
         self.outbox = outbox
         """A :class:`bigops.notify.outbox.Outbox`: pages kept on disk until delivered (None: memory only)."""

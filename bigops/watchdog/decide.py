@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bigops.watchdog.policy import decide_restart
+from trainer.config import SlurmConfig, WatchdogConfig
 
 BAD_NODE_KINDS = ("GpuMissing", "GpuEccDoubleBit", "GpuXid", "GpuRowRemap")
 SUPERVISOR_KINDS = ("TrainingHang", "RankCrash", "LossSpike", "NonFiniteLimit")
@@ -136,16 +137,18 @@ Action = Restart | Rollback | Sync | Kill | Ask | GiveUp | NotifyOnly | ChainHol
 # ------------------------------------------------------------------------------------------- the inputs
 @dataclass(frozen=True)
 class Policy:
-    on_crash: str = "restart"
-    on_loss_spike: str = "rollback"
-    on_desync: str = "sync"
-    restart_budget: int = 5
-    restart_window_s: float = 3600.0
-    no_progress_restarts: int = 3
+    """What the rules may do, from ``[watchdog]`` (:meth:`of`; the defaults are its options')."""
+    on_crash: str = WatchdogConfig.on_crash
+    on_loss_spike: str = WatchdogConfig.on_loss_spike
+    on_desync: str = WatchdogConfig.on_desync
+    restart_budget: int = WatchdogConfig.restart_budget
+    restart_window_s: float = WatchdogConfig.restart_window_s
+    no_progress_restarts: int = WatchdogConfig.no_progress_restarts
     global_batch_size: int = 1
-    rollback_skip_batches: int = 200
+    """``train.global_batch_size`` (a skip range counts samples); 1 where no run config is at hand."""
+    rollback_skip_batches: int = WatchdogConfig.rollback_skip_batches
     max_rollbacks_per_region: int = 2
-    min_queued: int = 1
+    min_queued: int = SlurmConfig.min_queued
 
     @classmethod
     def of(cls, cfg, on_desync: str | None = None) -> "Policy":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bigops.watchdog.detectors.gpu import GpuConfig
 from bigops.watchdog.telemetry_io import GPU_FIELDS, _number, read_appended, read_tail_at, typed
 
 TAIL_SAMPLES = 256
@@ -34,7 +35,7 @@ KEPT = tuple(GPU_FIELDS) + ("name", "power_w", "power_limit_w", "utilization_pct
 class GpuStream:
     FORMAT = 1
 
-    def __init__(self, data: dict | None = None, xid_window_s: float = 1800.0):
+    def __init__(self, data: dict | None = None, xid_window_s: float = GpuConfig.xid_window_s):
         data = data if isinstance(data, dict) and data.get("format") == self.FORMAT else {}
         self.xid_window_s = xid_window_s
         self.files: dict[str, dict] = {k: v for k, v in _dict(data.get("files")).items()

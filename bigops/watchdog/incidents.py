@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from bigops.watchdog.findings import SEVERITIES, Finding
+from trainer.config import AlertsConfig
 
 OPEN, RESOLVED = "open", "resolved"
 NOTICES = ("open", "escalate", "remind", "resolve")
@@ -37,9 +38,9 @@ KEEP_RESOLVED = 500
 
 @dataclass(frozen=True)
 class IncidentPolicy:
-    resolve_after_s: float = 600.0
+    resolve_after_s: float = AlertsConfig.resolve_after_s
     """An open incident whose key was not seen for this long is resolved (``alerts.resolve_after_s``)."""
-    remind_every_s: float = 4 * 3600.0
+    remind_every_s: float = AlertsConfig.remind_every_s
     """While open, remind at most this often (``alerts.remind_every_s``); 0: never."""
     quiet_by_kind: dict[str, float] = field(default_factory=dict)
     """Per-kind quiet periods that differ from ``resolve_after_s``."""

@@ -32,6 +32,7 @@ from bigops.watchdog.gpu_stream import GpuStream
 from bigops.watchdog.incidents import IncidentPolicy
 from bigops.watchdog.telemetry_io import (HEARTBEAT_FIELDS, MAX_LINE_BYTES, _number,  # noqa: F401
                                          malformed_finding, read_appended, read_tail, read_tail_at, typed)
+from trainer.config import WatchdogConfig
 from trainer.rundir import RunDir
 
 
@@ -49,12 +50,10 @@ class WatchConfig:
     straggler: StragglerConfig = field(default_factory=StragglerConfig)
     incidents: IncidentPolicy = field(default_factory=IncidentPolicy)
     """When an incident is resolved and reminded of (``alerts.resolve_after_s``, ``alerts.remind_every_s``)."""
-    on_desync: str = "sync"
+    on_desync: str = WatchdogConfig.on_desync
     """What the daemon does about a TPDesync finding: sync, notify or ask (``watchdog.on_desync``)."""
     disk_usage: "Callable[[Path], DiskUsage] | None" = None
     """How full the run directory's filesystem is (None: ``os.statvfs``); a simulation scripts it."""
-    throughput_history: int = 1000
-    """Unused (the throughput detector streams every record once, its state in the ScanStream); kept for configs."""
     alive: Callable[[int], bool] | None = None
     """Liveness of a pid on this host: given, the ranks-not-running check runs (standalone ``bigops watch``;
     a supervisor restarts its ranks itself and leaves it None)."""

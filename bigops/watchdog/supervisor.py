@@ -59,39 +59,13 @@ from bigops.watchdog.decide import SUPERVISOR_KINDS, Ask, GiveUp, Kill, NotifyOn
     plan_rollback
 from bigops.watchdog.executor import Executor, acted_on, incidents_of, view_for
 from bigops.watchdog.journal import intent_id
-from bigops.watchdog.scan import WatchConfig, read_tail, supervisor_path
+from bigops.watchdog.scan import read_tail, supervisor_path
+from bigops.watchdog.settings import watch_config
 from bigops.watchdog.state import WatchState
 from trainer import checkpoint as ckpt
 from trainer import exitcodes
 from trainer.config import RunConfig
 from trainer.rundir import RunDir, atomic_write_text
-
-
-def watch_config(cfg: RunConfig, alive: Callable[[int], bool] | None = None) -> WatchConfig:
-    """The detectors' and the daemon's settings from ``[watchdog]`` (checked here: ConfigError)."""
-    from bigops.watchdog.detectors.desync import DesyncConfig
-    from bigops.watchdog.detectors.hang import HangConfig
-    from bigops.watchdog.detectors.loss_spike import LossSpikeConfig
-    from bigops.watchdog.detectors.straggler import StragglerConfig
-    from bigops.watchdog.incidents import IncidentPolicy
-    w = cfg.watchdog
-    if w.on_desync not in ("sync", "notify", "ask"):
-        raise ConfigError(f"watchdog.on_desync={w.on_desync!r}: use sync, notify or ask")
-    if not w.desync_threshold >= 0:
-        raise ConfigError(f"watchdog.desync_threshold={w.desync_threshold} must be >= 0")
-    if not w.straggler_factor >= 1 or not w.straggler_min_gap_s >= 0 or w.straggler_min_samples < 1:
-        raise ConfigError("watchdog.straggler_factor must be >= 1, watchdog.straggler_min_gap_s >= 0 and "
-                          "watchdog.straggler_min_samples >= 1")
-    return WatchConfig(loss=LossSpikeConfig(spike_patience=w.spike_patience),
-                       hang=HangConfig(factor=w.hang_factor, min_timeout_s=w.hang_min_timeout_s,
-                                       startup_timeout_s=w.hang_startup_timeout_s,
-                                       checkpoint_timeout_s=w.hang_checkpoint_timeout_s),
-                       desync=DesyncConfig(threshold=w.desync_threshold),
-                       straggler=StragglerConfig(factor=w.straggler_factor, min_gap_s=w.straggler_min_gap_s,
-                                                 min_samples=w.straggler_min_samples),
-                       incidents=IncidentPolicy(resolve_after_s=cfg.alerts.resolve_after_s,
-                                                remind_every_s=cfg.alerts.remind_every_s),
-                       on_desync=w.on_desync, alive=alive)
 
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:

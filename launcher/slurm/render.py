@@ -14,7 +14,7 @@ from __future__ import annotations
 import shlex
 from pathlib import PurePosixPath
 
-from trainer.config import ConfigError, RunConfig, SlurmConfig
+from trainer.config import ConfigError, RunConfig, SlurmConfig, world_size_of
 
 q = shlex.quote
 
@@ -32,14 +32,14 @@ NCCL_ENV = {
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
+def slots(cfg: RunConfig) -> int | None:
+    """The ranks the allocation has room for: nodes x GPUs per node (None on CPU nodes)."""
+    return cfg.slurm.nodes * cfg.slurm.gpus_per_node or None
+
+
 def world_size(cfg: RunConfig) -> int:
-    """tp x pp x dp, with dp filled from the nodes' GPUs when the config leaves it unset."""
-    p, s = cfg.parallel, cfg.slurm
-    if p.dp is not None:
-        return p.tp * p.pp * p.dp
-    if s.gpus_per_node:
-        return s.nodes * s.gpus_per_node
-    return p.tp * p.pp
+    """tp x pp x dp, an unset dp filled from the nodes' GPUs (the config's one world-size rule)."""
+    return world_size_of(cfg, slots(cfg))
 
 
 def ranks_per_node(cfg: RunConfig) -> int:

@@ -75,7 +75,7 @@ def chain_config(runner, run_path: str, preset: str, config: Path | None, overri
     else:
         draft = config_mod.resolve(preset, config, overrides)
         if draft.parallel.dp is None:  # fill dp from the nodes' GPUs
-            overrides = [*overrides, f"parallel.dp={render.world_size(draft) // (draft.parallel.tp * draft.parallel.pp)}"]
+            overrides = [*overrides, f"parallel.dp={config_mod.data_parallel_of(draft, render.slots(draft))}"]
         cfg = plan.fresh_config(preset, config, overrides, cuda_available=draft.slurm.gpus_per_node > 0)
     render.ranks_per_node(cfg)  # a layout error is a one-line ConfigError now, not a failed job later
     if cfg.train.exit_duration_in_mins is None:

@@ -64,8 +64,8 @@ def test_edges_that_are_allowed(override):
 
 
 def test_incident_timing_reaches_the_watchdog():
-    """alerts.remind_every_s / resolve_after_s are the incident layer's policy (supervisor.watch_config)."""
-    from bigops.watchdog.supervisor import watch_config
+    """alerts.remind_every_s / resolve_after_s are the incident layer's policy (settings.watch_config)."""
+    from bigops.watchdog.settings import watch_config
     cfg = C.apply_overrides(C.preset("tiny"), ["alerts.remind_every_s=0", "alerts.resolve_after_s=120"])
     policy = watch_config(C.validate(cfg, world_size=4)).incidents
     assert (policy.remind_every_s, policy.resolve_after_s) == (0.0, 120.0)

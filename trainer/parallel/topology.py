@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from trainer.config import ConfigError
+from trainer.config import ConfigError, data_parallel_size
 from trainer.parallel.mappings import TPGroup
 
 
@@ -30,9 +30,8 @@ class ParallelDims:
         return self.tp * self.pp * self.dp
 
     def check(self, world_size: int) -> "ParallelDims":
-        if self.world_size != world_size:
-            raise ConfigError(f"parallel.tp={self.tp} x parallel.pp={self.pp} x parallel.dp={self.dp} = "
-                              f"{self.world_size} != world size {world_size}")
+        """The config's one world-size rule (:func:`trainer.config.data_parallel_size`)."""
+        data_parallel_size(world_size, self.tp, self.pp, self.dp)
         return self
 
     def topology(self):

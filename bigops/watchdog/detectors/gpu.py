@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bigops.watchdog.findings import Finding
+from trainer.config import WatchdogConfig
 
 # XIDs that mean the hardware needs attention (NVIDIA's XID catalogue): DBE, row remap events, NVLink,
 # fell off the bus, high SBE rate, contained/uncontained ECC, GSP errors. Others (13, 31, 43...) are
@@ -16,8 +17,10 @@ HW_THROTTLE = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake")
 
 @dataclass(frozen=True)
 class GpuConfig:
-    temperature_warning_c: float = 85.0
-    temperature_critical_c: float = 90.0
+    temperature_warning_c: float = WatchdogConfig.gpu_temperature_warning_c
+    """GpuHot (warning) at or above this (``watchdog.gpu_temperature_warning_c``)."""
+    temperature_critical_c: float = WatchdogConfig.gpu_temperature_critical_c
+    """GpuHot (critical) at or above this (``watchdog.gpu_temperature_critical_c``)."""
     stale_after_s: float = 120.0
     xid_window_s: float = 1800.0
     """An XID stays in view this long after the sample that reported it (``bigops.watchdog.gpu_stream``)."""

@@ -11,17 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bigops.watchdog.findings import Finding
+from trainer.config import WatchdogConfig
 
 TRAINING_PHASES = ("forward", "backward", "step")
 
 
 @dataclass(frozen=True)
 class HangConfig:
-    factor: float = 10.0
-    min_timeout_s: float = 60.0
-    startup_timeout_s: float = 900.0
-    checkpoint_timeout_s: float = 1800.0
+    """The timeouts; each default is its ``[watchdog]`` option's (declared, with its meaning, there)."""
+    factor: float = WatchdogConfig.hang_factor
+    min_timeout_s: float = WatchdogConfig.hang_min_timeout_s
+    startup_timeout_s: float = WatchdogConfig.hang_startup_timeout_s
+    checkpoint_timeout_s: float = WatchdogConfig.hang_checkpoint_timeout_s
     eval_timeout_s: float = 900.0
+    """A rank in a validation pass hangs after this many seconds (not an option)."""
 
 
 def step_time_p95(step_seconds: list[float]) -> float | None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from bigops.watchdog.detectors.robust import MAD_TO_SIGMA, SortedWindow
 from bigops.watchdog.findings import Finding
+from trainer.config import WatchdogConfig
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class LossSpikeConfig:
     abs: float = 0.3
     persist_records: int = 3
     persist_window: int = 5
-    spike_patience: int = 50
+    spike_patience: int = WatchdogConfig.spike_patience
     """Steps after its first high step a suspected spike may take to recover (``watchdog.spike_patience``)."""
     worse_factor: float = 1.5
     """Worse: the loss above the baseline by more than this many times the first peak's excess."""

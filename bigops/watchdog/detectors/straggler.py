@@ -19,16 +19,20 @@ from dataclasses import dataclass
 
 from bigops.watchdog.detectors.robust import MAD_TO_SIGMA
 from bigops.watchdog.findings import Finding
+from trainer.config import WatchdogConfig
 
 
 @dataclass(frozen=True)
 class StragglerConfig:
-    factor: float = 1.5
-    """A rank whose median forward time per step is above this many times its peers' median is slow..."""
-    min_gap_s: float = 0.05
-    """... and any slow rank is above its peers by at least this many seconds (tiny forwards: not compared)."""
-    min_samples: int = 5
-    """Steps of timing a rank needs (from ``forward_s_recent``) before it is compared."""
+    factor: float = WatchdogConfig.straggler_factor
+    """A rank whose median forward time per step is above this many times its peers' median is slow...
+    (``watchdog.straggler_factor``)"""
+    min_gap_s: float = WatchdogConfig.straggler_min_gap_s
+    """... and any slow rank is above its peers by at least this many seconds (tiny forwards: not compared;
+    ``watchdog.straggler_min_gap_s``)."""
+    min_samples: int = WatchdogConfig.straggler_min_samples
+    """Steps of timing a rank needs (from ``forward_s_recent``) before it is compared
+    (``watchdog.straggler_min_samples``)."""
     min_excess: float = 0.03
     """Relative to the noise: a rank is also slow when it is more than this fraction above its peers..."""
     z: float = 5.0

@@ -5,8 +5,8 @@ says: a bit-flipped ``latest`` has the right sizes, and the intact older one is 
 to), the checkpoint ``latest`` names, the last ``keep_last`` complete checkpoints, those whose step is a
 multiple of ``keep_every``, those named with ``keep`` or holding a ``KEEP`` marker (``bigops ckpt mark``),
 the newest checkpoint before each open loss spike (``protect_before``: a spike watched for
-``watchdog.spike_patience`` steps may still be rolled back to it), and any tag directory that is not complete (it is reported, not judged). When no checkpoint verifies,
-nothing is pruned. Never touched: partial saves (``.partial-*``: maybe being written), ``.rolled-back/``
+``watchdog.spike_patience`` steps may still be rolled back to it), and any tag directory that is not
+complete (it is reported, not judged). When no checkpoint verifies, nothing is pruned. Never touched: partial saves (``.partial-*``: maybe being written), ``.rolled-back/``
 (rollback evidence) and ``.superseded/`` (copies a save of the same step replaced).
 
 A removal renames ``<tag>`` to ``.deleting-<tag>`` (atomic) before removing it, so a crash mid-way never

@@ -111,11 +111,8 @@ class DecisionError(BigopsError, ValueError):
 
 def read_pending(run: RunDir) -> dict[str, dict]:
     """The pending table of ``watchdog/state.json``, read-only (status, approve/deny)."""
-    try:
-        data = json.loads(run.watchdog_state.read_text())
-    except (OSError, ValueError):
-        return {}
-    pending = data.get("pending") if isinstance(data, dict) else None
+    from bigops.watchdog.state import read_section
+    pending = read_section(run.watchdog_state, "pending")
     return {k: v for k, v in pending.items() if isinstance(v, dict)} if isinstance(pending, dict) else {}
 
 

@@ -65,17 +65,24 @@ class WatchState:
         atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
 
 
+def read_section(path: Path, name: str) -> dict | None:
+    """One section of ``watchdog/state.json``, read only, for the commands beside the writer (None: a
+    missing or damaged file, or no such section: ``WatchState.load`` would set a damaged file aside)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get(name) if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else None
+
+
 def open_spike_steps(path: Path) -> dict[int, str]:
     """{first step of an open loss spike / non-finite incident: its id} from ``watchdog/state.json``, read
     only (a missing or damaged file: none). Whoever removes checkpoints keeps the newest one before each:
     a spike watched for ``watchdog.spike_patience`` steps may still be rolled back to it."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    incidents = data.get("incidents") if isinstance(data, dict) else None
+    incidents = read_section(path, "incidents")
     out: dict[int, str] = {}
-    for iid, inc in (incidents or {}).items() if isinstance(incidents, dict) else ():
+    for iid, inc in (incidents or {}).items():
         if not isinstance(inc, dict) or inc.get("status") != "open" or \
                 inc.get("kind") not in ("LossSpike", "NonFiniteLoss", "NonFiniteLimit"):
             continue

@@ -27,7 +27,7 @@ from bigops.checkpoint import dsfiles, tp_duplicates
 from bigops.errors import BigopsError, CheckpointError
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
-from trainer.rundir import RunDir, append_jsonl, atomic_write_text
+from trainer.rundir import RunDir, append_event, atomic_write_text, pid_alive, read_heartbeats
 
 ACTIVE_HEARTBEAT_S = 120.0
 """A rank whose heartbeat is younger than this (and not at ``exit``) counts as running."""
@@ -75,8 +75,6 @@ class Outcome:
 
 def running_ranks(run: RunDir, now: float | None = None) -> list[dict]:
     """Heartbeats of ranks that look alive: not at ``exit``, and either recent or a live local process."""
-    from bigops.watchdog.detectors.liveness import pid_alive
-    from bigops.watchdog.scan import read_heartbeats
     now = time.time() if now is None else now
     host = socket.gethostname()
     alive = []
@@ -186,7 +184,7 @@ def perform(source: Source, edits: list[Edit], *, move_latest: bool | None = Non
         atomic_write_text(run.latest, new_tag + "\n")
         outcome.latest_moved = True
     outcome.seconds = time.perf_counter() - started
-    append_jsonl(run.root / "events.jsonl", {
+    append_event(run, {
         "time": time.time(), "type": "action", "id": uuid.uuid4().hex[:12], "action": "surgery",
         "edits": [e.name for e in edits], "source": source.tag, "new_tag": new_tag, "latest_moved": move_latest,
         "details": details, "seconds": round(outcome.seconds, 3), "severity": "info",

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from bigops.errors import BigopsError, ConfigError
+from trainer.rundir import RELATIVE, RunDir, parse_run_config
 
 app = typer.Typer(help="The SLURM job chain of a run: status, extend, hold, release, cancel, exclude nodes.",
                   no_args_is_help=True)
@@ -73,13 +74,12 @@ def launch_slurm(run_dir: Path, preset: str, config: Path | None, overrides: lis
     run_path = str(run_dir) if host else str(run_dir.resolve())
     runner = _runner(host, ssh_key, known_hosts)
     try:
-        stored = None if print_script else runner.read_text(f"{run_path}/run.toml")
+        stored = None if print_script else runner.read_text(str(RunDir(run_path).run_toml))
         if stored is not None:
             existing = chain_mod.Chain.load(runner, run_path)
             if existing is not None and chain_mod.queue(runner, existing):
                 raise ConfigError(f"{run_path} already has jobs queued: use `bigops chain extend` (or cancel first)")
-            cfg = plan.resumed_config(config_mod.apply_mapping(config_mod.RunConfig(), tomllib.loads(stored)),
-                                      overrides)
+            cfg = plan.resumed_config(parse_run_config(stored, source=str(RunDir(run_path).run_toml)), overrides)
         else:
             draft = config_mod.resolve(preset, config, overrides)
             if draft.parallel.dp is None:  # fill dp from the nodes' GPUs
@@ -97,7 +97,7 @@ def launch_slurm(run_dir: Path, preset: str, config: Path | None, overrides: lis
             name = cfg.slurm.job_name or render.default_job_name(run_path)
             out.print(render.render_script(cfg, run_path, job_name=name, workdir=cfg.slurm.workdir), markup=False)
             import shlex
-            argv = render.submit_argv(render.sbatch_options(cfg, run_path, name), f"{run_path}/slurm/job.sbatch")
+            argv = render.submit_argv(render.sbatch_options(cfg, run_path, name), str(RunDir(run_path).slurm_script))
             out.print("# submitted as: " + shlex.join(argv), markup=False)
             return
         chain = chain_mod.create(runner, cfg, run_path, cfg.slurm.workdir, config_mod.dumps_toml(cfg), host=host,
@@ -118,8 +118,9 @@ def _open(run_dir: str, host, ssh_key, known_hosts):
     from launcher.slurm import chain as chain_mod
     local = not host
     path = run_dir if host else str(Path(run_dir).resolve())
-    if local and (Path(path) / "slurm" / "chain.json").exists():
-        recorded = json.loads((Path(path) / "slurm" / "chain.json").read_text())
+    record = RunDir(path).chain_record
+    if local and record.exists():
+        recorded = json.loads(record.read_text())
         if recorded.get("host"):
             host, ssh_key, known_hosts = recorded["host"], ssh_key or recorded.get("key_file"), \
                 known_hosts or recorded.get("known_hosts")
@@ -127,7 +128,7 @@ def _open(run_dir: str, host, ssh_key, known_hosts):
     chain = chain_mod.Chain.load(runner, path)
     if chain is None:
         runner.close()
-        raise ConfigError(f"{path} has no SLURM chain (slurm/chain.json): launch it with `bigops launch --slurm`")
+        raise ConfigError(f"{path} has no SLURM chain ({RELATIVE.chain_record}): launch it with `bigops launch --slurm`")
     return runner, chain
 
 

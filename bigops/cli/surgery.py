@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bigops.cli.options import RunDirArg, TagOpt
+from trainer.rundir import RELATIVE
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -67,7 +68,7 @@ def _wait_stopped(run, timeout_s: float) -> None:
     while running_ranks(run):
         if time.monotonic() > deadline:
             raise RunInUseError(f"the run did not stop within {timeout_s:.0f} s of the kill switch; surgery not "
-                                f"started (the kill switch stays in {run.root / 'control'})")
+                                f"started (the kill switch stays in {run.control})")
         time.sleep(1.0)
 
 
@@ -76,12 +77,12 @@ def _update_run_toml_lr(run, new_tag: str, lr: float, min_lr: float | None) -> N
     import shutil
 
     from trainer import config as config_mod
-    from trainer.rundir import atomic_write_text
-    cfg = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
+    from trainer.rundir import atomic_write_text, load_run_config
+    cfg = load_run_config(run)
     cfg.train.lr = lr
     if min_lr is not None:
         cfg.train.min_lr = min_lr
-    shutil.copy2(run.run_toml, run.root / f"run.toml.before-{new_tag}")
+    shutil.copy2(run.run_toml, run.run_toml_before(new_tag))
     atomic_write_text(run.run_toml, config_mod.dumps_toml(cfg))
     console.print(f"run.toml: train.lr = {lr}" + (f", train.min_lr = {min_lr}" if min_lr is not None else "")
                   + f" (previous kept as run.toml.before-{new_tag})")
@@ -106,7 +107,7 @@ def surgery(
     set_min_lr: Annotated[Optional[float], typer.Option("--set-min-lr", help="With --set-lr: the new "
                           "train.min_lr.")] = None,
     skip_range: Annotated[Optional[list[str]], typer.Option("--skip-range", help="Add START-END (samples, end "
-                          "exclusive) to control/skip-ranges (repeatable).")] = None,
+                          f"exclusive) to {RELATIVE.skip_ranges} (repeatable).")] = None,
     keep_latest: Annotated[bool, typer.Option("--keep-latest", help="Write the new tag but leave "
                            "checkpoints/latest where it is.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be done; write nothing.")] = False,
@@ -118,7 +119,7 @@ def surgery(
     """Repair a checkpoint, never in place: write a new tag beside it, verify it, then point latest at it."""
     from bigops.checkpoint import surgery as surgery_mod
     from bigops.errors import BigopsError, ConfigError
-    from trainer.control import KILL_SWITCH, SKIP_RANGES, add_skip_range, parse_skip_ranges
+    from trainer.control import add_skip_range, parse_skip_ranges
     from trainer.rundir import RunDir, atomic_write_text
 
     run = RunDir(Path(run_dir))
@@ -150,14 +151,13 @@ def surgery(
     if not run.root.is_dir():
         raise ConfigError(f"{run.root} is not a run directory")
     if set_lr is not None:
-        from trainer import config as config_mod
-        floor = set_min_lr if set_min_lr is not None else config_mod.load_toml(
-            run.run_toml, base=config_mod.RunConfig()).train.min_lr
+        from trainer.rundir import load_run_config
+        floor = set_min_lr if set_min_lr is not None else load_run_config(run).train.min_lr
         if floor > set_lr:
             raise ConfigError(f"--set-lr {set_lr} is below train.min_lr={floor}: pass --set-min-lr too")
 
     running = surgery_mod.running_ranks(run)
-    kill_switch = run.root / "control" / KILL_SWITCH
+    kill_switch = run.kill_switch
     we_pulled_switch = False
     if running and not stop_run:
         r = running[0]
@@ -211,7 +211,7 @@ def surgery(
             if set_lr is not None:
                 _update_run_toml_lr(run, outcome.new_tag, set_lr, set_min_lr)
         if ranges:
-            path = run.root / "control" / SKIP_RANGES
+            path = run.skip_ranges
             try:  # merged under a lock, the file's lines and notes kept (trainer.control)
                 added = [add_skip_range(run.root, s, e, "bigops surgery") for s, e in ranges]
             except ValueError as exc:

@@ -54,7 +54,7 @@ def watch(
     notifier = _notifier(run) if lock.held else None
     if notifier is not None:
         notifier.resend_pending()
-    from bigops.watchdog.detectors.liveness import pid_alive
+    from trainer.rundir import pid_alive
     from bigops.watchdog.supervisor import watch_config
     config = watch_config(_run_config(run), alive=pid_alive)  # standalone: nobody else watches the pids
     collector = None
@@ -95,10 +95,8 @@ def watch(
 
 def _run_config(run):
     """run.toml's tree (defaults when the run has none yet)."""
-    from trainer import config as config_mod
-    if run.run_toml.exists():
-        return config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
-    return config_mod.RunConfig()
+    from trainer.rundir import load_run_config
+    return load_run_config(run, missing_ok=True)
 
 
 def _notifier(run):
@@ -108,12 +106,11 @@ def _notifier(run):
     from bigops.notify.notifier import from_config
     from bigops.notify.outbox import Outbox
     from bigops.notify.secrets import SecretError
-    from bigops.watchdog.daemon import events_path
-    from trainer.rundir import append_jsonl
+    from trainer.rundir import append_event
 
     alerts = _run_config(run).alerts
     try:
-        return from_config(alerts, run.root.resolve().name, on_result=lambda r: append_jsonl(events_path(run), r),
-                           outbox=Outbox(run.watchdog / "outbox"))
+        return from_config(alerts, run.root.resolve().name, on_result=lambda r: append_event(run, r),
+                           outbox=Outbox(run.outbox))
     except SecretError as exc:
         raise ConfigError(str(exc)) from None

@@ -32,7 +32,7 @@ def state_path(run: RunDir) -> Path:
 
 
 def events_path(run: RunDir) -> Path:
-    return run.root / "events.jsonl"
+    return run.events
 
 
 def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool = False,

@@ -17,7 +17,7 @@ from bigops.errors import BigopsError
 from launcher import local, plan
 from trainer import exitcodes
 from trainer import config as config_mod
-from trainer.rundir import RunDir, atomic_write_text, read_jsonl
+from trainer.rundir import RunDir, atomic_write_text, load_run_config, read_jsonl
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -110,7 +110,7 @@ def launch(
     if resume:
         if config is not None:
             overrides = [*_file_overrides(config), *overrides]
-        cfg = plan.resumed_config(config_mod.load_toml(run.run_toml, base=config_mod.RunConfig()), overrides)
+        cfg = plan.resumed_config(load_run_config(run), overrides)
     else:
         hf_config = None
         if init_hf is not None:

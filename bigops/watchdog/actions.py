@@ -18,10 +18,6 @@ from trainer.rundir import SYNC_LAYERNORM, RunDir, append_event, atomic_write_te
 APPROVAL_RUNBOOK = "runbooks/WatchdogApprovalNeeded.md"
 
 
-def events_file(run: RunDir):
-    return run.events
-
-
 EVENT_WRITE_ERRORS: dict[str, list[str]] = {}
 """Per run folder, why recent events.jsonl appends failed (newest last, a few kept): the next pass reports
 it as a finding, then forgets it."""
@@ -89,7 +85,7 @@ def find_event(run: RunDir, needle: str, match: Callable[[dict], bool]) -> dict 
     which ``match`` holds; None when there is none (or no log yet). How an action checks, after a restart,
     whether it was already recorded."""
     try:
-        with open(events_file(run), "rb") as handle:
+        with open(run.events, "rb") as handle:
             for raw in handle:
                 if needle.encode() in raw:
                     try:

@@ -31,10 +31,6 @@ def state_path(run: RunDir) -> Path:
     return run.watchdog_state
 
 
-def events_path(run: RunDir) -> Path:
-    return run.events
-
-
 def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool = False,
          config: WatchConfig = WatchConfig(), notifier=None, observe: bool = False,
          extra: Iterable[Finding] = ()) -> tuple[list[Finding], dict]:

@@ -84,3 +84,38 @@ def spawn(run_dir: str | Path, nproc: int, trainer_args: list[str] = (), log_pat
             stdout.close()
     proc.launch_id = launch_id
     return proc
+
+
+def prepare(run, cfg) -> dict | None:
+    """Make the run directory (0750: the project group reads, only the owner writes), write its run.toml,
+    and tokenize the corpus once, here, before the ranks start (they only memory-map it). Returns the data's
+    metadata when it was prepared now (None: already there, or synthetic). A corpus that cannot be read is a
+    ConfigError."""
+    from trainer import config as config_mod
+    from trainer.data.dataset import DataError
+    from trainer.data.source import prepare_data
+    from trainer.rundir import atomic_write_text, make_dir
+    make_dir(run.root, tighten=True)
+    make_dir(run.logs, tighten=True)
+    atomic_write_text(run.run_toml, config_mod.dumps_toml(cfg))
+    try:
+        return prepare_data(run, cfg)
+    except DataError as exc:
+        raise config_mod.ConfigError(str(exc)) from None
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
+    """Stop the ranks (Ctrl-C): SIGTERM to torchrun's process group, which forwards it to the ranks: they save
+    and exit. If they have not within ``grace_s``, SIGKILL."""
+    import signal
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()

@@ -1,6 +1,7 @@
 """Decide what a launch runs: a fresh run's config, or a resumed run's stored config plus what may change.
 
-Pure functions of the stored and requested configs; the CLI does the file I/O.
+``fresh_config`` and ``resumed_config`` are pure functions of the stored and requested configs;
+``launch_plan`` applies the resume rules to a run directory (reading its checkpoints and run.toml).
 """
 
 from __future__ import annotations
@@ -51,3 +52,55 @@ def resumed_config(stored: config_mod.RunConfig, overrides: list[str]) -> config
                     f"{section}.{f.name}={new} differs from the run's {section}.{f.name}={old}: a resumed run keeps "
                     f"its model, layout and data (start a new --run-dir, or convert the checkpoint)")
     return config_mod.validate(cfg, world_size=config_mod.world_size_of(stored))
+
+
+def file_overrides(path: Path) -> list[str]:
+    """A ``--config`` file as ``section.key=value`` overrides (on a resume: applied to the stored config)."""
+    import tomllib
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise config_mod.ConfigError(f"config file {path} cannot be read: {exc}") from None
+    return [f"{s}.{k}={v}" for s, values in data.items() if isinstance(values, dict) for k, v in values.items()]
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """What a local launch runs: the config, whether it resumes, and from which checkpoint."""
+
+    cfg: config_mod.RunConfig
+    resume: bool
+    resumable: object | None
+    """``trainer.checkpoint.Resumable``: the checkpoint found (sizes checked; the ranks verify hashes)."""
+
+
+def launch_plan(run, preset: str, config_file: Path | None, overrides: list[str], init_hf: Path | None = None,
+                resume: bool | None = None) -> LaunchPlan:
+    """The resume rules of ``bigops launch``: a run with a checkpoint resumes (``resume=None``: when it has
+    one), a run without one cannot, a new run never overwrites checkpoints, and ``--init-hf`` only starts a
+    new run. A resumed run's config is its run.toml plus the overrides (``resumed_config``); a new one is
+    built from the preset (``fresh_config``), for this machine's precision."""
+    from trainer.checkpoint import find_resumable
+    resumable = find_resumable(run, hashes=False)  # sizes only here; the ranks verify the hashes
+    has_checkpoint = resumable is not None
+    if resume is None:
+        resume = has_checkpoint
+    if resume and not has_checkpoint:
+        raise config_mod.ConfigError(f"--resume: {run.root} has no checkpoint to resume from")
+    if not resume and has_checkpoint:
+        raise config_mod.ConfigError(f"{run.root} already holds checkpoints: resume it (the default) or choose a "
+                                     f"new --run-dir; bigops never overwrites a run")
+    if init_hf is not None and resume:
+        raise config_mod.ConfigError("--init-hf only applies to a new run: this one resumes from its checkpoint")
+    if resume:
+        if config_file is not None:
+            overrides = [*file_overrides(config_file), *overrides]
+        from trainer.rundir import load_run_config
+        return LaunchPlan(resumed_config(load_run_config(run), overrides), True, resumable)
+    hf_config = None
+    if init_hf is not None:
+        from trainer.hf import read_hf_config
+        hf_config = read_hf_config(init_hf)
+    import torch
+    cfg = fresh_config(preset, config_file, overrides, hf_config=hf_config, cuda_available=torch.cuda.is_available())
+    return LaunchPlan(cfg, False, resumable)

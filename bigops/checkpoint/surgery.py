@@ -17,6 +17,7 @@ import shutil
 import socket
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,17 +25,13 @@ from typing import Callable
 import torch
 
 from bigops.checkpoint import dsfiles, tp_duplicates
-from bigops.errors import BigopsError, CheckpointError
+from bigops.errors import BigopsError, CheckpointError, RunInUseError
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
-from trainer.rundir import RunDir, append_event, atomic_write_text, pid_alive, read_heartbeats
+from trainer.rundir import RunDir, append_event, atomic_write_text, load_run_config, pid_alive, read_heartbeats
 
 ACTIVE_HEARTBEAT_S = 120.0
 """A rank whose heartbeat is younger than this (and not at ``exit``) counts as running."""
-
-
-class RunInUseError(BigopsError):
-    exit_code = 5
 
 
 @dataclass(frozen=True)
@@ -348,3 +345,132 @@ def reset_optimizer_edit() -> Edit:
         return []
 
     return Edit("reset-optimizer", "Adam moments and step counts to zero", rewrite, check)
+
+
+# ------------------------------------------------------------------------------------- a surgery request
+
+@dataclass
+class Request:
+    """What ``bigops surgery`` was asked to do, one field per flag: the checkpoint edits, and the control-file
+    and run.toml changes that go with them. :meth:`edits` validates it and builds the edits."""
+
+    sync_layernorm: bool = False
+    method: str = "mean"
+    reset_optimizer: bool = False
+    reset_lr_schedule: bool = False
+    set_consumed_samples: int | None = None
+    set_lr: float | None = None
+    set_min_lr: float | None = None
+    skip_ranges: list[tuple[int, int]] = field(default_factory=list)
+
+    def edits(self, run: RunDir) -> list[Edit]:
+        """The edits, in the order they run (the layer-norm sync first: its preview is shown); refused with
+        one line naming the flag when the request is empty or contradicts itself or the run's config."""
+        changes = []
+        if self.reset_lr_schedule:
+            changes.append(reset_lr_schedule())
+        if self.set_consumed_samples is not None:
+            changes.append(set_consumed_samples(self.set_consumed_samples))
+        if self.set_min_lr is not None and self.set_lr is None:
+            raise config_mod.ConfigError("--set-min-lr needs --set-lr")
+        if self.set_lr is not None:
+            changes.append(set_lr(self.set_lr, self.set_min_lr))
+        edits = []
+        if self.sync_layernorm:
+            edits.append(sync_layernorm_edit(self.method))
+        if self.reset_optimizer:
+            edits.append(reset_optimizer_edit())
+        if changes:
+            edits.append(engine_edit(changes))
+        if not edits and not self.skip_ranges:
+            raise config_mod.ConfigError("nothing to do: pass --sync-layernorm, --reset-optimizer, "
+                                         "--reset-lr-schedule, --set-lr, --set-consumed-samples or --skip-range")
+        if not run.root.is_dir():
+            raise config_mod.ConfigError(f"{run.root} is not a run directory")
+        if self.set_lr is not None:
+            floor = self.set_min_lr if self.set_min_lr is not None else load_run_config(run).train.min_lr
+            if floor > self.set_lr:
+                raise config_mod.ConfigError(f"--set-lr {self.set_lr} is below train.min_lr={floor}: pass "
+                                             f"--set-min-lr too")
+        return edits
+
+
+def parse_skip_range_args(texts: list[str]) -> list[tuple[int, int]]:
+    """``--skip-range START-END`` values as sample ranges (``trainer.control``'s syntax); a bad one is a
+    ConfigError naming it."""
+    from trainer.control import parse_skip_ranges
+    ranges = []
+    for text in texts:
+        try:
+            ranges += parse_skip_ranges(text)
+        except ValueError as exc:
+            raise config_mod.ConfigError(f"--skip-range {text!r}: {exc}") from None
+    return ranges
+
+
+def refuse_if_running(running: list[dict]) -> None:
+    """RunInUseError naming one live rank: offline surgery on a training run would race its next save."""
+    if running:
+        r = running[0]
+        raise RunInUseError(
+            f"the run is training ({len(running)} rank(s) alive, e.g. rank {r.get('rank')} pid {r.get('pid')} on "
+            f"{r.get('host')} at step {r.get('step')}): stop it first, or pass --stop-run")
+
+
+@contextmanager
+def stopped_run(run: RunDir, running: list[dict], timeout_s: float, say: Callable[[str], None] = lambda s: None):
+    """The stop-run protocol: with ``running`` ranks, pull the kill switch (unless someone already did),
+    wait until every rank has saved and exited, yield, then remove the kill switch we pulled, whatever
+    happened inside. Without running ranks, only yields.
+
+    RunInUseError when the ranks have not stopped within ``timeout_s``; the kill switch then stays, so the
+    run still stops (and nobody operates on a half-stopped run)."""
+    if not running:
+        yield
+        return
+    kill_switch = run.kill_switch
+    kill_switch.parent.mkdir(exist_ok=True)
+    we_pulled_switch = False
+    if not kill_switch.exists():
+        atomic_write_text(kill_switch, "surgery\n")
+        we_pulled_switch = True
+    say(f"kill switch pulled; waiting for {len(running)} rank(s) to save and exit")
+    _wait_stopped(run, timeout_s)
+    try:
+        yield
+    finally:
+        if we_pulled_switch:
+            kill_switch.unlink(missing_ok=True)
+            say("kill switch removed: resume the run (bigops launch --run-dir ..., or the next SLURM job)")
+
+
+def _wait_stopped(run: RunDir, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while running_ranks(run):
+        if time.monotonic() > deadline:
+            raise RunInUseError(f"the run did not stop within {timeout_s:.0f} s of the kill switch; surgery not "
+                                f"started (the kill switch stays in {run.control})")
+        time.sleep(1.0)
+
+
+def update_run_toml_lr(run: RunDir, new_tag: str, lr: float, min_lr: float | None) -> Path:
+    """run.toml follows the checkpoint's new LR; the previous file is kept beside it (never the only copy).
+    Returns where the previous one is."""
+    cfg = load_run_config(run)
+    cfg.train.lr = lr
+    if min_lr is not None:
+        cfg.train.min_lr = min_lr
+    before = run.run_toml_before(new_tag)
+    shutil.copy2(run.run_toml, before)
+    atomic_write_text(run.run_toml, config_mod.dumps_toml(cfg))
+    return before
+
+
+def add_skip_ranges(run: RunDir, ranges: list[tuple[int, int]], note: str = "bigops surgery") -> bool:
+    """Add sample ranges to ``control/skip-ranges`` (merged under a lock, its lines and notes kept:
+    ``trainer.control``); True when any was new. A file that cannot be merged is a ConfigError."""
+    from trainer.control import add_skip_range
+    try:
+        return any([add_skip_range(run.root, start, end, note) for start, end in ranges])
+    except ValueError as exc:
+        raise config_mod.ConfigError(f"--skip-range: {exc}") from None

@@ -7,10 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from bigops.cli.options import RunDirArg
+from bigops.cli.options import RunDirArg, existing_run, make_app
 
-app = typer.Typer(help="Alerts: render the Prometheus rules, test the run's notification channels.",
-                  no_args_is_help=True)
+app = make_app("Alerts: render the Prometheus rules, test the run's notification channels.")
 
 
 @app.command("render")
@@ -47,22 +46,16 @@ def test(
     import time
     import uuid
 
-    from bigops.cli.watch import _run_config
     from bigops.errors import BigopsError, ConfigError
     from bigops.notify.notifier import SEVERITY_ORDER, from_config
-    from bigops.notify.secrets import SecretError, redact
-    from trainer.rundir import RunDir
+    from bigops.notify.secrets import redact
+    from trainer.rundir import load_run_config
 
     if severity not in SEVERITY_ORDER:
         raise ConfigError(f"--severity {severity!r}: use {', '.join(SEVERITY_ORDER)}")
-    run = RunDir(run_dir)
-    if not run.root.is_dir():
-        raise ConfigError(f"{run.root} is not a run directory")
+    run = existing_run(run_dir)
     name = run.root.resolve().name
-    try:
-        notifier = from_config(_run_config(run).alerts, name)
-    except SecretError as exc:
-        raise ConfigError(str(exc)) from None
+    notifier = from_config(load_run_config(run, missing_ok=True).alerts, name)  # a SecretError is one line, exit code 2
     if not notifier.channels:
         raise ConfigError(f"{run.run_toml}: no channel in [alerts] (slack_webhook_env, webhook_env, "
                           "alertmanager_url or smtp_host + email_to)")

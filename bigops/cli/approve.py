@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bigops.cli.options import RunDirArg
+from bigops.cli.options import RunDirArg, existing_run
 
 EventIdArg = Annotated[str, typer.Argument(help="The pending action's id (from the page, events.jsonl or "
                                                 "`bigops status`).", show_default=False)]
@@ -18,17 +18,10 @@ ByOpt = Annotated[Optional[str], typer.Option("--by", help="Who decides (default
 
 
 def _decide(run_dir: Path, event_id: str, decision: str, note: str | None, by: str | None) -> None:
-    from bigops.errors import ConfigError
-    from bigops.watchdog.approvals import DecisionError, decide
-    from trainer.rundir import RunDir
+    from bigops.watchdog.approvals import decide
 
-    run = RunDir(Path(run_dir))
-    if not run.root.is_dir():
-        raise ConfigError(f"{run.root} is not a run directory")
-    try:
-        record = decide(run, event_id, decision, by=by, note=note)
-    except DecisionError as exc:
-        raise ConfigError(str(exc)) from None
+    run = existing_run(run_dir)
+    record = decide(run, event_id, decision, by=by, note=note)  # a DecisionError is one line, exit code 2
     verb = "approved" if decision == "approve" else "denied"
     typer.echo(f"{verb} {record['action']} {event_id} ({record['by']}); the watchdog acts on its next pass")
 

@@ -1,121 +1,33 @@
 """``bigops chain status|extend|hold|release|cancel|exclude``: the SLURM job chain of a run, here or over SSH.
 
-``bigops launch --slurm`` creates the chain (:func:`launch_slurm`); these commands act on it through the same
+``bigops launch --slurm`` creates the chain (``launcher.slurm.submit``); these commands act on it through the same
 runner (local subprocess, or paramiko with ``--host``, or the host recorded in ``RUN/slurm/chain.json``).
 """
 
 from __future__ import annotations
 
 import json
-import sys
-import tomllib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from bigops.errors import BigopsError, ConfigError
-from trainer.rundir import RELATIVE, RunDir, parse_run_config
+from bigops.cli.options import (DryRunOpt, FormatOpt, HostOpt, KnownHostsOpt, OutputFormat, SSHKeyOpt, YesOpt,
+                                 make_app)
+from bigops.errors import ConfigError
+from trainer.rundir import RELATIVE, RunDir
 
-app = typer.Typer(help="The SLURM job chain of a run: status, extend, hold, release, cancel, exclude nodes.",
-                  no_args_is_help=True)
+app = make_app("The SLURM job chain of a run: status, extend, hold, release, cancel, exclude nodes.")
 console = Console(highlight=False, soft_wrap=True)
 
-HostOpt = Annotated[Optional[str], typer.Option("--host", help="Run SLURM's commands on this login node over SSH: "
-                                                "[user@]host[:port] (key auth, known_hosts checked, never added).")]
-SSHKeyOpt = Annotated[Optional[str], typer.Option("--ssh-key", help="Private key file for --host.")]
-KnownHostsOpt = Annotated[Optional[str], typer.Option("--known-hosts", help="known_hosts file for --host "
-                                                      "(default ~/.ssh/known_hosts).")]
 ChainRunArg = Annotated[str, typer.Argument(help="The run directory (on the cluster's filesystem with --host).")]
-PROFILES = Path(__file__).resolve().parents[2] / "launcher" / "slurm" / "profiles"
-REPO = Path(__file__).resolve().parents[2]
-
-
-class SlurmUnavailable(BigopsError):
-    """SLURM or the login node did not answer."""
-
-
-def _profile_overrides(profile: str) -> list[str]:
-    path = Path(profile)
-    if not path.suffix and not path.exists():
-        path = PROFILES / f"{profile}.toml"
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        names = ", ".join(sorted(p.stem for p in PROFILES.glob("*.toml")))
-        raise ConfigError(f"--profile {profile}: no such file or profile (profiles: {names})") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"--profile {profile}: cannot be read: {exc}") from None
-    return [f"{section}.{k}={v}" for section, values in data.items() if isinstance(values, dict)
-            for k, v in values.items()]
-
-
-def _runner(host, ssh_key, known_hosts):
-    from launcher.remote import runner_for
-    try:
-        return runner_for(host, ssh_key, known_hosts)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def launch_slurm(run_dir: Path, preset: str, config: Path | None, overrides: list[str], profile: str | None,
-                 host: str | None, ssh_key: str | None, known_hosts: str | None, print_script: bool,
-                 out: Console) -> None:
-    """Resolve the config, write run.toml and the batch script into the run dir, submit the chain."""
-    from launcher import plan
-    from launcher.slurm import chain as chain_mod
-    from launcher.slurm import render
-    from launcher.slurm.runner import CommandError
-    from trainer import config as config_mod
-
-    if profile:
-        overrides = [*_profile_overrides(profile), *overrides]
-    run_path = str(run_dir) if host else str(run_dir.resolve())
-    runner = _runner(host, ssh_key, known_hosts)
-    try:
-        stored = None if print_script else runner.read_text(str(RunDir(run_path).run_toml))
-        if stored is not None:
-            existing = chain_mod.Chain.load(runner, run_path)
-            if existing is not None and chain_mod.queue(runner, existing):
-                raise ConfigError(f"{run_path} already has jobs queued: use `bigops chain extend` (or cancel first)")
-            cfg = plan.resumed_config(parse_run_config(stored, source=str(RunDir(run_path).run_toml)), overrides)
-        else:
-            draft = config_mod.resolve(preset, config, overrides)
-            if draft.parallel.dp is None:  # fill dp from the nodes' GPUs
-                overrides = [*overrides, f"parallel.dp={render.world_size(draft) // (draft.parallel.tp * draft.parallel.pp)}"]
-            cfg = plan.fresh_config(preset, config, overrides, cuda_available=draft.slurm.gpus_per_node > 0)
-        render.ranks_per_node(cfg)  # a layout error is a one-line ConfigError now, not a failed job later
-        if cfg.train.exit_duration_in_mins is None:
-            cfg.train.exit_duration_in_mins = render.exit_duration_min(cfg.slurm)
-        if host and not (cfg.slurm.python and cfg.slurm.workdir):
-            raise ConfigError("--host: set slurm.python and slurm.workdir (the interpreter and the bigops checkout "
-                              "on the cluster), e.g. --set slurm.workdir=/path/to/bigops")
-        cfg.slurm.python = cfg.slurm.python or sys.executable
-        cfg.slurm.workdir = cfg.slurm.workdir or str(REPO)
-        if print_script:
-            name = cfg.slurm.job_name or render.default_job_name(run_path)
-            out.print(render.render_script(cfg, run_path, job_name=name, workdir=cfg.slurm.workdir), markup=False)
-            import shlex
-            argv = render.submit_argv(render.sbatch_options(cfg, run_path, name), str(RunDir(run_path).slurm_script))
-            out.print("# submitted as: " + shlex.join(argv), markup=False)
-            return
-        chain = chain_mod.create(runner, cfg, run_path, cfg.slurm.workdir, config_mod.dumps_toml(cfg), host=host,
-                                 key_file=ssh_key, known_hosts=known_hosts)
-    except CommandError as exc:
-        raise SlurmUnavailable(str(exc)) from None
-    finally:
-        runner.close()
-    world = render.world_size(cfg)
-    out.print(f"[bold]bigops launch --slurm[/] {run_path}: chain {chain.name!r} ({chain.mode}) of "
-              f"{len(chain.submitted)} job(s) {', '.join(chain.submitted)}; TP {cfg.parallel.tp} x PP {cfg.parallel.pp} "
-              f"x DP {cfg.parallel.dp} = {world} ranks on {cfg.slurm.nodes} node(s), {cfg.slurm.time_limit_min} min "
-              f"per job, exit after {cfg.train.exit_duration_in_mins} min" + (f" (via {host})" if host else ""))
 
 
 def _open(run_dir: str, host, ssh_key, known_hosts):
     """The runner and the chain record (the host recorded at launch unless --host is given)."""
     from launcher.slurm import chain as chain_mod
+    from launcher.slurm.submit import open_runner
     local = not host
     path = run_dir if host else str(Path(run_dir).resolve())
     record = RunDir(path).chain_record
@@ -124,7 +36,7 @@ def _open(run_dir: str, host, ssh_key, known_hosts):
         if recorded.get("host"):
             host, ssh_key, known_hosts = recorded["host"], ssh_key or recorded.get("key_file"), \
                 known_hosts or recorded.get("known_hosts")
-    runner = _runner(host, ssh_key, known_hosts)
+    runner = open_runner(host, ssh_key, known_hosts)
     chain = chain_mod.Chain.load(runner, path)
     if chain is None:
         runner.close()
@@ -133,26 +45,24 @@ def _open(run_dir: str, host, ssh_key, known_hosts):
 
 
 def _act(run_dir, host, ssh_key, known_hosts, action):
-    from launcher.slurm.runner import CommandError
+    """``action(runner, chain)``, the runner closed after it (a CommandError is one line, exit code 1)."""
     runner, chain = _open(run_dir, host, ssh_key, known_hosts)
     try:
         return action(runner, chain)
-    except CommandError as exc:
-        raise SlurmUnavailable(str(exc)) from None
     finally:
         runner.close()
 
 
 @app.command("status")
 def status(run_dir: ChainRunArg, host: HostOpt = None, ssh_key: SSHKeyOpt = None, known_hosts: KnownHostsOpt = None,
-           output_format: Annotated[str, typer.Option("--format", help="text or json.")] = "text") -> None:
+           output_format: FormatOpt = OutputFormat.text) -> None:
     """The chain's queued and running jobs (one squeue call), and how each finished job ended."""
     from launcher.slurm import chain as chain_mod
 
     def look(runner, chain):
         return chain_mod.queue(runner, chain), chain_mod.job_records(runner, chain.run_dir)
     jobs, records = _act(run_dir, host, ssh_key, known_hosts, look)
-    if output_format == "json":
+    if output_format == OutputFormat.json:
         typer.echo(json.dumps({"queued": [j.__dict__ for j in jobs], "finished": records}, default=str))
         return
     if not jobs:
@@ -201,8 +111,7 @@ def release(run_dir: ChainRunArg, host: HostOpt = None, ssh_key: SSHKeyOpt = Non
 @app.command("cancel")
 def cancel(run_dir: ChainRunArg,
            pending_only: Annotated[bool, typer.Option("--pending-only", help="Keep the running job.")] = False,
-           yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
-           dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be cancelled.")] = False,
+           yes: YesOpt = False, dry_run: DryRunOpt = False,
            host: HostOpt = None, ssh_key: SSHKeyOpt = None, known_hosts: KnownHostsOpt = None) -> None:
     """Cancel the chain (the running job gets SIGTERM: it saves and exits)."""
     from launcher.slurm import chain as chain_mod

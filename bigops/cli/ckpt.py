@@ -1,4 +1,5 @@
-"""``bigops ckpt``: checkpoint tools."""
+"""``bigops ckpt``: checkpoint tools (list, inspect, verify, prune, mark, export-hf, compare-tp); the work is in
+``bigops.checkpoint``."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from bigops.cli.options import RunDirArg, TagOpt
+from bigops.cli.options import DryRunOpt, FormatOpt, OutputFormat, RunDirArg, TagOpt, YesOpt, make_app
 
-app = typer.Typer(help="Checkpoint tools: list, inspect, verify, prune, mark, export-hf.",
-                  no_args_is_help=True)
+app = make_app("Checkpoint tools: list, inspect, verify, prune, mark, export-hf, compare-tp.")
 
 
 @app.command("export-hf")
@@ -33,15 +33,6 @@ def export_hf_command(
 
 
 # ------------------------------------------------------------------------------ list, inspect, verify, prune
-FormatOpt = Annotated[str, typer.Option("--format", help="text (tables) or json (one object, for machines).")]
-
-
-def _check_format(output_format: str) -> None:
-    from bigops.errors import ConfigError
-    if output_format not in ("text", "json"):
-        raise ConfigError(f"--format {output_format!r}: use text or json")
-
-
 def _console():
     from rich.console import Console
     return Console(highlight=False, soft_wrap=True)
@@ -71,15 +62,14 @@ def _inventory(run_dir: Path):
 
 
 @app.command("list")
-def list_command(run_dir: RunDirArg, output_format: FormatOpt = "text") -> None:
+def list_command(run_dir: RunDirArg, output_format: FormatOpt = OutputFormat.text) -> None:
     """Every checkpoint of a run: complete, partial, set aside by a rollback; sizes, steps, which is latest."""
     import json
 
     from rich.table import Table
 
-    _check_format(output_format)
     inv = _inventory(run_dir)
-    if output_format == "json":
+    if output_format == OutputFormat.json:
         typer.echo(json.dumps(inv.as_dict()))
         return
     table = Table("tag", "step", "state", "size", "files", "created", "notes", title=str(inv.run.checkpoints))
@@ -96,23 +86,20 @@ def list_command(run_dir: RunDirArg, output_format: FormatOpt = "text") -> None:
 
 
 @app.command("inspect")
-def inspect_command(run_dir: RunDirArg, tag: TagOpt = None, output_format: FormatOpt = "text",
+def inspect_command(run_dir: RunDirArg, tag: TagOpt = None, output_format: FormatOpt = OutputFormat.text,
                     params: Annotated[bool, typer.Option("--params/--no-params",
                                                          help="List every parameter of every layer.")] = True,
                     ) -> None:
     """Topology, files, parameters per pipeline layer and optimizer partitions (one file loaded at a time)."""
     import json
 
-    from rich.table import Table
-
-    from bigops.checkpoint.inspect import KIND_LAYER, inspect_checkpoint
+    from bigops.checkpoint.inspect import inspect_checkpoint
     from bigops.checkpoint.inventory import entry_path, resolve
 
-    _check_format(output_format)
     inv = _inventory(run_dir)
     entry = resolve(inv, tag)
     report = inspect_checkpoint(entry_path(inv.run, entry), entry.tag)
-    if output_format == "json":
+    if output_format == OutputFormat.json:
         typer.echo(json.dumps({**report.as_dict(), "aside": entry.aside}))
         return
     console = _console()
@@ -128,6 +115,17 @@ def inspect_command(run_dir: RunDirArg, tag: TagOpt = None, output_format: Forma
                       f"{report.num_parameters:,} parameters")
     if report.engine:
         console.print("engine: " + ", ".join(f"{k} {v}" for k, v in report.engine.items()))
+    _print_files(console, report)
+    _print_layers(console, report, params)
+    if report.optimizer:
+        _print_optimizer(console, report)
+    for problem in report.problems:
+        console.print(f"[red]problem:[/] {problem}")
+
+
+def _print_files(console, report) -> None:
+    """``inspect``: every file with its kind and coordinates, then the totals per kind."""
+    from rich.table import Table
     files = Table("file", "kind", "coordinates", "size", title="files")
     files.columns[0].overflow = "fold"
     for f in report.files:
@@ -139,6 +137,13 @@ def inspect_command(run_dir: RunDirArg, tag: TagOpt = None, output_format: Forma
     for f in report.files:
         by_kind.setdefault(f.kind, []).append(f.size)
     console.print("  " + "; ".join(f"{k}: {len(v)} files, {_size(sum(v))}" for k, v in by_kind.items()))
+
+
+def _print_layers(console, report, params: bool) -> None:
+    """``inspect``: the parameters per pipeline layer (each tensor's full shape and TP split with ``params``)."""
+    from rich.table import Table
+
+    from bigops.checkpoint.inspect import KIND_LAYER
     layers = Table("layer", "role", "parameter", "shape (full)", "TP split", "dtype", "count",
                    title=f"parameters per pipeline layer ({sum(1 for f in report.files if f.kind == KIND_LAYER)} "
                          f"layer files)")
@@ -151,24 +156,26 @@ def inspect_command(run_dir: RunDirArg, tag: TagOpt = None, output_format: Forma
                 layers.add_row("", "", p.name, "x".join(map(str, p.shape)), split, p.dtype, f"{p.numel:,}")
     layers.add_row("", "total", "", "", "", "", f"{report.num_parameters:,}", style="bold")
     console.print(layers)
-    if report.optimizer:
-        opt = Table("pp", "tp", "dp", "group", "fp32 partition", "exp_avg, exp_avg_sq", "params", "lr", "wd",
-                    title="optimizer state: flattened fp32 master partitions and Adam moments (elements)")
-        for o in report.optimizer:
-            for g in o.groups:
-                moments = [g.get("exp_avg"), g.get("exp_avg_sq")]
-                opt.add_row(str(o.pp_stage), str(o.tp_rank), str(o.dp_rank), str(g["group"]),
-                            _numel(g.get("fp32_partition")),
-                            f"{_numel(moments[0])} each" if moments[0] == moments[1]
-                            else ", ".join(_numel(m) for m in moments), str(g.get("params", "-")), f"{g.get('lr'):g}"
-                            if isinstance(g.get("lr"), (int, float)) else "-", str(g.get("weight_decay")))
-        console.print(opt)
-        zero = {o.zero_stage for o in report.optimizer if o.zero_stage is not None}
-        console.print(f"  {sum(o.fp32_numel for o in report.optimizer):,} fp32 master elements and "
-                      f"{sum(o.moments_numel for o in report.optimizer):,} Adam moment elements over "
-                      f"{len(report.optimizer)} files" + (f" (ZeRO stage {', '.join(map(str, zero))})" if zero else ""))
-    for problem in report.problems:
-        console.print(f"[red]problem:[/] {problem}")
+
+
+def _print_optimizer(console, report) -> None:
+    """``inspect``: the optimizer's fp32 master partitions and Adam moments per (pp, tp, dp) and group."""
+    from rich.table import Table
+    opt = Table("pp", "tp", "dp", "group", "fp32 partition", "exp_avg, exp_avg_sq", "params", "lr", "wd",
+                title="optimizer state: flattened fp32 master partitions and Adam moments (elements)")
+    for o in report.optimizer:
+        for g in o.groups:
+            moments = [g.get("exp_avg"), g.get("exp_avg_sq")]
+            opt.add_row(str(o.pp_stage), str(o.tp_rank), str(o.dp_rank), str(g["group"]),
+                        _numel(g.get("fp32_partition")),
+                        f"{_numel(moments[0])} each" if moments[0] == moments[1]
+                        else ", ".join(_numel(m) for m in moments), str(g.get("params", "-")), f"{g.get('lr'):g}"
+                        if isinstance(g.get("lr"), (int, float)) else "-", str(g.get("weight_decay")))
+    console.print(opt)
+    zero = {o.zero_stage for o in report.optimizer if o.zero_stage is not None}
+    console.print(f"  {sum(o.fp32_numel for o in report.optimizer):,} fp32 master elements and "
+                  f"{sum(o.moments_numel for o in report.optimizer):,} Adam moment elements over "
+                  f"{len(report.optimizer)} files" + (f" (ZeRO stage {', '.join(map(str, zero))})" if zero else ""))
 
 
 @app.command("verify")
@@ -176,7 +183,7 @@ def verify_command(
     run_dir: RunDirArg,
     tag: TagOpt = None,
     all_tags: Annotated[bool, typer.Option("--all", help="Every checkpoint, set-aside ones included.")] = False,
-    output_format: FormatOpt = "text",
+    output_format: FormatOpt = OutputFormat.text,
 ) -> None:
     """Re-hash every file against the manifest; name each missing, truncated or altered file (exit 3)."""
     import json
@@ -184,7 +191,6 @@ def verify_command(
     from bigops.checkpoint.inventory import COMPLETE, INCOMPLETE, resolve, verify_entry
     from bigops.errors import CheckpointError, ConfigError
 
-    _check_format(output_format)
     if all_tags and tag:
         raise ConfigError("--tag and --all: use one")
     inv = _inventory(run_dir)
@@ -196,7 +202,7 @@ def verify_command(
     for entry in entries:
         result = verify_entry(inv.run, entry)
         results.append(result)
-        if output_format == "text":
+        if output_format == OutputFormat.text:
             where = f" (set aside by rollback {entry.aside})" if entry.aside else ""
             state = "ok" if result.ok else f"{len(result.problems)} problem(s)"
             console.print(f"{entry.tag}{where}: {state}, {_size(result.bytes_hashed)} hashed in "
@@ -204,7 +210,7 @@ def verify_command(
             for problem in result.problems:
                 console.print(f"  {entry.path}/{problem}", markup=False)
     failed = [r for r in results if not r.ok]
-    if output_format == "json":
+    if output_format == OutputFormat.json:
         typer.echo(json.dumps({"run": str(inv.run.root), "ok": not failed, "results": [r.as_dict() for r in results],
                                "bytes_hashed": sum(r.bytes_hashed for r in results),
                                "seconds": sum(r.seconds for r in results)}))
@@ -222,8 +228,8 @@ def prune_command(
                                                       help="Also keep every checkpoint whose step % N == 0.")] = None,
     keep: Annotated[Optional[list[str]], typer.Option("--keep", help="Also keep this tag (repeatable); "
                                                       "`bigops ckpt mark` keeps one for good.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be removed; remove nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", help="Remove without asking.")] = False,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Remove old checkpoints; never `latest`, marked ones, partial saves nor rollback evidence."""
     import sys
@@ -280,3 +286,43 @@ def mark_command(
 
     marker = mark(open_run(run_dir), tag, note=note, remove=remove)
     typer.echo(f"{'unmarked' if remove else 'marked'} {tag} ({marker})")
+
+
+@app.command("compare-tp")
+def compare_tp_command(
+    run_dir: RunDirArg,
+    tag: TagOpt = None,
+    output_format: FormatOpt = OutputFormat.text,
+    show_all: Annotated[bool, typer.Option("--all", help="List in-sync tensors too.")] = False,
+) -> None:
+    """Do all TP ranks hold identical layer norms and row-parallel biases (weights, fp32 master, Adam moments)?
+
+    Exit code 0 when everything is in sync, 1 when anything differs (BLOOM's compare_tp_weights report).
+    """
+    import json
+
+    from rich.table import Table
+
+    from bigops.checkpoint import tp_duplicates
+    from bigops.checkpoint.surgery import open_source
+
+    source = open_source(run_dir, tag, verify_hashes=False)
+    report = tp_duplicates.compare_tp(source.layout)
+    if output_format == OutputFormat.json:
+        typer.echo(json.dumps({"tag": source.tag, **report.to_json()}))
+        raise typer.Exit(0 if not report.out_of_sync else 1)
+    console = _console()
+    table = Table(title=f"{source.tag}: TP-duplicated tensors across {report.tp} TP ranks")
+    for column in ("kind", "in sync", "out of sync", "max |diff|"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    counts, worst = report.counts(), report.max_abs_diff()
+    for kind in tp_duplicates.KINDS:
+        c = counts[kind]
+        table.add_row(kind, str(c["in_sync"]), str(c["out_of_sync"]), f"{worst[kind]:.3g}")
+    console.print(table)
+    for c in report.comparisons if show_all else report.out_of_sync:
+        state = "in sync" if c.in_sync else f"differs on TP ranks {list(c.differing_ranks)}"
+        console.print(f"  {c.kind:<10} {c.where:<22} {c.name:<45} max |diff| {c.max_abs_diff:.3g}  {state}")
+    if not report.comparisons:
+        console.print("no TP-duplicated tensors (TP 1?)")
+    raise typer.Exit(0 if not report.out_of_sync else 1)

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Grafana dashboards: export them as JSON, check a dashboard file offline.",
-                  no_args_is_help=True)
+from bigops.cli.options import make_app
+
+app = make_app("Grafana dashboards: export them as JSON, check a dashboard file offline.")
 
 
 @app.command("export")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bigops.cli.options import RunDirArg
+from bigops.cli.options import RunDirArg, existing_run
 
 
 def gpu_monitor(
@@ -24,8 +24,7 @@ def gpu_monitor(
 
     if interval <= 0:
         raise ConfigError(f"--interval {interval}: must be positive")
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"{run_dir} is not a run directory")
+    existing_run(run_dir)
     if fake is not None:
         from bigops.gpu.fake import FakeGpuBackend
         try:

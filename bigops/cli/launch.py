@@ -1,8 +1,9 @@
-"""``bigops launch``: train BLOOM locally (default: the tiny preset, TP 2 x PP 2 on this machine's CPUs)."""
+"""``bigops launch``: train BLOOM locally (default: the tiny preset, TP 2 x PP 2 on this machine's CPUs), or
+submit it to SLURM. The launcher decides and starts (``launcher.plan``, ``launcher.local``,
+``launcher.slurm.submit``); this module shows the progress."""
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,23 +12,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bigops.cli.options import ConfigOpt, PresetOpt, SetOpt
-from bigops.cli.chain import HostOpt, KnownHostsOpt, SSHKeyOpt
-from bigops.errors import BigopsError
+from bigops.cli.options import ConfigOpt, HostOpt, KnownHostsOpt, PresetOpt, SetOpt, SSHKeyOpt
+from bigops.errors import TrainingEnded
 from launcher import local, plan
 from trainer import exitcodes
 from trainer import config as config_mod
-from trainer.rundir import RunDir, atomic_write_text, load_run_config, read_jsonl
+from trainer.rundir import RunDir, read_jsonl
 
 console = Console(highlight=False, soft_wrap=True)
-
-
-class TrainingEnded(BigopsError):
-    """The ranks exited with a trainer exit code other than FINISHED (see ``trainer.exitcodes``)."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def _flag_overrides(tp, pp, dp, steps, seed, precision, save_interval, exit_duration) -> list[str]:
@@ -91,41 +83,22 @@ def launch(
                                          "RUN` beside the chain (it keeps the queue full)")
         if jobs is not None:
             overrides.append(f"slurm.chain_jobs={jobs}")
-        from bigops.cli.chain import launch_slurm
-        launch_slurm(run_dir, preset, config, overrides, profile, host, ssh_key, known_hosts, print_script, console)
+        _launch_slurm(run_dir, preset, config, overrides, profile, host, ssh_key, known_hosts, print_script)
         return
-    exporter = _serve_metrics(run, metrics_port, metrics_address) if metrics_port else None
-    from trainer.checkpoint import find_resumable
-    resumable = find_resumable(run, hashes=False)  # sizes only here; the ranks verify the hashes
-    has_checkpoint = resumable is not None
-    if resume is None:
-        resume = has_checkpoint
-    if resume and not has_checkpoint:
-        raise config_mod.ConfigError(f"--resume: {run.root} has no checkpoint to resume from")
-    if not resume and has_checkpoint:
-        raise config_mod.ConfigError(f"{run.root} already holds checkpoints: resume it (the default) or choose a "
-                                     f"new --run-dir; bigops never overwrites a run")
-    if init_hf is not None and resume:
-        raise config_mod.ConfigError("--init-hf only applies to a new run: this one resumes from its checkpoint")
-    if resume:
-        if config is not None:
-            overrides = [*_file_overrides(config), *overrides]
-        cfg = plan.resumed_config(load_run_config(run), overrides)
-    else:
-        hf_config = None
-        if init_hf is not None:
-            from trainer.hf import read_hf_config
-            hf_config = read_hf_config(init_hf)
-        import torch
-        cfg = plan.fresh_config(preset, config, overrides, hf_config=hf_config,
-                                cuda_available=torch.cuda.is_available())
-
-    from trainer.rundir import make_dir
-    make_dir(run.root, tighten=True)  # 0750: the project group reads, only the owner writes
-    make_dir(run.logs, tighten=True)
-    atomic_write_text(run.run_toml, config_mod.dumps_toml(cfg))
+    exporter = None
+    if metrics_port:
+        from bigops.metrics.exporter import serve_run
+        exporter = serve_run(run, metrics_port, metrics_address)
+        console.print(f"metrics: http://{metrics_address}:{metrics_port}/metrics")
+    launch_plan = plan.launch_plan(run, preset, config, overrides, init_hf=init_hf, resume=resume)
+    cfg, resume, resumable = launch_plan.cfg, launch_plan.resume, launch_plan.resumable
     world = config_mod.world_size_of(cfg)
-    _prepare_data(run, cfg)
+    started = time.perf_counter()
+    meta = local.prepare(run, cfg)
+    if meta is not None:
+        console.print(f"data: {meta['source']}, {meta['documents']:,} documents, {meta['train_tokens']:,} train + "
+                      f"{meta['valid_tokens']:,} validation tokens, vocab {meta['vocab_size']:,} "
+                      f"({time.perf_counter() - started:.1f} s)")
     trainer_args: list[str] = []
     if init_hf is not None:
         trainer_args += ["--init-hf", str(init_hf)]
@@ -146,7 +119,7 @@ def launch(
         try:
             _follow(run, cfg, proc, done_before)
         except KeyboardInterrupt:
-            _stop(proc)
+            local.stop(proc)
             raise
         code, message = exitcodes.read(run.exit_record, proc.returncode)
     _summary(run, done_before, spawned)
@@ -157,18 +130,24 @@ def launch(
         raise TrainingEnded(f"{message}; see {run.ranks_log}", code)
 
 
-def _serve_metrics(run: RunDir, port: int, address: str):
-    """The run's Prometheus exporter (``bigops.metrics.exporter``), fed by the supervisor's passes: what
-    ``bigops watch --metrics-port`` serves, without a second watcher. A port that cannot be bound is one line."""
-    from bigops.metrics.exporter import RunCollector, serve
-    collector = RunCollector(run.root.resolve().name, run_dir=run.root)
-    try:
-        serve(collector, port, address)
-    except (OSError, OverflowError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise config_mod.ConfigError(f"--metrics-port {port}: cannot listen on {address} ({reason})") from None
-    console.print(f"metrics: http://{address}:{port}/metrics")
-    return collector
+def _launch_slurm(run_dir: Path, preset: str, config: Path | None, overrides: list[str], profile: str | None,
+                  host: str | None, ssh_key: str | None, known_hosts: str | None, print_script: bool) -> None:
+    """``bigops launch --slurm``: submit the chain (``launcher.slurm.submit``) and say what was queued; with
+    ``print_script``, print the batch script and the sbatch command instead."""
+    from launcher.slurm import render
+    from launcher.slurm.submit import submit_run
+
+    done = submit_run(run_dir, preset, config, overrides, profile, host, ssh_key, known_hosts, print_script)
+    if print_script:
+        for text in done:
+            console.print(text, markup=False)
+        return
+    chain, cfg = done.chain, done.cfg
+    console.print(f"[bold]bigops launch --slurm[/] {done.run_path}: chain {chain.name!r} ({chain.mode}) of "
+              f"{len(chain.submitted)} job(s) {', '.join(chain.submitted)}; TP {cfg.parallel.tp} x PP {cfg.parallel.pp} "
+              f"x DP {cfg.parallel.dp} = {render.world_size(cfg)} ranks on {cfg.slurm.nodes} node(s), "
+              f"{cfg.slurm.time_limit_min} min per job, exit after {cfg.train.exit_duration_in_mins} min"
+              + (f" (via {host})" if host else ""))
 
 
 def opened_findings(facts: dict) -> list:
@@ -183,7 +162,7 @@ def _supervised(run: RunDir, cfg: config_mod.RunConfig, world: int, trainer_args
                 exporter=None) -> tuple[int, str]:
     """Run the ranks under the watchdog (bigops.watchdog.supervisor) until it is done or gives up; with an
     ``exporter`` (a ``RunCollector``), each pass's facts are served to Prometheus."""
-    from bigops.cli.watch import _notifier
+    from bigops.notify.notifier import for_run
     from bigops.watchdog.supervisor import SUPERVISOR_GAVE_UP, Supervisor
 
     current: list = []
@@ -207,44 +186,20 @@ def _supervised(run: RunDir, cfg: config_mod.RunConfig, world: int, trainer_args
             console.print(f"step {last['step']}/{cfg.train.train_steps} loss {last['loss']:.4f} "
                           f"{last['tokens_per_second']:,.0f} tok/s", highlight=False)
 
-    notifier = _notifier(run)
+    notifier = for_run(run, cfg.alerts)
     supervisor = Supervisor(run, cfg, spawn, notifier=notifier, say=lambda line: console.print(line, markup=False),
                             on_tick=progress)
     try:
         code = supervisor.run_until_done()
     except KeyboardInterrupt:
         if current:
-            _stop(current[0])
+            local.stop(current[0])
         raise
     finally:
         notifier.drain(timeout=10)
     if code == SUPERVISOR_GAVE_UP:
         return code, f"the watchdog stopped restarting (see {run.events})"
     return code, exitcodes.describe(code)
-
-
-def _prepare_data(run: RunDir, cfg: config_mod.RunConfig) -> None:
-    """Tokenize the corpus once, here, before the ranks start (they only memory-map it)."""
-    from trainer.data.dataset import DataError
-    from trainer.data.source import prepare_data
-    started = time.perf_counter()
-    try:
-        meta = prepare_data(run, cfg)
-    except DataError as exc:
-        raise config_mod.ConfigError(str(exc)) from None
-    if meta is not None:
-        console.print(f"data: {meta['source']}, {meta['documents']:,} documents, {meta['train_tokens']:,} train + "
-                      f"{meta['valid_tokens']:,} validation tokens, vocab {meta['vocab_size']:,} "
-                      f"({time.perf_counter() - started:.1f} s)")
-
-
-def _file_overrides(path: Path) -> list[str]:
-    import tomllib
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise config_mod.ConfigError(f"config file {path} cannot be read: {exc}") from None
-    return [f"{s}.{k}={v}" for s, values in data.items() if isinstance(values, dict) for k, v in values.items()]
 
 
 def _follow(run: RunDir, cfg: config_mod.RunConfig, proc, done_before: int) -> None:
@@ -261,24 +216,6 @@ def _follow(run: RunDir, cfg: config_mod.RunConfig, proc, done_before: int) -> N
                 last = records[-1]
                 progress.update(task, completed=last["step"], loss=f"{last['loss']:.4f}",
                                 tps=f"{last['tokens_per_second']:,.0f}")
-
-
-def _stop(proc) -> None:
-    """Ctrl-C: SIGTERM to torchrun, which forwards it to the ranks: they save and exit. If they have not
-    within 60 s, SIGKILL."""
-    import os
-    import subprocess
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
 
 
 def _summary(run: RunDir, done_before: int, spawned: float) -> None:

@@ -10,15 +10,12 @@ import typer
 from rich.console import Console
 
 from bigops import __version__, exitcodes
-from bigops.errors import BigopsError, ConfigError, HFCheckpointError
+from bigops.cli import alerts, approve, chain, ckpt, dashboards, gpu, launch, status, surgery, watch
+from bigops.cli.options import make_app
+from bigops.errors import KNOWN_ERRORS, exit_code_of
 
-app = typer.Typer(
-    name="bigops",
-    help="Keep a long LLM pre-training run alive: launch a DeepSpeed 3D-parallel BLOOM, watch it, repair it.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+app = make_app("Keep a long LLM pre-training run alive: launch a DeepSpeed 3D-parallel BLOOM, watch it, repair it.",
+               name="bigops")
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one error = one line
 
 
@@ -37,70 +34,61 @@ def version() -> None:
                f"python {sys.version.split()[0]})")
 
 
-def _register() -> None:
-    from bigops.cli import approve, ckpt, gpu, launch, status, watch
-    app.command(name="launch")(launch.launch)
-    app.command(name="status")(status.status)
-    app.command(name="watch")(watch.watch)
-    app.command(name="approve")(approve.approve)
-    app.command(name="deny")(approve.deny)
-    app.command(name="gpu-monitor")(gpu.gpu_monitor)
-    app.add_typer(ckpt.app, name="ckpt")
-    from bigops.cli import surgery
-    app.command(name="surgery")(surgery.surgery)
-    ckpt.app.command(name="compare-tp")(surgery.compare_tp_command)
-    from bigops.cli import alerts, dashboards
-    app.add_typer(alerts.app, name="alerts")
-    app.add_typer(dashboards.app, name="dashboards")
-    from bigops.cli import chain
-    app.add_typer(chain.app, name="chain")
+app.command(name="launch")(launch.launch)
+app.command(name="status")(status.status)
+app.command(name="watch")(watch.watch)
+app.command(name="approve")(approve.approve)
+app.command(name="deny")(approve.deny)
+app.command(name="gpu-monitor")(gpu.gpu_monitor)
+app.command(name="surgery")(surgery.surgery)
+app.add_typer(ckpt.app, name="ckpt")
+app.add_typer(alerts.app, name="alerts")
+app.add_typer(dashboards.app, name="dashboards")
+app.add_typer(chain.app, name="chain")
 
 
-_register()
+def _usage_error(exc: typer.TyperException) -> int:
+    """Typer's (click's) own usage errors: one line with where to look, or a bare group's help."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()
+        return exitcodes.USAGE
+    if not hasattr(exc, "format_message"):
+        err_console.print(f"error: {exc}", markup=False)
+        return exitcodes.USAGE
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    err_console.print(f"error: {exc.format_message()}{hint}", markup=False)
+    return getattr(exc, "exit_code", exitcodes.USAGE)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; map known errors to one line + exit code."""
+    """Run the CLI; map known errors to one line + exit code (``bigops.errors.exit_code_of``)."""
     try:
         result = app(args=argv, standalone_mode=False)
         # Without standalone mode, Typer returns a typer.Exit's code instead of raising it.
         return result if isinstance(result, int) else exitcodes.OK
     except SystemExit as exc:  # typer.Exit inside commands
         return int(exc.code or 0)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return exitcodes.INTERRUPTED
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort:
-        err_console.print("aborted")
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        err_console.print("interrupted" if isinstance(exc, KeyboardInterrupt) else "aborted")
         return exitcodes.INTERRUPTED
+    except typer.TyperException as exc:
+        if os.environ.get("BIGOPS_DEBUG"):
+            raise
+        return _usage_error(exc)
+    except KNOWN_ERRORS as exc:
+        if os.environ.get("BIGOPS_DEBUG"):
+            raise
+        err_console.print(f"error: {exc}", markup=False)
+        return exit_code_of(exc)
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
         if os.environ.get("BIGOPS_DEBUG"):
             raise
-        if isinstance(exc, typer.TyperException) and hasattr(exc, "format_message"):
-            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: show its help
-                exc.show()
-                return exitcodes.USAGE
-            ctx = getattr(exc, "ctx", None)
-            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            err_console.print(f"error: {exc.format_message()}{hint}", markup=False)
-            return getattr(exc, "exit_code", exitcodes.USAGE)
-        from trainer.checkpoint import CheckpointError as TrainerCheckpointError
-        if isinstance(exc, (ConfigError, HFCheckpointError)):
-            code = exitcodes.USAGE
-        elif isinstance(exc, TrainerCheckpointError):
-            code = exitcodes.CHECKPOINT
-        elif isinstance(exc, BigopsError):
-            code = exc.exit_code
-        elif isinstance(exc, OSError):
-            code = exitcodes.FAILURE
-        else:
-            err_console.print(f"error: unexpected {type(exc).__name__}: {exc} "
-                              f"(run with BIGOPS_DEBUG=1 for the traceback)", markup=False)
-            return exitcodes.FAILURE
-        err_console.print(f"error: {exc}", markup=False)
-        return code
+        err_console.print(f"error: unexpected {type(exc).__name__}: {exc} "
+                          f"(run with BIGOPS_DEBUG=1 for the traceback)", markup=False)
+        return exitcodes.FAILURE
 
 
 if __name__ == "__main__":

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bigops.cli.options import RunDirArg
+from bigops.cli.options import FormatOpt, OutputFormat, RunDirArg, existing_run
 
 
 def _age(then: float | None, now: float) -> str:
@@ -24,20 +22,14 @@ def _age(then: float | None, now: float) -> str:
 
 def status(
     run_dir: RunDirArg,
-    output_format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    output_format: FormatOpt = OutputFormat.text,
 ) -> None:
     """Step, loss, throughput, checkpoint, ranks, GPUs and open problems of a run (read-only)."""
-    from bigops.errors import ConfigError
     from bigops.watchdog.approvals import command, waiting
     from bigops.watchdog.daemon import one_line
     from bigops.watchdog.scan import scan_run
-    from trainer.rundir import RunDir
 
-    if output_format not in ("text", "json"):
-        raise ConfigError(f"--format {output_format!r}: use text or json")
-    run = RunDir(Path(run_dir))
-    if not run.root.is_dir():
-        raise ConfigError(f"{run.root} is not a run directory")
+    run = existing_run(run_dir)
     now = time.time()
     findings, facts = scan_run(run, now=now)
     problems = [f for f in findings if f.severity != "info"]
@@ -45,7 +37,7 @@ def status(
                 "approve": command(run, "approve", e["id"]), "deny": command(run, "deny", e["id"])}
                for e in waiting(run)]
     last = facts.get("last_record") or {}
-    if output_format == "json":
+    if output_format == OutputFormat.json:
         out = {k: v for k, v in facts.items() if k not in ("findings", "gpus")}
         out["problems"] = [f.as_dict() for f in problems]
         out["pending_approvals"] = pending

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bigops.cli.options import RunDirArg
+from bigops.cli.options import DryRunOpt, FormatOpt, OutputFormat, RunDirArg, existing_run
 
 
 def watch(
     run_dir: RunDirArg,
     once: Annotated[bool, typer.Option("--once", help="One pass, then exit (for cron or a test).")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between passes.")] = 10.0,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide, record, but take no action.")] = False,
-    output_format: Annotated[str, typer.Option("--format", help="text or json (one object per finding).")] = "text",
+    dry_run: DryRunOpt = False,
+    output_format: FormatOpt = OutputFormat.text,
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port "
                                               "(0: off).")] = 0,
     metrics_address: Annotated[str, typer.Option("--metrics-address", help="Address to serve metrics on.")]
@@ -30,19 +29,17 @@ def watch(
 
     One process per run is its writer (it notifies and acts). When another watchdog is (`bigops launch
     --watch`, or a `bigops watch` started earlier), this one observes: it prints and exports what it
-    sees, and takes over as the writer when that one is gone."""
+    sees, and takes over as the writer when that one is gone. With --dry-run it decides and records, but takes
+    no action; with --format json it prints one object per finding."""
     from bigops.errors import ConfigError
-    from bigops.watchdog.daemon import one_line, state_path, tick
+    from bigops.notify.notifier import for_run
+    from bigops.watchdog.daemon import state_path, tick
     from bigops.watchdog.state import WatchState
-    from trainer.rundir import RunDir
+    from trainer.rundir import load_run_config
 
-    if output_format not in ("text", "json"):
-        raise ConfigError(f"--format {output_format!r}: use text or json")
     if interval <= 0:
         raise ConfigError(f"--interval {interval}: must be positive")
-    run = RunDir(Path(run_dir))
-    if not run.root.is_dir():
-        raise ConfigError(f"{run.root} is not a run directory")
+    run = existing_run(run_dir)
     from bigops.watchdog.lock import LockHeld, WriterLock, describe
     lock = WriterLock(run, "watch")
     try:
@@ -51,27 +48,24 @@ def watch(
         typer.echo(f"observing: {describe(held.holder) if held.holder else 'another watchdog'} is the writer of "
                    f"{run.root} (this watch detects and exports, and neither notifies nor acts)", err=True)
     state = WatchState.load(state_path(run))
-    notifier = _notifier(run) if lock.held else None
+    run_config = load_run_config(run, missing_ok=True)
+    notifier = for_run(run, run_config.alerts) if lock.held else None
     if notifier is not None:
         notifier.resend_pending()
     from trainer.rundir import pid_alive
     from bigops.watchdog.supervisor import watch_config
-    config = watch_config(_run_config(run), alive=pid_alive)  # standalone: nobody else watches the pids
+    config = watch_config(run_config, alive=pid_alive)  # standalone: nobody else watches the pids
     collector = None
     if metrics_port:
-        from bigops.metrics.exporter import RunCollector, serve
-        collector = RunCollector(run.root.resolve().name, run_dir=run.root)
-        try:
-            serve(collector, metrics_port, metrics_address)
-        except OSError as exc:
-            raise ConfigError(f"--metrics-port {metrics_port}: cannot listen on {metrics_address} ({exc.strerror})") from None
+        from bigops.metrics.exporter import serve_run
+        collector = serve_run(run, metrics_port, metrics_address)
     while True:
         now = time.time()
         if not lock.held:
             try:
                 lock.acquire(now)
                 typer.echo(f"the writer of {run.root} is gone: this watch is the writer now", err=True)
-                state, notifier = WatchState.load(state_path(run)), _notifier(run)
+                state, notifier = WatchState.load(state_path(run)), for_run(run, load_run_config(run, missing_ok=True).alerts)
                 notifier.resend_pending()
             except LockHeld:
                 pass
@@ -80,11 +74,7 @@ def watch(
                           observe=not lock.held)
         if collector is not None:
             collector.update(facts, facts["findings"], new, now)
-        for finding in new:
-            typer.echo(json.dumps(finding.as_dict()) if output_format == "json" else one_line(finding))
-        if output_format == "text":
-            for line in facts.get("actions", []):
-                typer.echo(line)
+        _print_pass(new, facts, output_format)
         if once:
             if notifier is not None:
                 notifier.drain()
@@ -93,24 +83,11 @@ def watch(
         time.sleep(interval)
 
 
-def _run_config(run):
-    """run.toml's tree (defaults when the run has none yet)."""
-    from trainer.rundir import load_run_config
-    return load_run_config(run, missing_ok=True)
-
-
-def _notifier(run):
-    """The channels of run.toml's [alerts] (none when the run has no run.toml yet), with the run's outbox
-    (``watchdog/outbox/``: pages kept until delivered; the writer calls ``resend_pending`` once)."""
-    from bigops.errors import ConfigError
-    from bigops.notify.notifier import from_config
-    from bigops.notify.outbox import Outbox
-    from bigops.notify.secrets import SecretError
-    from trainer.rundir import append_event
-
-    alerts = _run_config(run).alerts
-    try:
-        return from_config(alerts, run.root.resolve().name, on_result=lambda r: append_event(run, r),
-                           outbox=Outbox(run.outbox))
-    except SecretError as exc:
-        raise ConfigError(str(exc)) from None
+def _print_pass(new: list, facts: dict, output_format: OutputFormat) -> None:
+    """One pass's output: a line (or a JSON object) per new finding, then, as text, the actions taken."""
+    from bigops.watchdog.daemon import one_line
+    for finding in new:
+        typer.echo(json.dumps(finding.as_dict()) if output_format == OutputFormat.json else one_line(finding))
+    if output_format == OutputFormat.text:
+        for line in facts.get("actions", []):
+            typer.echo(line)

@@ -164,3 +164,16 @@ def serve(collector: RunCollector, port: int, address: str = "127.0.0.1") -> Col
     registry.register(collector)
     start_http_server(port, addr=address, registry=registry)
     return registry
+
+
+def serve_run(run, port: int, address: str = "127.0.0.1") -> RunCollector:
+    """Serve one run's metrics (``--metrics-port`` of ``bigops watch`` and ``bigops launch --watch``); the
+    caller feeds the collector each watchdog pass. A port that cannot be bound is a one-line ConfigError."""
+    from trainer.config import ConfigError
+    collector = RunCollector(run.root.resolve().name, run_dir=run.root)
+    try:
+        serve(collector, port, address)
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"--metrics-port {port}: cannot listen on {address} ({reason})") from None
+    return collector

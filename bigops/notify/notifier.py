@@ -143,3 +143,15 @@ def from_config(alerts, run_name: str, on_result=None, outbox=None) -> Notifier:
                                  password, alerts.smtp_starttls, alerts.timeout_s))
     return Notifier(channels, alerts.min_severity, alerts.rate_limit_per_minute, alerts.retries,
                     on_result=on_result, secret_values=secret_values, outbox=outbox)
+
+
+def for_run(run, alerts) -> Notifier:
+    """The notifier of a run's writer (``bigops watch``, ``bigops launch --watch``): the channels of its
+    ``[alerts]`` (``alerts``: run.toml's ``AlertsConfig``), each delivery's result appended to the run's
+    events.jsonl, and the run's outbox (``watchdog/outbox/``: pages kept until delivered; the writer calls
+    ``resend_pending`` once). A secret that cannot be used is a SecretError (exit code 2)."""
+    from bigops.notify.outbox import Outbox
+    from trainer.rundir import append_event
+
+    return from_config(alerts, run.root.resolve().name, on_result=lambda result: append_event(run, result),
+                       outbox=Outbox(run.outbox))

@@ -6,9 +6,14 @@ import os
 import stat
 from pathlib import Path
 
+from bigops import exitcodes
+from bigops.errors import BigopsError
 
-class SecretError(ValueError):
-    pass
+
+class SecretError(BigopsError, ValueError):
+    """A secret that cannot be used safely or at all: a configuration error (exit code 2)."""
+
+    exit_code = exitcodes.USAGE
 
 
 def load_secrets_file(path: str | Path | None) -> dict[str, str]:

@@ -29,6 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
+from bigops import exitcodes
+from bigops.errors import BigopsError
 from bigops.watchdog.state import WatchState
 from trainer.rundir import RunDir
 
@@ -101,8 +103,10 @@ def open_entries(state: WatchState, actions: tuple[str, ...] | None = None) -> l
 
 
 # ------------------------------------------------------------------------------------------ the CLI side
-class DecisionError(ValueError):
-    pass
+class DecisionError(BigopsError, ValueError):
+    """A decision that cannot be recorded (no such pending action, already decided): a usage error."""
+
+    exit_code = exitcodes.USAGE
 
 
 def read_pending(run: RunDir) -> dict[str, dict]:

@@ -79,3 +79,28 @@ def test_bad_input_is_one_line_and_an_exit_code(args, code, message, tmp_path):
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_launch_plan_applies_the_resume_rules(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from launcher.plan import fresh_config, launch_plan
+    from trainer import checkpoint as ckpt
+    from trainer.rundir import RunDir
+    run = RunDir(tmp_path / "run")
+    fresh = launch_plan(run, "tiny", None, ["train.train_steps=7"])
+    assert not fresh.resume and fresh.resumable is None and fresh.cfg.train.train_steps == 7
+    with pytest.raises(c.ConfigError, match="has no checkpoint to resume from"):
+        launch_plan(run, "tiny", None, [], resume=True)
+
+    run.root.mkdir()
+    run.run_toml.write_text(c.dumps_toml(fresh_config("tiny", None, ["train.train_steps=7"])))
+    found = SimpleNamespace(tag="global_step7", fell_back_from=None)
+    monkeypatch.setattr(ckpt, "find_resumable", lambda r, hashes: found)
+    resumed = launch_plan(run, "bloom-560m", None, ["train.train_steps=20"])  # the preset is the stored run's
+    assert resumed.resume and resumed.resumable is found
+    assert (resumed.cfg.train.train_steps, resumed.cfg.model.hidden_size) == (20, fresh.cfg.model.hidden_size)
+    with pytest.raises(c.ConfigError, match="already holds checkpoints"):
+        launch_plan(run, "tiny", None, [], resume=False)
+    with pytest.raises(c.ConfigError, match="--init-hf only applies to a new run"):
+        launch_plan(run, "tiny", None, [], init_hf=tmp_path)

@@ -126,3 +126,15 @@ def test_hostile_values_stay_data_in_the_script(tmp_path):
     with pytest.raises(config_mod.ConfigError, match="line break"):
         render.sbatch_options(cfg, "/r", "name\n#!/bin/sh")
     assert shlex.split(shlex.join(render.sbatch_options(cfg, run_dir, evil)))[0] == f"--job-name={evil}"
+
+
+def test_print_script_renders_the_batch_script_and_its_sbatch_command_and_writes_nothing(tmp_path):
+    from trainer.config import ConfigError
+
+    from launcher.slurm.submit import profile_overrides, submit_run
+    texts = submit_run(tmp_path / "run", "tiny", None, [], None, None, None, None, print_script=True)
+    assert texts[0].startswith("#!") and texts[1].startswith("# submitted as: sbatch --parsable")
+    assert not (tmp_path / "run").exists()
+    assert any(o.startswith("slurm.") for o in profile_overrides("jean-zay"))
+    with pytest.raises(ConfigError, match="--profile nowhere: no such file or profile"):
+        profile_overrides("nowhere")

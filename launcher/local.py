@@ -15,6 +15,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from trainer.rundir import RUN_FOLDERS
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (for the rendezvous of one local run)."""
@@ -49,7 +51,6 @@ def rank_env(nproc: int, base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-RUN_FOLDERS = ("", "control", "checkpoints", "telemetry", "logs", "watchdog")
 
 
 def secure_run_dir(run_dir: str | Path) -> None:

@@ -54,14 +54,6 @@ def resumed_config(stored: config_mod.RunConfig, overrides: list[str]) -> config
     return config_mod.validate(cfg, world_size=config_mod.world_size_of(stored))
 
 
-def stored_config(run) -> config_mod.RunConfig:
-    """A run's ``run.toml`` on top of the defaults; the defaults alone when the run has none yet (a watchdog
-    started before the launch)."""
-    if run.run_toml.exists():
-        return config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
-    return config_mod.RunConfig()
-
-
 def file_overrides(path: Path) -> list[str]:
     """A ``--config`` file as ``section.key=value`` overrides (on a resume: applied to the stored config)."""
     import tomllib
@@ -103,8 +95,8 @@ def launch_plan(run, preset: str, config_file: Path | None, overrides: list[str]
     if resume:
         if config_file is not None:
             overrides = [*file_overrides(config_file), *overrides]
-        return LaunchPlan(resumed_config(config_mod.load_toml(run.run_toml, base=config_mod.RunConfig()), overrides),
-                          True, resumable)
+        from trainer.rundir import load_run_config
+        return LaunchPlan(resumed_config(load_run_config(run), overrides), True, resumable)
     hf_config = None
     if init_hf is not None:
         from trainer.hf import read_hf_config

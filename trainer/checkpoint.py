@@ -45,11 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer import rundir
 from trainer.rundir import RunDir, append_jsonl, atomic_write_text, fsync_dir
 
-MANIFEST = "manifest.json"
+MANIFEST = rundir.MANIFEST
 MANIFEST_FORMAT = 1
-PARTIAL_PREFIX = ".partial-"
+PARTIAL_PREFIX = rundir.PARTIAL_PREFIX
 SUPERSEDED = ".superseded"
 """Where a save sets aside the existing checkpoint of its step that it replaces (damaged, or of another
 lineage): ``checkpoints/.superseded/<tag>-<time>/``, kept as evidence, never pruned."""
@@ -189,7 +190,7 @@ def set_aside(run: RunDir, path: Path, tag: str, why: str) -> Path:
     os.replace(path, aside)
     fsync_dir(root)
     fsync_dir(path.parent)
-    append_jsonl(run.telemetry / "checkpoints.jsonl", {"kind": "superseded", "tag": tag, "time": time.time(),
+    append_jsonl(run.checkpoint_log, {"kind": "superseded", "tag": tag, "time": time.time(),
                                                        "aside": aside.relative_to(run.checkpoints).as_posix(),
                                                        "why": why})
     print(f"warning: checkpoint {tag} existed ({why}): set aside as {aside}, the new save replaces it",
@@ -302,7 +303,7 @@ def provenance_after_skip_change(provenance: dict[str, Any], step: int, applied)
 
 
 def partial_dir(run: RunDir, tag: str) -> Path:
-    return run.checkpoints / f"{PARTIAL_PREFIX}{tag}"
+    return run.partial(tag)
 
 
 @dataclass(frozen=True)

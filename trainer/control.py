@@ -41,10 +41,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-KILL_SWITCH = "kill-switch"
-SAVE_SWITCH = "save-switch"
-SKIP_RANGES = "skip-ranges"
-SYNC_LAYERNORM = "sync-layernorm"
+from trainer.rundir import KILL_SWITCH, SAVE_SWITCH, SKIP_RANGES, SYNC_LAYERNORM, RunDir  # noqa: F401
+
 MAX_CONTROL_FILE_BYTES = 1 << 20  # a hostile or runaway file is refused, not read into memory
 SKIP_RANGES_HEADER = "# sample ranges the trainer skips (START-END, end exclusive); see trainer/control.py\n"
 
@@ -142,7 +140,7 @@ def covered(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
 
 
 def skip_ranges_path(run_root: Path) -> Path:
-    return Path(run_root) / "control" / SKIP_RANGES
+    return RunDir(run_root).skip_ranges
 
 
 def read_skip_ranges(run_root: Path) -> list[tuple[int, int]]:

@@ -43,7 +43,7 @@ class Heartbeat:
 
     def __init__(self, run: RunDir, rank: int, min_interval_s: float = 0.5, stage: int | None = None,
                  dp_rank: int | None = None, tp: int | None = None, launch: str | None = None):
-        self.path = run.telemetry / "heartbeat" / f"rank-{rank:05d}.json"
+        self.path = run.heartbeat(rank)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rank, self.host, self.pid = rank, socket.gethostname(), os.getpid()
         self.launch = launch if launch is not None else lifeline.launch_id()

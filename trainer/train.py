@@ -29,7 +29,7 @@ from trainer.data.source import prepare_data, sample_source
 from trainer.engine import RankContext, build_engine, follow_configured_lr, load_checkpoint, setup_rank
 from trainer.lifeline import Lifeline
 from trainer.parallel.sanity import sync_tp_duplicated, tp_desync
-from trainer.rundir import RunDir, append_jsonl
+from trainer.rundir import RunDir, append_event, append_jsonl, load_run_config
 from trainer.telemetry import Heartbeat, MetricsSink, flops_per_token
 
 class TopologyMismatch(ckpt.CheckpointError):
@@ -90,7 +90,7 @@ def restore_rng_state(path: Path) -> None:
 def log_checkpoint(run: RunDir, kind: str, tag: str, step: int, seconds: float, path: Path) -> None:
     """``telemetry/checkpoints.jsonl``: every save and load, with its duration and size (rank 0)."""
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-    append_jsonl(run.telemetry / "checkpoints.jsonl", {"kind": kind, "tag": tag, "step": step, "time": time.time(),
+    append_jsonl(run.checkpoint_log, {"kind": kind, "tag": tag, "step": step, "time": time.time(),
                                                        "seconds": round(seconds, 3), "bytes": size})
 
 
@@ -176,7 +176,7 @@ def sync_layernorm(engine, ctx: RankContext, run: RunDir, control: ControlState,
     desync = tp_desync(engine.module, ctx.tp) if ctx.tp.size > 1 else 0.0
     if ctx.is_logging_rank:
         request = take_sync_request(control)
-        append_jsonl(run.root / "events.jsonl", {
+        append_event(run, {
             "time": time.time(), "type": "action", "action": "sync-layernorm", "source": "trainer", "step": step,
             "parameters_synced": count, "ln_desync_after": desync, "request": request,
             "seconds": round(time.perf_counter() - started, 4), "severity": "info",
@@ -204,7 +204,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
     lifeline = start_lifeline(run)
     if lifeline is not None:
         lifeline.start()
-    cfg = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
+    cfg = load_run_config(run)
     ctx = setup_rank(cfg)
     cfg, rank0 = ctx.cfg, ctx.is_logging_rank
     heartbeat = Heartbeat(run, ctx.coords.rank)
@@ -212,7 +212,7 @@ def train(run: RunDir, init_hf: str | None = None) -> int:
         lifeline.progress = lambda: (heartbeat.beats, heartbeat.phase)
     heartbeat.beat("startup", 0, force=True)
     exit_s = cfg.train.exit_duration_in_mins * 60 if cfg.train.exit_duration_in_mins else None
-    control = ControlState(run.root / "control", exit_duration_s=exit_s)
+    control = ControlState(run.control, exit_duration_s=exit_s)
     control.install_signal_handlers()
 
     _rank0_then_share(ctx, lambda: prepare_data(run, cfg))

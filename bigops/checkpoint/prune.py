@@ -171,7 +171,7 @@ def apply_prune(run: RunDir, plan: Plan, events: Path | None = None) -> Outcome:
     out.event = {"time": time.time(), "type": "action", "action": "prune", "removed": out.removed,
                  "kept": sorted(plan.keep, key=lambda t: (ckpt.step_of(t), t)),
                  "reasons": plan.keep, "skipped": [t for t, _ in out.skipped], "leftovers_removed": out.finished}
-    append_jsonl(events if events is not None else run.root / "events.jsonl", out.event)
+    append_jsonl(events if events is not None else run.events, out.event)
     return out
 
 

@@ -7,14 +7,25 @@ add the skipped sample range to ``control/skip-ranges``, point ``latest`` back, 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from bigops.watchdog.policy import RollbackPlan
 from trainer import checkpoint as ckpt
+from trainer import control
 from trainer import rundir
 from trainer.rundir import RunDir
 
-ASIDE = ".rolled-back"
+ASIDE = rundir.ROLLED_BACK
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    """Where a rollback goes (the watchdog decides it: :func:`bigops.watchdog.decide.plan_rollback`;
+    it lives here, below the watchdog, with the code that carries it out)."""
+    target_tag: str
+    target_step: int
+    aside_tags: list[str]
+    skip_range: tuple[int, int]
 
 
 def checkpoints_with_steps(run: RunDir) -> list[tuple[str, int]]:
@@ -36,59 +47,18 @@ def checkpoints_with_samples(run: RunDir) -> list[tuple[str, int, int | None]]:
 
 
 def skip_ranges_path(run_root: Path) -> Path:
-    return Path(run_root) / "control" / "skip-ranges"
+    return RunDir(run_root).skip_ranges
 
 
 def read_skip_ranges(run_root: Path) -> list[tuple[int, int]]:
     """The skip ranges in force (ValueError, one line, when the file does not parse)."""
-    try:
-        from trainer.control import read_skip_ranges as read
-    except ImportError:
-        read = None
-    if read is not None:
-        return read(Path(run_root))
-    from trainer.control import parse_skip_ranges
-    path = skip_ranges_path(run_root)
-    try:
-        return parse_skip_ranges(path.read_text())
-    except FileNotFoundError:
-        return []
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    return control.read_skip_ranges(Path(run_root))
 
 
 def add_skip_range(run_root: Path, start: int, end: int, note: str) -> bool:
-    """Merge ``[start, end)`` into ``control/skip-ranges`` (atomically; idempotent: False when the range is
-    in force already). ``trainer.control.add_skip_range`` when the trainer has it; else the same semantics
-    here, keeping the file's format (a JSON list stays a JSON list; ``START-END`` lines get one more line)."""
-    try:
-        from trainer.control import add_skip_range as add
-    except ImportError:
-        add = None
-    if add is not None:
-        return add(Path(run_root), start, end, note)
-    path = skip_ranges_path(run_root)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        text = ""
-    from trainer.control import parse_skip_ranges
-    try:
-        ranges = parse_skip_ranges(text)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}: not adding {start}-{end}") from None
-    if any(a <= start and end <= b for a, b in ranges):
-        return False
-    if text.strip().startswith("["):
-        import json
-        pairs = json.loads(text)
-        new = json.dumps([*pairs, [start, end]]) + "\n"
-    else:
-        line = f"{start}-{end}  # {note}\n" if note else f"{start}-{end}\n"
-        new = text + ("" if not text or text.endswith("\n") else "\n") + line
-    rundir.atomic_write_text(path, new)
-    ckpt.fsync_dir(path.parent)
-    return True
+    """Merge ``[start, end)`` into ``control/skip-ranges`` (``trainer.control.add_skip_range``: under a lock,
+    atomically; idempotent: False when the range is in force already)."""
+    return control.add_skip_range(Path(run_root), start, end, note)
 
 
 def point_latest(run: RunDir, tag: str) -> None:

@@ -28,7 +28,7 @@ from bigops.checkpoint import dsfiles, tp_duplicates
 from bigops.errors import BigopsError, CheckpointError, RunInUseError
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
-from trainer.rundir import RunDir, append_jsonl, atomic_write_text
+from trainer.rundir import RunDir, append_event, atomic_write_text, load_run_config, pid_alive, read_heartbeats
 
 ACTIVE_HEARTBEAT_S = 120.0
 """A rank whose heartbeat is younger than this (and not at ``exit``) counts as running."""
@@ -72,8 +72,6 @@ class Outcome:
 
 def running_ranks(run: RunDir, now: float | None = None) -> list[dict]:
     """Heartbeats of ranks that look alive: not at ``exit``, and either recent or a live local process."""
-    from bigops.watchdog.detectors.liveness import pid_alive
-    from bigops.watchdog.scan import read_heartbeats
     now = time.time() if now is None else now
     host = socket.gethostname()
     alive = []
@@ -183,7 +181,7 @@ def perform(source: Source, edits: list[Edit], *, move_latest: bool | None = Non
         atomic_write_text(run.latest, new_tag + "\n")
         outcome.latest_moved = True
     outcome.seconds = time.perf_counter() - started
-    append_jsonl(run.root / "events.jsonl", {
+    append_event(run, {
         "time": time.time(), "type": "action", "id": uuid.uuid4().hex[:12], "action": "surgery",
         "edits": [e.name for e in edits], "source": source.tag, "new_tag": new_tag, "latest_moved": move_latest,
         "details": details, "seconds": round(outcome.seconds, 3), "severity": "info",
@@ -390,8 +388,7 @@ class Request:
         if not run.root.is_dir():
             raise config_mod.ConfigError(f"{run.root} is not a run directory")
         if self.set_lr is not None:
-            floor = self.set_min_lr if self.set_min_lr is not None else config_mod.load_toml(
-                run.run_toml, base=config_mod.RunConfig()).train.min_lr
+            floor = self.set_min_lr if self.set_min_lr is not None else load_run_config(run).train.min_lr
             if floor > self.set_lr:
                 raise config_mod.ConfigError(f"--set-lr {self.set_lr} is below train.min_lr={floor}: pass "
                                              f"--set-min-lr too")
@@ -428,11 +425,10 @@ def stopped_run(run: RunDir, running: list[dict], timeout_s: float, say: Callabl
 
     RunInUseError when the ranks have not stopped within ``timeout_s``; the kill switch then stays, so the
     run still stops (and nobody operates on a half-stopped run)."""
-    from trainer.control import KILL_SWITCH
     if not running:
         yield
         return
-    kill_switch = run.root / "control" / KILL_SWITCH
+    kill_switch = run.kill_switch
     kill_switch.parent.mkdir(exist_ok=True)
     we_pulled_switch = False
     if not kill_switch.exists():
@@ -453,18 +449,18 @@ def _wait_stopped(run: RunDir, timeout_s: float) -> None:
     while running_ranks(run):
         if time.monotonic() > deadline:
             raise RunInUseError(f"the run did not stop within {timeout_s:.0f} s of the kill switch; surgery not "
-                                f"started (the kill switch stays in {run.root / 'control'})")
+                                f"started (the kill switch stays in {run.control})")
         time.sleep(1.0)
 
 
 def update_run_toml_lr(run: RunDir, new_tag: str, lr: float, min_lr: float | None) -> Path:
     """run.toml follows the checkpoint's new LR; the previous file is kept beside it (never the only copy).
     Returns where the previous one is."""
-    cfg = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
+    cfg = load_run_config(run)
     cfg.train.lr = lr
     if min_lr is not None:
         cfg.train.min_lr = min_lr
-    before = run.root / f"run.toml.before-{new_tag}"
+    before = run.run_toml_before(new_tag)
     shutil.copy2(run.run_toml, before)
     atomic_write_text(run.run_toml, config_mod.dumps_toml(cfg))
     return before

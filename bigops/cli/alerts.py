@@ -49,13 +49,13 @@ def test(
     from bigops.errors import BigopsError, ConfigError
     from bigops.notify.notifier import SEVERITY_ORDER, from_config
     from bigops.notify.secrets import redact
-    from launcher.plan import stored_config
+    from trainer.rundir import load_run_config
 
     if severity not in SEVERITY_ORDER:
         raise ConfigError(f"--severity {severity!r}: use {', '.join(SEVERITY_ORDER)}")
     run = existing_run(run_dir)
     name = run.root.resolve().name
-    notifier = from_config(stored_config(run).alerts, name)  # a SecretError is one line, exit code 2
+    notifier = from_config(load_run_config(run, missing_ok=True).alerts, name)  # a SecretError is one line, exit code 2
     if not notifier.channels:
         raise ConfigError(f"{run.run_toml}: no channel in [alerts] (slack_webhook_env, webhook_env, "
                           "alertmanager_url or smtp_host + email_to)")

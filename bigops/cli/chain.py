@@ -16,6 +16,7 @@ from rich.console import Console
 from bigops.cli.options import (DryRunOpt, FormatOpt, HostOpt, KnownHostsOpt, OutputFormat, SSHKeyOpt, YesOpt,
                                  make_app)
 from bigops.errors import ConfigError
+from trainer.rundir import RELATIVE, RunDir
 
 app = make_app("The SLURM job chain of a run: status, extend, hold, release, cancel, exclude nodes.")
 console = Console(highlight=False, soft_wrap=True)
@@ -29,8 +30,9 @@ def _open(run_dir: str, host, ssh_key, known_hosts):
     from launcher.slurm.submit import open_runner
     local = not host
     path = run_dir if host else str(Path(run_dir).resolve())
-    if local and (Path(path) / "slurm" / "chain.json").exists():
-        recorded = json.loads((Path(path) / "slurm" / "chain.json").read_text())
+    record = RunDir(path).chain_record
+    if local and record.exists():
+        recorded = json.loads(record.read_text())
         if recorded.get("host"):
             host, ssh_key, known_hosts = recorded["host"], ssh_key or recorded.get("key_file"), \
                 known_hosts or recorded.get("known_hosts")
@@ -38,7 +40,7 @@ def _open(run_dir: str, host, ssh_key, known_hosts):
     chain = chain_mod.Chain.load(runner, path)
     if chain is None:
         runner.close()
-        raise ConfigError(f"{path} has no SLURM chain (slurm/chain.json): launch it with `bigops launch --slurm`")
+        raise ConfigError(f"{path} has no SLURM chain ({RELATIVE.chain_record}): launch it with `bigops launch --slurm`")
     return runner, chain
 
 

@@ -115,7 +115,7 @@ def launch(
     if watch:
         code, message = _supervised(run, cfg, world, trainer_args, exporter)
     else:
-        proc = local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log")
+        proc = local.spawn(run.root, world, trainer_args, log_path=run.ranks_log)
         try:
             _follow(run, cfg, proc, done_before)
         except KeyboardInterrupt:
@@ -127,7 +127,7 @@ def launch(
         if code in (exitcodes.STOPPED_ON_REQUEST, exitcodes.STOPPED_BY_SIGNAL):
             console.print(f"[bold yellow]{exitcodes.describe(code)}[/]: checkpoint {run.latest_tag()}")
             raise typer.Exit(code)
-        raise TrainingEnded(f"{message}; see {run.logs / 'ranks.log'}", code)
+        raise TrainingEnded(f"{message}; see {run.ranks_log}", code)
 
 
 def _launch_slurm(run_dir: Path, preset: str, config: Path | None, overrides: list[str], profile: str | None,
@@ -168,7 +168,7 @@ def _supervised(run: RunDir, cfg: config_mod.RunConfig, world: int, trainer_args
     current: list = []
 
     def spawn():  # the supervisor's launch id: its hang and crash incidents and the heartbeats agree
-        current[:] = [local.spawn(run.root, world, trainer_args, log_path=run.logs / "ranks.log",
+        current[:] = [local.spawn(run.root, world, trainer_args, log_path=run.ranks_log,
                                   launch_id=supervisor.launch_id)]
         return current[0]
 
@@ -198,7 +198,7 @@ def _supervised(run: RunDir, cfg: config_mod.RunConfig, world: int, trainer_args
     finally:
         notifier.drain(timeout=10)
     if code == SUPERVISOR_GAVE_UP:
-        return code, f"the watchdog stopped restarting (see {run.root / 'events.jsonl'})"
+        return code, f"the watchdog stopped restarting (see {run.events})"
     return code, exitcodes.describe(code)
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from bigops.cli.options import DryRunOpt, RunDirArg, TagOpt, YesOpt
+from trainer.rundir import RELATIVE
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -33,7 +34,7 @@ def surgery(
     set_min_lr: Annotated[Optional[float], typer.Option("--set-min-lr", help="With --set-lr: the new "
                           "train.min_lr.")] = None,
     skip_range: Annotated[Optional[list[str]], typer.Option("--skip-range", help="Add START-END (samples, end "
-                          "exclusive) to control/skip-ranges (repeatable).")] = None,
+                          f"exclusive) to {RELATIVE.skip_ranges} (repeatable).")] = None,
     keep_latest: Annotated[bool, typer.Option("--keep-latest", help="Write the new tag but leave "
                            "checkpoints/latest where it is.")] = False,
     dry_run: DryRunOpt = False,
@@ -85,8 +86,7 @@ def surgery(
                               + (f", train.min_lr = {set_min_lr}" if set_min_lr is not None else "")
                               + f" (previous kept as {before.name})")
         if request.skip_ranges:
-            from trainer.control import skip_ranges_path
-            path = skip_ranges_path(run.root)
+            path = run.skip_ranges
             added = lib.add_skip_ranges(run, request.skip_ranges)
             console.print(f"skip ranges added to {path}" if added else f"skip ranges already in {path}")
 

@@ -35,7 +35,7 @@ def watch(
     from bigops.notify.notifier import for_run
     from bigops.watchdog.daemon import state_path, tick
     from bigops.watchdog.state import WatchState
-    from launcher.plan import stored_config
+    from trainer.rundir import load_run_config
 
     if interval <= 0:
         raise ConfigError(f"--interval {interval}: must be positive")
@@ -48,11 +48,11 @@ def watch(
         typer.echo(f"observing: {describe(held.holder) if held.holder else 'another watchdog'} is the writer of "
                    f"{run.root} (this watch detects and exports, and neither notifies nor acts)", err=True)
     state = WatchState.load(state_path(run))
-    run_config = stored_config(run)
+    run_config = load_run_config(run, missing_ok=True)
     notifier = for_run(run, run_config.alerts) if lock.held else None
     if notifier is not None:
         notifier.resend_pending()
-    from bigops.watchdog.detectors.liveness import pid_alive
+    from trainer.rundir import pid_alive
     from bigops.watchdog.settings import watch_config
     config = watch_config(run_config, alive=pid_alive)  # standalone: nobody else watches the pids
     collector = None
@@ -65,7 +65,7 @@ def watch(
             try:
                 lock.acquire(now)
                 typer.echo(f"the writer of {run.root} is gone: this watch is the writer now", err=True)
-                state, notifier = WatchState.load(state_path(run)), for_run(run, stored_config(run).alerts)
+                state, notifier = WatchState.load(state_path(run)), for_run(run, load_run_config(run, missing_ok=True).alerts)
                 notifier.resend_pending()
             except LockHeld:
                 pass

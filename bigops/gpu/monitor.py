@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from bigops.gpu.interface import GpuBackend
-from trainer.rundir import append_jsonl
+from trainer.rundir import RunDir, append_jsonl
 
 
 def gpu_log(run_dir: Path, host: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in host) or "host"
-    return Path(run_dir) / "telemetry" / "gpu" / f"{safe}.jsonl"
+    return RunDir(run_dir).gpu_log(host)
 
 
 def sample_once(backend: GpuBackend, run_dir: Path) -> list[dict]:

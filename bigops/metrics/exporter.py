@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bigops.metrics import names as m
+from trainer.rundir import RunDir, read_run_config
 
 
 ACTIONS = ("restart", "rollback", "kill", "give-up", "sync-layernorm")
@@ -57,12 +57,9 @@ def run_dir_facts(root: Path, events: EventCounter, facts: dict) -> dict:
     free space, and the watchdog's actions so far."""
     from trainer.config import TrainConfig
     out: dict = {"actions": dict(events.update())}
-    try:
-        train = tomllib.loads((root / "run.toml").read_text()).get("train", {})
-    except (OSError, ValueError):
-        train = {}
-    seq = train.get("seq_length", TrainConfig.seq_length)
-    batch = train.get("global_batch_size", TrainConfig.global_batch_size)
+    cfg = read_run_config(RunDir(root))
+    train = cfg.train if cfg is not None else TrainConfig()
+    seq, batch = train.seq_length, train.global_batch_size
     consumed = (facts.get("last_record") or {}).get("consumed_samples")
     if isinstance(consumed, int) and isinstance(seq, int):
         out["consumed_tokens"] = consumed * seq
@@ -85,7 +82,7 @@ class RunCollector:
     def __init__(self, run_name: str, run_dir: Path | None = None):
         self.run = run_name
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.events = EventCounter(self.run_dir / "events.jsonl") if self.run_dir is not None else None
+        self.events = EventCounter(RunDir(self.run_dir).events) if self.run_dir is not None else None
         self.facts: dict = {}
         self.extra: dict = {}
         self.findings: list = []

@@ -153,8 +153,7 @@ def for_run(run, alerts) -> Notifier:
     events.jsonl, and the run's outbox (``watchdog/outbox/``: pages kept until delivered; the writer calls
     ``resend_pending`` once). A secret that cannot be used is a SecretError (exit code 2)."""
     from bigops.notify.outbox import Outbox
-    from trainer.rundir import append_jsonl
+    from trainer.rundir import append_event
 
-    return from_config(alerts, run.root.resolve().name,
-                       on_result=lambda result: append_jsonl(run.root / "events.jsonl", result),
-                       outbox=Outbox(run.watchdog / "outbox"))
+    return from_config(alerts, run.root.resolve().name, on_result=lambda result: append_event(run, result),
+                       outbox=Outbox(run.outbox))

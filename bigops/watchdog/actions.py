@@ -13,18 +13,9 @@ import uuid
 from typing import Callable
 
 from bigops.watchdog.approvals import command
-from trainer.rundir import RunDir, append_jsonl, atomic_write_text
-
-try:  # the trainer's name for the file, when it defines one (one source of truth)
-    from trainer.control import SYNC_LAYERNORM
-except ImportError:
-    SYNC_LAYERNORM = "sync-layernorm"
+from trainer.rundir import SYNC_LAYERNORM, RunDir, append_event, atomic_write_text
 
 APPROVAL_RUNBOOK = "runbooks/WatchdogApprovalNeeded.md"
-
-
-def events_file(run: RunDir):
-    return run.root / "events.jsonl"
 
 
 EVENT_WRITE_ERRORS: dict[str, list[str]] = {}
@@ -36,7 +27,7 @@ def safe_append(run: RunDir, event: dict) -> bool:
     """Append to events.jsonl; False (and the reason kept) when that fails — a full disk, a read-only
     filesystem — so that the page that goes with the event still goes out."""
     try:
-        append_jsonl(events_file(run), event)
+        append_event(run, event)
         return True
     except OSError as exc:
         errors = EVENT_WRITE_ERRORS.setdefault(str(run.root), [])
@@ -94,7 +85,7 @@ def find_event(run: RunDir, needle: str, match: Callable[[dict], bool]) -> dict 
     which ``match`` holds; None when there is none (or no log yet). How an action checks, after a restart,
     whether it was already recorded."""
     try:
-        with open(events_file(run), "rb") as handle:
+        with open(run.events, "rb") as handle:
             for raw in handle:
                 if needle.encode() in raw:
                     try:
@@ -116,6 +107,6 @@ def recorded_action_for(run: RunDir, pending_id: str) -> bool:
 
 def request_layernorm_sync(run: RunDir, event_id: str, now: float, reason: str, step: int | None = None) -> str:
     """Write ``control/sync-layernorm`` atomically; returns its path relative to the run."""
-    path = run.root / "control" / SYNC_LAYERNORM
+    path = run.sync_layernorm
     atomic_write_text(path, json.dumps({"id": event_id, "time": now, "reason": reason, "step": step}) + "\n")
     return str(path.relative_to(run.root))

@@ -42,7 +42,7 @@ OPEN = ("pending", "approved", "denied")
 
 
 def approvals_dir(run: RunDir) -> Path:
-    return run.watchdog / "approvals"
+    return run.approvals
 
 
 def decision_path(run: RunDir, event_id: str) -> Path:
@@ -125,7 +125,7 @@ def waiting(run: RunDir) -> list[dict]:
 def decide(run: RunDir, event_id: str, decision: str, by: str | None = None, note: str | None = None,
            now: float | None = None) -> dict:
     """Record a person's decision on a pending action; DecisionError (one line) when it cannot be."""
-    from trainer.rundir import append_jsonl
+    from trainer.rundir import append_event
     if decision not in DECISIONS:
         raise DecisionError(f"decision {decision!r}: use approve or deny")
     try:
@@ -159,7 +159,7 @@ def decide(run: RunDir, event_id: str, decision: str, by: str | None = None, not
                                 f"{PAST[earlier['decision']] if earlier else 'decided'}") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
-    append_jsonl(run.root / "events.jsonl", {"type": "decision", **record})
+    append_event(run, {"type": "decision", **record})
     return record
 
 

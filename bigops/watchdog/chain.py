@@ -51,16 +51,16 @@ def keep(run, state, now: float | None = None, dry_run: bool = False, findings_s
 def _keep(run, state, now, dry_run, findings_so_far, runner):
     from launcher.slurm import chain as chain_mod
     from launcher.slurm.runner import CommandError, LocalRunner
-    from trainer import config as config_mod
+    from trainer.rundir import RELATIVE, load_run_config
 
     now = time.time() if now is None else now
     local = LocalRunner()
-    if not (run.root / "slurm" / "chain.json").exists():
+    if not run.chain_record.exists():
         return [], {}
     try:
         chain = chain_mod.Chain.load(local, str(run.root))
     except (OSError, ValueError) as exc:
-        return [Finding("ChainRecordUnreadable", "warning", f"slurm/chain.json: {exc}", key="ChainRecordUnreadable")], {}
+        return [Finding("ChainRecordUnreadable", "warning", f"{RELATIVE.chain_record}: {exc}", key="ChainRecordUnreadable")], {}
     if chain is None:
         return [], {}
     runner = runner or _runner_for(chain)
@@ -76,8 +76,7 @@ def _keep(run, state, now, dry_run, findings_so_far, runner):
         return [], {"chain_done": k["done"], "calls": {}}
     if now < k.get("next_poll", 0):
         return [], {"backoff_until": k["next_poll"], "calls": {}}
-    cfg = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig()) if run.run_toml.exists() else \
-        config_mod.RunConfig()
+    cfg = load_run_config(run, missing_ok=True)
     w, s = cfg.watchdog, cfg.slurm
     try:
         jobs = chain_mod.queue(runner, chain)

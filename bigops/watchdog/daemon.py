@@ -31,10 +31,6 @@ def state_path(run: RunDir) -> Path:
     return run.watchdog_state
 
 
-def events_path(run: RunDir) -> Path:
-    return run.root / "events.jsonl"
-
-
 def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool = False,
          config: WatchConfig = WatchConfig(), notifier=None, observe: bool = False,
          extra: Iterable[Finding] = ()) -> tuple[list[Finding], dict]:
@@ -53,7 +49,7 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
     now = time.time() if now is None else now
     stream = ScanStream.from_json(state.stream, config)
     findings, facts = scan_run(run, now=now, config=config, stream=stream)
-    stream_before, state.stream = state.stream, stream.to_json()  # saved with the state (never when observing)
+    state.stream = stream.to_json()  # saved with the state (never when observing)
     if not observe:
         # SLURM chain keeping (bigops.watchdog.chain): only runs launched with --slurm; it never raises.
         chain_findings, facts["chain"] = keep_chain(run, state, now=now, dry_run=dry_run, findings_so_far=findings)

@@ -40,7 +40,7 @@ from bigops.watchdog.actions import announce_pending, find_event, record_action,
 from bigops.watchdog.decide import Ask, ChainHold, Checkpoint, GiveUp, NotifyOnly, Policy, Restart, \
     Rollback, StateView, Sync, decide
 from bigops.watchdog.journal import DONE, Journal, intent_id
-from trainer.rundir import RunDir
+from trainer.rundir import RELATIVE, RunDir
 
 ACTED = ("kill", "restart", "rollback", "sync-layernorm", "ask", "give-up", "chain-hold")
 """The actions whose intent marks an incident as acted on."""
@@ -210,7 +210,7 @@ def _outcome(ex: Executor, intent: dict) -> str:
             return done["skipped"]
         prefix = f"approved by {p['approved_by']}: requested a live sync, wrote" if p.get("approved_by") else \
             "requested a live sync: wrote"
-        return f"{prefix} {done.get('path', 'control/sync-layernorm')}"
+        return f"{prefix} {done.get('path', str(RELATIVE.sync_layernorm))}"
     if action == "give-up":
         return p["outcome"]
     if action == "chain-hold":

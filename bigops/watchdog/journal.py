@@ -52,7 +52,7 @@ def _fsync_dir(path: Path) -> None:
 
 class Journal:
     def __init__(self, run_root: Path):
-        self.dir = Path(run_root) / "watchdog" / "intents"
+        self.dir = rundir.RunDir(run_root).intents
 
     @property
     def done_dir(self) -> Path:

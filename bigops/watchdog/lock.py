@@ -26,19 +26,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.rundir import RunDir, atomic_write_text
+from trainer.rundir import WRITER_LEASE, WRITER_LOCK, RunDir, atomic_write_text
 
-LOCK_FILE = "writer.lock"
-LEASE_FILE = "writer.json"
+LOCK_FILE = WRITER_LOCK
+LEASE_FILE = WRITER_LEASE
 DEFAULT_LEASE_S = 120.0
 
 
 def lock_path(run: RunDir) -> Path:
-    return run.watchdog / LOCK_FILE
+    return run.writer_lock
 
 
 def lease_path(run: RunDir) -> Path:
-    return run.watchdog / LEASE_FILE
+    return run.writer_lease
 
 
 def read_lease(run: RunDir) -> dict | None:

@@ -1,5 +1,4 @@
-"""The restart guards, as a pure function (``bigops.watchdog.decide`` applies them to every restart), and
-the rollback plan's record type (``bigops.checkpoint.rollback.apply_rollback``)."""
+"""The restart guards, as a pure function (``bigops.watchdog.decide`` applies them to every restart)."""
 
 from __future__ import annotations
 
@@ -25,12 +24,3 @@ def decide_restart(restarts: list[dict], now: float, checkpoint_step: int | None
         return RestartDecision(False, f"no progress: the last {no_progress_restarts} restarts all resumed from "
                                       f"step {checkpoint_step}")
     return RestartDecision(True, f"restart {len(recent) + 1} of {budget} in the window")
-
-
-@dataclass(frozen=True)
-class RollbackPlan:
-    """Where a rollback goes (see :func:`bigops.watchdog.decide.plan_rollback`, which decides it)."""
-    target_tag: str
-    target_step: int
-    aside_tags: list[str]
-    skip_range: tuple[int, int]

@@ -9,7 +9,6 @@ every current problem (open episodes included), then what ended, in order (``big
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -33,7 +32,8 @@ from bigops.watchdog.incidents import IncidentPolicy
 from bigops.watchdog.telemetry_io import (HEARTBEAT_FIELDS, MAX_LINE_BYTES, _number,  # noqa: F401
                                          malformed_finding, read_appended, read_tail, read_tail_at, typed)
 from trainer.config import WatchdogConfig
-from trainer.rundir import RunDir
+from trainer.rundir import (RunDir, last_checkpoint_bytes, latest_checkpoint_facts, read_exit_record,  # noqa: F401
+                            read_heartbeats, supervised, target_step)
 
 
 @dataclass(frozen=True)
@@ -162,91 +162,20 @@ def _pair(p) -> bool:
     return isinstance(p, list) and len(p) == 2 and _int_or(p[0], None) is not None and _number(p[1]) is not None
 
 
-def read_heartbeats(run: RunDir, bad: list | None = None) -> dict[int, dict]:
-    beats = {}
-    for path in sorted((run.telemetry / "heartbeat").glob("rank-*.json")):
-        try:
-            if path.stat().st_size > MAX_LINE_BYTES:
-                continue
-            beat = json.loads(path.read_text())
-            beat = typed(beat, HEARTBEAT_FIELDS, bad if bad is not None else [])
-            rank = beat["rank"]
-            if isinstance(rank, int) and _number(beat.get("time")) is not None:
-                beats[rank] = beat
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return beats
-
-
 def read_gpu_samples(run: RunDir, bad: dict | None = None, config: GpuConfig = GpuConfig()) -> dict[str, list[dict]]:
     """The GPU samples in ``detect_gpu``'s shape, read afresh from the files' tails (``bigops status``, tests);
     the daemon follows them with the ``GpuStream`` in its ``ScanStream``."""
     gpus = GpuStream(xid_window_s=config.xid_window_s)
-    wrong = gpus.advance(run.telemetry / "gpu")
+    wrong = gpus.advance(run.gpu_samples)
     if bad is not None:
         bad.update(wrong)
     return gpus.samples()
-
-
-def target_step(run: RunDir) -> int | None:
-    import tomllib
-    try:
-        value = tomllib.loads(run.run_toml.read_text()).get("train", {}).get("train_steps")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) else None
-
-
-def latest_checkpoint_facts(run: RunDir) -> dict:
-    """The step and creation time of the checkpoint ``latest`` names, from its manifest."""
-    tag = run.latest_tag()
-    if not tag or "/" in tag or tag.startswith("."):
-        return {}
-    try:
-        manifest = json.loads((run.checkpoint(tag) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: manifest.get(k) for k in ("step", "created", "tag")} if isinstance(manifest, dict) else {}
-
-
-SUPERVISOR_FILE = "supervisor.json"
-
-
-def supervisor_path(run: RunDir) -> Path:
-    """Written by ``bigops launch --watch`` while it owns the ranks: {"pid", "host", "started"}."""
-    return run.watchdog / SUPERVISOR_FILE
-
-
-def supervised(run: RunDir, alive: Callable[[int], bool], host: str) -> bool:
-    """A live supervisor owns this run's ranks (on another host: assumed live while its file is there)."""
-    try:
-        data = json.loads(supervisor_path(run).read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
-        return False
-    return data.get("host") != host or alive(data["pid"])
-
-
-def read_exit_record(run: RunDir) -> dict | None:
-    try:
-        data = json.loads(run.exit_record.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def disk_usage(path: Path) -> DiskUsage:
     st = os.statvfs(path)
     return DiskUsage(total_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bavail * st.f_frsize,
                      total_inodes=st.f_files, free_inodes=st.f_favail)
-
-
-def last_checkpoint_bytes(run: RunDir) -> int | None:
-    path = run.telemetry / "checkpoints.jsonl"
-    records, _ = read_tail(path, 50) if path.exists() else ([], 0)
-    saves = [r for r in records if r.get("kind") == "save" and _number(r.get("bytes"))]
-    return int(saves[-1]["bytes"]) if saves else None
 
 
 def compact(findings: list[Finding]) -> list[Finding]:
@@ -287,7 +216,7 @@ def scan_run(run: RunDir, now: float | None = None, config: WatchConfig = WatchC
                                       restarting=supervised(run, config.alive, host))
     if run.root.exists():
         findings += detect_disk((config.disk_usage or disk_usage)(run.root), last_checkpoint_bytes(run), config.disk)
-    wrong_gpu = stream.gpu.advance(run.telemetry / "gpu")  # each sample once
+    wrong_gpu = stream.gpu.advance(run.gpu_samples)  # each sample once
     gpu_samples = stream.gpu.samples()
     for host, wrong in sorted(wrong_gpu.items()):
         findings += malformed_finding(f"gpu:{host}", wrong)

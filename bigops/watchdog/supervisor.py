@@ -59,7 +59,7 @@ from bigops.watchdog.decide import SUPERVISOR_KINDS, Ask, GiveUp, Kill, NotifyOn
     plan_rollback
 from bigops.watchdog.executor import Executor, acted_on, incidents_of, view_for
 from bigops.watchdog.journal import intent_id
-from bigops.watchdog.scan import read_tail, supervisor_path
+from bigops.watchdog.scan import read_tail
 from bigops.watchdog.settings import watch_config
 from bigops.watchdog.state import WatchState
 from trainer import checkpoint as ckpt
@@ -147,7 +147,7 @@ class Supervisor:
     @contextmanager
     def supervising(self):
         """``watchdog/supervisor.json`` names this process while it owns the ranks."""
-        path = supervisor_path(self.run)
+        path = self.run.supervisor
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                             "started": time.time()}) + "\n")
@@ -166,7 +166,7 @@ class Supervisor:
         Raises ConfigError while that supervisor is alive on this host (two must never drive one run)."""
         from bigops.watchdog.detectors.liveness import pid_alive
         try:
-            data = json.loads(supervisor_path(self.run).read_text())
+            data = json.loads(self.run.supervisor.read_text())
         except (OSError, ValueError):
             return None
         if not isinstance(data, dict) or not isinstance(data.get("pid"), int) or isinstance(data["pid"], bool):
@@ -300,7 +300,7 @@ class Supervisor:
             self.set_aside_unusable()
             self.retire_heartbeats()
             try:
-                self._log_offset = (self.run.logs / "ranks.log").stat().st_size
+                self._log_offset = self.run.ranks_log.stat().st_size
             except OSError:
                 self._log_offset = 0
             self.launch_id, self.next_restart = uuid.uuid4().hex[:12], None
@@ -346,7 +346,7 @@ class Supervisor:
             pid = beat.get("pid")
             if beat.get("host") == host and beat.get("phase") != "exit" and isinstance(pid, int) \
                     and not isinstance(pid, bool) and not pid_alive(pid):
-                path = self.run.telemetry / "heartbeat" / f"rank-{rank:05d}.json"
+                path = self.run.heartbeat(rank)
                 if path.is_file():
                     atomic_write_text(path, json.dumps({**beat, "phase": "exit", "retired": time.time()}) + "\n")
 
@@ -355,7 +355,7 @@ class Supervisor:
         this launch wrote to ``logs/ranks.log``: exit.json holds the last writer's, often a survivor's
         collective error ("connection closed by peer"), which comes after the cause."""
         try:
-            with open(self.run.logs / "ranks.log", "rb") as handle:
+            with open(self.run.ranks_log, "rb") as handle:
                 handle.seek(getattr(self, "_log_offset", 0))
                 text = handle.read(1 << 20).decode(errors="replace")
         except OSError:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from launcher.slurm import render
 from launcher.slurm.runner import CommandError, Result
+from trainer.rundir import RunDir
 
 SQUEUE_FORMAT = "%i|%T|%r|%N|%j"
 
@@ -43,7 +44,7 @@ class Chain:
 
     @staticmethod
     def path(run_dir: str) -> str:
-        return f"{run_dir}/slurm/chain.json"
+        return str(RunDir(run_dir).chain_record)
 
     @classmethod
     def load(cls, runner, run_dir: str) -> "Chain | None":
@@ -149,7 +150,7 @@ def exclude_nodes(runner, chain: Chain, nodes: list[str]) -> list[str]:
 def job_records(runner, run_dir: str) -> dict[str, dict]:
     """What each job wrote about itself (``launcher.slurm.job``), by job id."""
     records = {}
-    folder = f"{run_dir}/slurm/jobs"
+    folder = str(RunDir(run_dir).slurm_jobs)
     for name in runner.listdir(folder):
         if name.endswith(".json"):
             text = runner.read_text(f"{folder}/{name}")
@@ -168,10 +169,11 @@ def create(runner, cfg, run_dir: str, workdir: str, run_toml: str, host: str | N
     name = s.job_name or render.default_job_name(run_dir)
     script = render.render_script(cfg, run_dir, job_name=name, workdir=workdir)
     options = render.sbatch_options(cfg, run_dir, name)
-    for folder in (run_dir, f"{run_dir}/slurm/jobs", f"{run_dir}/logs"):
-        runner.mkdir(folder)
-    runner.write_text(f"{run_dir}/run.toml", run_toml)
-    script_path = f"{run_dir}/slurm/job.sbatch"
+    run = RunDir(run_dir)
+    for folder in (run.root, run.slurm_jobs, run.logs):
+        runner.mkdir(str(folder))
+    runner.write_text(str(run.run_toml), run_toml)
+    script_path = str(run.slurm_script)
     runner.write_text(script_path, script, mode=0o755)
     previous = Chain.load(runner, run_dir)
     chain = Chain(run_dir=run_dir, name=name, mode=s.chain_mode, script=script_path, options=options,

@@ -30,7 +30,7 @@ END_CHAIN = (exitcodes.FINISHED, exitcodes.STOPPED_ON_REQUEST)
 
 
 def jobs_dir(run: RunDir) -> Path:
-    return run.root / "slurm" / "jobs"
+    return run.slurm_jobs
 
 
 def checkpoint_step(run: RunDir) -> int | None:
@@ -46,7 +46,7 @@ def job_id() -> str:
 
 
 def _record_path(run: RunDir) -> Path:
-    return jobs_dir(run) / f"{job_id()}.json"
+    return run.slurm_job(job_id())
 
 
 def start(run: RunDir) -> None:
@@ -56,9 +56,9 @@ def start(run: RunDir) -> None:
     atomic_write_text(_record_path(run), json.dumps(record) + "\n")
     run.exit_record.unlink(missing_ok=True)
     from trainer.rundir import make_dir
-    make_dir(run.root / "logs", tighten=True)
-    from trainer import config as config_mod
-    cfg = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
+    make_dir(run.logs, tighten=True)
+    from trainer.rundir import load_run_config
+    cfg = load_run_config(run)
     if cfg.data.source != "synthetic":
         from trainer.data.source import prepare_data
         prepare_data(run, cfg)

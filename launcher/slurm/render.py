@@ -15,6 +15,7 @@ import shlex
 from pathlib import PurePosixPath
 
 from trainer.config import ConfigError, RunConfig, SlurmConfig, world_size_of
+from trainer.rundir import RunDir
 
 q = shlex.quote
 
@@ -92,7 +93,7 @@ def sbatch_options(cfg: RunConfig, run_dir: str, job_name: str) -> list[str]:
     options.append(f"--time={_time(s.time_limit_min)}")
     if s.signal_before_s:
         options.append(f"--signal=B:USR1@{s.signal_before_s}")
-    options += [f"--output={run_dir}/logs/slurm-%j.out", "--open-mode=append", "--no-requeue",
+    options += [f"--output={RunDir(run_dir).slurm_output}", "--open-mode=append", "--no-requeue",
                 "--kill-on-invalid-dep=yes"]
     return options
 
@@ -118,6 +119,7 @@ def render_script(cfg: RunConfig, run_dir: str, *, job_name: str, workdir: str) 
     py = s.python or "python3"
     modules = [m.strip() for m in s.modules.split(",") if m.strip()]
     cpus = s.cpus_per_task or None
+    script_run = RunDir("$RUN_DIR")  # the script's paths, spelled by the contract against its $RUN_DIR
     lines = [
         "#!/bin/bash",
         f"# bigops: one job of the SLURM chain {job_name!r} (rendered by launcher.slurm.render: relaunch, do not edit).",
@@ -161,9 +163,9 @@ def render_script(cfg: RunConfig, run_dir: str, *, job_name: str, workdir: str) 
         "SIGNALLED=",
         "trap 'SIGNALLED=1' USR1",
         'JOB_KEY=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}}',
-        'JOB_RECORD="$RUN_DIR/slurm/jobs/${JOB_KEY:-$SLURM_JOB_ID}.json"',
+        f'JOB_RECORD="{script_run.slurm_job("${JOB_KEY:-$SLURM_JOB_ID}")}"',
         'while kill -0 "$SRUN_PID" 2>/dev/null; do',
-        '    if [ -n "$SIGNALLED" ] && [ "$RUN_DIR/telemetry/metrics.jsonl" -nt "$JOB_RECORD" ]; then',
+        f'    if [ -n "$SIGNALLED" ] && [ "{script_run.metrics}" -nt "$JOB_RECORD" ]; then',
         '        echo "bigops: SIGUSR1: the ranks save and exit"; kill -USR1 "$SRUN_PID"; SIGNALLED=',
         "    fi",
         "    sleep 1 & wait $!",

@@ -18,6 +18,7 @@ from launcher import plan
 from launcher.slurm import chain as chain_mod
 from launcher.slurm import render
 from trainer import config as config_mod
+from trainer.rundir import RunDir, parse_run_config
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 REPO = Path(__file__).resolve().parents[2]
@@ -64,14 +65,13 @@ def chain_config(runner, run_path: str, preset: str, config: Path | None, overri
     """The config the chain's jobs run: the stored run.toml plus ``overrides`` when the run exists (refused
     while it still has jobs queued), else a fresh one whose dp fills the nodes' GPUs; the layout is checked
     against the nodes, and the job's time budget and interpreter are filled in."""
-    stored = runner.read_text(f"{run_path}/run.toml") if read_stored else None
+    stored = runner.read_text(str(RunDir(run_path).run_toml)) if read_stored else None
     if stored is not None:
         existing = chain_mod.Chain.load(runner, run_path)
         if existing is not None and chain_mod.queue(runner, existing):
             raise config_mod.ConfigError(f"{run_path} already has jobs queued: use `bigops chain extend` (or "
                                          f"cancel first)")
-        cfg = plan.resumed_config(config_mod.apply_mapping(config_mod.RunConfig(), tomllib.loads(stored)),
-                                  overrides)
+        cfg = plan.resumed_config(parse_run_config(stored, source=str(RunDir(run_path).run_toml)), overrides)
     else:
         draft = config_mod.resolve(preset, config, overrides)
         if draft.parallel.dp is None:  # fill dp from the nodes' GPUs
@@ -97,7 +97,7 @@ def script_preview(cfg: config_mod.RunConfig, run_path: str) -> list[str]:
     """``--print-script``: the batch script, then a comment line with the sbatch command that would submit it."""
     name = cfg.slurm.job_name or render.default_job_name(run_path)
     script = render.render_script(cfg, run_path, job_name=name, workdir=cfg.slurm.workdir)
-    argv = render.submit_argv(render.sbatch_options(cfg, run_path, name), f"{run_path}/slurm/job.sbatch")
+    argv = render.submit_argv(render.sbatch_options(cfg, run_path, name), str(RunDir(run_path).slurm_script))
     return [script, "# submitted as: " + shlex.join(argv)]
 
 

@@ -10,7 +10,7 @@ from bigops.checkpoint.inventory import scan
 from bigops.checkpoint.prune import Policy, apply_prune, plan_prune
 from bigops.checkpoint.rollback import apply_rollback
 from bigops.cli.main import main as bigops_main
-from bigops.watchdog.policy import RollbackPlan
+from bigops.checkpoint.rollback import RollbackPlan
 from trainer import checkpoint as ckpt
 from trainer.rundir import RunDir, read_jsonl
 

@@ -51,17 +51,17 @@ def test_a_rollback_killed_before_its_skip_range_is_written_completes_after_a_re
     run = supervisor.run
     publish(run, 60, 70, 72)
     procs = spiky_first(supervisor)
-    real = rundir.atomic_write
+    real = rundir.files.atomic_write  # the atomic writes of the contract (atomic_write_text too)
 
     def dying(path, write):
         if path.name == "skip-ranges":
             raise Killed()
         return real(path, write)
-    monkeypatch.setattr(rundir, "atomic_write", dying)
+    monkeypatch.setattr(rundir.files, "atomic_write", dying)
     with pytest.raises(Killed):
         supervisor.run_until_done()
     assert procs[0].poll() is not None
-    monkeypatch.setattr(rundir, "atomic_write", real)
+    monkeypatch.setattr(rundir.files, "atomic_write", real)
 
     again, spawned, _ = supervisor_for(tmp_path, [exitcodes.FINISHED], rollback_skip_batches=2)
     assert again.run_until_done() == exitcodes.FINISHED

@@ -170,12 +170,12 @@ def test_a_full_disk_under_events_jsonl_does_not_stop_the_page(run, monkeypatch)
     import trainer.rundir
 
     monkeypatch.setattr(scan, "disk_usage", lambda path: DiskUsage(100 << 30, 1 << 20, 10**6, 10**6))
-    real_append = trainer.rundir.append_jsonl
+    real_append = trainer.rundir.append_event
 
-    def full(path, record):
+    def full(run, record):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("bigops.watchdog.actions.append_jsonl", full)
+    monkeypatch.setattr("bigops.watchdog.actions.append_event", full)
     monkeypatch.setattr(WatchState, "save", lambda self: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     state, pager = WatchState.load(daemon.state_path(run)), Pager()
     new, facts = daemon.tick(run, state, now=1000.0, notifier=pager)  # must not raise
@@ -183,7 +183,7 @@ def test_a_full_disk_under_events_jsonl_does_not_stop_the_page(run, monkeypatch)
     daemon.tick(run, state, now=1060.0, notifier=pager)
     kinds = {p["kind"] for p in pager.pages}
     assert {"WatchdogStateUnwritable", "WatchdogEventsUnwritable"} <= kinds
-    monkeypatch.setattr("bigops.watchdog.actions.append_jsonl", real_append)
+    monkeypatch.setattr("bigops.watchdog.actions.append_event", real_append)
     daemon.STATE_WRITE_ERRORS.clear()
 
 

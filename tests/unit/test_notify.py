@@ -99,13 +99,13 @@ def test_dead_receiver_is_retried_recorded_and_does_not_block(tmp_path, monkeypa
     monkeypatch.setenv("DEAD_HOOK", f"http://127.0.0.1:{free_port()}/token-xyz")
     spike_run(tmp_path, '[alerts]\nwebhook_env = "DEAD_HOOK"\nretries = 2\n')
     from bigops.notify.notifier import from_config
-    from bigops.watchdog.daemon import events_path, tick
+    from bigops.watchdog.daemon import tick
     from bigops.watchdog.state import WatchState
     from trainer import config as config_mod
     from trainer.rundir import RunDir, append_jsonl
     run = RunDir(tmp_path)
     alerts = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig()).alerts
-    notifier = from_config(alerts, "r", on_result=lambda r: append_jsonl(events_path(run), r))
+    notifier = from_config(alerts, "r", on_result=lambda r: append_jsonl(run.events, r))
     started = time.perf_counter()
     new, _ = tick(run, WatchState.load(tmp_path / "state.json"), notifier=notifier)
     assert new and time.perf_counter() - started < 1.0  # detection did not wait for delivery

@@ -151,7 +151,7 @@ def test_secrets_file_readable_by_others_is_refused(tmp_path, mode):
 def test_secrets_never_reach_events_logs_or_run_toml(tmp_path, monkeypatch):
     """A webhook URL (a secret: it authorises posting) and an SMTP password stay out of every file."""
     from bigops.notify.notifier import for_run
-    from launcher.plan import stored_config
+    from trainer.rundir import load_run_config
     from trainer import config as config_mod
     secret_hook = "http://127.0.0.1:9/hooks/T0123/SECRET-TOKEN-abc"  # port 9: refused, so errors get logged
     password = "hunter2-smtp-SECRET"
@@ -166,7 +166,7 @@ def test_secrets_never_reach_events_logs_or_run_toml(tmp_path, monkeypatch):
     run = RunDir(tmp_path / "run")
     run.root.mkdir()
     run.run_toml.write_text(config_mod.dumps_toml(cfg))
-    notifier = for_run(run, stored_config(run).alerts)
+    notifier = for_run(run, load_run_config(run, missing_ok=True).alerts)
     from bigops.watchdog.actions import record_action
     record_action(run, notifier, "restart", f"crash (reason mentions {secret_hook})", "relaunching", "warning")
     notifier.drain(10)

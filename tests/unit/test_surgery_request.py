@@ -6,7 +6,7 @@ import pytest
 from bigops.checkpoint import surgery as lib
 from bigops.errors import ConfigError, RunInUseError
 from trainer import config as config_mod
-from trainer.control import KILL_SWITCH, read_skip_ranges
+from trainer.control import read_skip_ranges
 from trainer.rundir import RunDir
 
 
@@ -50,7 +50,7 @@ def test_skip_range_arguments_are_parsed_and_written(run):
 def test_lr_rewrite_keeps_the_previous_run_toml(run):
     before_text = run.run_toml.read_text()
     kept = lib.update_run_toml_lr(run, "set-lr-global_step4", 3e-4, 3e-5)
-    assert kept.name == "run.toml.before-set-lr-global_step4" and kept.read_text() == before_text
+    assert kept == run.run_toml_before("set-lr-global_step4") and kept.read_text() == before_text
     cfg = config_mod.load_toml(run.run_toml, base=config_mod.RunConfig())
     assert (cfg.train.lr, cfg.train.min_lr) == (3e-4, 3e-5)
 
@@ -65,7 +65,7 @@ def test_stop_run_pulls_the_kill_switch_waits_and_removes_it(run, monkeypatch):
     alive = [[{"rank": 0}], [{"rank": 0}], []]  # still training for two polls, then stopped
     monkeypatch.setattr(lib, "running_ranks", lambda r: alive.pop(0) if alive else [])
     monkeypatch.setattr(lib.time, "sleep", lambda s: None)
-    switch = run.root / "control" / KILL_SWITCH
+    switch = run.kill_switch
     said = []
     with lib.stopped_run(run, [{"rank": 0}], timeout_s=60, say=said.append):
         assert switch.exists() and not alive  # operated only once every rank had gone
@@ -74,7 +74,7 @@ def test_stop_run_pulls_the_kill_switch_waits_and_removes_it(run, monkeypatch):
 
 def test_stop_run_leaves_a_kill_switch_it_did_not_pull_and_one_that_timed_out(run, monkeypatch):
     monkeypatch.setattr(lib, "running_ranks", lambda r: [])
-    switch = run.root / "control" / KILL_SWITCH
+    switch = run.kill_switch
     switch.parent.mkdir()
     switch.write_text("operator\n")
     with lib.stopped_run(run, [{"rank": 0}], timeout_s=60):
@@ -91,4 +91,4 @@ def test_stop_run_leaves_a_kill_switch_it_did_not_pull_and_one_that_timed_out(ru
 def test_no_running_ranks_means_no_kill_switch(run):
     with lib.stopped_run(run, [], timeout_s=60):
         pass
-    assert not (run.root / "control" / KILL_SWITCH).exists()
+    assert not (run.kill_switch).exists()

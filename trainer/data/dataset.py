@@ -19,11 +19,11 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from trainer.rundir import atomic_write, atomic_write_text
+from trainer.rundir import DATA_META, TOKENIZER, atomic_write, atomic_write_text, tokens_name
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # BLOOM's ids 0..3
 EOS = "</s>"
-META = "meta.json"
+META = DATA_META
 
 
 class DataError(Exception):
@@ -78,9 +78,9 @@ def prepare(data_dir: Path, documents: list[str], vocab_size: int, tokenizer_fil
     train_docs = [d for i, d in enumerate(documents) if i % valid_every] if len(documents) >= valid_every \
         else documents[:-1]
     train, valid = _encode(tokenizer, train_docs, eos_id), _encode(tokenizer, valid_docs, eos_id)
-    atomic_write_text(data_dir / "tokenizer.json", tokenizer.to_str())
-    atomic_write(data_dir / "train.bin", train.tofile)
-    atomic_write(data_dir / "valid.bin", valid.tofile)
+    atomic_write_text(data_dir / TOKENIZER, tokenizer.to_str())
+    atomic_write(data_dir / tokens_name("train"), train.tofile)
+    atomic_write(data_dir / tokens_name("valid"), valid.tofile)
     meta = {"source": source, "documents": len(documents), "vocab_size": tokenizer.get_vocab_size(),
             "dtype": str(train.dtype), "train_tokens": int(train.size), "valid_tokens": int(valid.size)}
     atomic_write_text(data_dir / META, json.dumps(meta, indent=1) + "\n")  # last: the data is complete

@@ -14,7 +14,7 @@ from trainer.rundir import RunDir
 
 
 def data_dir(run: RunDir) -> Path:
-    return run.root / "data"
+    return run.data
 
 
 def prepare_data(run: RunDir, cfg: RunConfig) -> dict | None:
@@ -49,4 +49,4 @@ def sample_source(run: RunDir, cfg: RunConfig, split: str = "train") -> Callable
     meta = dataset.read_meta(data_dir(run))
     if meta is None:
         raise dataset.DataError(f"{data_dir(run)} is not prepared (no {dataset.META})")
-    return dataset.TokenDataset(data_dir(run) / f"{split}.bin", meta["dtype"], seq, seed)
+    return dataset.TokenDataset(run.tokens(split), meta["dtype"], seq, seed)

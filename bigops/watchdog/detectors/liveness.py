@@ -11,6 +11,7 @@ from typing import Callable
 
 from bigops.watchdog.findings import Finding
 from trainer import exitcodes
+from trainer.rundir import pid_alive  # noqa: F401 - the contract's; the watchdog's callers import it here
 
 CLEAN_EXITS = (exitcodes.FINISHED, exitcodes.STOPPED_ON_REQUEST, exitcodes.STOPPED_BY_SIGNAL)
 EXIT_RECORD_SLACK_S = 5.0
@@ -52,19 +53,3 @@ def detect_dead_ranks(heartbeats: dict[int, dict], host: str, alive: Callable[[i
                     key="RanksNotRunning:" + ",".join(str(g["pid"]) for g in gone),
                     step=max((g["step"] for g in gone if isinstance(g["step"], int)), default=None),
                     evidence={"host": host, "gone": gone, "exit_code": code})]
-
-
-def pid_alive(pid: int) -> bool:
-    """The process exists and is not a zombie (this host only)."""
-    import os
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

@@ -1,77 +1,15 @@
-"""The run-directory contract (../shared/DESIGN.md): paths and atomic write helpers, in one module.
+"""How run-directory files are written: folder modes, atomic replaces, single-write JSONL appends.
 
-The trainer writes, the CLI and (later) the watchdog read; all of them take their paths from here. It lives
-in ``trainer`` because the trainer must not import ``bigops``; ``bigops`` re-exports it.
-"""
+Every writer of the run directory (trainer, launcher, CLI, watchdog) goes through these, so that a reader
+never sees half a file or half a record, and a power loss never reverts a rename."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
-
-
-@dataclass(frozen=True)
-class RunDir:
-    root: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def run_toml(self) -> Path:
-        return self.root / "run.toml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def latest(self) -> Path:
-        return self.checkpoints / "latest"
-
-    def checkpoint(self, tag: str) -> Path:
-        return self.checkpoints / tag
-
-    @property
-    def telemetry(self) -> Path:
-        return self.root / "telemetry"
-
-    @property
-    def metrics(self) -> Path:
-        return self.telemetry / "metrics.jsonl"
-
-    @property
-    def exit_record(self) -> Path:
-        return self.telemetry / "exit.json"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def watchdog(self) -> Path:
-        return self.root / "watchdog"
-
-    @property
-    def watchdog_state(self) -> Path:
-        """The one writer's incidents, detector streams, restart budget and handled actions."""
-        return self.watchdog / "state.json"
-
-    def latest_tag(self) -> str | None:
-        """The tag ``checkpoints/latest`` names, or None when there is no checkpoint yet."""
-        try:
-            tag = self.latest.read_text(errors="replace").strip()  # a corrupt file is caught by its readers
-        except FileNotFoundError:
-            return None
-        return tag or None
 
 
 DIR_MODE = 0o750

@@ -177,3 +177,56 @@ def _poison(out):
     if isinstance(out, (tuple, list)):
         return type(out)(_poison(o) if torch.is_tensor(o) else o for o in out)
     return None
+
+
+class FaultHooks:
+    """The points where the training loop lets a drill inject a fault; this base class injects none.
+
+    The loop calls every method unconditionally, so it never asks whether faults are on: ``NO_FAULTS`` (this
+    class) is what a production run gets, :class:`EnvFaultHooks` what the ``BIGOPS_FAULT_*`` variables ask for.
+    """
+
+    def samples(self, sample: Callable[[int], torch.Tensor], vocab_size: int) -> Callable[[int], torch.Tensor]:
+        """The sample reader to train on (a drill may corrupt some positions)."""
+        return sample
+
+    def before_step(self, next_step: int, module: torch.nn.Module) -> None:
+        """Before training step ``next_step`` runs (a drill may crash here, or poison the outputs)."""
+
+    def after_step(self, step: int, module: torch.nn.Module, tp_rank: int) -> bool:
+        """After step ``step``: True when a fault changed the weights (a drill may desync the layer norms)."""
+        return False
+
+    def in_save(self, step: int) -> None:
+        """Once this rank's files are in ``.partial-<tag>``, before publishing (a drill may pause or fail)."""
+
+
+NO_FAULTS = FaultHooks()
+
+
+class EnvFaultHooks(FaultHooks):
+    """The trainer's faults as the module docstring's variables ask for them (each reads its own)."""
+
+    def samples(self, sample, vocab_size):
+        return corrupt_samples(sample, vocab_size)
+
+    def before_step(self, next_step, module):
+        maybe_crash(next_step)
+        maybe_nan(next_step, module)
+
+    def after_step(self, step, module, tp_rank):
+        return maybe_desync(step, module, tp_rank)
+
+    def in_save(self, step):
+        in_save(step)
+
+
+# The variables that inject a fault through FaultHooks (SLOW_RANK acts in the heartbeat, SURGERY_PAUSE in
+# bigops surgery; CRASH_ONCE and ONCE_DIR only modify the others).
+TRAINER_FAULTS = (CORRUPT, CRASH, DESYNC, PAUSE_IN_SAVE, ENOSPC_IN_SAVE, NAN_AT_STEP)
+
+
+def hooks_from_env(environ=None) -> FaultHooks:
+    """The hooks this process trains with: ``NO_FAULTS`` unless a ``BIGOPS_FAULT_*`` variable asks for one."""
+    environ = os.environ if environ is None else environ
+    return EnvFaultHooks() if any(environ.get(name) for name in TRAINER_FAULTS) else NO_FAULTS

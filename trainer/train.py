@@ -14,19 +14,22 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
-from trainer import exitcodes, faults, safe_load
+from trainer import exitcodes, safe_load
 from trainer.control import ControlState, acknowledge_save, decide, start_skip_ranges, take_sync_request
 from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
 from trainer.data.source import prepare_data, sample_source
 from trainer.engine import RankContext, build_engine, follow_configured_lr, load_checkpoint, setup_rank
+from trainer.faults import NO_FAULTS, FaultHooks, hooks_from_env
 from trainer.lifeline import Lifeline
 from trainer.parallel.sanity import sync_tp_duplicated, tp_desync
 from trainer.rundir import RunDir, append_event, append_jsonl, load_run_config
@@ -37,7 +40,7 @@ class TopologyMismatch(ckpt.CheckpointError):
 
 
 def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_samples: int,
-                    heartbeat: Heartbeat | None = None) -> str:
+                    heartbeat: Heartbeat | None = None, faults: FaultHooks = NO_FAULTS) -> str:
     """All ranks write into a partial directory; rank 0 then publishes it (manifest, rename, latest)."""
     tag = ckpt.tag_for(step)
     started = time.perf_counter()
@@ -148,10 +151,6 @@ def _skip_ranges_at_start(control: ControlState, run: RunDir,
     return ranges, ckpt.provenance_at_start(run, resumable, ranges)
 
 
-def every(interval: int, step: int) -> bool:
-    return bool(interval) and step % interval == 0
-
-
 def validation_loss(engine, ctx: RankContext, run: RunDir) -> float:
     """Mean loss over ``train.eval_iters`` fixed global batches of held-out text (same on every rank)."""
     cfg = ctx.cfg
@@ -200,129 +199,236 @@ def start_lifeline(run: RunDir) -> Lifeline | None:
         run.exit_record, exitcodes.FAILED, message, rank))
 
 
-def train(run: RunDir, init_hf: str | None = None) -> int:
+@dataclass
+class TrainState:
+    """What the loop carries from one step to the next; ``step`` and ``consumed`` are what a save keeps."""
+
+    step: int = 0
+    consumed: int = 0
+    """Samples of the global stream read so far (skipped ranges included): where the next batch starts."""
+    last_saved: int = -1
+    """The step of the newest checkpoint this run has (-1: none yet, so even step 0 is saved on a stop)."""
+    skipped_in_a_row: int = 0
+    save_due: bool = False
+    """A periodic save is owed: it waits for a step whose update was applied."""
+    measured_desync: float | None = None
+    """The layer-norm desync right after a requested sync, for the next step's record."""
+    code: int = exitcodes.FINISHED
+
+
+@dataclass
+class Loop:
+    """What every step of one rank's loop shares, built once by :func:`setup`."""
+
+    run: RunDir
+    ctx: RankContext
+    engine: object
+    control: ControlState
+    heartbeat: Heartbeat
+    sample: Callable[[int], torch.Tensor]
+    faults: FaultHooks
+    sink: MetricsSink | None
+    flops_per_token: float
+
+    @property
+    def cfg(self) -> config_mod.RunConfig:
+        return self.ctx.cfg
+
+    def save(self, state: TrainState) -> None:
+        """Checkpoint the state's step (all ranks) and remember that it is saved."""
+        save_checkpoint(self.engine, self.ctx, self.run, state.step, state.consumed, self.heartbeat, self.faults)
+        state.last_saved = state.step
+
+
+def every(interval: int, step: int) -> bool:
+    return bool(interval) and step % interval == 0
+
+
+def should_save(step: int, last_saved: int, *, requested: bool = False, due: bool = False,
+                skipped: bool = False) -> bool:
+    """The save rule: is step ``step`` to be checkpointed now? Pure, so that its cases are unit-tested.
+
+    ``requested``: a save request, a stop (kill switch, signal, time budget), a broken skip-ranges file or the end
+    of the run; these save whatever the step was like. ``due``: a periodic save is owed (``train.save_interval``);
+    it waits for a step that was not ``skipped``, since a checkpoint taken in a NaN streak is not one to go back
+    to. A step that is saved already is never saved twice.
+    """
+    if step == last_saved:
+        return False
+    return requested or (due and not skipped)
+
+
+def nonfinite_limit_reached(skipped_in_a_row: int, limit: int) -> bool:
+    """``train.max_skipped_steps_in_a_row`` non-finite steps in a row (0: no limit): the run exits, unsaved."""
+    return bool(limit) and skipped_in_a_row >= limit
+
+
+def start_rank(run: RunDir) -> tuple[RankContext, Heartbeat, ControlState]:
+    """The lifeline, this rank's process groups, its heartbeat and the control files and signals it obeys."""
     lifeline = start_lifeline(run)
     if lifeline is not None:
         lifeline.start()
-    cfg = load_run_config(run)
-    ctx = setup_rank(cfg)
-    cfg, rank0 = ctx.cfg, ctx.is_logging_rank
+    ctx = setup_rank(load_run_config(run))
     heartbeat = Heartbeat(run, ctx.coords.rank)
     if lifeline is not None:
         lifeline.progress = lambda: (heartbeat.beats, heartbeat.phase)
     heartbeat.beat("startup", 0, force=True)
-    exit_s = cfg.train.exit_duration_in_mins * 60 if cfg.train.exit_duration_in_mins else None
-    control = ControlState(run.control, exit_duration_s=exit_s)
+    minutes = ctx.cfg.train.exit_duration_in_mins
+    control = ControlState(run.control, exit_duration_s=minutes * 60 if minutes else None)
     control.install_signal_handlers()
+    return ctx, heartbeat, control
 
-    _rank0_then_share(ctx, lambda: prepare_data(run, cfg))
-    sample = faults.corrupt_samples(sample_source(run, cfg), cfg.model.vocab_size)
+
+def choose_checkpoint(ctx: RankContext, run: RunDir, control: ControlState) -> ckpt.Resumable | None:
+    """The checkpoint to resume from (rank 0 finds and preflights it), checked against this run's layout; sets
+    the skip ranges to train with and the provenance the saves will record."""
     resumable = _rank0_then_share(ctx, lambda: _checked(ckpt.find_resumable(run)))
     if resumable is not None:
-        _check_topology(resumable.manifest, cfg, resumable.tag)
-        if resumable.fell_back_from and rank0:
+        _check_topology(resumable.manifest, ctx.cfg, resumable.tag)
+        if resumable.fell_back_from and ctx.is_logging_rank:
             print(f"warning: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason}); resuming from "
                   f"{resumable.tag}", file=sys.stderr, flush=True)
     ranges, ctx.provenance = _rank0_then_share(ctx, lambda: _skip_ranges_at_start(control, run, resumable))
     control.skip_ranges = [tuple(r) for r in ranges]
+    return resumable
+
+
+def resume(engine, ctx: RankContext, run: RunDir, resumable: ckpt.Resumable | None) -> TrainState:
+    """Load ``resumable`` (weights, optimizer, LR schedule, this rank's RNG streams): the state to go on from."""
+    if resumable is None:
+        return TrainState()
+    started = time.perf_counter()
+    with torch.no_grad():  # loading re-broadcasts tied weights (see build_pipeline_module)
+        _, client = load_checkpoint(engine, str(run.checkpoints), resumable.tag)
+        follow_configured_lr(engine, ctx.cfg)
+    rng_file = resumable.path / f"rng_state_rank{ctx.coords.rank:05d}.pt"
+    if rng_file.is_file():
+        restore_rng_state(rng_file)
+    dist.barrier()
+    saved = (client or {}).get("bigops", {})
+    state = TrainState(step=saved.get("step", 0), consumed=saved.get("consumed_samples", 0))
+    state.last_saved = state.step
+    if ctx.is_logging_rank:
+        log_checkpoint(run, "load", resumable.tag, state.step, time.perf_counter() - started, resumable.path)
+    return state
+
+
+def setup(run: RunDir, init_hf: str | None, faults: FaultHooks) -> tuple[Loop, TrainState]:
+    """Everything before the first step: the rank, the data (prepared once, by rank 0), the engine, the resume."""
+    ctx, heartbeat, control = start_rank(run)
+    cfg = ctx.cfg
+    _rank0_then_share(ctx, lambda: prepare_data(run, cfg))
+    sample = faults.samples(sample_source(run, cfg), cfg.model.vocab_size)
+    resumable = choose_checkpoint(ctx, run, control)
     engine = build_engine(ctx, init_weights=init_from_hf(ctx, init_hf) if init_hf and resumable is None else None)
-    step, consumed = 0, 0
-    if resumable is not None:
-        started = time.perf_counter()
-        with torch.no_grad():  # loading re-broadcasts tied weights (see build_pipeline_module)
-            _, client = load_checkpoint(engine, str(run.checkpoints), resumable.tag)
-            follow_configured_lr(engine, cfg)
-        rng_file = resumable.path / f"rng_state_rank{ctx.coords.rank:05d}.pt"
-        if rng_file.is_file():
-            restore_rng_state(rng_file)
-        dist.barrier()
-        state = (client or {}).get("bigops", {})
-        step, consumed = state.get("step", 0), state.get("consumed_samples", 0)
-        if rank0:
-            log_checkpoint(run, "load", resumable.tag, step, time.perf_counter() - started, resumable.path)
+    state = resume(engine, ctx, run, resumable)
     heartbeat.attach(engine.module)
-    sink = MetricsSink(run) if rank0 else None
     flops = flops_per_token(_n_params(cfg), cfg.model.num_layers, cfg.model.hidden_size, cfg.train.seq_length)
-    world = ctx.dims.world_size
-    last_saved = step if resumable is not None else -1
-    tokens_per_step = cfg.train.global_batch_size * cfg.train.seq_length
-    code = exitcodes.FINISHED
-    skipped_in_a_row, save_due = 0, False
-    measured_desync = None
+    sink = MetricsSink(run) if ctx.is_logging_rank else None
+    return Loop(run, ctx, engine, control, heartbeat, sample, faults, sink, flops), state
+
+
+def step_boundary(loop: Loop, state: TrainState) -> bool:
+    """Between steps: obey the control files and signals (skip ranges, save, stop, live layer-norm sync).
+    True when the loop ends here (a stop, or ``train.train_steps`` reached)."""
+    cfg, step = loop.cfg, state.step
+    decision = decide(loop.control, loop.ctx.is_logging_rank)
+    if decision.skip_ranges_error:  # the file turned unparsable: save, then stop with its error
+        if should_save(step, state.last_saved, requested=True):
+            loop.save(state)
+        raise config_mod.ConfigError(decision.skip_ranges_error)
+    if decision.skip_ranges_changed:  # other data from here on: another trajectory
+        loop.ctx.provenance = ckpt.provenance_after_skip_change(loop.ctx.provenance, step, loop.control.skip_ranges)
+    if should_save(step, state.last_saved, requested=decision.save or decision.stop):
+        loop.save(state)
+    if decision.save and loop.ctx.is_logging_rank:
+        acknowledge_save(loop.control)
+    if decision.stop:
+        state.code = exitcodes.STOPPED_ON_REQUEST if decision.stop_requested else exitcodes.STOPPED_BY_SIGNAL
+        return True
+    if step >= cfg.train.train_steps:
+        return True
+    if decision.sync_layernorm or (cfg.train.sync_tp_duplicated and cfg.parallel.tp > 1):
+        desync = sync_layernorm(loop.engine, loop.ctx, loop.run, loop.control, step, requested=decision.sync_layernorm)
+        if decision.sync_layernorm:
+            state.measured_desync = desync
+    return False
+
+
+def batches(loop: Loop, consumed: int) -> tuple[Iterator, int]:
+    """This rank's micro-batches of the next global batch from sample ``consumed`` on (skip ranges left out),
+    and the stream position after it."""
+    cfg = loop.cfg
+    positions, next_consumed = batch_positions(consumed, cfg.train.global_batch_size, loop.control.skip_ranges)
+    data = rank_micro_batches(positions, loop.ctx.coords.dp_rank, micro_batch=cfg.train.micro_batch_size,
+                              dp=loop.ctx.dims.dp, sample=loop.sample)
+    return data, next_consumed
+
+
+def train_step(loop: Loop, state: TrainState) -> dict:
+    """One optimizer step on the next global batch; advances ``state`` and returns the step's metrics record."""
+    cfg, engine = loop.cfg, loop.engine
+    loop.faults.before_step(state.step + 1, engine.module)
+    data, next_consumed = batches(loop, state.consumed)
+    lr = engine.get_lr()[0]  # the rate this step applies (the scheduler advances inside train_batch)
+    started = time.perf_counter()
+    loss = float(engine.train_batch(data_iter=data))
+    elapsed = time.perf_counter() - started
+    state.step, state.consumed = state.step + 1, next_consumed
+    loop.heartbeat.beat("step", state.step, force=True)
+    grad_norm = engine.get_global_grad_norm()
+    # DeepSpeed's optimizers skip the update when the grad norm is NaN/Inf (a NaN loss makes NaN
+    # gradients): the data is consumed, the weights and the LR schedule are left as they were.
+    skipped = not engine.was_step_applied() or not math.isfinite(loss)
+    state.skipped_in_a_row = state.skipped_in_a_row + 1 if skipped else 0
+    tokens_per_second = cfg.train.global_batch_size * cfg.train.seq_length / elapsed
+    return {
+        "step": state.step, "time": time.time(), "loss": loss,
+        "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr,
+        "step_seconds": elapsed, "tokens_per_second": tokens_per_second,
+        "tflops_per_gpu": tokens_per_second * loop.flops_per_token / loop.ctx.dims.world_size / 1e12,
+        "consumed_samples": state.consumed, "skipped": skipped,
+    }
+
+
+def after_step(loop: Loop, state: TrainState, record: dict) -> None:
+    """The step's checks and telemetry: the TP layer-norm desync, the validation loss, the metrics line."""
+    cfg, engine, step = loop.cfg, loop.engine, state.step
+    if state.measured_desync is not None:
+        record["ln_desync"], state.measured_desync = state.measured_desync, None  # the value right after a sync
+    elif every(cfg.train.ln_desync_interval, step) and cfg.parallel.tp > 1:
+        record["ln_desync"] = tp_desync(engine.module, loop.ctx.tp)
+    if loop.faults.after_step(step, engine.module, loop.ctx.tp.rank):
+        print(f"fault: TP rank 1 layer norms desynced after step {step}", file=sys.stderr, flush=True)
+    if every(cfg.train.eval_interval, step):
+        loop.heartbeat.beat("eval", step)
+        record["val_loss"] = validation_loss(engine, loop.ctx, loop.run)
+    if loop.sink is not None:
+        loop.sink.write(record)
+
+
+def train(run: RunDir, init_hf: str | None = None, faults: FaultHooks = NO_FAULTS) -> int:
+    """Train this rank to ``train.train_steps`` or until told to stop; returns its ``trainer.exitcodes`` code."""
+    loop, state = setup(run, init_hf, faults)
     try:
-        while True:
-            decision = decide(control, rank0)
-            if decision.skip_ranges_error:  # the file turned unparsable: save, then stop with its error
-                if last_saved != step:
-                    save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
-                raise config_mod.ConfigError(decision.skip_ranges_error)
-            if decision.skip_ranges_changed:  # other data from here on: another trajectory
-                ctx.provenance = ckpt.provenance_after_skip_change(ctx.provenance, step, control.skip_ranges)
-            if (decision.save or decision.stop) and last_saved != step:
-                save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
-                last_saved = step
-            if decision.save and rank0:
-                acknowledge_save(control)
-            if decision.stop:
-                code = exitcodes.STOPPED_ON_REQUEST if decision.stop_requested else exitcodes.STOPPED_BY_SIGNAL
+        while not step_boundary(loop, state):
+            record = train_step(loop, state)
+            after_step(loop, state, record)
+            if nonfinite_limit_reached(state.skipped_in_a_row, loop.cfg.train.max_skipped_steps_in_a_row):
+                state.code = exitcodes.NONFINITE_LIMIT  # no save: the weights or data are bad, roll back instead
                 break
-            if step >= cfg.train.train_steps:
-                break
-            if decision.sync_layernorm or (cfg.train.sync_tp_duplicated and cfg.parallel.tp > 1):
-                desync_after = sync_layernorm(engine, ctx, run, control, step, requested=decision.sync_layernorm)
-                if decision.sync_layernorm:
-                    measured_desync = desync_after
-            faults.maybe_crash(step + 1)
-            positions, next_consumed = batch_positions(consumed, cfg.train.global_batch_size, control.skip_ranges)
-            data = rank_micro_batches(positions, ctx.coords.dp_rank, micro_batch=cfg.train.micro_batch_size,
-                                      dp=ctx.dims.dp, sample=sample)
-            faults.maybe_nan(step + 1, engine.module)
-            lr = engine.get_lr()[0]  # the rate this step applies (the scheduler advances inside train_batch)
-            started = time.perf_counter()
-            loss = float(engine.train_batch(data_iter=data))
-            elapsed = time.perf_counter() - started
-            step, consumed = step + 1, next_consumed
-            heartbeat.beat("step", step, force=True)
-            grad_norm = engine.get_global_grad_norm()
-            grad_norm = float(grad_norm) if grad_norm is not None else None
-            # DeepSpeed's optimizers skip the update when the grad norm is NaN/Inf (a NaN loss makes NaN
-            # gradients): the data is consumed, the weights and the LR schedule are left as they were.
-            skipped = not engine.was_step_applied() or not math.isfinite(loss)
-            skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
-            record = {
-                "step": step, "time": time.time(), "loss": loss, "grad_norm": grad_norm, "lr": lr,
-                "step_seconds": elapsed, "tokens_per_second": tokens_per_step / elapsed,
-                "tflops_per_gpu": tokens_per_step / elapsed * flops / world / 1e12,
-                "consumed_samples": consumed, "skipped": skipped,
-            }
-            if measured_desync is not None:
-                record["ln_desync"], measured_desync = measured_desync, None  # the value right after a sync
-            elif every(cfg.train.ln_desync_interval, step) and cfg.parallel.tp > 1:
-                record["ln_desync"] = tp_desync(engine.module, ctx.tp)
-            if faults.maybe_desync(step, engine.module, ctx.tp.rank):
-                print(f"fault: TP rank 1 layer norms desynced after step {step}", file=sys.stderr, flush=True)
-            if every(cfg.train.eval_interval, step):
-                heartbeat.beat("eval", step)
-                record["val_loss"] = validation_loss(engine, ctx, run)
-            if rank0:
-                sink.write(record)
-            limit = cfg.train.max_skipped_steps_in_a_row
-            if limit and skipped_in_a_row >= limit:
-                code = exitcodes.NONFINITE_LIMIT  # no save: the weights or data are bad, roll back instead
-                break
-            # A periodic save waits for a good step: a checkpoint taken in a NaN streak is not one to go back to.
-            save_due = save_due or every(cfg.train.save_interval, step)
-            if save_due and not skipped:
-                save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
-                last_saved, save_due = step, False
-        if code == exitcodes.FINISHED and last_saved != step:
-            save_checkpoint(engine, ctx, run, step, consumed, heartbeat)
-        heartbeat.beat("exit", step, force=True)
+            state.save_due = state.save_due or every(loop.cfg.train.save_interval, state.step)
+            if should_save(state.step, state.last_saved, due=state.save_due, skipped=record["skipped"]):
+                loop.save(state)
+                state.save_due = False
+        if state.code == exitcodes.FINISHED and should_save(state.step, state.last_saved, requested=True):
+            loop.save(state)
+        loop.heartbeat.beat("exit", state.step, force=True)
         dist.barrier()
     finally:
-        if sink is not None:
-            sink.close()
-    return code
+        if loop.sink is not None:
+            loop.sink.close()
+    return state.code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     run = RunDir(args.run_dir)
     rank = int(os.environ.get("RANK", "0"))
     try:
-        code = train(run, init_hf=args.init_hf)
+        code = train(run, init_hf=args.init_hf, faults=hooks_from_env())
         if rank == 0:
             exitcodes.record(run.exit_record, code, exitcodes.describe(code), rank)
         return code

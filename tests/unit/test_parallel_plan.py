@@ -80,3 +80,29 @@ def test_process_group_backend_carries_cpu_tensors_on_gpus():
     assert backend(cuda_available=False) == "gloo"
     # On GPUs the control flags (CPU tensors) need gloo beside NCCL in the same group.
     assert backend(cuda_available=True) == "cpu:gloo,cuda:nccl"
+
+
+def test_parallelize_block_applies_the_plan_table_on_meta():
+    """Every block entry of TP_PLAN becomes its parallel linear with this rank's shard shape; nothing is
+    allocated (the block stays on meta) and every parameter the table shards is split along SHARD_DIMS."""
+    from trainer.model.bloom import BloomBlock
+    from trainer.parallel.layers import ColumnParallelLinear, RowParallelLinear
+    from trainer.parallel.plan import SHARD_DIMS, TP_PLAN, parallelize_block
+
+    cfg = c.ModelConfig(hidden_size=16, num_attention_heads=4)
+    with torch.device("meta"):
+        full = BloomBlock(cfg)
+        block = parallelize_block(BloomBlock(cfg), TPGroup(rank=1, size=2, ranks=(0, 1)))
+    kinds = {name: type(block.get_submodule(name)) for name, style in TP_PLAN.items() if style != "vocab"}
+    assert kinds == {"self_attention.query_key_value": ColumnParallelLinear, "self_attention.dense": RowParallelLinear,
+                     "mlp.dense_h_to_4h": ColumnParallelLinear, "mlp.dense_4h_to_h": RowParallelLinear}
+    full_shapes = dict((n, p.shape) for n, p in full.named_parameters())
+    for name, p in block.named_parameters():
+        assert p.device.type == "meta", name
+        expected = list(full_shapes[name])
+        if name in SHARD_DIMS:
+            expected[SHARD_DIMS[name]] //= 2
+        assert list(p.shape) == expected, name
+    assert {n for n in full_shapes if n in SHARD_DIMS} == {
+        "self_attention.query_key_value.weight", "self_attention.query_key_value.bias", "self_attention.dense.weight",
+        "mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias", "mlp.dense_4h_to_h.weight"}

@@ -10,20 +10,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.model.bloom import BloomAttention, BloomBlock, BloomMLP, alibi_slopes
+from trainer.model.bloom import BloomBlock, alibi_slopes
 from trainer.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from trainer.parallel.mappings import TPGroup
 
-# parameter-name suffix -> dimension split over TP ranks. Anything else is duplicated on every TP rank.
-SHARD_DIMS: dict[str, int] = {
-    "word_embeddings.weight": 0,                      # vocab-parallel rows
-    "self_attention.query_key_value.weight": 0,       # column-parallel (whole heads per rank)
-    "self_attention.query_key_value.bias": 0,
-    "self_attention.dense.weight": 1,                 # row-parallel
-    "mlp.dense_h_to_4h.weight": 0,                    # column-parallel
-    "mlp.dense_h_to_4h.bias": 0,
-    "mlp.dense_4h_to_h.weight": 1,                    # row-parallel
+# module-name suffix -> how that layer is split over TP ranks (Megatron's layout). Everything not named here
+# (layer norms, row-parallel biases) is duplicated on every TP rank.
+TP_PLAN: dict[str, str] = {
+    "word_embeddings": "vocab",                       # vocab-parallel rows (built so by trainer.pipeline)
+    "self_attention.query_key_value": "column",       # whole heads per rank: outputs stay split
+    "self_attention.dense": "row",                    # all-reduces; its bias is added once, duplicated
+    "mlp.dense_h_to_4h": "column",
+    "mlp.dense_4h_to_h": "row",
 }
+
+# style -> the dimension each of its parameters is split along (absent: duplicated on every TP rank)
+STYLE_SHARD_DIMS: dict[str, dict[str, int]] = {
+    "vocab": {"weight": 0},
+    "column": {"weight": 0, "bias": 0},
+    "row": {"weight": 1},
+}
+
+# parameter-name suffix -> dimension split over TP ranks, derived from TP_PLAN so the two cannot disagree.
+SHARD_DIMS: dict[str, int] = {f"{module}.{param}": dim for module, style in TP_PLAN.items()
+                              for param, dim in STYLE_SHARD_DIMS[style].items()}
+
+# the linear layer classes a block's plan entries become
+PARALLEL_LINEARS: dict[str, type[nn.Module]] = {"column": ColumnParallelLinear, "row": RowParallelLinear}
 
 
 def shard_dim(name: str) -> int | None:
@@ -59,26 +72,22 @@ def merge(name: str, shards: list[torch.Tensor]) -> torch.Tensor:
 
 
 def parallelize_block(block: BloomBlock, tp: TPGroup) -> BloomBlock:
-    """Swap a block's linears for column/row-parallel ones holding this rank's shard (in place).
+    """Swap a block's linears for column/row-parallel ones holding this rank's shard (in place), as
+    ``TP_PLAN`` says.
 
     Call it on a block built on the ``meta`` device, then materialize and initialize: no full-size weight
     is ever allocated. QKV and h->4h are column-parallel, their outputs stay split; the attention output
     projection and 4h->h are row-parallel and all-reduce. Two all-reduces per block forward, as Megatron.
     """
-    attn: BloomAttention = block.self_attention
-    mlp: BloomMLP = block.mlp
-    device = attn.query_key_value.weight.device
-
-    def column(linear: nn.Linear) -> ColumnParallelLinear:
-        return ColumnParallelLinear(linear.in_features, linear.out_features, tp, device=device)
-
-    def row(linear: nn.Linear) -> RowParallelLinear:
-        return RowParallelLinear(linear.in_features, linear.out_features, tp, device=device)
-
-    attn.query_key_value = column(attn.query_key_value)
-    attn.dense = row(attn.dense)
-    mlp.dense_h_to_4h = column(mlp.dense_h_to_4h)
-    mlp.dense_4h_to_h = row(mlp.dense_4h_to_h)
+    for name, style in TP_PLAN.items():
+        if style not in PARALLEL_LINEARS:
+            continue  # not a block layer (the vocab-parallel embedding)
+        parent_name, _, child = name.rpartition(".")
+        parent = block.get_submodule(parent_name)
+        linear: nn.Linear = getattr(parent, child)
+        setattr(parent, child, PARALLEL_LINEARS[style](linear.in_features, linear.out_features, tp,
+                                                        bias=linear.bias is not None,
+                                                        device=linear.weight.device))
     return block
 
 

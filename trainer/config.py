@@ -255,6 +255,9 @@ class WatchdogConfig:
     exported Prometheus rules (``bigops dashboards export``, GpuHotWarning) are generated with the default."""
     gpu_temperature_critical_c: int = 90
     """... and at or above this one a critical GpuHot (GpuHotCritical pages), at least the warning's."""
+    gpu_sampler_silent_s: int = 120
+    """A node whose GPU sampler (``bigops gpu-monitor``) wrote no sample for this many seconds is
+    GpuSamplerSilent (the watchdog's finding and the exported Prometheus alert alike)."""
 
 
 @dataclass
@@ -511,7 +514,7 @@ NUMERIC_RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "watchdog.rollback_skip_batches": _GE0, "watchdog.spike_patience": _GE0, "watchdog.desync_threshold": _GE0,
     "watchdog.straggler_factor": _GE1, "watchdog.straggler_min_gap_s": _GE0,
     "watchdog.straggler_min_samples": _GE1, "watchdog.gpu_temperature_warning_c": _GE1,
-    "watchdog.gpu_temperature_critical_c": _GE1,
+    "watchdog.gpu_temperature_critical_c": _GE1, "watchdog.gpu_sampler_silent_s": _GE1,
     "slurm.nodes": _GE1, "slurm.gpus_per_node": _GE0, "slurm.cpus_per_task": _GE0, "slurm.time_limit_min": _GE1,
     "slurm.signal_before_s": _GE0, "slurm.exit_margin_min": _GE0, "slurm.chain_jobs": _GE1,
     "slurm.min_queued": _GE1, "slurm.master_port": (("ge", 1), ("le", 65535)),

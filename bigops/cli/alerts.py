@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bigops.cli.options import RunDirArg, existing_run, make_app
+from bigops.cli.options import RunDirArg, Severity, existing_run, make_app
 
 app = make_app("Alerts: render the Prometheus rules, test the run's notification channels.")
 
@@ -37,9 +37,9 @@ def render(
 @app.command("test")
 def test(
     run_dir: RunDirArg,
-    severity: Annotated[str, typer.Option("--severity", help="Severity of the test notification (routes it: "
-                                          "critical goes to the pager in the example Alertmanager config).")]
-    = "warning",
+    severity: Annotated[Severity, typer.Option("--severity", case_sensitive=False, help="Severity of the test "
+                        "notification (routes it: critical goes to the pager in the example Alertmanager config).")]
+    = Severity.warning,
 ) -> None:
     """Send one test notification through every channel of run.toml's alerts section, now, and say what each did
     (exit 1 if any failed)."""
@@ -47,12 +47,11 @@ def test(
     import uuid
 
     from bigops.errors import BigopsError, ConfigError
-    from bigops.notify.notifier import SEVERITY_ORDER, from_config
+    from bigops.notify.notifier import from_config
     from bigops.notify.secrets import redact
     from trainer.rundir import load_run_config
 
-    if severity not in SEVERITY_ORDER:
-        raise ConfigError(f"--severity {severity!r}: use {', '.join(SEVERITY_ORDER)}")
+    severity = severity.value
     run = existing_run(run_dir)
     name = run.root.resolve().name
     notifier = from_config(load_run_config(run, missing_ok=True).alerts, name)  # a SecretError is one line, exit code 2

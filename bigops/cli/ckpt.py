@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bigops.cli.options import DryRunOpt, FormatOpt, OutputFormat, RunDirArg, TagOpt, YesOpt, make_app
+from bigops.cli.options import DryRunOpt, ExportDtype, FormatOpt, OutputFormat, RunDirArg, TagOpt, YesOpt, make_app
 
 app = make_app("Checkpoint tools: list, inspect, verify, prune, mark, export-hf, compare-tp.")
 
@@ -19,15 +19,13 @@ def export_hf_command(
     out_dir: Annotated[Path, typer.Argument(help="New directory for config.json + safetensors (must not exist).",
                                             show_default=False)],
     tag: TagOpt = None,
-    dtype: Annotated[str, typer.Option(help="auto (the training precision), fp32, bf16 or fp16.")] = "auto",
+    dtype: Annotated[ExportDtype, typer.Option(case_sensitive=False, help="auto (the training precision), fp32, "
+                                               "bf16 or fp16.")] = ExportDtype.auto,
 ) -> None:
     """Export a checkpoint of any TP/PP/DP layout to a Hugging Face BLOOM directory."""
-    from bigops.checkpoint.export_hf import DTYPES, export_hf
-    from bigops.errors import ConfigError
+    from bigops.checkpoint.export_hf import export_hf
 
-    if dtype != "auto" and dtype not in DTYPES:
-        raise ConfigError(f"--dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
-    result = export_hf(run_dir, out_dir, tag=tag, dtype=dtype)
+    result = export_hf(run_dir, out_dir, tag=tag, dtype=dtype.value)
     typer.echo(f"exported {result.tag} (step {result.step}, {result.num_parameters:,} parameters) "
                f"to {result.out_dir}")
 

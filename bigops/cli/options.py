@@ -24,6 +24,30 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
+class Severity(str, Enum):
+    """``alerts test --severity``: the notifier's severities (``bigops.notify.notifier.SEVERITY_ORDER``)."""
+
+    info = "info"
+    warning = "warning"
+    critical = "critical"
+
+
+class ExportDtype(str, Enum):
+    """``ckpt export-hf --dtype``: the training precision, or one of ``bigops.checkpoint.export_hf.DTYPES``."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class SyncMethod(str, Enum):
+    """``surgery --method``: how TP-duplicated tensors are made equal (``checkpoint.surgery.sync_layernorm_edit``)."""
+
+    mean = "mean"
+    rank0 = "rank0"
+
+
 # ------------------------------------------------------------------------------------------------ the run
 RunDirArg = Annotated[Path, typer.Argument(help="The run directory (holds run.toml, checkpoints/, telemetry/).",
                                            show_default=False)]

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from bigops.cli.options import DryRunOpt, RunDirArg, TagOpt, YesOpt
+from bigops.cli.options import DryRunOpt, RunDirArg, SyncMethod, TagOpt, YesOpt
 from trainer.rundir import RELATIVE
 
 console = Console(highlight=False, soft_wrap=True)
@@ -21,8 +21,8 @@ def surgery(
     sync_layernorm: Annotated[bool, typer.Option("--sync-layernorm", help="Make TP-duplicated tensors "
                               "(layer norms, row-parallel biases) identical on every TP rank: weights, fp32 "
                               "master weights and Adam moments.")] = False,
-    method: Annotated[str, typer.Option("--method", help="mean (average over TP ranks) or rank0 (TP rank 0's "
-                                        "copy everywhere).")] = "mean",
+    method: Annotated[SyncMethod, typer.Option("--method", case_sensitive=False, help="mean (average over TP "
+                                               "ranks) or rank0 (TP rank 0's copy everywhere).")] = SyncMethod.mean,
     reset_optimizer: Annotated[bool, typer.Option("--reset-optimizer", help="Zero Adam's moments and step "
                                "counts (master weights kept).")] = False,
     reset_lr_schedule: Annotated[bool, typer.Option("--reset-lr-schedule", help="Restart the LR schedule "
@@ -49,7 +49,7 @@ def surgery(
     from trainer.rundir import RunDir
 
     run = RunDir(Path(run_dir))
-    request = lib.Request(sync_layernorm=sync_layernorm, method=method, reset_optimizer=reset_optimizer,
+    request = lib.Request(sync_layernorm=sync_layernorm, method=method.value, reset_optimizer=reset_optimizer,
                           reset_lr_schedule=reset_lr_schedule, set_consumed_samples=set_consumed_samples,
                           set_lr=set_lr, set_min_lr=set_min_lr,
                           skip_ranges=lib.parse_skip_range_args(skip_range or []))

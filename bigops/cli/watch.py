@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -14,7 +14,8 @@ from bigops.cli.options import DryRunOpt, FormatOpt, OutputFormat, RunDirArg, ex
 def watch(
     run_dir: RunDirArg,
     once: Annotated[bool, typer.Option("--once", help="One pass, then exit (for cron or a test).")] = False,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between passes.")] = 10.0,
+    interval: Annotated[Optional[float], typer.Option(
+        "--interval", help="Seconds between passes (default: the run's watchdog.interval_s).")] = None,
     dry_run: DryRunOpt = False,
     output_format: FormatOpt = OutputFormat.text,
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port "
@@ -32,41 +33,34 @@ def watch(
     sees, and takes over as the writer when that one is gone. With --dry-run it decides and records, but takes
     no action; with --format json it prints one object per finding."""
     from bigops.errors import ConfigError
-    from bigops.notify.notifier import for_run
+    from bigops.metrics.exporter import serve_run
     from bigops.watchdog.daemon import state_path, tick
     from bigops.watchdog.state import WatchState
-    from trainer.rundir import load_run_config
+    from bigops.watchdog.lock import LockHeld, WriterLock, describe
+    from bigops.watchdog.settings import watch_config
+    from trainer.rundir import load_run_config, pid_alive
 
-    if interval <= 0:
+    if interval is not None and interval <= 0:
         raise ConfigError(f"--interval {interval}: must be positive")
     run = existing_run(run_dir)
-    from bigops.watchdog.lock import LockHeld, WriterLock, describe
     lock = WriterLock(run, "watch")
     try:
         lock.acquire()
     except LockHeld as held:
         typer.echo(f"observing: {describe(held.holder) if held.holder else 'another watchdog'} is the writer of "
                    f"{run.root} (this watch detects and exports, and neither notifies nor acts)", err=True)
-    state = WatchState.load(state_path(run))
     run_config = load_run_config(run, missing_ok=True)
-    notifier = for_run(run, run_config.alerts) if lock.held else None
-    if notifier is not None:
-        notifier.resend_pending()
-    from trainer.rundir import pid_alive
-    from bigops.watchdog.settings import watch_config
+    interval = run_config.watchdog.interval_s if interval is None else interval
     config = watch_config(run_config, alive=pid_alive)  # standalone: nobody else watches the pids
-    collector = None
-    if metrics_port:
-        from bigops.metrics.exporter import serve_run
-        collector = serve_run(run, metrics_port, metrics_address)
+    collector = serve_run(run, metrics_port, metrics_address) if metrics_port else None
+    state, notifier = _as_writer(run) if lock.held else (WatchState.load(state_path(run)), None)
     while True:
         now = time.time()
         if not lock.held:
             try:
                 lock.acquire(now)
                 typer.echo(f"the writer of {run.root} is gone: this watch is the writer now", err=True)
-                state, notifier = WatchState.load(state_path(run)), for_run(run, load_run_config(run, missing_ok=True).alerts)
-                notifier.resend_pending()
+                state, notifier = _as_writer(run)
             except LockHeld:
                 pass
         lock.renew(now)
@@ -81,6 +75,18 @@ def watch(
             lock.release()
             return
         time.sleep(interval)
+
+
+def _as_writer(run) -> tuple:
+    """What the writer works with: the watchdog state as on disk now (another writer may have left it) and a
+    notifier that first resends what the previous writer left undelivered."""
+    from bigops.notify.notifier import for_run
+    from bigops.watchdog.daemon import state_path
+    from bigops.watchdog.state import WatchState
+    from trainer.rundir import load_run_config
+    notifier = for_run(run, load_run_config(run, missing_ok=True).alerts)
+    notifier.resend_pending()
+    return WatchState.load(state_path(run)), notifier
 
 
 def _print_pass(new: list, facts: dict, output_format: OutputFormat) -> None:

@@ -31,7 +31,8 @@ GPU_HOT_WARNING_C = WatchdogConfig.gpu_temperature_warning_c
 GPU_HOT_CRITICAL_C = WatchdogConfig.gpu_temperature_critical_c
 """GpuHotWarning / GpuHotCritical: the watchdog's own GpuHot limits (``watchdog.gpu_temperature_*_c``), as
 their defaults (the rules are generated once, for every run)."""
-GPU_SILENT_S = 300
+GPU_SILENT_S = WatchdogConfig.gpu_sampler_silent_s
+"""GpuSamplerSilent: the watchdog's own limit (``watchdog.gpu_sampler_silent_s``), as its default."""
 
 
 @dataclass(frozen=True)

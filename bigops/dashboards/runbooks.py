@@ -339,7 +339,8 @@ PAGES: dict[str, Page] = {
         "Check temperature and power on the cluster-health dashboard; tell the operators; drain the node if it "
         "lasts.", see_also=("GpuHot", "Straggler")),
     "GpuSamplerSilent": Page(
-        "`bigops gpu-monitor` on a node has written no sample for minutes.",
+        f"`bigops gpu-monitor` on a node has written no sample for {WatchdogConfig.gpu_sampler_silent_s} s "
+        "(`watchdog.gpu_sampler_silent_s`).",
         "GPU faults on that node go unseen.",
         (GPU_LOG, "ps -C python3 -o pid,etime,cmd | grep gpu-monitor  # on the node"),
         "Restart it on that node: `bigops gpu-monitor RUN --interval 10`. NVML errors: `nvidia-smi` on the node."),

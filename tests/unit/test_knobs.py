@@ -61,6 +61,7 @@ def test_the_watchdog_settings_are_the_options_defaults():
     gpu = WatchConfig().gpu
     assert (alerts.GPU_HOT_WARNING_C, alerts.GPU_HOT_CRITICAL_C) == (gpu.temperature_warning_c,
                                                                      gpu.temperature_critical_c) == (85, 90)
+    assert alerts.GPU_SILENT_S == gpu.stale_after_s == 120  # GpuSamplerSilent: the finding and the alert agree
     notifier = Notifier([])
     assert (notifier.min_severity, notifier.rate_limit, notifier.retries) == (
         cfg.alerts.min_severity, cfg.alerts.rate_limit_per_minute, cfg.alerts.retries)
@@ -71,11 +72,12 @@ def test_watchdog_options_reach_their_detectors_and_are_checked():
     cfg = C.apply_overrides(C.preset("tiny"), [
         "watchdog.hang_factor=4", "watchdog.hang_checkpoint_timeout_s=99", "watchdog.straggler_min_samples=7",
         "watchdog.spike_patience=3", "watchdog.desync_threshold=0.5", "watchdog.gpu_temperature_warning_c=70",
-        "watchdog.gpu_temperature_critical_c=75", "watchdog.on_desync=ask"])
+        "watchdog.gpu_temperature_critical_c=75", "watchdog.on_desync=ask", "watchdog.gpu_sampler_silent_s=300"])
     config = watch_config(cfg)
     assert (config.hang.factor, config.hang.checkpoint_timeout_s, config.straggler.min_samples) == (4.0, 99.0, 7)
     assert (config.loss.spike_patience, config.desync.threshold, config.on_desync) == (3, 0.5, "ask")
     assert (config.gpu.temperature_warning_c, config.gpu.temperature_critical_c) == (70, 75)
+    assert config.gpu.stale_after_s == 300
     bad_options = (("on_desync=reboot", "watchdog.on_desync"), ("desync_threshold=-1", "watchdog.desync_threshold"),
                    ("straggler_factor=0.5", "watchdog.straggler_factor"))
     for bad, option in bad_options:
@@ -111,3 +113,15 @@ def test_every_watchdog_option_reaches_the_detectors_or_the_policy(option):
     value = getattr(cfg.watchdog, option)
     setattr(cfg.watchdog, option, next(v for v in allowed if v != value) if allowed else value + 1)
     assert (watch_config(cfg), Policy.of(cfg)) != (watch_config(default), Policy.of(default))
+
+
+def test_cli_choices_are_the_librarys_tables():
+    """The CLI's choices (--severity, --dtype, --method) are the values the library accepts, no more, no less."""
+    from bigops.checkpoint.export_hf import DTYPES
+    from bigops.cli.options import ExportDtype, Severity, SyncMethod
+    from bigops.checkpoint.surgery import sync_layernorm_edit
+    from bigops.notify.notifier import SEVERITY_ORDER
+    assert [s.value for s in Severity] == list(SEVERITY_ORDER)
+    assert [d.value for d in ExportDtype] == ["auto", *DTYPES]
+    for method in SyncMethod:
+        assert sync_layernorm_edit(method.value).name == "sync-layernorm"

@@ -65,7 +65,9 @@ def test_version_and_help(capsys):
     (["launch", "--init-hf", "/nonexistent"], 2, "has no config.json"),
     (["ckpt", "export-hf", "/nonexistent/run", "/tmp/x"], 3, "error: /nonexistent/run is not a directory"),
     (["ckpt", "export-hf", "RUN", "/tmp/x"], 3, "has no checkpoint yet"),
-    (["ckpt", "export-hf", "RUN", "/tmp/x", "--dtype", "int8"], 2, "--dtype 'int8'"),
+    (["ckpt", "export-hf", "RUN", "/tmp/x", "--dtype", "int8"], 2, "'int8' is not one of 'auto', 'fp32'"),
+    (["surgery", "RUN", "--sync-layernorm", "--method", "median"], 2, "'median' is not one of 'mean', 'rank0'"),
+    (["alerts", "test", "RUN", "--severity", "loud"], 2, "'loud' is not one of 'info', 'warning', 'critical'"),
     (["launch", "--bogus"], 2, "No such option"),
 ])
 def test_bad_input_is_one_line_and_an_exit_code(args, code, message, tmp_path):

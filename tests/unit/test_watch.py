@@ -194,3 +194,20 @@ def test_exporter_shows_forward_seconds_and_pending_approvals(tmp_path):
     text = generate_latest(registry).decode()
     assert 'bigops_rank_forward_seconds{rank="0",run="r"} 0.25' in text
     assert 'bigops_watchdog_pending_approvals{run="r"} 1.0' in text
+
+
+def test_watch_waits_the_runs_interval_unless_told(tmp_path, monkeypatch):
+    """`--interval` defaults to the run's `watchdog.interval_s` (one declaration of the knob)."""
+    import bigops.cli.watch as watch_cli
+    write_run(tmp_path, [{"step": i, "loss": 2.0, "grad_norm": 1.0, "skipped": False} for i in range(1, 5)])
+    (tmp_path / "run.toml").write_text("[watchdog]\ninterval_s = 2.5\n")
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        raise KeyboardInterrupt  # ends the loop after its first pass, as Ctrl-C would
+
+    monkeypatch.setattr(watch_cli.time, "sleep", sleep)
+    assert main(["watch", str(tmp_path)]) != 0
+    assert main(["watch", str(tmp_path), "--interval", "7"]) != 0
+    assert waits == [2.5, 7.0]

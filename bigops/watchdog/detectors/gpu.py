@@ -21,7 +21,8 @@ class GpuConfig:
     """GpuHot (warning) at or above this (``watchdog.gpu_temperature_warning_c``)."""
     temperature_critical_c: float = WatchdogConfig.gpu_temperature_critical_c
     """GpuHot (critical) at or above this (``watchdog.gpu_temperature_critical_c``)."""
-    stale_after_s: float = 120.0
+    stale_after_s: float = WatchdogConfig.gpu_sampler_silent_s
+    """GpuSamplerSilent when a host's newest sample is older than this (``watchdog.gpu_sampler_silent_s``)."""
     xid_window_s: float = 1800.0
     """An XID stays in view this long after the sample that reported it (``bigops.watchdog.gpu_stream``)."""
 

@@ -45,12 +45,14 @@ def setup_rank(cfg: RunConfig) -> RankContext:
 
 
 def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Megatron's groups: no weight decay on biases and LayerNorm parameters."""
+    """Megatron's groups: no weight decay on biases and LayerNorm parameters (found by module type: in
+    Megatron-DeepSpeed's layout the final norm's parameters are named just ``weight`` / ``bias``)."""
+    norms = {id(p) for m in module.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
     decay, no_decay = [], []
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if name.endswith(".bias") or "layernorm" in name or "ln_f" in name else decay).append(param)
+        (no_decay if name.endswith(".bias") or id(param) in norms else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

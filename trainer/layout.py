@@ -108,6 +108,12 @@ def locate(num_layers: int, name: str) -> tuple[int, str]:
     raise ValueError(f"{name!r} is not a parameter of a {num_layers}-block BLOOM")
 
 
+def pipe_param_name(layer: int, key: str) -> str:
+    """The name DeepSpeed's PipelineModule gives the parameter ``key`` of layer ``layer`` (the optimizer files'
+    and a universal checkpoint's name): ``tied_modules.embed.<key>`` for the embedding, else ``<layer>.<key>``."""
+    return f"tied_modules.{TIED_KEY}.{key}" if layer == EMBEDDING_LAYER else f"{layer}.{key}"
+
+
 # ------------------------------------------------------------------------------------- engine-file metadata
 
 def universal_checkpoint_info(original_vocab_size: int, padded_vocab_size: int) -> dict:

@@ -26,7 +26,8 @@ from trainer.control import ControlState, acknowledge_save, decide, start_skip_r
 from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
 from trainer.data.source import prepare_data, sample_source
-from trainer.engine import RankContext, build_engine, follow_configured_lr, load_checkpoint, setup_rank
+from trainer.engine import (RankContext, build_engine, checkpoint_client_state, follow_configured_lr, load_checkpoint,
+                            setup_rank)
 from trainer.lifeline import Lifeline
 from trainer.parallel.sanity import sync_tp_duplicated, tp_desync
 from trainer.rundir import RunDir, append_event, append_jsonl, load_run_config
@@ -48,9 +49,7 @@ def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_s
         import shutil
         shutil.rmtree(partial)
     dist.barrier()
-    client_state = {**layout.engine_metadata(ctx.cfg, step, consumed_samples),  # Megatron-DeepSpeed's keys
-                    "bigops": {"step": step, "consumed_samples": consumed_samples,
-                               "config": config_mod.to_dict(ctx.cfg)}}
+    client_state = checkpoint_client_state(engine, ctx.cfg, step, consumed_samples)
     engine.save_checkpoint(str(run.checkpoints), tag=partial.name, client_state=client_state, save_latest=False)
     torch.save(rng_state(), partial / f"rng_state_rank{ctx.coords.rank:05d}.pt")  # DeepSpeed saves no RNG
     faults.in_save(step)

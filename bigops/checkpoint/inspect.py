@@ -104,15 +104,17 @@ def _pickled_globals(path: Path) -> set[str]:
 
 
 def load(path: Path) -> Any:
-    """``torch.load`` of one checkpoint file, weights only, memory-mapped; DeepSpeed objects become inert."""
+    """``torch.load`` of one checkpoint file, weights only, memory-mapped; DeepSpeed objects become inert, and
+    Megatron's ``args`` (an ``argparse.Namespace`` of plain values) is allowed as it is."""
     import torch
 
     from bigops.errors import CheckpointError
+    from trainer.safe_load import MEGATRON_GLOBALS, resolve
     try:
         foreign = sorted(g for g in _pickled_globals(path) if g.startswith("deepspeed."))
         stubs = [(_STUBS.setdefault(g, type(g.rsplit(".", 1)[1], (_Inert,), {"__module__": __name__})), g)
                  for g in foreign]
-        with torch.serialization.safe_globals(stubs):
+        with torch.serialization.safe_globals([*stubs, *resolve(MEGATRON_GLOBALS)]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # truncated, corrupt or foreign: one line, never a traceback
         raise CheckpointError(f"{path} cannot be loaded ({type(exc).__name__}): the file is damaged or "

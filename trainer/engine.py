@@ -45,12 +45,14 @@ def setup_rank(cfg: RunConfig) -> RankContext:
 
 
 def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Megatron's groups: no weight decay on biases and LayerNorm parameters."""
+    """Megatron's groups: no weight decay on biases and LayerNorm parameters (found by module type: in
+    Megatron-DeepSpeed's layout the final norm's parameters are named just ``weight`` / ``bias``)."""
+    norms = {id(p) for m in module.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
     decay, no_decay = [], []
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if name.endswith(".bias") or "layernorm" in name or "ln_f" in name else decay).append(param)
+        (no_decay if name.endswith(".bias") or id(param) in norms else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -105,6 +107,24 @@ def load_checkpoint(engine, checkpoints_dir: str, tag: str):
         finally:
             optimizer.load_state_dict = original
     return engine.load_checkpoint(checkpoints_dir, tag=tag)
+
+
+def checkpoint_client_state(engine, cfg: RunConfig, step: int, consumed_samples: int) -> dict:
+    """What a save adds to DeepSpeed's engine files: Megatron-DeepSpeed's keys (``trainer.layout``) and ours.
+
+    With bf16 at ZeRO stage 0 DeepSpeed 0.19 leaves ``param_shapes`` out (it writes them for ZeRO only), yet
+    the BF16_Optimizer files are flat partitions that only those shapes cut back into parameters: the
+    universal-checkpoint converter refuses the checkpoint without them. Megatron-DeepSpeed's BLOOM checkpoints
+    (DeepSpeed of 2022, which counted bf16 as ZeRO state) have them, so we write them, in DeepSpeed's own form.
+    """
+    from trainer import config as config_mod
+    from trainer import layout
+
+    state = layout.engine_metadata(cfg, step, consumed_samples)
+    if engine.bfloat16_enabled() and not engine.zero_optimization() and engine.optimizer is not None:
+        state["param_shapes"] = engine._get_zero_param_shapes()
+    state["bigops"] = {"step": step, "consumed_samples": consumed_samples, "config": config_mod.to_dict(cfg)}
+    return state
 
 
 def follow_configured_lr(engine, cfg: RunConfig) -> float:

@@ -95,9 +95,8 @@ def maybe_desync(step: int, module: torch.nn.Module, tp_rank: int) -> bool:
     if not spec or int(spec) != step or tp_rank != 1:
         return False
     from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
-    for name, param in module.named_parameters():
-        if "layernorm" not in name and "ln_f" not in name:
-            continue
+    from torch import nn
+    for param in (p for m in module.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()):
         if hasattr(param, "_hp_mapping"):
             master = safe_get_full_fp32_param(param).float() + 0.01
             safe_set_full_fp32_param(param, master)

@@ -7,7 +7,8 @@ whoever wrote the file can write the manifest too. Here every checkpoint file is
 ``weights_only=True``: tensors, containers and plain values, plus the classes named below and nothing else:
 
 - :data:`DEEPSPEED_GLOBALS`: the three DeepSpeed classes its optimizer files pickle (ZeRO-1, and a bf16
-  ZeRO-0 engine file) — the one list, also used by ``bigops.checkpoint.dsfiles``;
+  ZeRO-0 engine file), and :data:`MEGATRON_GLOBALS`: ``argparse.Namespace``, Megatron's ``args`` in every
+  engine file — together :data:`ENGINE_GLOBALS`, the one list, also used by ``bigops.checkpoint.dsfiles``;
 - :data:`NUMPY_RNG_GLOBALS`: what NumPy's generator state in our ``rng_state_rank*.pt`` needs (an array of
   uint32 and its dtype).
 
@@ -30,6 +31,11 @@ DEEPSPEED_GLOBALS = (
     "deepspeed.runtime.zero.config.ZeroStageEnum",
 )
 """Classes DeepSpeed pickles into its checkpoint files (optimizer state), by their import path."""
+MEGATRON_GLOBALS = ("argparse.Namespace",)
+"""What Megatron-DeepSpeed's engine files pickle besides: ``args``, a Namespace of plain values (ours too, see
+``trainer.layout.megatron_args``). Unpickling one sets attributes from a dict; it calls nothing."""
+ENGINE_GLOBALS = DEEPSPEED_GLOBALS + MEGATRON_GLOBALS
+"""The allow-list of every model, engine and optimizer file."""
 NUMPY_RNG_GLOBALS = ("numpy._core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype",
                      "numpy.dtypes.UInt32DType")
 """What ``numpy.random.get_state()`` pickles (numpy 2; ``_reconstruct`` only builds an ndarray)."""
@@ -48,10 +54,10 @@ def resolve(names) -> list:
 
 
 def deepspeed_safe_globals() -> list:
-    return resolve(DEEPSPEED_GLOBALS)
+    return resolve(ENGINE_GLOBALS)
 
 
-def load(path: str | Path, map_location: Any = None, allow=DEEPSPEED_GLOBALS, mmap: bool = False) -> Any:
+def load(path: str | Path, map_location: Any = None, allow=ENGINE_GLOBALS, mmap: bool = False) -> Any:
     """``torch.load`` weights only, with ``allow`` (import paths) as the only classes besides torch's own.
 
     Raises CheckpointError (one line) for a missing, damaged or refused file; nothing in it runs."""
@@ -161,7 +167,7 @@ def preflight(directory: Path) -> None:
     import torch
 
     for path in sorted(Path(directory).glob("*.pt")):
-        allowed = set(NUMPY_RNG_GLOBALS if path.name.startswith("rng_state_rank") else DEEPSPEED_GLOBALS)
+        allowed = set(NUMPY_RNG_GLOBALS if path.name.startswith("rng_state_rank") else ENGINE_GLOBALS)
         try:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # not a zip checkpoint (legacy format) or damaged: the weights-only load decides

@@ -23,12 +23,13 @@ import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
-from trainer import exitcodes, safe_load
+from trainer import exitcodes, layout, safe_load
 from trainer.control import ControlState, acknowledge_save, decide, start_skip_ranges, take_sync_request
 from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
 from trainer.data.source import prepare_data, sample_source
-from trainer.engine import RankContext, build_engine, follow_configured_lr, load_checkpoint, setup_rank
+from trainer.engine import (RankContext, build_engine, checkpoint_client_state, follow_configured_lr, load_checkpoint,
+                            setup_rank)
 from trainer.faults import NO_FAULTS, FaultHooks, hooks_from_env
 from trainer.lifeline import Lifeline
 from trainer.parallel.sanity import sync_tp_duplicated, tp_desync
@@ -51,8 +52,7 @@ def save_checkpoint(engine, ctx: RankContext, run: RunDir, step: int, consumed_s
         import shutil
         shutil.rmtree(partial)
     dist.barrier()
-    client_state = {"bigops": {"step": step, "consumed_samples": consumed_samples,
-                               "config": config_mod.to_dict(ctx.cfg)}}
+    client_state = checkpoint_client_state(engine, ctx.cfg, step, consumed_samples)
     engine.save_checkpoint(str(run.checkpoints), tag=partial.name, client_state=client_state, save_latest=False)
     torch.save(rng_state(), partial / f"rng_state_rank{ctx.coords.rank:05d}.pt")  # DeepSpeed saves no RNG
     faults.in_save(step)
@@ -133,8 +133,10 @@ def init_from_hf(ctx: RankContext, directory: str):
 
 
 def _checked(resumable: ckpt.Resumable | None) -> ckpt.Resumable | None:
-    """Rank 0: refuse a checkpoint whose files pickle anything outside the allow-list (trainer.safe_load)."""
+    """Rank 0: refuse a checkpoint whose files pickle anything outside the allow-list (trainer.safe_load), or
+    one in the layout of earlier bigops versions (trainer.layout)."""
     if resumable is not None:
+        layout.check_written_layout(resumable.path)
         safe_load.preflight(resumable.path)
     return resumable
 

@@ -12,8 +12,9 @@ A tag directory of a TP x PP x DP run holds:
   the partition (ZeRO-1 and DeepSpeed's BF16_Optimizer share this layout);
 - ``rng_state_rankNNNNN.pt`` (ours).
 
-Everything is loaded with ``weights_only=True``; the three DeepSpeed classes an optimizer file pickles are
-allow-listed by name (``trainer.safe_load.DEEPSPEED_GLOBALS``), nothing else.
+Everything is loaded with ``weights_only=True``; the three DeepSpeed classes an optimizer file pickles and
+Megatron's ``argparse.Namespace`` of an engine file are allow-listed by name (``trainer.safe_load.ENGINE_GLOBALS``),
+nothing else.
 """
 
 from __future__ import annotations

@@ -104,15 +104,17 @@ def _pickled_globals(path: Path) -> set[str]:
 
 
 def load(path: Path) -> Any:
-    """``torch.load`` of one checkpoint file, weights only, memory-mapped; DeepSpeed objects become inert."""
+    """``torch.load`` of one checkpoint file, weights only, memory-mapped; DeepSpeed objects become inert, and
+    Megatron's ``args`` (an ``argparse.Namespace`` of plain values) is allowed as it is."""
     import torch
 
     from bigops.errors import CheckpointError
+    from trainer.safe_load import MEGATRON_GLOBALS, resolve
     try:
         foreign = sorted(g for g in _pickled_globals(path) if g.startswith("deepspeed."))
         stubs = [(_STUBS.setdefault(g, type(g.rsplit(".", 1)[1], (_Inert,), {"__module__": __name__})), g)
                  for g in foreign]
-        with torch.serialization.safe_globals(stubs):
+        with torch.serialization.safe_globals([*stubs, *resolve(MEGATRON_GLOBALS)]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # truncated, corrupt or foreign: one line, never a traceback
         raise CheckpointError(f"{path} cannot be loaded ({type(exc).__name__}): the file is damaged or "
@@ -194,27 +196,19 @@ class Report:
         return out
 
 
-def _role(index: int, num_layers: int | None) -> str:
-    if index == 0:
-        return "embedding"
-    if index == 1:
-        return "embedding layernorm"
-    if num_layers is not None and 2 <= index <= num_layers + 1:
-        return f"block {index - 2}"
-    if num_layers is not None and index == num_layers + 2:
-        return "final layernorm"
-    return "?"
-
-
 def summarize_layer(index: int, shards: list[tuple[int, dict]], num_layers: int | None) -> Layer:
-    """Full shapes of one pipeline layer from its TP shards' ``{name: shape/dtype}`` (pure)."""
+    """Full shapes of one pipeline layer from its TP shards' ``{name: shape/dtype}`` (pure); parameters are
+    named by their HF names where the layout (``trainer.layout``) knows them, else by their keys."""
+    from trainer import layout
     from trainer.parallel.plan import shard_dim
 
-    prefix = f"h.{index - 2}." if num_layers is not None and 2 <= index <= num_layers + 1 else ""
-    layer = Layer(index=index, role=_role(index, num_layers), tp_files=len(shards))
+    layer = Layer(index=index, role=layout.role(num_layers, index), tp_files=len(shards))
     first = shards[0][1]
     for key, (shape, dtype) in first.items():
-        name = prefix + key
+        try:
+            name = layout.hf_name(num_layers, index, key) if num_layers is not None else key
+        except ValueError:
+            name = key
         dim = shard_dim(name) if len(shards) > 1 else None
         full = list(shape)
         if dim is not None and dim < len(full):
@@ -310,13 +304,15 @@ def inspect_checkpoint(path: Path, tag: str, load_optimizer: bool = True) -> Rep
     lrs = (engine_state.get("lr_scheduler") or {}).get("_last_lr") if isinstance(
         engine_state.get("lr_scheduler"), dict) else None
     engine = {k: engine_state.get(k) for k in ("ds_version", "global_steps", "global_samples", "skipped_steps",
-                                               "mp_world_size", "dp_world_size") if k in engine_state}
+                                               "mp_world_size", "dp_world_size", "iteration", "checkpoint_version")
+              if k in engine_state}
+    megatron_layers = getattr(engine_state.get("args"), "num_layers", None)  # Megatron's args, without our config
     if lrs:
         engine["lr"] = lrs[0]
     engine_state = {}  # drop it before reading the next file
 
     files = [classify(n, (path / n).stat().st_size, tp if isinstance(tp, int) else None) for n in names]
-    num_layers = cfg.model.num_layers if cfg else None
+    num_layers = cfg.model.num_layers if cfg else megatron_layers if isinstance(megatron_layers, int) else None
     by_layer: dict[int, list[FileInfo]] = {}
     for f in files:
         if f.kind == KIND_LAYER:

@@ -1,7 +1,8 @@
 """Read a bigops DeepSpeed checkpoint of any TP/PP/DP layout, one pipeline layer at a time.
 
 A tag directory holds ``layer_XX-model_YY-model_states.pt`` (layer XX of the pipeline, TP rank YY: a
-plain state dict), ``mp_rank_XX_model_states.pt`` (engine state; ours carries the run config under
+plain state dict, numbered and named as Megatron-DeepSpeed's BLOOM: ``trainer.layout``),
+``mp_rank_XX_model_states.pt`` (engine state: Megatron's ``args``/``iteration``/... and our run config under
 ``bigops``) and the optimizer files. Only the model-state files are read here, all with
 ``weights_only=True``.
 """
@@ -17,7 +18,7 @@ import torch
 from bigops.errors import CheckpointError
 from trainer import config as config_mod
 from trainer.parallel.plan import merge
-from trainer.pipeline import layer_prefix
+from trainer import layout
 from trainer.rundir import RunDir
 
 
@@ -63,6 +64,10 @@ def open_checkpoint(run_dir: str | Path, tag: str | None = None) -> CheckpointRe
                                   f"{partial_dir(run, tag).name} exists")
         raise CheckpointError(f"checkpoint {tag!r} does not exist under {run.checkpoints}")
     from trainer.checkpoint import verify
+    try:
+        layout.check_written_layout(path)
+    except BadTag as exc:
+        raise CheckpointError(str(exc)) from None
     problems = verify(path, hashes=False)  # `bigops ckpt verify` re-hashes; here sizes are enough to refuse
     if problems:
         raise CheckpointError(f"checkpoint {tag} is incomplete or damaged: {problems[0]}")
@@ -83,15 +88,16 @@ def iter_full_tensors(ckpt: CheckpointRef, dtype: torch.dtype | None = None) -> 
     The tied LM head (the last pipeline layer) is not stored separately: it is ``word_embeddings``.
     """
     cfg = ckpt.config
-    tp = cfg.parallel.tp
-    last_saved_layer = cfg.model.num_layers + 2  # ln_f
-    for layer in range(last_saved_layer + 1):
+    tp, num_layers = cfg.parallel.tp, cfg.model.num_layers
+    for layer in layout.saved_layers(num_layers):
         shards = [_load(ckpt.layer_file(layer, rank)) for rank in range(tp)]
-        prefix = layer_prefix(cfg, layer)
         for key in shards[0]:
             missing = [r for r, s in enumerate(shards) if key not in s]
             if missing:
                 raise CheckpointError(f"{ckpt.layer_file(layer, missing[0])} lacks {key}: the checkpoint is damaged")
-            name = prefix + key
+            try:
+                name = layout.hf_name(num_layers, layer, key)
+            except ValueError as exc:
+                raise CheckpointError(f"{ckpt.layer_file(layer, 0)}: {exc}") from None
             full = merge(name, [s[key] for s in shards])
             yield name, (full.to(dtype) if dtype is not None else full)

@@ -11,7 +11,7 @@ def make_checkpoint(run: RunDir, step: int, publish: bool = True, weights: bytes
     tag = ckpt.tag_for(step)
     partial = ckpt.partial_dir(run, tag)
     partial.mkdir(parents=True)
-    (partial / "layer_00-model_00-model_states.pt").write_bytes(weights * step)
+    (partial / "layer_01-model_00-model_states.pt").write_bytes(weights * step)
     (partial / "mp_rank_00_model_states.pt").write_bytes(b"engine")
     if publish:
         ckpt.publish(run, partial, tag, {"lineage": "L1", **info, "step": step,
@@ -23,7 +23,7 @@ def test_publish_writes_manifest_renames_then_latest(tmp_path):
     make_checkpoint(run, 5)
     assert run.latest_tag() == "global_step5" and not ckpt.partial_dir(run, "global_step5").exists()
     manifest = ckpt.read_manifest(run.checkpoint("global_step5"))
-    assert set(manifest["files"]) == {"layer_00-model_00-model_states.pt", "mp_rank_00_model_states.pt"}
+    assert set(manifest["files"]) == {"layer_01-model_00-model_states.pt", "mp_rank_00_model_states.pt"}
     assert manifest["step"] == 5 and ckpt.verify(run.checkpoint("global_step5")) == []
 
 
@@ -45,7 +45,7 @@ def test_damaged_latest_falls_back_to_the_previous_good_one(tmp_path, damage, pr
     run = RunDir(tmp_path)
     make_checkpoint(run, 5)
     make_checkpoint(run, 10)
-    damage(run.checkpoint("global_step10") / "layer_00-model_00-model_states.pt")
+    damage(run.checkpoint("global_step10") / "layer_01-model_00-model_states.pt")
     assert any(problem in p for p in ckpt.verify(run.checkpoint("global_step10")))
     found = ckpt.find_resumable(run)
     assert (found.tag, found.fell_back_from) == ("global_step5", "global_step10") and problem in found.reason
@@ -126,7 +126,7 @@ def test_exit_record_keeps_the_first_rank_of_a_launch(tmp_path, monkeypatch):
 def test_resaving_a_step_replaces_a_damaged_copy_and_keeps_it_aside(tmp_path, damage):
     run = RunDir(tmp_path)
     make_checkpoint(run, 5)
-    weights = run.checkpoint("global_step5") / "layer_00-model_00-model_states.pt"
+    weights = run.checkpoint("global_step5") / "layer_01-model_00-model_states.pt"
     data = bytearray(weights.read_bytes())
     if damage == "flip":
         data[3] ^= 0x10
@@ -136,7 +136,7 @@ def test_resaving_a_step_replaces_a_damaged_copy_and_keeps_it_aside(tmp_path, da
     make_checkpoint(run, 5)  # the same step saved again (a replay after a crash)
     assert run.latest_tag() == "global_step5" and ckpt.verify(run.checkpoint("global_step5")) == []
     aside = list((run.checkpoints / ckpt.SUPERSEDED).iterdir())
-    assert len(aside) == 1 and (aside[0] / "layer_00-model_00-model_states.pt").read_bytes() == bytes(data)
+    assert len(aside) == 1 and (aside[0] / "layer_01-model_00-model_states.pt").read_bytes() == bytes(data)
     assert ckpt.complete_tags(run) == ["global_step5"]  # the damaged copy is not a resumable tag
 
 
@@ -184,11 +184,11 @@ def test_a_resave_of_another_lineage_sets_the_old_copy_aside_and_publishes_the_n
     make_checkpoint(run, 110, weights=b"post-spike", lineage="L1")
     make_checkpoint(run, 110, weights=b"replayed", lineage="L2")
     path = run.checkpoint("global_step110")
-    assert (path / "layer_00-model_00-model_states.pt").read_bytes() == b"replayed" * 110
+    assert (path / "layer_01-model_00-model_states.pt").read_bytes() == b"replayed" * 110
     assert ckpt.read_manifest(path)["lineage"] == "L2" and ckpt.verify(path) == []
     aside = list((run.checkpoints / ckpt.SUPERSEDED).iterdir())
     assert len(aside) == 1 and aside[0].name.startswith("global_step110-")
-    assert (aside[0] / "layer_00-model_00-model_states.pt").read_bytes() == b"post-spike" * 110
+    assert (aside[0] / "layer_01-model_00-model_states.pt").read_bytes() == b"post-spike" * 110
     record = read_jsonl(run.telemetry / "checkpoints.jsonl")[-1]
     assert record["kind"] == "superseded" and "another lineage" in record["why"]
     assert ckpt.complete_tags(run) == ["global_step110"] and run.latest_tag() == "global_step110"
@@ -246,7 +246,7 @@ def test_the_half_done_rollback_replay_replaces_the_post_spike_step(tmp_path):
     resumed = ckpt.provenance_at_start(run, ckpt.find_resumable(run), [(800, 880)])
     make_checkpoint(run, 110, weights=b"replayed", **resumed)
     path = run.checkpoint("global_step110")
-    assert (path / "layer_00-model_00-model_states.pt").read_bytes() == b"replayed" * 110
+    assert (path / "layer_01-model_00-model_states.pt").read_bytes() == b"replayed" * 110
     assert ckpt.read_manifest(path)["skip_ranges"] == [[800, 880]]
     assert ckpt.skip_ranges_of(ckpt.read_manifest(path)) == [(800, 880)]
 

@@ -19,7 +19,7 @@ def make_checkpoint(run: RunDir, step: int, publish: bool = True) -> str:
     tag = ckpt.tag_for(step)
     partial = ckpt.partial_dir(run, tag)
     partial.mkdir(parents=True)
-    (partial / "layer_00-model_00-model_states.pt").write_bytes(b"weights" * (step + 1))
+    (partial / "layer_01-model_00-model_states.pt").write_bytes(b"weights" * (step + 1))
     (partial / "mp_rank_00_model_states.pt").write_bytes(b"engine" * 50)
     if publish:
         ckpt.publish(run, partial, tag, {"step": step, "topology": {"tp": 1, "pp": 1, "dp": 1}})
@@ -74,7 +74,7 @@ def test_list_shows_partial_set_aside_and_latest(run, capsys, monkeypatch):
 
 def test_list_flags_an_incomplete_tag_and_a_latest_that_names_nothing(run, capsys):
     steps(run, 1, 2)
-    (run.checkpoint("global_step1") / "layer_00-model_00-model_states.pt").write_bytes(b"x")  # truncated
+    (run.checkpoint("global_step1") / "layer_01-model_00-model_states.pt").write_bytes(b"x")  # truncated
     run.latest.write_text("global_step9\n")
     inv = scan(run)
     e1 = next(e for e in inv.entries if e.tag == "global_step1")
@@ -97,7 +97,7 @@ def test_verify_names_a_flipped_byte_and_a_truncated_file(run, capsys):
     assert "global_step1: ok" in out and "hashed in" in out and "/s)" in out
 
     tag = run.checkpoint("global_step2")
-    weights = tag / "layer_00-model_00-model_states.pt"
+    weights = tag / "layer_01-model_00-model_states.pt"
     data = bytearray(weights.read_bytes())
     data[3] ^= 0x01  # same size: only the hash can tell
     weights.write_bytes(bytes(data))
@@ -106,7 +106,7 @@ def test_verify_names_a_flipped_byte_and_a_truncated_file(run, capsys):
     assert bigops_main(["ckpt", "verify", str(run.root)]) == 3
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert any("layer_00-model_00-model_states.pt: sha256 differs" in line for line in lines)
+    assert any("layer_01-model_00-model_states.pt: sha256 differs" in line for line in lines)
     assert any("mp_rank_00_model_states.pt: size" in line and "truncated" in line for line in lines)
     assert captured.err.count("\n") == 1 and "global_step2" in captured.err
 
@@ -121,10 +121,10 @@ def test_verify_names_a_flipped_byte_and_a_truncated_file(run, capsys):
 def test_verify_names_a_missing_file_in_a_set_aside_checkpoint(run, capsys):
     steps(run, 1, 2)
     apply_rollback(run, RollbackPlan("global_step1", 1, ["global_step2"], (0, 4)), "ev7")
-    (run.checkpoints / ".rolled-back" / "ev7" / "global_step2" / "layer_00-model_00-model_states.pt").unlink()
+    (run.checkpoints / ".rolled-back" / "ev7" / "global_step2" / "layer_01-model_00-model_states.pt").unlink()
     assert bigops_main(["ckpt", "verify", str(run.root), "--tag", "global_step2"]) == 3
     out = capsys.readouterr().out
-    assert "rollback ev7" in out and "layer_00-model_00-model_states.pt: missing" in out
+    assert "rollback ev7" in out and "layer_01-model_00-model_states.pt: missing" in out
 
 
 # ------------------------------------------------------------------------------------------------ prune
@@ -160,11 +160,11 @@ def flip_a_byte(path) -> None:
 def test_prune_keeps_the_newest_checkpoint_that_verifies_with_hashes(run, capsys):
     """The defect: sizes said the bit-flipped latest was complete, so --keep-last 1 removed the only intact one."""
     steps(run, 1, 2, 3)
-    flip_a_byte(run.checkpoint("global_step3") / "layer_00-model_00-model_states.pt")
+    flip_a_byte(run.checkpoint("global_step3") / "layer_01-model_00-model_states.pt")
     assert bigops_main(["ckpt", "prune", str(run.root), "--keep-last", "1", "--yes"]) == 0
     out = capsys.readouterr().out
     assert "keep    global_step2: newest intact (hashes verified; global_step3 fails them)" in out
-    assert "keep    global_step3: latest (fails its hashes: layer_00-model_00-model_states.pt: sha256 differs" in out
+    assert "keep    global_step3: latest (fails its hashes: layer_01-model_00-model_states.pt: sha256 differs" in out
     assert live_tags(run) == ["global_step2", "global_step3"]
     assert ckpt.find_resumable(run).tag == "global_step2"  # what a resume falls back to is still there
 
@@ -186,7 +186,7 @@ def test_superseded_copies_are_listed_and_never_pruned(run):
     steps(run, 1, 2)
     partial = ckpt.partial_dir(run, "global_step2")
     partial.mkdir()
-    (partial / "layer_00-model_00-model_states.pt").write_bytes(b"replayed")
+    (partial / "layer_01-model_00-model_states.pt").write_bytes(b"replayed")
     ckpt.publish(run, partial, "global_step2", {"step": 2, "lineage": "another"})
     inv = scan(run)
     aside = [e for e in inv.entries if e.aside == inventory.SUPERSEDED_ASIDE]

@@ -1,11 +1,13 @@
 """The TP plan table, the pipeline layer layout and its HF names, without any process group."""
 
+import pytest
 import torch
 
 from trainer import config as c
 from trainer.parallel.mappings import TPGroup
 from trainer.parallel.plan import is_tp_duplicated, merge, shard, shard_dim
-from trainer.pipeline import EmbeddingPipe, TransformerBlockPipe, layer_prefix, num_pipeline_layers
+from trainer import layout
+from trainer.pipeline import EmbeddingPipe, TransformerBlockPipe, num_pipeline_layers
 
 
 def test_shard_dims_follow_megatron():
@@ -33,10 +35,37 @@ def test_qkv_shards_keep_whole_heads():
     assert parts[0].unique().tolist() == [0, 1] and parts[1].unique().tolist() == [2, 3]
 
 
-def test_pipeline_layer_names():
+def test_pipeline_layers_are_numbered_and_named_as_megatron_deepspeed_bloom():
+    """GPTModelPipe with --embed-layernorm: embedding (with its norm inside) at 1, blocks from 3, the final
+    norm at L+4 keyed weight/bias; transformers' BLOOM conversion maps these keys to the HF names."""
     cfg = c.preset("tiny")
-    assert num_pipeline_layers(cfg) == 8
-    assert [layer_prefix(cfg, i) for i in range(7)] == ["", "", "h.0.", "h.1.", "h.2.", "h.3.", ""]
+    L = cfg.model.num_layers
+    assert num_pipeline_layers(cfg) == L + 6
+    assert layout.saved_layers(L) == [1, *range(3, 3 + L), L + 4]
+    assert layout.hf_name(L, 1, "word_embeddings.norm.bias") == "word_embeddings_layernorm.bias"
+    assert layout.hf_name(L, 3, "self_attention.dense.weight") == "h.0.self_attention.dense.weight"
+    assert layout.hf_name(L, L + 2, "mlp.dense_4h_to_h.bias") == f"h.{L - 1}.mlp.dense_4h_to_h.bias"
+    assert layout.hf_name(L, L + 4, "weight") == "ln_f.weight"
+    for bad in ((0, "word_embeddings.weight"), (2, "weight"), (L + 3, "input_layernorm.weight"), (1, "weight")):
+        with pytest.raises(ValueError):
+            layout.hf_name(L, *bad)
+    from trainer.model.bloom import BloomForCausalLM
+    with torch.device("meta"):
+        names = [n for n, _ in BloomForCausalLM(cfg.model).named_parameters()]
+    assert all(layout.hf_name(L, *layout.locate(L, n)) == n for n in names)  # one table, both directions
+
+
+def test_pipeline_modules_hold_megatron_keys():
+    cfg = c.preset("tiny")
+    emb = EmbeddingPipe(cfg, TPGroup.single())
+    assert sorted(emb.state_dict()) == sorted(layout.EMBEDDING_KEYS)
+    assert torch.all(emb.word_embeddings.norm.weight == 1) and torch.all(emb.word_embeddings.norm.bias == 0)
+    ids = torch.tensor([[1, 2, 3]])
+    expected = torch.nn.functional.layer_norm(emb.word_embeddings.weight[ids], (cfg.model.hidden_size,),
+                                              eps=cfg.model.layernorm_epsilon)
+    assert torch.allclose(emb(ids), expected)  # the norm is applied inside the embedding, as Megatron's
+    from trainer.pipeline import FinalLayerNormPipe
+    assert sorted(FinalLayerNormPipe(cfg).state_dict()) == ["bias", "weight"]
 
 
 def test_pipe_layers_are_tagged_and_initialized_like_bloom():
@@ -69,7 +98,7 @@ def test_embeddings_count_as_layers_for_partitioning():
     cfg = c.preset("bloom-176b")
     pattern = re.compile(cfg.parallel.partition_method.split(":")[1], re.IGNORECASE)
     specs = layer_specs(cfg, TPGroup.single())
-    weights = [1 if pattern.search(s.typename.__name__) else 0 for s in specs]
+    weights = [1 if hasattr(s, "typename") and pattern.search(s.typename.__name__) else 0 for s in specs]
     assert sum(weights) == 72 and len(specs) == num_pipeline_layers(cfg)
     parts = partition_balanced(weights=weights, num_parts=12)
     assert [sum(weights[a:b]) for a, b in zip(parts, parts[1:])] == [6] * 12

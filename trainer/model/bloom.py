@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -165,15 +166,17 @@ def parameter_seed(seed: int, name: str, shard: int = 0) -> int:
 
 @torch.no_grad()
 def init_parameters(module: nn.Module, config: ModelConfig, seed: int, prefix: str = "", shard: int = 0,
-                    sharded_names: frozenset[str] | set[str] = frozenset()) -> None:
+                    sharded_names: frozenset[str] | set[str] = frozenset(),
+                    name_of: Callable[[str], str] | None = None) -> None:
     """BLOOM's init in place: normal(0, std) weights, zero biases, LayerNorm weight 1 / bias 0.
 
-    ``prefix`` turns a local parameter name into its global HF name (``h.3.``); parameters listed in
+    ``prefix`` turns a local parameter name into its global HF name (``h.3.``), or ``name_of`` does where a
+    prefix is not enough (a pipeline layer's Megatron-named keys, ``trainer.layout``); parameters listed in
     ``sharded_names`` (local names of TP-split tensors) draw from a per-shard generator, the others from the
     same generator on every TP rank, so TP-duplicated tensors start identical.
     """
     for local_name, param in module.named_parameters():
-        name = prefix + local_name
+        name = name_of(local_name) if name_of is not None else prefix + local_name
         std = init_std_for(name, config)
         if std is None:
             param.fill_(1.0 if name.endswith("weight") else 0.0)

@@ -59,9 +59,14 @@ def problems(board: dict) -> list[str]:
 
 
 def sdk_problems(board: dict) -> list[str]:
-    """What grafana-foundation-sdk (pinned to our Grafana release) does not understand."""
-    from grafana_foundation_sdk.cog.encoder import JSONEncoder
-    from grafana_foundation_sdk.models.dashboard import Dashboard
+    """What grafana-foundation-sdk (pinned to our Grafana release) does not understand. The SDK is the optional
+    extra ``bigops[dashboards]``: without it, one line says how to install it."""
+    try:
+        from grafana_foundation_sdk.cog.encoder import JSONEncoder
+        from grafana_foundation_sdk.models.dashboard import Dashboard
+    except ImportError:
+        from bigops.errors import BigopsError
+        raise BigopsError("dashboards check needs grafana-foundation-sdk: pip install 'bigops[dashboards]'") from None
 
     try:
         back = json.loads(json.dumps(Dashboard.from_json(json.loads(json.dumps(board))), cls=JSONEncoder))

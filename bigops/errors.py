@@ -21,6 +21,12 @@ class BigopsError(Exception):
     exit_code = exitcodes.FAILURE
 
 
+class InputError(BigopsError):
+    """Input files a command cannot use (missing, malformed, or refused by the tokenizer)."""
+
+    exit_code = exitcodes.USAGE
+
+
 class CheckpointError(BigopsError):
     """A checkpoint that is missing, partial or unreadable."""
 

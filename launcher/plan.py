@@ -32,12 +32,23 @@ def fresh_config(preset: str, config_file, overrides: list[str], hf_config: dict
         check_compatible(cfg.model, hf_config)
     cfg = config_mod.resolve_precision(cfg, cuda_available)
     if cfg.data.source not in ("stdlib", "synthetic"):  # the ranks may run elsewhere: absolute paths
-        cfg.data.source = str(Path(cfg.data.source).resolve())
+        from trainer.data.blend import absolute_paths
+        cfg.data.source = absolute_paths(cfg.data.source)
     if cfg.data.tokenizer:
         cfg.data.tokenizer = str(Path(cfg.data.tokenizer).resolve())
     if cfg.train.lr_decay_steps is None:  # fix the schedule now: a later --steps must not change it
         cfg.train.lr_decay_steps = cfg.train.train_steps
     return config_mod.validate(cfg, world_size=config_mod.world_size_of(cfg))
+
+
+def hf_tokenizer_override(init_hf: Path, overrides: list[str]) -> list[str]:
+    """``--init-hf DIR``: train with the checkpoint's own tokenizer (``DIR/tokenizer.json``), so that the
+    pretrained embeddings see the ids they were trained on, unless ``data.tokenizer`` is set explicitly. Its
+    vocabulary must fit the embedding (checked where the data is prepared: trainer/data)."""
+    from trainer.rundir import TOKENIZER
+    if any(o.split("=", 1)[0].strip() == "data.tokenizer" for o in overrides):
+        return []
+    return [f"data.tokenizer={init_hf / TOKENIZER}"] if (init_hf / TOKENIZER).is_file() else []
 
 
 def resumed_config(stored: config_mod.RunConfig, overrides: list[str]) -> config_mod.RunConfig:
@@ -101,6 +112,7 @@ def launch_plan(run, preset: str, config_file: Path | None, overrides: list[str]
     if init_hf is not None:
         from trainer.hf import read_hf_config
         hf_config = read_hf_config(init_hf)
+        overrides = [*hf_tokenizer_override(Path(init_hf), overrides), *overrides]
     import torch
     cfg = fresh_config(preset, config_file, overrides, hf_config=hf_config, cuda_available=torch.cuda.is_available())
     return LaunchPlan(cfg, False, resumable)

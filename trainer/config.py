@@ -158,13 +158,19 @@ class DataConfig:
 
     source: str = "stdlib"
     """``stdlib`` (docstrings then sources of Python's standard library: prose plus code, offline
-    everywhere), ``synthetic`` (random walks over token ids, for tests), or a file or folder of text."""
+    everywhere), ``synthetic`` (random walks over token ids, for tests), a file or folder of text or ``.jsonl``
+    (tokenized once into ``RUN/data``), or Megatron indexed datasets read in place: one ``PREFIX`` (of
+    ``PREFIX.bin``/``PREFIX.idx``) or a blend of weight-path pairs as Megatron's ``--data-path``,
+    e.g. ``"0.3 /data/a_text_document 0.7 /data/b_text_document"``."""
     tokenizer: str | None = None
     """A ``tokenizer.json`` to use; unset: train a byte-level BPE of ``model.vocab_size`` on the corpus."""
+    json_key: str = "text"
+    """The field of each ``.jsonl`` line that holds its document (Megatron's ``--json-keys``)."""
     max_corpus_bytes: int = 4_000_000
-    """Read at most this much text."""
+    """How much of the ``stdlib`` corpus to read (a user's data is always used whole)."""
     valid_every: int = 100
-    """Every N-th document is held out for the validation loss."""
+    """Every N-th document is held out for the validation loss (of an indexed dataset: the last 1/N of its
+    documents, a contiguous range as Megatron's ``--split``)."""
 
 
 @dataclass
@@ -621,9 +627,24 @@ def train_errors(cfg: RunConfig) -> list[str]:
 
 def data_errors(cfg: RunConfig) -> list[str]:
     """The text and the tokenizer named exist (checked where the run is launched)."""
+    from trainer.data.blend import BlendError, parse_blend
+    from trainer.data.indexed import is_indexed
+
     d, errors = cfg.data, []
-    if d.source not in ("stdlib", "synthetic") and not Path(d.source).exists():
-        errors.append(f"data.source={d.source!r} does not exist: give a file or folder of text, or stdlib / synthetic")
+    if d.source in ("stdlib", "synthetic"):
+        blend = []
+    else:
+        try:
+            blend = parse_blend(d.source)
+        except BlendError as exc:
+            return [str(exc)]
+    if len(blend) == 1 and not (Path(d.source).exists() or is_indexed(d.source)):
+        errors.append(f"data.source={d.source!r} does not exist: give a file or folder of text, an indexed "
+                      f"dataset's prefix, or stdlib / synthetic")
+    for _, path in blend if len(blend) > 1 else []:
+        if not is_indexed(path):
+            errors.append(f"data.source: {path} is not a Megatron indexed dataset (PREFIX.bin + PREFIX.idx): "
+                          f"a blend mixes indexed datasets; tokenize text with `bigops data prepare`")
     if d.tokenizer is not None and not Path(d.tokenizer).is_file():
         errors.append(f"data.tokenizer={d.tokenizer!r} does not exist")
     return errors

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from bigops import __version__, exitcodes
-from bigops.cli import alerts, approve, chain, ckpt, dashboards, gpu, launch, status, surgery, watch
+from bigops.cli import alerts, approve, chain, ckpt, dashboards, data, gpu, launch, status, surgery, watch
 from bigops.cli.options import make_app
 from bigops.errors import KNOWN_ERRORS, exit_code_of
 
@@ -45,6 +45,7 @@ app.add_typer(ckpt.app, name="ckpt")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(dashboards.app, name="dashboards")
 app.add_typer(chain.app, name="chain")
+app.add_typer(data.app, name="data")
 
 
 def _usage_error(exc: typer.TyperException) -> int:

@@ -29,7 +29,7 @@ def test_prepare_trains_a_byte_level_bpe_and_memmaps_tokens(tmp_path):
     tokens = np.memmap(tmp_path / "data" / "train.bin", dtype=np.uint16, mode="r")
     assert tokens.size == meta["train_tokens"] and (tokens == 2).sum() > 0  # </s> between documents
 
-    ds = dataset.TokenDataset(tmp_path / "data" / "train.bin", "uint16", seq_length=32, seed=1)
+    ds = dataset.TokenDataset(dataset.open_tokens(tmp_path / "data" / "train.bin", "uint16"), seq_length=32, seed=1)
     a = ds(5)
     assert a.shape == (33,) and a.equal(ds(5))
     epoch = [int(ds(i)[0]) for i in range(ds.samples_per_epoch)]
@@ -41,7 +41,7 @@ def test_user_files_and_a_given_tokenizer(tmp_path):
     (tmp_path / "corpus").mkdir()
     for i in range(5):
         (tmp_path / "corpus" / f"{i}.txt").write_text(f"document {i} " * 50)
-    docs = list(file_documents([tmp_path / "corpus"], 10_000))
+    docs = list(file_documents([tmp_path / "corpus"]))
     assert len(docs) == 5
     dataset.prepare(tmp_path / "a", docs, vocab_size=300, valid_every=2)
     meta = dataset.prepare(tmp_path / "b", docs, vocab_size=300, valid_every=2,
@@ -50,4 +50,4 @@ def test_user_files_and_a_given_tokenizer(tmp_path):
     with pytest.raises(dataset.DataError, match="more than model.vocab_size=100"):
         dataset.prepare(tmp_path / "c", docs, vocab_size=100, tokenizer_file=tmp_path / "a" / "tokenizer.json")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        list(file_documents([tmp_path / "nope"], 10))
+        list(file_documents([tmp_path / "nope"]))

@@ -2,12 +2,13 @@
 
 Like BLOOM's mix of natural language and code: the docstrings of every stdlib module (English prose with
 doctest examples), then stdlib source files, up to a byte budget. Files are parsed with ``ast``, never
-imported. Users can point at their own files or folders instead.
+imported. Users can point at their own files, folders or jsonl instead (read whole, streamed).
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import sysconfig
 from pathlib import Path
@@ -63,9 +64,11 @@ def stdlib_documents(max_bytes: int) -> Iterator[str]:
         yield source
 
 
-def file_documents(paths: list[str | Path], max_bytes: int) -> Iterator[str]:
-    """One document per text file under ``paths`` (files or folders, recursively, sorted), within budget."""
-    used = 0
+def file_documents(paths: list[str | Path], json_key: str = "text") -> Iterator[str]:
+    """One document per text file under ``paths`` (files or folders, recursively, sorted), or per line of a
+    ``.jsonl`` file (its ``json_key`` field, as Megatron's ``preprocess_data.py --json-keys``). A user's data is
+    read whole: there is no size cap here. A ``.jsonl`` line that is not a JSON object with a string
+    ``json_key`` raises ``CorpusError`` naming the file and line."""
     for root in paths:
         root = Path(root)
         if not root.exists():
@@ -73,10 +76,33 @@ def file_documents(paths: list[str | Path], max_bytes: int) -> Iterator[str]:
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*")
                                                       if p.is_file() and p.suffix in TEXT_SUFFIXES)
         for path in files:
+            if path.suffix == ".jsonl":
+                yield from jsonl_documents(path, json_key)
+                continue
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 continue
-            if text.strip() and used + len(text) <= max_bytes:
-                used += len(text)
+            if text.strip():
+                yield text
+
+
+class CorpusError(ValueError):
+    """A corpus file that cannot be read as documents; one line naming the file (and line)."""
+
+
+def jsonl_documents(path: Path, json_key: str) -> Iterator[str]:
+    """The ``json_key`` field of every line of ``path`` (blank lines skipped), streamed."""
+    with open(path, encoding="utf-8") as stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise CorpusError(f"{path}:{number}: not JSON ({exc})") from None
+            text = record.get(json_key) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise CorpusError(f"{path}:{number}: no string field {json_key!r} (set data.json_key)")
+            if text.strip():
                 yield text

@@ -604,3 +604,35 @@ class Supervisor:
             elif step is not None:
                 break
         return step if step is not None else (records[-1]["step"] if records else 0)
+
+
+def supervise_local(run: RunDir, cfg: RunConfig, world: int, trainer_args: list[str],
+                    say: Callable[[str], None] = print,
+                    on_tick: Callable[[dict], None] | None = None) -> tuple[int, str]:
+    """``bigops launch --watch``: run the ranks on this machine under a :class:`Supervisor` until it is done or
+    gives up, paging through the run's notifier; returns the exit code and its description. Each spawn carries
+    the supervisor's launch id, so its hang and crash incidents and the heartbeats agree. Ctrl-C stops the
+    current ranks (they save first)."""
+    from bigops.notify.notifier import for_run
+    from launcher import local
+
+    current: list = []
+
+    def spawn():
+        current[:] = [local.spawn(run.root, world, trainer_args, log_path=run.ranks_log,
+                                  launch_id=supervisor.launch_id)]
+        return current[0]
+
+    notifier = for_run(run, cfg.alerts)
+    supervisor = Supervisor(run, cfg, spawn, notifier=notifier, say=say, on_tick=on_tick)
+    try:
+        code = supervisor.run_until_done()
+    except KeyboardInterrupt:
+        if current:
+            local.stop(current[0])
+        raise
+    finally:
+        notifier.drain(timeout=10)
+    if code == SUPERVISOR_GAVE_UP:
+        return code, f"the watchdog stopped restarting (see {run.events})"
+    return code, exitcodes.describe(code)

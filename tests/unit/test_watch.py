@@ -198,7 +198,7 @@ def test_exporter_shows_forward_seconds_and_pending_approvals(tmp_path):
 
 def test_watch_waits_the_runs_interval_unless_told(tmp_path, monkeypatch):
     """`--interval` defaults to the run's `watchdog.interval_s` (one declaration of the knob)."""
-    import bigops.cli.watch as watch_cli
+    import bigops.watchdog.daemon as daemon
     write_run(tmp_path, [{"step": i, "loss": 2.0, "grad_norm": 1.0, "skipped": False} for i in range(1, 5)])
     (tmp_path / "run.toml").write_text("[watchdog]\ninterval_s = 2.5\n")
     waits = []
@@ -207,7 +207,7 @@ def test_watch_waits_the_runs_interval_unless_told(tmp_path, monkeypatch):
         waits.append(seconds)
         raise KeyboardInterrupt  # ends the loop after its first pass, as Ctrl-C would
 
-    monkeypatch.setattr(watch_cli.time, "sleep", sleep)
+    monkeypatch.setattr(daemon.time, "sleep", sleep)
     assert main(["watch", str(tmp_path)]) != 0
     assert main(["watch", str(tmp_path), "--interval", "7"]) != 0
     assert waits == [2.5, 7.0]

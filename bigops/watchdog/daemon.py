@@ -13,12 +13,12 @@ from typing import Iterable
 from pathlib import Path
 
 from bigops.watchdog import approvals, incidents
-from bigops.watchdog.actions import SYNC_LAYERNORM, record_action, safe_append
+from bigops.watchdog.actions import record_action, safe_append
 from bigops.watchdog.chain import keep as keep_chain
 from bigops.watchdog.findings import Finding
 from bigops.watchdog.scan import ScanStream, WatchConfig, scan_run
 from bigops.watchdog.state import WatchState
-from trainer.rundir import RunDir
+from trainer.rundir import SYNC_LAYERNORM, RunDir
 
 RUNBOOKS = "runbooks"
 

@@ -93,7 +93,7 @@ def test_status_one_screen_and_json(tmp_path, capsys):
 def test_heartbeat_times_training_forwards_and_the_slow_rank_fault(tmp_path, monkeypatch):
     import torch
 
-    from bigops.watchdog.scan import read_heartbeats
+    from trainer.rundir import read_heartbeats
     from trainer.telemetry import Heartbeat
     monkeypatch.setenv("BIGOPS_FAULT_SLOW_RANK", "1:0.02,3:0.5")
     run = RunDir(tmp_path)
@@ -118,7 +118,7 @@ def test_heartbeat_times_training_forwards_and_the_slow_rank_fault(tmp_path, mon
 
 
 def test_desync_requests_one_live_sync_per_episode(tmp_path):
-    from bigops.watchdog.actions import SYNC_LAYERNORM
+    from trainer.rundir import SYNC_LAYERNORM
     run = RunDir(tmp_path)
     records = [{"step": s, "loss": 2.0, "ln_desync": 0.0} for s in range(10, 60, 10)]
     records += [{"step": 60, "loss": 2.0, "ln_desync": 0.004}, {"step": 70, "loss": 2.0, "ln_desync": 0.006}]

@@ -4,17 +4,25 @@ The command is built as an argument list (never a shell string) and the environm
 ``OMP_NUM_THREADS`` to share this machine's cores between ranks: without it, 4 ranks on 2 cores ran 5x
 slower (../shared/FACTS.md). The ranks' guardian is the launching process (``trainer.lifeline``): a
 ``bigops launch`` killed by any signal takes its ranks with it. SLURM jobs have none (srun owns the ranks).
+
+A local launch is :func:`prepare_launch` (resume rules, run.toml, data) then :func:`run_ranks`; ``bigops launch
+--watch`` runs the ranks under :func:`bigops.watchdog.supervisor.supervise_local` instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
+from launcher import plan as plan_mod
+from launcher.plan import LaunchPlan
 from trainer.rundir import RUN_FOLDERS
 
 
@@ -119,3 +127,47 @@ def stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A local launch ready to start: its plan, world size and rank arguments, the data prepared now (with
+    the seconds it took; ``None``: already there or synthetic), and how many step records the run had before
+    (the progress and the summary show only this launch's)."""
+
+    plan: LaunchPlan
+    world: int
+    trainer_args: list[str]
+    data: dict | None
+    data_s: float
+    done_before: int
+
+
+def prepare_launch(run, preset: str, config_file: Path | None, overrides: list[str], init_hf: Path | None = None,
+                   resume: bool | None = None) -> Prepared:
+    """Everything a local launch does before the ranks start: apply the resume rules
+    (:func:`launcher.plan.launch_plan`), write run.toml and tokenize the data (:func:`prepare`), and clear the
+    previous launch's exit record so the one read at the end is this launch's."""
+    from trainer import config as config_mod
+    from trainer.rundir import read_jsonl
+    launch_plan = plan_mod.launch_plan(run, preset, config_file, overrides, init_hf=init_hf, resume=resume)
+    started = time.perf_counter()
+    data = prepare(run, launch_plan.cfg)
+    data_s = time.perf_counter() - started
+    trainer_args = ["--init-hf", str(init_hf)] if init_hf is not None else []
+    done_before = len(read_jsonl(run.metrics))
+    run.exit_record.unlink(missing_ok=True)
+    return Prepared(launch_plan, config_mod.world_size_of(launch_plan.cfg), trainer_args, data, data_s, done_before)
+
+
+def run_ranks(run, prepared: Prepared, follow: Callable[[subprocess.Popen], None]) -> tuple[int, str]:
+    """Start the ranks, hand them to ``follow`` (which returns when they have exited; the CLI shows progress
+    there) and return their exit code and its description. Ctrl-C stops them (they save first)."""
+    from trainer import exitcodes
+    proc = spawn(run.root, prepared.world, prepared.trainer_args, log_path=run.ranks_log)
+    try:
+        follow(proc)
+    except KeyboardInterrupt:
+        stop(proc)
+        raise
+    return exitcodes.read(run.exit_record, proc.returncode)

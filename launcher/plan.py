@@ -116,3 +116,20 @@ def launch_plan(run, preset: str, config_file: Path | None, overrides: list[str]
     import torch
     cfg = fresh_config(preset, config_file, overrides, hf_config=hf_config, cuda_available=torch.cuda.is_available())
     return LaunchPlan(cfg, False, resumable)
+
+
+def check_launch_options(*, slurm: bool, watch: bool, metrics_port: int, init_hf: Path | None, host: str | None,
+                         profile: str | None, print_script: bool) -> None:
+    """The combinations ``bigops launch`` refuses, each a ConfigError naming the options: the metrics server
+    runs inside the watchdog, and --watch / --init-hf are local while --host / --profile / --print-script are
+    SLURM's."""
+    if metrics_port and not watch:
+        raise config_mod.ConfigError("--metrics-port goes with --watch (or run `bigops watch RUN --metrics-port P` "
+                                     "beside the launch)")
+    if not (slurm or host or profile or print_script):
+        return
+    if not slurm:
+        raise config_mod.ConfigError("--host, --profile and --print-script go with --slurm")
+    if watch or init_hf is not None:
+        raise config_mod.ConfigError("--watch and --init-hf are local options: with --slurm, run `bigops watch "
+                                     "RUN` beside the chain (it keeps the queue full)")

@@ -138,37 +138,12 @@ def perform(source: Source, edits: list[Edit], *, move_latest: bool | None = Non
         shutil.rmtree(partial)  # a crashed surgery's leftovers (never a source: tags never start with '.')
     partial.mkdir(parents=True)
     details: dict = {}
-    written: dict[str, dict] = {}  # name -> manifest entry, hashed while written
     try:
-        for edit in edits:
-            progress(f"{edit.name}: {edit.describe}")
-            changed = edit.rewrite(source, partial, details)
-            overlap = written.keys() & changed.keys()
-            if overlap:
-                raise BigopsError(f"two surgery edits rewrite {sorted(overlap)[0]}: run them one at a time")
-            written.update(changed)
-        known = dict(written)
-        for f in sorted(p for p in source.path.iterdir() if p.is_file() and p.name != ckpt.MANIFEST):
-            if f.name not in written and _link_or_copy(f, partial / f.name) and f.name in source.manifest["files"]:
-                known[f.name] = source.manifest["files"][f.name]  # the same inode as a verified file
+        written = _rewrite(source, edits, partial, details, progress)
         outcome.bytes_written = sum(meta["size"] for meta in written.values())
-        info = {k: v for k, v in source.manifest.items() if k not in ("files", "tag", "created", "format")}
-        info["derived_from"] = source.tag
-        info["surgery"] = {"edits": [e.name for e in edits], "details": details, "time": time.time()}
-        progress("sealing the new checkpoint (manifest)")
-        ckpt.write_manifest(partial, new_tag, info, known=known)
-        problems = ckpt.verify(partial, hashes=False)
-        new_source = Source(run, new_tag, partial, ckpt.read_manifest(partial), source.config,
-                            dsfiles.scan(partial, source.layout.tp, source.layout.pp, source.layout.dp))
-        progress("verifying the new checkpoint")
-        problems += _loads(partial, set(written))
-        for edit in edits:
-            problems += edit.check(new_source)
-        if problems:
-            raise CheckpointError(f"the new checkpoint failed verification ({problems[0]}); "
-                                  f"{source.tag} and latest are untouched")
-        final = run.checkpoint(new_tag)
-        os.replace(partial, final)
+        _seal(source, edits, partial, new_tag, written, details, progress)
+        _verify(source, edits, partial, new_tag, written, progress)
+        os.replace(partial, run.checkpoint(new_tag))
         ckpt.fsync_dir(run.checkpoints)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -188,6 +163,52 @@ def perform(source: Source, edits: list[Edit], *, move_latest: bool | None = Non
         "outcome": f"wrote {new_tag}" + (" and pointed latest at it" if move_latest else ""),
     })
     return outcome
+
+
+def _rewrite(source: Source, edits: list[Edit], partial: Path, details: dict,
+             progress: Callable[[str], None]) -> dict[str, dict]:
+    """Run each edit into ``partial``; returns the manifest entries of the files written (hashed while
+    written), by name. Two edits may not rewrite the same file: the second would undo the first."""
+    written: dict[str, dict] = {}
+    for edit in edits:
+        progress(f"{edit.name}: {edit.describe}")
+        changed = edit.rewrite(source, partial, details)
+        overlap = written.keys() & changed.keys()
+        if overlap:
+            raise BigopsError(f"two surgery edits rewrite {sorted(overlap)[0]}: run them one at a time")
+        written.update(changed)
+    return written
+
+
+def _seal(source: Source, edits: list[Edit], partial: Path, new_tag: str, written: dict[str, dict], details: dict,
+          progress: Callable[[str], None]) -> None:
+    """Link (or copy) the files no edit changed and write the new tag's manifest: the source's, with the new
+    files' entries, ``derived_from`` and what the surgery did. A linked file keeps its verified entry."""
+    known = dict(written)
+    for f in sorted(p for p in source.path.iterdir() if p.is_file() and p.name != ckpt.MANIFEST):
+        if f.name not in written and _link_or_copy(f, partial / f.name) and f.name in source.manifest["files"]:
+            known[f.name] = source.manifest["files"][f.name]  # the same inode as a verified file
+    info = {k: v for k, v in source.manifest.items() if k not in ("files", "tag", "created", "format")}
+    info["derived_from"] = source.tag
+    info["surgery"] = {"edits": [e.name for e in edits], "details": details, "time": time.time()}
+    progress("sealing the new checkpoint (manifest)")
+    ckpt.write_manifest(partial, new_tag, info, known=known)
+
+
+def _verify(source: Source, edits: list[Edit], partial: Path, new_tag: str, written: dict[str, dict],
+            progress: Callable[[str], None]) -> None:
+    """The new tag before it is published: complete, every written file loads, and each edit's own check
+    passes; else a CheckpointError (the source and latest are untouched)."""
+    problems = ckpt.verify(partial, hashes=False)
+    new_source = Source(source.run, new_tag, partial, ckpt.read_manifest(partial), source.config,
+                        dsfiles.scan(partial, source.layout.tp, source.layout.pp, source.layout.dp))
+    progress("verifying the new checkpoint")
+    problems += _loads(partial, set(written))
+    for edit in edits:
+        problems += edit.check(new_source)
+    if problems:
+        raise CheckpointError(f"the new checkpoint failed verification ({problems[0]}); "
+                              f"{source.tag} and latest are untouched")
 
 
 def _loads(directory: Path, names: set[str]) -> list[str]:
@@ -474,3 +495,53 @@ def add_skip_ranges(run: RunDir, ranges: list[tuple[int, int]], note: str = "big
         return any([add_skip_range(run.root, start, end, note) for start, end in ranges])
     except ValueError as exc:
         raise config_mod.ConfigError(f"--skip-range: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------ the whole surgery
+
+@dataclass(frozen=True)
+class Plan:
+    """What a surgery will do, known before it asks: its edits, the ranks it must stop first, and (when the
+    run is not training) the verified source checkpoint; a training run's source is chosen after it stopped
+    (its stop saves a newer one)."""
+
+    edits: list[Edit]
+    running: list[dict]
+    source: Source | None
+
+
+def plan_surgery(run: RunDir, request: Request, tag: str | None, stop_run: bool) -> Plan:
+    """Validate ``request`` into its edits and find the source; a training run is refused (RunInUseError)
+    unless ``stop_run``."""
+    edits = request.edits(run)
+    running = running_ranks(run)
+    if not stop_run:
+        refuse_if_running(running)
+    source = open_source(run.root, tag, verify_hashes=True) if edits and not running else None
+    return Plan(edits, running, source)
+
+
+def carry_out(run: RunDir, request: Request, plan: Plan, tag: str | None, *, stop_timeout: float = 1800.0,
+              move_latest: bool | None = None, say: Callable[[str], None] = lambda s: None) -> Outcome | None:
+    """The surgery itself, inside the stop-run protocol (:func:`stopped_run`): the checkpoint edits
+    (:func:`perform`), run.toml's LR with ``set_lr`` (:func:`update_run_toml_lr`) and the skip ranges
+    (:func:`add_skip_ranges`), each reported through ``say``. Returns the checkpoint's outcome (``None``: only
+    skip ranges)."""
+    outcome = None
+    with stopped_run(run, plan.running, stop_timeout, say=say):
+        if plan.edits:
+            source = plan.source or open_source(run.root, tag, verify_hashes=True)
+            outcome = perform(source, plan.edits, move_latest=move_latest, progress=lambda s: say(f"  {s}"),
+                              verb=plan.edits[0].name.split("+")[0] if len(plan.edits) == 1 else "surgery")
+            moved = "; latest -> " + outcome.new_tag if outcome.latest_moved else "; latest unchanged"
+            say(f"wrote {outcome.new_tag} from {outcome.source_tag} in {outcome.seconds:.1f} s "
+                f"({outcome.bytes_written / 1e6:,.1f} MB rewritten, the rest hard-linked){moved}")
+            if request.set_lr is not None:
+                before = update_run_toml_lr(run, outcome.new_tag, request.set_lr, request.set_min_lr)
+                say(f"run.toml: train.lr = {request.set_lr}"
+                    + (f", train.min_lr = {request.set_min_lr}" if request.set_min_lr is not None else "")
+                    + f" (previous kept as {before.name})")
+        if request.skip_ranges:
+            added = add_skip_ranges(run, request.skip_ranges)
+            say(f"skip ranges added to {run.skip_ranges}" if added else f"skip ranges already in {run.skip_ranges}")
+    return outcome

@@ -69,65 +69,59 @@ def launch(
 ) -> None:
     """Train BLOOM on this machine's ranks (torchrun, gloo on CPU) and show live progress; or, with --slurm,
     submit it to SLURM as a chain of jobs (here or over SSH with --host)."""
-    run = RunDir(run_dir)
     overrides = [*(set_ or []), *_flag_overrides(tp, pp, dp, steps, seed, precision, save_interval,
                                                            exit_duration)]
-    if metrics_port and not watch:
-        raise config_mod.ConfigError("--metrics-port goes with --watch (or run `bigops watch RUN --metrics-port P` "
-                                     "beside the launch)")
-    if slurm or host or profile or print_script:
-        if not slurm:
-            raise config_mod.ConfigError("--host, --profile and --print-script go with --slurm")
-        if watch or init_hf is not None:
-            raise config_mod.ConfigError("--watch and --init-hf are local options: with --slurm, run `bigops watch "
-                                         "RUN` beside the chain (it keeps the queue full)")
+    plan.check_launch_options(slurm=slurm, watch=watch, metrics_port=metrics_port, init_hf=init_hf, host=host,
+                              profile=profile, print_script=print_script)
+    if slurm:
         if jobs is not None:
             overrides.append(f"slurm.chain_jobs={jobs}")
         _launch_slurm(run_dir, preset, config, overrides, profile, host, ssh_key, known_hosts, print_script)
         return
+    _launch_local(RunDir(run_dir), preset, config, overrides, init_hf, resume, watch, metrics_port, metrics_address)
+
+
+def _launch_local(run: RunDir, preset: str, config: Path | None, overrides: list[str], init_hf: Path | None,
+                  resume: bool | None, watch: bool, metrics_port: int, metrics_address: str) -> None:
+    """``bigops launch`` on this machine: prepare (``launcher.local.prepare_launch``), run the ranks (under the
+    watchdog with ``watch``) while showing progress, then the summary and the exit code."""
     exporter = None
     if metrics_port:
         from bigops.metrics.exporter import serve_run
         exporter = serve_run(run, metrics_port, metrics_address)
         console.print(f"metrics: http://{metrics_address}:{metrics_port}/metrics")
-    launch_plan = plan.launch_plan(run, preset, config, overrides, init_hf=init_hf, resume=resume)
-    cfg, resume, resumable = launch_plan.cfg, launch_plan.resume, launch_plan.resumable
-    world = config_mod.world_size_of(cfg)
-    started = time.perf_counter()
-    meta = local.prepare(run, cfg)
-    if meta is not None:
-        console.print(f"data: {meta['source']}, {meta['documents']:,} documents, {meta['train_tokens']:,} train + "
-                      f"{meta['valid_tokens']:,} validation tokens, vocab {meta['vocab_size']:,} "
-                      f"({time.perf_counter() - started:.1f} s)")
-    trainer_args: list[str] = []
-    if init_hf is not None:
-        trainer_args += ["--init-hf", str(init_hf)]
-
-    done_before = len(read_jsonl(run.metrics))
-    run.exit_record.unlink(missing_ok=True)
-    console.print(f"[bold]bigops launch[/] {run.root}: BLOOM {cfg.model.num_layers}x{cfg.model.hidden_size} "
-                  f"({cfg.model.num_attention_heads} heads), TP {cfg.parallel.tp} x PP {cfg.parallel.pp} x DP "
-                  f"{cfg.parallel.dp} = {world} ranks, {cfg.train.precision}, target step {cfg.train.train_steps}"
-                  + (f", resuming from {resumable.tag}" if resume else ""))
-    if resumable is not None and resumable.fell_back_from:
-        console.print(f"[yellow]warning[/]: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason})")
+    prepared = local.prepare_launch(run, preset, config, overrides, init_hf=init_hf, resume=resume)
+    _print_start(run, prepared)
+    cfg = prepared.plan.cfg
     spawned = time.time()
     if watch:
-        code, message = _supervised(run, cfg, world, trainer_args, exporter)
+        from bigops.watchdog.supervisor import supervise_local
+        code, message = supervise_local(run, cfg, prepared.world, prepared.trainer_args,
+                                        say=lambda line: console.print(line, markup=False),
+                                        on_tick=_progress(cfg, exporter))
     else:
-        proc = local.spawn(run.root, world, trainer_args, log_path=run.ranks_log)
-        try:
-            _follow(run, cfg, proc, done_before)
-        except KeyboardInterrupt:
-            local.stop(proc)
-            raise
-        code, message = exitcodes.read(run.exit_record, proc.returncode)
-    _summary(run, done_before, spawned)
+        code, message = local.run_ranks(run, prepared, lambda proc: _follow(run, cfg, proc, prepared.done_before))
+    _summary(run, prepared.done_before, spawned)
     if code != exitcodes.FINISHED:
         if code in (exitcodes.STOPPED_ON_REQUEST, exitcodes.STOPPED_BY_SIGNAL):
             console.print(f"[bold yellow]{exitcodes.describe(code)}[/]: checkpoint {run.latest_tag()}")
             raise typer.Exit(code)
         raise TrainingEnded(f"{message}; see {run.ranks_log}", code)
+
+
+def _print_start(run: RunDir, prepared: local.Prepared) -> None:
+    """What is about to train: the data prepared now, the model and layout, and the checkpoint it resumes."""
+    meta, cfg, resumable = prepared.data, prepared.plan.cfg, prepared.plan.resumable
+    if meta is not None:
+        console.print(f"data: {meta['source']}, {meta['documents']:,} documents, {meta['train_tokens']:,} train + "
+                      f"{meta['valid_tokens']:,} validation tokens, vocab {meta['vocab_size']:,} "
+                      f"({prepared.data_s:.1f} s)")
+    console.print(f"[bold]bigops launch[/] {run.root}: BLOOM {cfg.model.num_layers}x{cfg.model.hidden_size} "
+                  f"({cfg.model.num_attention_heads} heads), TP {cfg.parallel.tp} x PP {cfg.parallel.pp} x DP "
+                  f"{cfg.parallel.dp} = {prepared.world} ranks, {cfg.train.precision}, target step "
+                  f"{cfg.train.train_steps}" + (f", resuming from {resumable.tag}" if prepared.plan.resume else ""))
+    if resumable is not None and resumable.fell_back_from:
+        console.print(f"[yellow]warning[/]: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason})")
 
 
 def _launch_slurm(run_dir: Path, preset: str, config: Path | None, overrides: list[str], profile: str | None,
@@ -158,20 +152,9 @@ def opened_findings(facts: dict) -> list:
     return [f for f in facts.get("findings", []) if incident_of.get(f.key) in ids]
 
 
-def _supervised(run: RunDir, cfg: config_mod.RunConfig, world: int, trainer_args: list[str],
-                exporter=None) -> tuple[int, str]:
-    """Run the ranks under the watchdog (bigops.watchdog.supervisor) until it is done or gives up; with an
-    ``exporter`` (a ``RunCollector``), each pass's facts are served to Prometheus."""
-    from bigops.notify.notifier import for_run
-    from bigops.watchdog.supervisor import SUPERVISOR_GAVE_UP, Supervisor
-
-    current: list = []
-
-    def spawn():  # the supervisor's launch id: its hang and crash incidents and the heartbeats agree
-        current[:] = [local.spawn(run.root, world, trainer_args, log_path=run.ranks_log,
-                                  launch_id=supervisor.launch_id)]
-        return current[0]
-
+def _progress(cfg: config_mod.RunConfig, exporter=None):
+    """The supervisor's ``on_tick``: serve each pass's facts to Prometheus (with an ``exporter``, a
+    ``RunCollector``) and print the latest step at most every 5 s."""
     shown = {"step": -1, "time": 0.0}
 
     def progress(facts: dict) -> None:
@@ -185,21 +168,7 @@ def _supervised(run: RunDir, cfg: config_mod.RunConfig, world: int, trainer_args
             shown.update(step=last["step"], time=time.time())
             console.print(f"step {last['step']}/{cfg.train.train_steps} loss {last['loss']:.4f} "
                           f"{last['tokens_per_second']:,.0f} tok/s", highlight=False)
-
-    notifier = for_run(run, cfg.alerts)
-    supervisor = Supervisor(run, cfg, spawn, notifier=notifier, say=lambda line: console.print(line, markup=False),
-                            on_tick=progress)
-    try:
-        code = supervisor.run_until_done()
-    except KeyboardInterrupt:
-        if current:
-            local.stop(current[0])
-        raise
-    finally:
-        notifier.drain(timeout=10)
-    if code == SUPERVISOR_GAVE_UP:
-        return code, f"the watchdog stopped restarting (see {run.events})"
-    return code, exitcodes.describe(code)
+    return progress
 
 
 def _follow(run: RunDir, cfg: config_mod.RunConfig, proc, done_before: int) -> None:

@@ -45,7 +45,6 @@ def surgery(
 ) -> None:
     """Repair a checkpoint, never in place: write a new tag beside it, verify it, then point latest at it."""
     from bigops.checkpoint import surgery as lib
-    from bigops.errors import ConfigError
     from trainer.rundir import RunDir
 
     run = RunDir(Path(run_dir))
@@ -53,42 +52,25 @@ def surgery(
                           reset_lr_schedule=reset_lr_schedule, set_consumed_samples=set_consumed_samples,
                           set_lr=set_lr, set_min_lr=set_min_lr,
                           skip_ranges=lib.parse_skip_range_args(skip_range or []))
-    edits = request.edits(run)
-    running = lib.running_ranks(run)
-    if not stop_run:
-        lib.refuse_if_running(running)
-
-    # A running job's checkpoint is chosen after it stopped (its stop saves a newer one).
-    source = lib.open_source(run.root, tag, verify_hashes=True) if edits and not running else None
-    _show_plan(running, source, edits, request)
+    plan = lib.plan_surgery(run, request, tag, stop_run)
+    _show_plan(plan.running, plan.source, plan.edits, request)
     if dry_run:
         console.print("dry run: nothing written")
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("surgery writes a new checkpoint and may move latest: pass --yes to confirm")
-        if not typer.confirm("go ahead?"):
-            raise typer.Exit(1)
+    _confirm(yes)
+    lib.carry_out(run, request, plan, tag, stop_timeout=stop_timeout, move_latest=False if keep_latest else None,
+                  say=console.print)
 
-    with lib.stopped_run(run, running, stop_timeout, say=console.print):
-        if running and edits:
-            source = lib.open_source(run.root, tag, verify_hashes=True)
-        if edits:
-            outcome = lib.perform(source, edits, move_latest=False if keep_latest else None,
-                                  progress=lambda s: console.print(f"  {s}"),
-                                  verb=edits[0].name.split("+")[0] if len(edits) == 1 else "surgery")
-            moved = "; latest -> " + outcome.new_tag if outcome.latest_moved else "; latest unchanged"
-            console.print(f"wrote {outcome.new_tag} from {outcome.source_tag} in {outcome.seconds:.1f} s "
-                          f"({outcome.bytes_written / 1e6:,.1f} MB rewritten, the rest hard-linked){moved}")
-            if set_lr is not None:
-                before = lib.update_run_toml_lr(run, outcome.new_tag, set_lr, set_min_lr)
-                console.print(f"run.toml: train.lr = {set_lr}"
-                              + (f", train.min_lr = {set_min_lr}" if set_min_lr is not None else "")
-                              + f" (previous kept as {before.name})")
-        if request.skip_ranges:
-            path = run.skip_ranges
-            added = lib.add_skip_ranges(run, request.skip_ranges)
-            console.print(f"skip ranges added to {path}" if added else f"skip ranges already in {path}")
+
+def _confirm(yes: bool) -> None:
+    """Ask before writing, unless ``--yes``; without a terminal to ask on, --yes is required."""
+    from bigops.errors import ConfigError
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError("surgery writes a new checkpoint and may move latest: pass --yes to confirm")
+    if not typer.confirm("go ahead?"):
+        raise typer.Exit(1)
 
 
 def _show_plan(running: list[dict], source, edits: list, request) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated, Optional
 
 import typer
@@ -34,59 +33,15 @@ def watch(
     no action; with --format json it prints one object per finding."""
     from bigops.errors import ConfigError
     from bigops.metrics.exporter import serve_run
-    from bigops.watchdog.daemon import state_path, tick
-    from bigops.watchdog.state import WatchState
-    from bigops.watchdog.lock import LockHeld, WriterLock, describe
-    from bigops.watchdog.settings import watch_config
-    from trainer.rundir import load_run_config, pid_alive
+    from bigops.watchdog.daemon import watch_run
 
     if interval is not None and interval <= 0:
         raise ConfigError(f"--interval {interval}: must be positive")
     run = existing_run(run_dir)
-    lock = WriterLock(run, "watch")
-    try:
-        lock.acquire()
-    except LockHeld as held:
-        typer.echo(f"observing: {describe(held.holder) if held.holder else 'another watchdog'} is the writer of "
-                   f"{run.root} (this watch detects and exports, and neither notifies nor acts)", err=True)
-    run_config = load_run_config(run, missing_ok=True)
-    interval = run_config.watchdog.interval_s if interval is None else interval
-    config = watch_config(run_config, alive=pid_alive)  # standalone: nobody else watches the pids
     collector = serve_run(run, metrics_port, metrics_address) if metrics_port else None
-    state, notifier = _as_writer(run) if lock.held else (WatchState.load(state_path(run)), None)
-    while True:
-        now = time.time()
-        if not lock.held:
-            try:
-                lock.acquire(now)
-                typer.echo(f"the writer of {run.root} is gone: this watch is the writer now", err=True)
-                state, notifier = _as_writer(run)
-            except LockHeld:
-                pass
-        lock.renew(now)
-        new, facts = tick(run, state, now=now, dry_run=dry_run, notifier=notifier, config=config,
-                          observe=not lock.held)
-        if collector is not None:
-            collector.update(facts, facts["findings"], new, now)
-        _print_pass(new, facts, output_format)
-        if once:
-            if notifier is not None:
-                notifier.drain()
-            lock.release()
-            return
-        time.sleep(interval)
-
-
-def _as_writer(run) -> tuple:
-    """What the writer works with: the watchdog state as on disk now (another writer may have left it) and a
-    notifier that first resends what the previous writer left undelivered."""
-    from bigops.notify.notifier import for_run
-    from bigops.watchdog.daemon import state_path
-    from bigops.watchdog.state import WatchState
-    from trainer.rundir import load_run_config
-    notifier = for_run(run, load_run_config(run, missing_ok=True).alerts)
-    notifier.resend_pending()
-    return WatchState.load(state_path(run)), notifier
+    watch_run(run, interval, once=once, dry_run=dry_run, collector=collector,
+              on_pass=lambda new, facts: _print_pass(new, facts, output_format),
+              say=lambda line: typer.echo(line, err=True))
 
 
 def _print_pass(new: list, facts: dict, output_format: OutputFormat) -> None:

@@ -137,7 +137,17 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict], with_n
 
 
 def run_overview() -> dict:
+    """One training run's dashboard: a row of progress, one of training curves, one of the watchdog."""
     g = Layout()
+    _progress_row(g)
+    _training_row(g)
+    _watchdog_row(g)
+    return dashboard("bigops-run-overview", "bigops: run overview", "One training run: progress, loss, "
+                     "throughput, checkpoints and what the watchdog saw and did.", g.panels, with_node=False)
+
+
+def _progress_row(g: Layout) -> None:
+    """Where the run is: step, target, ETA, the last progress and checkpoint, tokens and samples consumed."""
     g.row("Progress")
     g.add(stat("Step", "Last optimizer step recorded by the trainer.", f"max by (run) ({m.STEP.name}{{{R}}})"), 4, 4)
     g.add(stat("Done", "Step over the target step (train.train_steps).",
@@ -160,6 +170,10 @@ def run_overview() -> dict:
         target(f"max by (run) ({m.CONSUMED.name}{{{R}}})", "{{run}}")], "short"), 8, 8)
     g.add(timeseries("Step rate", "Optimizer steps per second over 10 minutes (recording rule).", [
         target(f"bigops:run_steps_per_second:deriv10m{{{R}}}", "{{run}}")], "short"), 8, 8)
+
+
+def _training_row(g: Layout) -> None:
+    """How it trains: loss, gradient norm, LR, throughput, layer-norm desync and skipped steps."""
     g.row("Training")
     g.add(timeseries("Loss", "Training loss per step, its 15-minute mean (the trend), and the validation loss.", [
         target(f"{m.LOSS.name}{{{R}}}", "{{run}} loss"),
@@ -178,6 +192,10 @@ def run_overview() -> dict:
                      "sci"), 12, 8)
     g.add(timeseries("Skipped steps", "1 while the optimizer skips steps (NaN/Inf gradients).", [
         target(f"{m.SKIPPED.name}{{{R}}}", "{{run}}")]), 12, 8)
+
+
+def _watchdog_row(g: Layout) -> None:
+    """What the watchdog sees and does: its health, approvals, the chain's depth, disk, problems, actions."""
     g.row("Watchdog")
     g.add(stat("Watchdog up", "1 while the watchdog runs and reads the run directory.",
                f"min by (run) ({m.UP.name}{{{R}}})", thresholds=_thresholds((None, "red"), (1, "green"))), 4, 4)
@@ -200,8 +218,6 @@ def run_overview() -> dict:
         target(f"sum by (run, kind) (increase({m.FINDINGS.name}{{{R}}}[1h]))", "{{run}} {{kind}}")]), 12, 8)
     g.add(timeseries("Watchdog actions per hour", "Restarts, rollbacks, kills, give-ups and layer-norm syncs.", [
         target(f"sum by (run, action) (increase({m.ACTIONS.name}{{{R}}}[1h]))", "{{run}} {{action}}")]), 24, 8)
-    return dashboard("bigops-run-overview", "bigops: run overview", "One training run: progress, loss, "
-                     "throughput, checkpoints and what the watchdog saw and did.", g.panels, with_node=False)
 
 
 def cluster_health() -> dict:

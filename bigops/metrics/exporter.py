@@ -97,6 +97,8 @@ class RunCollector:
             self.reported[(f.kind, f.severity)] += 1
 
     def collect(self):
+        """Every metric of ``bigops.metrics.names`` from the latest pass's facts (a metric without a value is
+        left out, never zero)."""
         run = self.run
         families = {metric.name: _family(metric) for metric in m.ALL}
 
@@ -129,34 +131,40 @@ class RunCollector:
             for action in sorted(set(self.extra["actions"]) | set(ACTIONS)):
                 add(m.ACTIONS, self.extra["actions"].get(action, 0), action)
         for host, samples in sorted((self.facts.get("gpus") or {}).items()):
-            last_time = max(s["time"] for s in samples)
-            add(m.GPU_SAMPLE, last_time, host)
-            latest = {s["index"] for s in samples if s["time"] == last_time}
-            xids: Counter = Counter()
-            for s in samples:
-                for xid in s.get("xid_errors") or []:
-                    xids[(str(s["index"]), str(xid))] += 1
-            for (gpu, xid), count in sorted(xids.items()):
-                add(m.GPU_XID, count, host, gpu, xid)
-            for index in sorted({s["index"] for s in samples}):
-                add(m.GPU_VISIBLE, index in latest, host, str(index))
-            for s in samples:
-                if s["time"] != last_time:
-                    continue
-                gpu = str(s["index"])
-                for reason in sorted(set(s.get("throttle_reasons") or [])):
-                    add(m.GPU_THROTTLED, 1, host, gpu, str(reason))
-                add(m.GPU_TEMP, s.get("temperature_c"), host, gpu)
-                add(m.GPU_POWER, s.get("power_w"), host, gpu)
-                util = s.get("utilization_pct")
-                add(m.GPU_UTIL, util / 100 if isinstance(util, (int, float)) else None, host, gpu)
-                add(m.GPU_MEM, s.get("memory_used_bytes"), host, gpu)
-                add(m.GPU_DBE, s.get("ecc_volatile_double_bit"), host, gpu)
+            _add_gpu_samples(add, host, samples)
         for (kind, severity), count in sorted(self.reported.items()):
             add(m.FINDINGS, count, kind, severity)
         for kind, severity in sorted({(f.kind, f.severity) for f in self.findings}):
             add(m.OPEN, 1, kind, severity)
         yield from families.values()
+
+
+def _add_gpu_samples(add, host: str, samples: list[dict]) -> None:
+    """One host's GPU metrics through ``add(metric, value, *labels)``: its last sample time, the XID errors
+    counted over all its samples, which GPUs answered the latest sample, and each of those GPUs' readings."""
+    last_time = max(s["time"] for s in samples)
+    add(m.GPU_SAMPLE, last_time, host)
+    latest = {s["index"] for s in samples if s["time"] == last_time}
+    xids: Counter = Counter()
+    for s in samples:
+        for xid in s.get("xid_errors") or []:
+            xids[(str(s["index"]), str(xid))] += 1
+    for (gpu, xid), count in sorted(xids.items()):
+        add(m.GPU_XID, count, host, gpu, xid)
+    for index in sorted({s["index"] for s in samples}):
+        add(m.GPU_VISIBLE, index in latest, host, str(index))
+    for s in samples:
+        if s["time"] != last_time:
+            continue
+        gpu = str(s["index"])
+        for reason in sorted(set(s.get("throttle_reasons") or [])):
+            add(m.GPU_THROTTLED, 1, host, gpu, str(reason))
+        add(m.GPU_TEMP, s.get("temperature_c"), host, gpu)
+        add(m.GPU_POWER, s.get("power_w"), host, gpu)
+        util = s.get("utilization_pct")
+        add(m.GPU_UTIL, util / 100 if isinstance(util, (int, float)) else None, host, gpu)
+        add(m.GPU_MEM, s.get("memory_used_bytes"), host, gpu)
+        add(m.GPU_DBE, s.get("ecc_volatile_double_bit"), host, gpu)
 
 
 def serve(collector: RunCollector, port: int, address: str = "127.0.0.1") -> CollectorRegistry:

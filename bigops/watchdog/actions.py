@@ -13,7 +13,7 @@ import uuid
 from typing import Callable
 
 from bigops.watchdog.approvals import command
-from trainer.rundir import SYNC_LAYERNORM, RunDir, append_event, atomic_write_text
+from trainer.rundir import RunDir, append_event, atomic_write_text
 
 APPROVAL_RUNBOOK = "runbooks/WatchdogApprovalNeeded.md"
 

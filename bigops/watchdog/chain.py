@@ -49,144 +49,230 @@ def keep(run, state, now: float | None = None, dry_run: bool = False, findings_s
 
 
 def _keep(run, state, now, dry_run, findings_so_far, runner):
+    """The pass itself: load the chain, poll SLURM (or back off), classify the jobs that left the queue, then
+    keep the queue topped up and the bad hosts out; ``chain.json`` is saved once, at the end."""
     from launcher.slurm import chain as chain_mod
-    from launcher.slurm.runner import CommandError, LocalRunner
-    from trainer.rundir import RELATIVE, load_run_config
+    from launcher.slurm.runner import LocalRunner
+    from trainer.rundir import load_run_config
 
     now = time.time() if now is None else now
     local = LocalRunner()
     if not run.chain_record.exists():
         return [], {}
-    try:
-        chain = chain_mod.Chain.load(local, str(run.root))
-    except (OSError, ValueError) as exc:
-        return [Finding("ChainRecordUnreadable", "warning", f"{RELATIVE.chain_record}: {exc}", key="ChainRecordUnreadable")], {}
+    chain, findings = _load_chain(chain_mod, local, run)
     if chain is None:
-        return [], {}
-    runner = runner or _runner_for(chain)
-    before = dict(runner.calls)
+        return findings, {}
+    p = _Pass(run, state, now, dry_run, chain, runner or _runner_for(chain), local, chain_mod)
     k = chain.keeper
-    facts: dict = {"actions": []}
-    findings: list[Finding] = []
-
-    def calls():
-        return {name: n - before.get(name, 0) for name, n in runner.calls.items() if n - before.get(name, 0)}
-
     if k.get("done"):
         return [], {"chain_done": k["done"], "calls": {}}
     if now < k.get("next_poll", 0):
         return [], {"backoff_until": k["next_poll"], "calls": {}}
     cfg = load_run_config(run, missing_ok=True)
-    w, s = cfg.watchdog, cfg.slurm
-    try:
-        jobs = chain_mod.queue(runner, chain)
-    except CommandError as exc:
-        failures = k.get("failures", 0) + 1
-        delay = min(MAX_BACKOFF_S, w.interval_s * 2 ** failures)
-        k.update(failures=failures, next_poll=now + delay)
-        chain.save(local)
-        return [Finding("SlurmUnreachable", "warning", f"squeue did not answer ({exc}); next try in {delay:.0f} s",
-                        key="SlurmUnreachable", evidence={"failures": failures})], {"calls": calls()}
-    k.pop("failures", None)
-    k.pop("next_poll", None)
-    from bigops.watchdog.executor import Executor, acted_on, incidents_of, view_for
-    executor = Executor(run, state, runner=runner)
+    jobs = p.poll(cfg.watchdog.interval_s)
+    if jobs is None:
+        return p.findings, {"calls": p.calls()}
+    from bigops.watchdog.executor import Executor
+    executor = Executor(run, state, runner=p.runner)
     policy = Policy.of(cfg)
-    for intent in executor.journal.in_flight():  # a hold SLURM refused earlier (or we died in): finish it
-        if intent["action"] == "chain-hold" and not dry_run:
-            try:
-                executor.finish(intent)
-            except CommandError as exc:
-                facts["actions"].append(f"[WARNING] chain hold failed: {exc}")
-    queued_ids = {j.job_id for j in jobs}
-    seen = k.setdefault("seen", {})
+    p.finish_holds(executor)
     records = chain_mod.job_records(local, str(run.root))
-    for job_id, record in sorted(records.items(), key=lambda kv: kv[1].get("start", 0)):
-        if job_id in seen or job_id in queued_ids:
-            continue
-        code = record.get("code")
-        if code is None:
-            if now - record.get("start", now) < 5:  # just started, not yet in squeue's answer? look next time
-                continue
-            code, why = exitcodes.FAILED, "left the queue without an end record (scancel, node failure, limit)"
-        else:
-            why = record.get("message") or exitcodes.describe(code)
-        step = record.get("to_step", record.get("from_step"))
-        if code == exitcodes.FINISHED or code == exitcodes.STOPPED_ON_REQUEST:
-            verdict = "end"
-            k["done"] = exitcodes.describe(code)
-        elif code == exitcodes.STOPPED_BY_SIGNAL:
-            verdict = "timeout"
-        elif code in (exitcodes.CONFIG_ERROR, exitcodes.CHECKPOINT_ERROR):
-            verdict = "fatal"
-        else:
-            verdict = "crash"
-        seen[job_id] = {"code": code, "verdict": verdict, "time": now}
-        if verdict not in ("crash", "fatal"):
-            continue
-        kind = "ChainJobCrashed" if verdict == "crash" else "ChainJobFatal"
-        key = f"{kind}:{job_id}"
-        incident = {"id": hashlib.sha1(key.encode()).hexdigest()[:12], "key": key, "kind": kind, "status": "open",
-                    "severity": "critical", "summary": f"job {job_id}: {why}", "step": step, "opened": now,
-                    "evidence": {"job_id": job_id, "code": code}}
-        if acted_on(executor.journal, incident["id"]):
-            seen[job_id]["counted_before"] = True  # chain.json was not saved then: never counted twice
-            continue
-        view = view_for(run, state, executor.journal, [incident], now)
-        for action in decide([incident], view, policy, kinds=CHAIN_KINDS):
-            if isinstance(action, Restart):
-                executor.execute(action, key=key)
-                findings.append(Finding("ChainJobFailed", "warning", f"job {job_id} failed: {why}; the next job "
-                                        f"resumes from step {step} ({action.policy})", key=f"ChainJobFailed:{job_id}",
-                                        step=step, evidence={"job_id": job_id, "code": code}))
-            elif isinstance(action, ChainHold):
-                findings.append(Finding("ChainStopped", "critical", f"{action.reason}: holding the chain",
-                                        key=f"ChainStopped:{job_id}", step=step,
-                                        evidence={"job_id": job_id, "code": code}))
-                k["held"] = True
-                if not dry_run:
-                    try:
-                        executor.execute(action, key=key)
-                    except CommandError as exc:
-                        facts["actions"].append(f"[WARNING] chain hold failed: {exc}")
-                facts["actions"].append(f"[CRITICAL] watchdog chain: held {chain.name} after job {job_id}")
+    for job_id, step, code, why, verdict in p.new_ends(records, jobs):
+        p.handle_end(job_id, step, code, why, verdict, executor, policy)
     if state.restarts:
         state.save()
     live = [j for j in jobs if j.pending or j.running]
-    view = ChainView(live=len(live), held=bool(k.get("held")), done=bool(k.get("done")), exclude=tuple(chain.exclude))
-    upkeep = decide(incidents_of({}, findings_so_far, now), view_for(run, state, executor.journal, [], now, chain=view),
-                    policy, kinds=CHAIN_KINDS)
-    bad = [h for a in upkeep if isinstance(a, ChainExclude) for h in a.hosts]
-    if bad and not dry_run:
+    p.upkeep(live, records, executor, policy, findings_so_far, cfg.slurm.min_queued)
+    chain.save(local)
+    p.facts.update(calls=p.calls(), queued=len(live), done=k.get("done"), held=bool(k.get("held")))
+    return p.findings, p.facts
+
+
+def _load_chain(chain_mod, local, run):
+    """The run's chain, or ``None`` with the warning to report when ``chain.json`` cannot be read."""
+    from trainer.rundir import RELATIVE
+    try:
+        return chain_mod.Chain.load(local, str(run.root)), []
+    except (OSError, ValueError) as exc:
+        return None, [Finding("ChainRecordUnreadable", "warning", f"{RELATIVE.chain_record}: {exc}",
+                              key="ChainRecordUnreadable")]
+
+
+def job_outcome(record: dict, now: float) -> tuple[int, str] | None:
+    """A finished job's exit code and why, from its record; ``None`` for a job that started under 5 s ago and may
+    simply not be in squeue's answer yet. A job with no end record is a crash (scancel, node failure, limit)."""
+    code = record.get("code")
+    if code is not None:
+        return code, record.get("message") or exitcodes.describe(code)
+    if now - record.get("start", now) < 5:
+        return None
+    return exitcodes.FAILED, "left the queue without an end record (scancel, node failure, limit)"
+
+
+def verdict_of(code: int) -> str:
+    """What a job's exit code means for its chain: ``end`` (stop keeping), ``timeout`` (the next job continues),
+    ``fatal`` (a restart will not help: hold) or ``crash`` (a restart under the budget)."""
+    if code in (exitcodes.FINISHED, exitcodes.STOPPED_ON_REQUEST):
+        return "end"
+    if code == exitcodes.STOPPED_BY_SIGNAL:
+        return "timeout"
+    if code in (exitcodes.CONFIG_ERROR, exitcodes.CHECKPOINT_ERROR):
+        return "fatal"
+    return "crash"
+
+
+class _Pass:
+    """The state of one chain-keeping pass: what it found, what it did (``facts["actions"]``) and which SLURM
+    calls it made (counted from the runner's tally at the start)."""
+
+    def __init__(self, run, state, now, dry_run, chain, runner, local, chain_mod):
+        self.run, self.state, self.now, self.dry_run = run, state, now, dry_run
+        self.chain, self.runner, self.local, self.chain_mod = chain, runner, local, chain_mod
+        self.k = chain.keeper
+        self.before = dict(runner.calls)
+        self.facts: dict = {"actions": []}
+        self.findings: list[Finding] = []
+
+    def calls(self) -> dict:
+        """SLURM commands run in this pass, by program."""
+        return {name: n - self.before.get(name, 0) for name, n in self.runner.calls.items()
+                if n - self.before.get(name, 0)}
+
+    def poll(self, interval_s: float):
+        """The chain's jobs from one ``squeue``; ``None`` (with a warning and a longer back-off saved) when SLURM
+        did not answer."""
+        from launcher.slurm.runner import CommandError
         try:
-            added = chain_mod.exclude_nodes(runner, chain, bad)
+            jobs = self.chain_mod.queue(self.runner, self.chain)
+        except CommandError as exc:
+            failures = self.k.get("failures", 0) + 1
+            delay = min(MAX_BACKOFF_S, interval_s * 2 ** failures)
+            self.k.update(failures=failures, next_poll=self.now + delay)
+            self.chain.save(self.local)
+            self.findings.append(Finding("SlurmUnreachable", "warning",
+                                         f"squeue did not answer ({exc}); next try in {delay:.0f} s",
+                                         key="SlurmUnreachable", evidence={"failures": failures}))
+            return None
+        self.k.pop("failures", None)
+        self.k.pop("next_poll", None)
+        return jobs
+
+    def finish_holds(self, executor) -> None:
+        """Finish a hold SLURM refused earlier (or that we died in) from the journal."""
+        from launcher.slurm.runner import CommandError
+        for intent in executor.journal.in_flight():
+            if intent["action"] == "chain-hold" and not self.dry_run:
+                try:
+                    executor.finish(intent)
+                except CommandError as exc:
+                    self.facts["actions"].append(f"[WARNING] chain hold failed: {exc}")
+
+    def new_ends(self, records: dict, jobs):
+        """Jobs that left the queue and were not classified before, oldest first: each is entered in ``seen``
+        with its verdict (an ``end`` marks the chain done); crashes and fatal ends are yielded as
+        ``(job_id, step, code, why, verdict)`` for :meth:`handle_end`."""
+        queued_ids = {j.job_id for j in jobs}
+        seen = self.k.setdefault("seen", {})
+        for job_id, record in sorted(records.items(), key=lambda kv: kv[1].get("start", 0)):
+            if job_id in seen or job_id in queued_ids:
+                continue
+            outcome = job_outcome(record, self.now)
+            if outcome is None:
+                continue
+            code, why = outcome
+            verdict = verdict_of(code)
+            if verdict == "end":
+                self.k["done"] = exitcodes.describe(code)
+            seen[job_id] = {"code": code, "verdict": verdict, "time": self.now}
+            if verdict in ("crash", "fatal"):
+                yield job_id, record.get("to_step", record.get("from_step")), code, why, verdict
+
+    def handle_end(self, job_id: str, step, code: int, why: str, verdict: str, executor, policy) -> None:
+        """A crashed or fatally ended job becomes an incident that :func:`decide` turns into a counted restart
+        or a hold, unless the journal shows it was acted on before (``chain.json`` not saved then)."""
+        from bigops.watchdog.executor import acted_on, view_for
+        kind = "ChainJobCrashed" if verdict == "crash" else "ChainJobFatal"
+        key = f"{kind}:{job_id}"
+        incident = {"id": hashlib.sha1(key.encode()).hexdigest()[:12], "key": key, "kind": kind, "status": "open",
+                    "severity": "critical", "summary": f"job {job_id}: {why}", "step": step, "opened": self.now,
+                    "evidence": {"job_id": job_id, "code": code}}
+        if acted_on(executor.journal, incident["id"]):
+            self.k["seen"][job_id]["counted_before"] = True  # chain.json was not saved then: never counted twice
+            return
+        view = view_for(self.run, self.state, executor.journal, [incident], self.now)
+        evidence = {"job_id": job_id, "code": code}
+        for action in decide([incident], view, policy, kinds=CHAIN_KINDS):
+            if isinstance(action, Restart):
+                executor.execute(action, key=key)
+                self.findings.append(Finding("ChainJobFailed", "warning", f"job {job_id} failed: {why}; the next "
+                                             f"job resumes from step {step} ({action.policy})",
+                                             key=f"ChainJobFailed:{job_id}", step=step, evidence=evidence))
+            elif isinstance(action, ChainHold):
+                self.hold(action, job_id, step, evidence, executor, key)
+
+    def hold(self, action, job_id, step, evidence, executor, key) -> None:
+        """Hold the chain after a job whose failure a restart will not mend (journaled; retried when SLURM
+        refuses)."""
+        from launcher.slurm.runner import CommandError
+        self.findings.append(Finding("ChainStopped", "critical", f"{action.reason}: holding the chain",
+                                     key=f"ChainStopped:{job_id}", step=step, evidence=evidence))
+        self.k["held"] = True
+        if not self.dry_run:
+            try:
+                executor.execute(action, key=key)
+            except CommandError as exc:
+                self.facts["actions"].append(f"[WARNING] chain hold failed: {exc}")
+        self.facts["actions"].append(f"[CRITICAL] watchdog chain: held {self.chain.name} after job {job_id}")
+
+    def upkeep(self, live, records, executor, policy, findings_so_far, min_queued) -> None:
+        """The queue's upkeep that :func:`decide` asks for: exclude bad hosts, report an empty chain, top the
+        queue up to ``min_queued``, and cancel what is still pending once the chain is done."""
+        from bigops.watchdog.executor import incidents_of, view_for
+        k = self.k
+        view = ChainView(live=len(live), held=bool(k.get("held")), done=bool(k.get("done")),
+                         exclude=tuple(self.chain.exclude))
+        upkeep = decide(incidents_of({}, findings_so_far, self.now),
+                        view_for(self.run, self.state, executor.journal, [], self.now, chain=view),
+                        policy, kinds=CHAIN_KINDS)
+        self.exclude([h for a in upkeep if isinstance(a, ChainExclude) for h in a.hosts])
+        if not k.get("done") and not live:
+            last = max(records, key=lambda j: records[j].get("start", 0), default="none")
+            self.findings.append(Finding("ChainEmpty", "critical", f"{self.chain.name}: neither running nor queued "
+                                         f"(last job {last})", key=f"ChainEmpty:{last}"))
+        top_up = next((a for a in upkeep if isinstance(a, ChainTopUp)), None)
+        if top_up is not None:
+            self.submit(top_up.count, min_queued)
+        if k.get("done") and live and not self.dry_run:
+            from launcher.slurm.runner import CommandError
+            try:
+                self.chain_mod.cancel(self.runner, self.chain, pending_only=True)
+            except CommandError:
+                pass
+
+    def exclude(self, bad: list[str]) -> None:
+        """Keep the given hosts out of the chain's next jobs."""
+        from launcher.slurm.runner import CommandError
+        if not bad or self.dry_run:
+            return
+        try:
+            added = self.chain_mod.exclude_nodes(self.runner, self.chain, bad)
         except CommandError as exc:
             added = []
-            facts["actions"].append(f"[WARNING] chain exclude failed: {exc}")
+            self.facts["actions"].append(f"[WARNING] chain exclude failed: {exc}")
         if added:
-            facts["actions"].append(f"[WARNING] watchdog chain: next jobs exclude {', '.join(added)}")
-    if not k.get("done") and not live:
-        last = max(records, key=lambda j: records[j].get("start", 0), default="none")
-        findings.append(Finding("ChainEmpty", "critical", f"{chain.name}: neither running nor queued (last job "
-                                f"{last})", key=f"ChainEmpty:{last}"))
-    top_up = next((a for a in upkeep if isinstance(a, ChainTopUp)), None)
-    if top_up is not None:
-        missing = top_up.count
-        if dry_run:
-            facts["actions"].append(f"dry-run: would submit {missing} job(s) to {chain.name}")
-        else:
-            try:
-                ids = chain_mod.submit(runner, chain, missing)
-                facts["actions"].append(f"[INFO] watchdog chain: submitted {', '.join(ids)} (keep {s.min_queued} "
-                                        f"queued)")
-            except CommandError as exc:
-                findings.append(Finding("ChainSubmitFailed", "warning", f"sbatch failed: {exc}",
-                                        key="ChainSubmitFailed"))
-    if k.get("done") and live and not dry_run:
+            self.facts["actions"].append(f"[WARNING] watchdog chain: next jobs exclude {', '.join(added)}")
+
+    def submit(self, missing: int, min_queued: int) -> None:
+        """Submit ``missing`` jobs to the chain (a warning finding when sbatch fails)."""
+        from launcher.slurm.runner import CommandError
+        name = self.chain.name
+        if self.dry_run:
+            self.facts["actions"].append(f"dry-run: would submit {missing} job(s) to {name}")
+            return
         try:
-            chain_mod.cancel(runner, chain, pending_only=True)
-        except CommandError:
-            pass
-    chain.save(local)
-    facts.update(calls=calls(), queued=len(live), done=k.get("done"), held=bool(k.get("held")))
-    return findings, facts
+            ids = self.chain_mod.submit(self.runner, self.chain, missing)
+            self.facts["actions"].append(f"[INFO] watchdog chain: submitted {', '.join(ids)} (keep {min_queued} "
+                                         f"queued)")
+        except CommandError as exc:
+            self.findings.append(Finding("ChainSubmitFailed", "warning", f"sbatch failed: {exc}",
+                                         key="ChainSubmitFailed"))

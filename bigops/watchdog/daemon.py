@@ -13,12 +13,12 @@ from typing import Iterable
 from pathlib import Path
 
 from bigops.watchdog import approvals, incidents
-from bigops.watchdog.actions import SYNC_LAYERNORM, record_action, safe_append
+from bigops.watchdog.actions import record_action, safe_append
 from bigops.watchdog.chain import keep as keep_chain
 from bigops.watchdog.findings import Finding
 from bigops.watchdog.scan import ScanStream, WatchConfig, scan_run
 from bigops.watchdog.state import WatchState
-from trainer.rundir import RunDir
+from trainer.rundir import SYNC_LAYERNORM, RunDir
 
 RUNBOOKS = "runbooks"
 
@@ -219,3 +219,56 @@ def carry_out_decisions(run: RunDir, state: WatchState, now: float, dry_run: boo
 
 def one_line(f: Finding) -> str:
     return f"[{f.severity.upper()}] {f.kind}: {f.summary} (runbook: {runbook_for(f)})"
+
+
+def watch_run(run: RunDir, interval: float | None = None, *, once: bool = False, dry_run: bool = False,
+              collector=None, on_pass=lambda new, facts: None, say=print) -> None:
+    """``bigops watch``: passes over ``run`` every ``interval`` seconds (default: its ``watchdog.interval_s``)
+    until Ctrl-C (one pass with ``once``). The process that holds the run's writer lock notifies and acts; one
+    that does not observes (detects, exports, prints) and becomes the writer once the holder is gone.
+    ``on_pass(new, facts)`` gets each pass's new findings and facts; ``collector`` (a ``RunCollector``) is
+    updated from them; ``say`` tells the writer changes."""
+    from bigops.watchdog.lock import LockHeld, WriterLock, describe
+    from bigops.watchdog.settings import watch_config
+    from trainer.rundir import load_run_config, pid_alive
+    lock = WriterLock(run, "watch")
+    try:
+        lock.acquire()
+    except LockHeld as held:
+        say(f"observing: {describe(held.holder) if held.holder else 'another watchdog'} is the writer of "
+            f"{run.root} (this watch detects and exports, and neither notifies nor acts)")
+    run_config = load_run_config(run, missing_ok=True)
+    interval = run_config.watchdog.interval_s if interval is None else interval
+    config = watch_config(run_config, alive=pid_alive)  # standalone: nobody else watches the pids
+    state, notifier = _as_writer(run) if lock.held else (WatchState.load(state_path(run)), None)
+    while True:
+        now = time.time()
+        if not lock.held:
+            try:
+                lock.acquire(now)
+                say(f"the writer of {run.root} is gone: this watch is the writer now")
+                state, notifier = _as_writer(run)
+            except LockHeld:
+                pass
+        lock.renew(now)
+        new, facts = tick(run, state, now=now, dry_run=dry_run, notifier=notifier, config=config,
+                          observe=not lock.held)
+        if collector is not None:
+            collector.update(facts, facts["findings"], new, now)
+        on_pass(new, facts)
+        if once:
+            if notifier is not None:
+                notifier.drain()
+            lock.release()
+            return
+        time.sleep(interval)
+
+
+def _as_writer(run: RunDir) -> tuple:
+    """What the writer works with: the watchdog state as on disk now (another writer may have left it) and a
+    notifier that first resends what the previous writer left undelivered."""
+    from bigops.notify.notifier import for_run
+    from trainer.rundir import load_run_config
+    notifier = for_run(run, load_run_config(run, missing_ok=True).alerts)
+    notifier.resend_pending()
+    return WatchState.load(state_path(run)), notifier

@@ -415,7 +415,7 @@ def act_on_desync_incidents(run: RunDir, state, incidents: list[dict], mode: str
             if isinstance(action, NotifyOnly):
                 continue
             verb = "ask for" if isinstance(action, Ask) else "write"
-            from bigops.watchdog.actions import SYNC_LAYERNORM
+            from trainer.rundir import SYNC_LAYERNORM
             intent, fresh = ex.journal.begin(action.name, {"reason": action.reason, "dry_run": True},
                                              incident=action.incident)
             if fresh:

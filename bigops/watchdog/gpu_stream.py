@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from bigops.watchdog.detectors.gpu import GpuConfig
-from bigops.watchdog.telemetry_io import GPU_FIELDS, _number, read_appended, read_tail_at, typed
+from trainer.rundir import GPU_FIELDS, number as _number, read_appended, read_tail_at, typed
 
 TAIL_SAMPLES = 256
 """Samples read from a file's tail when it is first seen (or replaced)."""

@@ -29,11 +29,10 @@ from bigops.watchdog.detectors.throughput import ThroughputConfig, ThroughputDet
 from bigops.watchdog.findings import Finding
 from bigops.watchdog.gpu_stream import GpuStream
 from bigops.watchdog.incidents import IncidentPolicy
-from bigops.watchdog.telemetry_io import (HEARTBEAT_FIELDS, MAX_LINE_BYTES, _number,  # noqa: F401
-                                         malformed_finding, read_appended, read_tail, read_tail_at, typed)
+from bigops.watchdog.telemetry_io import malformed_finding
 from trainer.config import WatchdogConfig
-from trainer.rundir import (RunDir, last_checkpoint_bytes, latest_checkpoint_facts, read_exit_record,  # noqa: F401
-                            read_heartbeats, supervised, target_step)
+from trainer.rundir import (RunDir, last_checkpoint_bytes, latest_checkpoint_facts, number as _number, read_appended,
+                            read_exit_record, read_heartbeats, read_tail_at, supervised, target_step)
 
 
 @dataclass(frozen=True)

@@ -59,13 +59,12 @@ from bigops.watchdog.decide import SUPERVISOR_KINDS, Ask, GiveUp, Kill, NotifyOn
     plan_rollback
 from bigops.watchdog.executor import Executor, acted_on, incidents_of, view_for
 from bigops.watchdog.journal import intent_id
-from bigops.watchdog.scan import read_tail
 from bigops.watchdog.settings import watch_config
 from bigops.watchdog.state import WatchState
 from trainer import checkpoint as ckpt
 from trainer import exitcodes
 from trainer.config import RunConfig
-from trainer.rundir import RunDir, atomic_write_text
+from trainer.rundir import RunDir, atomic_write_text, pid_alive, read_heartbeats, read_tail
 
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -164,7 +163,6 @@ class Supervisor:
     def previous_supervisor(self) -> dict | None:
         """What ``supervisor.json`` says of an earlier supervisor that did not exit cleanly (None: none).
         Raises ConfigError while that supervisor is alive on this host (two must never drive one run)."""
-        from bigops.watchdog.detectors.liveness import pid_alive
         try:
             data = json.loads(self.run.supervisor.read_text())
         except (OSError, ValueError):
@@ -181,7 +179,6 @@ class Supervisor:
         worker in its own session, so a rank it cannot stop (a SIGSTOPped one ignores its SIGTERM) would
         otherwise outlive the launch, stopped, holding memory and its port."""
         kill_group(proc)
-        from bigops.watchdog.detectors.liveness import pid_alive
         left = self.orphans()
         for pid in left:
             try:
@@ -194,8 +191,6 @@ class Supervisor:
 
     def orphans(self) -> dict[int, int]:
         """{pid: process group} of this run's rank processes still alive on this host (an earlier launch's)."""
-        from bigops.watchdog.detectors.liveness import pid_alive
-        from bigops.watchdog.scan import read_heartbeats
         host, found = socket.gethostname(), {}
         pids = [beat.get("pid") for beat in read_heartbeats(self.run).values() if beat.get("host") == host]
         # ranks still starting up have no heartbeat yet, and torchrun none at all: look at this host's processes
@@ -211,8 +206,6 @@ class Supervisor:
 
     def take_over(self, previous: dict | None) -> None:
         """Stop the ranks an earlier (killed) supervisor left running, then record the relaunch: once."""
-        from bigops.watchdog.detectors.liveness import pid_alive
-        from bigops.watchdog.scan import read_heartbeats
         left = self.orphans()
         if left:
             names = ", ".join(f"pid {pid}" for pid in sorted(left))
@@ -339,8 +332,6 @@ class Supervisor:
     def retire_heartbeats(self) -> None:
         """Before a launch: the heartbeats of ranks that are gone become ``exit`` beats, else the hang
         detector takes their age for a hang of the new launch while it starts up (and kills it)."""
-        from bigops.watchdog.detectors.liveness import pid_alive
-        from bigops.watchdog.scan import read_heartbeats
         host = socket.gethostname()
         for rank, beat in read_heartbeats(self.run).items():
             pid = beat.get("pid")
@@ -367,8 +358,6 @@ class Supervisor:
 
     def dead_ranks(self, since: float) -> list[dict]:
         """Ranks of this launch (heartbeat written after ``since``) on this host whose process is gone."""
-        from bigops.watchdog.detectors.liveness import pid_alive
-        from bigops.watchdog.scan import read_heartbeats
         host = socket.gethostname()
         return [b for b in read_heartbeats(self.run).values()
                 if b.get("host") == host and float(b["time"]) >= since and b.get("phase") != "exit"
@@ -487,7 +476,6 @@ class Supervisor:
     def carried_findings(self, spawned: float) -> list[Finding]:
         """Our own open findings for this pass: still present while no launch since has trained a step, then
         resolved once ("training again")."""
-        from bigops.watchdog.scan import read_tail
         if not self.own:
             return []
         records, _ = read_tail(self.run.metrics, 1)
@@ -604,3 +592,35 @@ class Supervisor:
             elif step is not None:
                 break
         return step if step is not None else (records[-1]["step"] if records else 0)
+
+
+def supervise_local(run: RunDir, cfg: RunConfig, world: int, trainer_args: list[str],
+                    say: Callable[[str], None] = print,
+                    on_tick: Callable[[dict], None] | None = None) -> tuple[int, str]:
+    """``bigops launch --watch``: run the ranks on this machine under a :class:`Supervisor` until it is done or
+    gives up, paging through the run's notifier; returns the exit code and its description. Each spawn carries
+    the supervisor's launch id, so its hang and crash incidents and the heartbeats agree. Ctrl-C stops the
+    current ranks (they save first)."""
+    from bigops.notify.notifier import for_run
+    from launcher import local
+
+    current: list = []
+
+    def spawn():
+        current[:] = [local.spawn(run.root, world, trainer_args, log_path=run.ranks_log,
+                                  launch_id=supervisor.launch_id)]
+        return current[0]
+
+    notifier = for_run(run, cfg.alerts)
+    supervisor = Supervisor(run, cfg, spawn, notifier=notifier, say=say, on_tick=on_tick)
+    try:
+        code = supervisor.run_until_done()
+    except KeyboardInterrupt:
+        if current:
+            local.stop(current[0])
+        raise
+    finally:
+        notifier.drain(timeout=10)
+    if code == SUPERVISOR_GAVE_UP:
+        return code, f"the watchdog stopped restarting (see {run.events})"
+    return code, exitcodes.describe(code)

@@ -1,12 +1,10 @@
 """The watchdog's view of malformed telemetry: the tolerant readers themselves are the run-directory
-contract's (``trainer.rundir.jsonl``, re-exported here for the metrics stream, the heartbeats and the GPU
-samples); what they dropped becomes one ``MalformedTelemetry`` finding per source, never a crash."""
+contract's (``trainer.rundir``: the metrics stream, the heartbeats and the GPU samples); what they dropped
+becomes one ``MalformedTelemetry`` finding per source, never a crash."""
 
 from __future__ import annotations
 
 from bigops.watchdog.findings import Finding
-from trainer.rundir.jsonl import (GPU_FIELDS, HEARTBEAT_FIELDS, MAX_LINE_BYTES, MAX_PASS_BYTES,  # noqa: F401
-                                  number as _number, parse_lines, read_appended, read_tail, read_tail_at, typed)
 
 
 def malformed_finding(source: str, bad: list[str]) -> list[Finding]:

@@ -113,13 +113,31 @@ def submit_argv(options: list[str], script_path: str, *, dependency: str | None 
 
 
 def render_script(cfg: RunConfig, run_dir: str, *, job_name: str, workdir: str) -> str:
-    """The batch script of every job of the chain."""
+    """The batch script of every job of the chain: its header and environment, the job's start record, the
+    ranks under srun with the signal relay, and the job's end record."""
     s = cfg.slurm
-    per_node = ranks_per_node(cfg)
-    py = s.python or "python3"
-    modules = [m.strip() for m in s.modules.split(",") if m.strip()]
     cpus = s.cpus_per_task or None
-    script_run = RunDir("$RUN_DIR")  # the script's paths, spelled by the contract against its $RUN_DIR
+    lines = [*_script_header(cfg, run_dir, job_name=job_name, workdir=workdir), *_script_env(cfg, cpus)]
+    lines += [
+        "",
+        "# Record this job's start (and tokenize the data once, if no job did yet).",
+        '"$PYTHON" -m launcher.slurm.job start "$RUN_DIR" || exit 2',
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "",
+        *_script_ranks(cfg, cpus),
+        "",
+        "# Record the trainer's exit code; when the run finished or was stopped on request, cancel the rest",
+        "# of the chain. The job exits with the trainer's code (trainer.exitcodes).",
+        '"$PYTHON" -m launcher.slurm.job end "$RUN_DIR" --srun-rc "$RC"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _script_header(cfg: RunConfig, run_dir: str, *, job_name: str, workdir: str) -> list[str]:
+    """What the job is, where it runs and with which Python; the cluster's modules and setup lines."""
+    s = cfg.slurm
+    modules = [m.strip() for m in s.modules.split(",") if m.strip()]
     lines = [
         "#!/bin/bash",
         f"# bigops: one job of the SLURM chain {job_name!r} (rendered by launcher.slurm.render: relaunch, do not edit).",
@@ -127,7 +145,7 @@ def render_script(cfg: RunConfig, run_dir: str, *, job_name: str, workdir: str) 
         f"# SIGUSR1 {s.signal_before_s} s before it, and run.toml sets train.exit_duration_in_mins.",
         "set -uo pipefail",
         f"RUN_DIR={q(run_dir)}",
-        f"PYTHON={q(py)}",
+        f"PYTHON={q(s.python or 'python3')}",
         f"cd {q(workdir)} || exit 2",
         f"export PYTHONPATH={q(workdir)}${{PYTHONPATH:+:$PYTHONPATH}}",
     ]
@@ -135,23 +153,33 @@ def render_script(cfg: RunConfig, run_dir: str, *, job_name: str, workdir: str) 
         lines.append("module load " + " ".join(q(m) for m in modules))
     if s.setup.strip():
         lines += ["# slurm.setup (verbatim)", *s.setup.strip().splitlines()]
-    lines += ["", "# NCCL: crash on a hung collective instead of hanging; name the node in the logs."]
+    return lines
+
+
+def _script_env(cfg: RunConfig, cpus: int | None) -> list[str]:
+    """NCCL's fail-fast settings, the threads per rank, and the CPU accelerator on GPU-less nodes."""
+    per_node = ranks_per_node(cfg)
+    lines = ["", "# NCCL: crash on a hung collective instead of hanging; name the node in the logs."]
     lines += [f"export {k}={q(v)}" for k, v in NCCL_ENV.items()]
     threads = max(1, (cpus or 1) // per_node) if cpus else 1
     lines += [f"export OMP_NUM_THREADS={threads}", "export PYTHONUNBUFFERED=1"]
-    if not s.gpus_per_node:
+    if not cfg.slurm.gpus_per_node:
         lines.append("export DS_ACCELERATOR=cpu")
-    lines += [
-        "",
-        "# Record this job's start (and tokenize the data once, if no job did yet).",
-        '"$PYTHON" -m launcher.slurm.job start "$RUN_DIR" || exit 2',
-        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        "",
+    return lines
+
+
+def _script_ranks(cfg: RunConfig, cpus: int | None) -> list[str]:
+    """srun (one task per node) running torchrun, in the background, and the loop that relays SLURM's
+    early-warning signal to it once the job has trained a step; ends with the trainer's code in ``$RC``."""
+    s = cfg.slurm
+    script_run = RunDir("$RUN_DIR")  # the script's paths, spelled by the contract against its $RUN_DIR
+    return [
         "# One srun task per node; torch's elastic launcher starts its ranks, rendezvous on the first node.",
         " ".join([
             "srun", "--kill-on-bad-exit=1", f"--nodes={s.nodes}", "--ntasks-per-node=1",
             *([f"--cpus-per-task={cpus}"] if cpus else []),
-            '"$PYTHON"', "-m", "torch.distributed.run", f"--nnodes={s.nodes}", f"--nproc-per-node={per_node}",
+            '"$PYTHON"', "-m", "torch.distributed.run", f"--nnodes={s.nodes}",
+            f"--nproc-per-node={ranks_per_node(cfg)}",
             "--rdzv-backend=c10d", f'--rdzv-endpoint="$MASTER_ADDR:{s.master_port}"', '--rdzv-id="$SLURM_JOB_ID"',
             f"--signals-to-handle={FORWARDED_SIGNALS}", f"--shutdown-timeout={max(30, s.signal_before_s)}",
             "--max-restarts=0", "-m", "trainer.train", '--run-dir "$RUN_DIR"', "&",
@@ -171,10 +199,4 @@ def render_script(cfg: RunConfig, run_dir: str, *, job_name: str, workdir: str) 
         "    sleep 1 & wait $!",
         "done",
         'wait "$SRUN_PID"; RC=$?',
-        "",
-        "# Record the trainer's exit code; when the run finished or was stopped on request, cancel the rest",
-        "# of the chain. The job exits with the trainer's code (trainer.exitcodes).",
-        '"$PYTHON" -m launcher.slurm.job end "$RUN_DIR" --srun-rc "$RC"',
-        "",
     ]
-    return "\n".join(lines)

@@ -61,7 +61,7 @@ def test_stopped_rank_is_a_hang_named_then_killed_and_restarted(tmp_path):
     kill = actions(run, "kill")
     assert kill and f"pid {stopped}" in kill[0]["reason"]
     assert actions(run, "restart") and max(losses(run)) == 60
-    from bigops.watchdog.detectors.liveness import pid_alive
+    from trainer.rundir import pid_alive
     assert not pid_alive(stopped)  # the stopped rank did not outlive the launch (torchrun could not stop it)
 
 

@@ -11,14 +11,13 @@ import pytest
 
 from bigops.cli.main import main
 from bigops.watchdog import approvals
-from bigops.watchdog.actions import SYNC_LAYERNORM
 from bigops.watchdog.daemon import tick
 from bigops.watchdog.scan import WatchConfig
 from bigops.watchdog.state import WatchState
 from tests.unit.test_watch import write_run
 from trainer import exitcodes
 from trainer.config import RunConfig
-from trainer.rundir import RunDir, read_jsonl
+from trainer.rundir import SYNC_LAYERNORM, RunDir, read_jsonl
 
 ASK = WatchConfig(on_desync="ask")
 

@@ -14,7 +14,7 @@ import pytest
 from bigops.watchdog.decide import ChainHold, Restart, Rollback, Sync
 from bigops.watchdog.executor import Executor, Prune
 from bigops.watchdog.state import WatchState
-from tests.unit.test_executor import FakeSlurm, chained_run, publish
+from tests.unit.test_executor import chained_run, publish
 from trainer import checkpoint as ckpt
 from trainer.rundir import RunDir, append_jsonl, read_jsonl
 

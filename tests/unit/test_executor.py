@@ -10,7 +10,7 @@ import time
 import pytest
 
 from bigops.watchdog.state import WatchState
-from tests.unit.test_approve import FAKE_RANKS, SPIKY_RANKS, events, state_of, supervisor_for
+from tests.unit.test_approve import SPIKY_RANKS, events, state_of, supervisor_for
 from trainer import checkpoint as ckpt
 from trainer import exitcodes
 from trainer.rundir import RunDir

@@ -93,7 +93,7 @@ def test_status_one_screen_and_json(tmp_path, capsys):
 def test_heartbeat_times_training_forwards_and_the_slow_rank_fault(tmp_path, monkeypatch):
     import torch
 
-    from bigops.watchdog.scan import read_heartbeats
+    from trainer.rundir import read_heartbeats
     from trainer.telemetry import Heartbeat
     monkeypatch.setenv("BIGOPS_FAULT_SLOW_RANK", "1:0.02,3:0.5")
     run = RunDir(tmp_path)
@@ -118,7 +118,7 @@ def test_heartbeat_times_training_forwards_and_the_slow_rank_fault(tmp_path, mon
 
 
 def test_desync_requests_one_live_sync_per_episode(tmp_path):
-    from bigops.watchdog.actions import SYNC_LAYERNORM
+    from trainer.rundir import SYNC_LAYERNORM
     run = RunDir(tmp_path)
     records = [{"step": s, "loss": 2.0, "ln_desync": 0.0} for s in range(10, 60, 10)]
     records += [{"step": 60, "loss": 2.0, "ln_desync": 0.004}, {"step": 70, "loss": 2.0, "ln_desync": 0.006}]
@@ -198,7 +198,7 @@ def test_exporter_shows_forward_seconds_and_pending_approvals(tmp_path):
 
 def test_watch_waits_the_runs_interval_unless_told(tmp_path, monkeypatch):
     """`--interval` defaults to the run's `watchdog.interval_s` (one declaration of the knob)."""
-    import bigops.cli.watch as watch_cli
+    import bigops.watchdog.daemon as daemon
     write_run(tmp_path, [{"step": i, "loss": 2.0, "grad_norm": 1.0, "skipped": False} for i in range(1, 5)])
     (tmp_path / "run.toml").write_text("[watchdog]\ninterval_s = 2.5\n")
     waits = []
@@ -207,7 +207,7 @@ def test_watch_waits_the_runs_interval_unless_told(tmp_path, monkeypatch):
         waits.append(seconds)
         raise KeyboardInterrupt  # ends the loop after its first pass, as Ctrl-C would
 
-    monkeypatch.setattr(watch_cli.time, "sleep", sleep)
+    monkeypatch.setattr(daemon.time, "sleep", sleep)
     assert main(["watch", str(tmp_path)]) != 0
     assert main(["watch", str(tmp_path), "--interval", "7"]) != 0
     assert waits == [2.5, 7.0]

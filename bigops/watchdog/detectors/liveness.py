@@ -11,7 +11,6 @@ from typing import Callable
 
 from bigops.watchdog.findings import Finding
 from trainer import exitcodes
-from trainer.rundir import pid_alive  # noqa: F401 - the contract's; the watchdog's callers import it here
 
 CLEAN_EXITS = (exitcodes.FINISHED, exitcodes.STOPPED_ON_REQUEST, exitcodes.STOPPED_BY_SIGNAL)
 EXIT_RECORD_SLACK_S = 5.0

@@ -227,6 +227,10 @@ def full_tensor_reader(directory: Path, cfg: config_mod.RunConfig) -> Callable[[
     return get
 
 
+SOURCE = "the Megatron-DeepSpeed checkpoint"
+"""How errors about the model's shape name the checkpoint (``trainer.hf.check_compatible``)."""
+
+
 def hf_shape(cfg: config_mod.RunConfig) -> dict:
     """The model's shape as a HF BLOOM ``config.json`` would give it (the padded vocabulary: the embedding's
     rows), so a run started from the checkpoint takes and checks its shape as ``--init-hf`` does."""
@@ -236,10 +240,10 @@ def hf_shape(cfg: config_mod.RunConfig) -> dict:
             "layer_norm_epsilon": m.layernorm_epsilon, "initializer_range": m.resolved_init_std}
 
 
-def open_tag(path: Path) -> tuple[config_mod.RunConfig, dict]:
-    """(run config, engine state) of a tag directory, refused in one line if it is not a complete
-    Megatron-DeepSpeed BLOOM checkpoint (sizes and names only when it has our manifest; else the layout's
-    files). For ``--init-megatron``: ``path`` is a tag directory or a save directory with ``latest``."""
+def open_tag(path: Path) -> tuple[Path, config_mod.RunConfig]:
+    """(tag directory, run config) of a Megatron-DeepSpeed BLOOM checkpoint, refused in one line if it is
+    incomplete (our manifest's sizes when it has one; else the layout's files). For ``--init-megatron``:
+    ``path`` is a tag directory, or a save directory (``--save``, a run's ``checkpoints``) with ``latest``."""
     path = Path(path)
     if (path / LATEST).is_file() and not (path / ENGINE_FILE.format(mp=0)).is_file():
         path = path / check_tag((path / LATEST).read_text(errors="replace").strip())
@@ -248,9 +252,8 @@ def open_tag(path: Path) -> tuple[config_mod.RunConfig, dict]:
     layout.check_written_layout(path)
     engine = read_engine(path)
     cfg = run_config(engine, path)
-    if not has_manifest(path):
-        problems = structural_problems(path, cfg, hashes=False)
-        if problems:
-            raise CheckpointError(f"{path} is incomplete: {problems[0]}")
-    return cfg, engine
+    found = verify(path, hashes=False) if has_manifest(path) else structural_problems(path, cfg, hashes=False)
+    if found:
+        raise CheckpointError(f"{path} is incomplete or damaged: {found[0]}")
+    return path, cfg
 

@@ -48,6 +48,9 @@ def launch(
     set_: SetOpt = None,
     init_hf: Annotated[Optional[Path], typer.Option("--init-hf", help="Initial weights (and the model's shape) "
                                                                       "from a Hugging Face BLOOM directory.")] = None,
+    init_megatron: Annotated[Optional[Path], typer.Option("--init-megatron", help="Initial weights (and the "
+                             "model's shape) from a Megatron-DeepSpeed BLOOM checkpoint, any TP/PP: a tag directory "
+                             "or a save directory with `latest`.")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from "
                                                    "checkpoints/latest (default: when there is one).")] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Run the watchdog over the ranks: restart "
@@ -78,9 +81,9 @@ def launch(
     if slurm or host or profile or print_script:
         if not slurm:
             raise config_mod.ConfigError("--host, --profile and --print-script go with --slurm")
-        if watch or init_hf is not None:
-            raise config_mod.ConfigError("--watch and --init-hf are local options: with --slurm, run `bigops watch "
-                                         "RUN` beside the chain (it keeps the queue full)")
+        if watch or init_hf is not None or init_megatron is not None:
+            raise config_mod.ConfigError("--watch, --init-hf and --init-megatron are local options: with --slurm, "
+                                         "run `bigops watch RUN` beside the chain (it keeps the queue full)")
         if jobs is not None:
             overrides.append(f"slurm.chain_jobs={jobs}")
         _launch_slurm(run_dir, preset, config, overrides, profile, host, ssh_key, known_hosts, print_script)
@@ -90,7 +93,8 @@ def launch(
         from bigops.metrics.exporter import serve_run
         exporter = serve_run(run, metrics_port, metrics_address)
         console.print(f"metrics: http://{metrics_address}:{metrics_port}/metrics")
-    launch_plan = plan.launch_plan(run, preset, config, overrides, init_hf=init_hf, resume=resume)
+    launch_plan = plan.launch_plan(run, preset, config, overrides, init_hf=init_hf, resume=resume,
+                                   init_megatron=init_megatron)
     cfg, resume, resumable = launch_plan.cfg, launch_plan.resume, launch_plan.resumable
     world = config_mod.world_size_of(cfg)
     started = time.perf_counter()
@@ -102,6 +106,8 @@ def launch(
     trainer_args: list[str] = []
     if init_hf is not None:
         trainer_args += ["--init-hf", str(init_hf)]
+    if init_megatron is not None:
+        trainer_args += ["--init-megatron", str(init_megatron.resolve())]
 
     done_before = len(read_jsonl(run.metrics))
     run.exit_record.unlink(missing_ok=True)

@@ -146,3 +146,58 @@ def test_export_hf_reproduces_the_transformers_model(megatron_run, tmp_path, cap
     assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
     for name, p in model.state_dict().items():
         assert torch.equal(exported.state_dict()[name], p), name
+
+
+# ----------------------------------------------------------------------------------------- --init-megatron
+
+def init_config(tp: int, pp: int):
+    from trainer import config as config_mod
+    cfg = config_mod.preset("tiny")
+    cfg.model = config_mod.ModelConfig(hidden_size=SHAPE.hidden, num_layers=SHAPE.layers,
+                                       num_attention_heads=SHAPE.heads, vocab_size=SHAPE.padded_vocab)
+    cfg.parallel = config_mod.ParallelConfig(tp=tp, pp=pp, dp=1)
+    cfg.train = config_mod.TrainConfig(seq_length=16, micro_batch_size=2, global_batch_size=4, train_steps=1,
+                                       lr=1e-3, min_lr=1e-4, warmup_steps=1, precision="fp32", seed=5)
+    cfg.data.source = "synthetic"
+    return cfg
+
+
+def transformers_loss(model, cfg) -> float:
+    """The loss of the run's first global batch (positions 0..G-1 of the synthetic stream) under the
+    transformers model: mean cross-entropy over every token, as the micro-batches' mean of means."""
+    from trainer.data.synthetic import synthetic_sample
+    tokens = torch.stack([synthetic_sample(i, cfg.train.seq_length, cfg.model.vocab_size, cfg.train.seed)
+                          for i in range(cfg.train.global_batch_size)])
+    with torch.no_grad():
+        logits = model(tokens[:, :-1]).logits.float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1)).item()
+
+
+def test_init_megatron_starts_a_run_from_the_checkpoint_at_another_layout(megatron_run, tmp_path):
+    """From the TP 2 x PP 2 Megatron-DeepSpeed checkpoint into a TP 1 x PP 2 run: the first step's loss is
+    the transformers model's on the same batch. fp32 on both sides with the same (bf16-exact) weights; they
+    differ in summation order only (measured about 1e-7 relative); allowed 1e-5 relative."""
+    from tests.distributed.ranks import run_ranks
+    run, model = megatron_run
+    cfg = init_config(tp=1, pp=2)
+    records = run_ranks(tmp_path / "fresh", cfg, 2, ["--init-megatron", str(run / "checkpoints")], timeout=600)
+    assert records[0]["step"] == 1 and records[0]["consumed_samples"] == cfg.train.global_batch_size
+    expected = transformers_loss(model, cfg)
+    assert records[0]["loss"] == pytest.approx(expected, rel=1e-5), (records[0]["loss"], expected)
+
+
+def test_init_megatron_refuses_a_model_shape_that_does_not_fit(megatron_run, tmp_path):
+    from launcher.plan import launch_plan
+    from trainer.config import ConfigError
+    from trainer.rundir import RunDir
+    run, _ = megatron_run
+    new = RunDir(tmp_path / "new")
+    plan = launch_plan(new, "tiny", None, ["data.source=synthetic"], init_megatron=run / "checkpoints" / TAG)
+    assert (plan.cfg.model.hidden_size, plan.cfg.model.num_layers, plan.cfg.model.num_attention_heads) == (32, 2, 4)
+    with pytest.raises(ConfigError, match=r"^model.num_layers=3 but the Megatron-DeepSpeed checkpoint has 2: "
+                                          r"set model.num_layers=2$"):
+        launch_plan(new, "tiny", None, ["model.num_layers=3"], init_megatron=run / "checkpoints")
+    from trainer.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="written by Megatron-DeepSpeed, not bigops: a run cannot resume "
+                                              "from it; start a new run from its weights with --init-megatron"):
+        launch_plan(RunDir(run), "tiny", None, [])

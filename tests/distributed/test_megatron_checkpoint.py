@@ -201,3 +201,21 @@ def test_init_megatron_refuses_a_model_shape_that_does_not_fit(megatron_run, tmp
     with pytest.raises(CheckpointError, match="written by Megatron-DeepSpeed, not bigops: a run cannot resume "
                                               "from it; start a new run from its weights with --init-megatron"):
         launch_plan(RunDir(run), "tiny", None, [])
+
+
+def test_launch_refuses_in_one_line(megatron_run, tmp_path, capsys):
+    run, _ = megatron_run
+    capsys.readouterr()
+    code = bigops_main(["launch", "--run-dir", str(tmp_path / "new"), "--init-megatron", str(run / "checkpoints"),
+                        "--set", "model.hidden_size=64"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert "model.hidden_size=64 but the Megatron-DeepSpeed checkpoint has 32: set model.hidden_size=32" in err
+    code = bigops_main(["launch", "--run-dir", str(tmp_path / "new2"), "--init-megatron", str(run / "checkpoints"),
+                        "--init-hf", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--init-hf and --init-megatron: start from one checkpoint" in err
+    (run / "checkpoints" / TAG / "layer_03-model_01-model_states.pt").unlink()
+    code = bigops_main(["launch", "--run-dir", str(tmp_path / "new3"), "--init-megatron", str(run / "checkpoints")])
+    err = capsys.readouterr().err.strip()
+    assert code == 3 and "is incomplete or damaged: layer_03-model_01-model_states.pt: missing" in err

@@ -1,7 +1,6 @@
 """trainer.megatron: the run config of a checkpoint Megatron-DeepSpeed wrote (from its ``args``), and the
 completeness and integrity checks of a checkpoint without our manifest."""
 
-
 import pytest
 import torch
 

@@ -144,17 +144,20 @@ class Prepared:
 
 
 def prepare_launch(run, preset: str, config_file: Path | None, overrides: list[str], init_hf: Path | None = None,
-                   resume: bool | None = None) -> Prepared:
+                   resume: bool | None = None, init_megatron: Path | None = None) -> Prepared:
     """Everything a local launch does before the ranks start: apply the resume rules
     (:func:`launcher.plan.launch_plan`), write run.toml and tokenize the data (:func:`prepare`), and clear the
     previous launch's exit record so the one read at the end is this launch's."""
     from trainer import config as config_mod
     from trainer.rundir import read_jsonl
-    launch_plan = plan_mod.launch_plan(run, preset, config_file, overrides, init_hf=init_hf, resume=resume)
+    launch_plan = plan_mod.launch_plan(run, preset, config_file, overrides, init_hf=init_hf, resume=resume,
+                                       init_megatron=init_megatron)
     started = time.perf_counter()
     data = prepare(run, launch_plan.cfg)
     data_s = time.perf_counter() - started
     trainer_args = ["--init-hf", str(init_hf)] if init_hf is not None else []
+    if init_megatron is not None:
+        trainer_args += ["--init-megatron", str(Path(init_megatron).resolve())]
     done_before = len(read_jsonl(run.metrics))
     run.exit_record.unlink(missing_ok=True)
     return Prepared(launch_plan, config_mod.world_size_of(launch_plan.cfg), trainer_args, data, data_s, done_before)

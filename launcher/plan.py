@@ -17,7 +17,7 @@ FROZEN_ON_RESUME = ("model", "parallel", "data")
 
 
 def fresh_config(preset: str, config_file, overrides: list[str], hf_config: dict | None = None,
-                 cuda_available: bool = False) -> config_mod.RunConfig:
+                 cuda_available: bool = False, source: str = "the Hugging Face checkpoint") -> config_mod.RunConfig:
     """Preset + file (+ the model shape of a HF checkpoint to start from) + overrides, validated.
 
     The world size is tp x pp x dp (dp defaults to 1 locally); ``train.precision = "auto"`` is resolved
@@ -29,7 +29,7 @@ def fresh_config(preset: str, config_file, overrides: list[str], hf_config: dict
         cfg.model = model_config_from_hf(hf_config, base=cfg.model)
     cfg = config_mod.apply_overrides(cfg, overrides)
     if hf_config is not None:
-        check_compatible(cfg.model, hf_config)
+        check_compatible(cfg.model, hf_config, source)
     cfg = config_mod.resolve_precision(cfg, cuda_available)
     if cfg.data.source not in ("stdlib", "synthetic"):  # the ranks may run elsewhere: absolute paths
         from trainer.data.blend import absolute_paths
@@ -86,7 +86,7 @@ class LaunchPlan:
 
 
 def launch_plan(run, preset: str, config_file: Path | None, overrides: list[str], init_hf: Path | None = None,
-                resume: bool | None = None) -> LaunchPlan:
+                resume: bool | None = None, init_megatron: Path | None = None) -> LaunchPlan:
     """The resume rules of ``bigops launch``: a run with a checkpoint resumes (``resume=None``: when it has
     one), a run without one cannot, a new run never overwrites checkpoints, and ``--init-hf`` only starts a
     new run. A resumed run's config is its run.toml plus the overrides (``resumed_config``); a new one is
@@ -101,28 +101,35 @@ def launch_plan(run, preset: str, config_file: Path | None, overrides: list[str]
     if not resume and has_checkpoint:
         raise config_mod.ConfigError(f"{run.root} already holds checkpoints: resume it (the default) or choose a "
                                      f"new --run-dir; bigops never overwrites a run")
-    if init_hf is not None and resume:
-        raise config_mod.ConfigError("--init-hf only applies to a new run: this one resumes from its checkpoint")
+    if init_hf is not None and init_megatron is not None:
+        raise config_mod.ConfigError("--init-hf and --init-megatron: start from one checkpoint")
+    for option, given in (("--init-hf", init_hf), ("--init-megatron", init_megatron)):
+        if given is not None and resume:
+            raise config_mod.ConfigError(f"{option} only applies to a new run: this one resumes from its checkpoint")
     if resume:
         if config_file is not None:
             overrides = [*file_overrides(config_file), *overrides]
         from trainer.rundir import load_run_config
         return LaunchPlan(resumed_config(load_run_config(run), overrides), True, resumable)
-    hf_config = None
+    hf_config, source = None, "the Hugging Face checkpoint"
     if init_hf is not None:
         from trainer.hf import read_hf_config
         hf_config = read_hf_config(init_hf)
         overrides = [*hf_tokenizer_override(Path(init_hf), overrides), *overrides]
+    if init_megatron is not None:  # its shape, as a HF config.json would give it
+        from trainer import megatron
+        hf_config, source = megatron.hf_shape(megatron.open_tag(init_megatron)[1]), megatron.SOURCE
     import torch
-    cfg = fresh_config(preset, config_file, overrides, hf_config=hf_config, cuda_available=torch.cuda.is_available())
+    cfg = fresh_config(preset, config_file, overrides, hf_config=hf_config, cuda_available=torch.cuda.is_available(),
+                       source=source)
     return LaunchPlan(cfg, False, resumable)
 
 
 def check_launch_options(*, slurm: bool, watch: bool, metrics_port: int, init_hf: Path | None, host: str | None,
-                         profile: str | None, print_script: bool) -> None:
+                         profile: str | None, print_script: bool, init_megatron: Path | None = None) -> None:
     """The combinations ``bigops launch`` refuses, each a ConfigError naming the options: the metrics server
-    runs inside the watchdog, and --watch / --init-hf are local while --host / --profile / --print-script are
-    SLURM's."""
+    runs inside the watchdog, and --watch / --init-hf / --init-megatron are local while --host / --profile /
+    --print-script are SLURM's."""
     if metrics_port and not watch:
         raise config_mod.ConfigError("--metrics-port goes with --watch (or run `bigops watch RUN --metrics-port P` "
                                      "beside the launch)")
@@ -130,6 +137,6 @@ def check_launch_options(*, slurm: bool, watch: bool, metrics_port: int, init_hf
         return
     if not slurm:
         raise config_mod.ConfigError("--host, --profile and --print-script go with --slurm")
-    if watch or init_hf is not None:
-        raise config_mod.ConfigError("--watch and --init-hf are local options: with --slurm, run `bigops watch "
-                                     "RUN` beside the chain (it keeps the queue full)")
+    if watch or init_hf is not None or init_megatron is not None:
+        raise config_mod.ConfigError("--watch, --init-hf and --init-megatron are local options: with --slurm, "
+                                     "run `bigops watch RUN` beside the chain (it keeps the queue full)")

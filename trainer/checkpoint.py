@@ -316,6 +316,20 @@ class Resumable:
     reason: str | None = None
 
 
+def refuse_foreign(path: Path) -> None:
+    """A checkpoint Megatron-DeepSpeed wrote itself holds no bigops state to resume (manifest, run config,
+    consumed samples, RNG): say so, and how to start from its weights, rather than calling it incomplete."""
+    from trainer import megatron
+    if path.is_dir() and not megatron.has_manifest(path):
+        try:
+            foreign = not megatron.written_by_bigops(megatron.read_engine(path))
+        except CheckpointError:
+            return
+        if foreign:
+            raise CheckpointError(f"{path} was written by Megatron-DeepSpeed, not bigops: a run cannot resume "
+                                  f"from it; start a new run from its weights with --init-megatron {path}")
+
+
 def step_of(tag: str) -> int:
     match = re.search(r"(\d+)$", tag)
     return int(match.group(1)) if match else -1
@@ -349,6 +363,7 @@ def find_resumable(run: RunDir, hashes: bool = True) -> Resumable | None:
     problems = verify(path, hashes=hashes) if path.is_dir() else [f"{path} does not exist"]
     if not problems:
         return Resumable(tag, path, read_manifest(path))
+    refuse_foreign(path)
     for older in reversed(complete_tags(run)):
         if step_of(older) >= step_of(tag) or older == tag:
             continue

@@ -66,16 +66,17 @@ def model_config_from_hf(hf: dict, base: ModelConfig | None = None) -> ModelConf
     )
 
 
-def check_compatible(model: ModelConfig, hf: dict) -> None:
-    """Raise if the run's model shape differs from the HF checkpoint's, naming the option to change."""
+def check_compatible(model: ModelConfig, hf: dict, source: str = "the Hugging Face checkpoint") -> None:
+    """Raise if the run's model shape differs from the checkpoint's (a HF ``config.json``, or
+    ``trainer.megatron.hf_shape`` of a Megatron-DeepSpeed one), naming the option to change."""
     theirs = model_config_from_hf(hf)
     for option in ("hidden_size", "num_layers", "num_attention_heads"):
         if getattr(model, option) != getattr(theirs, option):
-            raise ConfigError(f"model.{option}={getattr(model, option)} but the Hugging Face checkpoint "
-                                    f"has {getattr(theirs, option)}: set model.{option}={getattr(theirs, option)}")
+            raise ConfigError(f"model.{option}={getattr(model, option)} but {source} "
+                              f"has {getattr(theirs, option)}: set model.{option}={getattr(theirs, option)}")
     if model.vocab_size < theirs.vocab_size:
-        raise ConfigError(f"model.vocab_size={model.vocab_size} is smaller than the checkpoint's "
-                                f"{theirs.vocab_size}: set model.vocab_size={theirs.vocab_size}")
+        raise ConfigError(f"model.vocab_size={model.vocab_size} is smaller than {source}'s "
+                          f"{theirs.vocab_size} embedding rows: set model.vocab_size={theirs.vocab_size}")
 
 
 def open_hf_tensors(directory: str | Path) -> Callable[[str], torch.Tensor]:

@@ -31,14 +31,15 @@ DEEPSPEED_GLOBALS = (
     "deepspeed.runtime.zero.config.ZeroStageEnum",
 )
 """Classes DeepSpeed pickles into its checkpoint files (optimizer state), by their import path."""
-MEGATRON_GLOBALS = ("argparse.Namespace",)
-"""What Megatron-DeepSpeed's engine files pickle besides: ``args``, a Namespace of plain values (ours too, see
-``trainer.layout.megatron_args``). Unpickling one sets attributes from a dict; it calls nothing."""
-ENGINE_GLOBALS = DEEPSPEED_GLOBALS + MEGATRON_GLOBALS
-"""The allow-list of every model, engine and optimizer file."""
 NUMPY_RNG_GLOBALS = ("numpy._core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype",
                      "numpy.dtypes.UInt32DType")
 """What ``numpy.random.get_state()`` pickles (numpy 2; ``_reconstruct`` only builds an ndarray)."""
+MEGATRON_GLOBALS = ("argparse.Namespace", *NUMPY_RNG_GLOBALS)
+"""What Megatron-DeepSpeed's engine files pickle besides: ``args``, a Namespace of plain values (ours too, see
+``trainer.layout.megatron_args``; unpickling one sets attributes from a dict, it calls nothing), and its
+``np_rng_state`` (NumPy's generator state, as in our ``rng_state_rank*.pt``)."""
+ENGINE_GLOBALS = DEEPSPEED_GLOBALS + MEGATRON_GLOBALS
+"""The allow-list of every model, engine and optimizer file."""
 
 
 def resolve(names) -> list:

@@ -132,6 +132,26 @@ def init_from_hf(ctx: RankContext, directory: str):
     return lambda pipe: load_global_weights(pipe, ctx.cfg, ctx.tp, get)
 
 
+def init_from_megatron(ctx: RankContext, directory: str):
+    """The same for a Megatron-DeepSpeed BLOOM checkpoint (ours or BigScience's, any TP/PP): its layers are
+    read one at a time and merged over its TP ranks (``trainer.megatron``), then sliced for this rank."""
+    from trainer import megatron
+    from trainer.hf import check_compatible
+    from trainer.pipeline import load_global_weights
+
+    path, source = megatron.open_tag(Path(directory))
+    check_compatible(ctx.cfg.model, megatron.hf_shape(source), megatron.SOURCE)
+    get = megatron.full_tensor_reader(path, source)
+    return lambda pipe: load_global_weights(pipe, ctx.cfg, ctx.tp, get)
+
+
+def initial_weights(ctx: RankContext, init_hf: str | None, init_megatron: str | None):
+    """The callback that loads a new run's initial weights (None: random init)."""
+    if init_hf:
+        return init_from_hf(ctx, init_hf)
+    return init_from_megatron(ctx, init_megatron) if init_megatron else None
+
+
 def _checked(resumable: ckpt.Resumable | None) -> ckpt.Resumable | None:
     """Rank 0: refuse a checkpoint whose files pickle anything outside the allow-list (trainer.safe_load), or
     one in the layout of earlier bigops versions (trainer.layout)."""
@@ -315,14 +335,16 @@ def resume(engine, ctx: RankContext, run: RunDir, resumable: ckpt.Resumable | No
     return state
 
 
-def setup(run: RunDir, init_hf: str | None, faults: FaultHooks) -> tuple[Loop, TrainState]:
+def setup(run: RunDir, init_hf: str | None, faults: FaultHooks,
+          init_megatron: str | None = None) -> tuple[Loop, TrainState]:
     """Everything before the first step: the rank, the data (prepared once, by rank 0), the engine, the resume."""
     ctx, heartbeat, control = start_rank(run)
     cfg = ctx.cfg
     _rank0_then_share(ctx, lambda: prepare_data(run, cfg))
     sample = faults.samples(sample_source(run, cfg), cfg.model.vocab_size)
     resumable = choose_checkpoint(ctx, run, control)
-    engine = build_engine(ctx, init_weights=init_from_hf(ctx, init_hf) if init_hf and resumable is None else None)
+    engine = build_engine(ctx, init_weights=initial_weights(ctx, init_hf, init_megatron) if resumable is None
+                          else None)
     state = resume(engine, ctx, run, resumable)
     heartbeat.attach(engine.module)
     flops = flops_per_token(_n_params(cfg), cfg.model.num_layers, cfg.model.hidden_size, cfg.train.seq_length)
@@ -409,9 +431,10 @@ def after_step(loop: Loop, state: TrainState, record: dict) -> None:
         loop.sink.write(record)
 
 
-def train(run: RunDir, init_hf: str | None = None, faults: FaultHooks = NO_FAULTS) -> int:
+def train(run: RunDir, init_hf: str | None = None, faults: FaultHooks = NO_FAULTS,
+          init_megatron: str | None = None) -> int:
     """Train this rank to ``train.train_steps`` or until told to stop; returns its ``trainer.exitcodes`` code."""
-    loop, state = setup(run, init_hf, faults)
+    loop, state = setup(run, init_hf, faults, init_megatron)
     try:
         while not step_boundary(loop, state):
             record = train_step(loop, state)
@@ -437,11 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--init-hf", default=None, help="initial weights from a HF BLOOM directory")
+    parser.add_argument("--init-megatron", default=None,
+                        help="initial weights from a Megatron-DeepSpeed BLOOM checkpoint (tag or save directory)")
     args = parser.parse_args(argv)
     run = RunDir(args.run_dir)
     rank = int(os.environ.get("RANK", "0"))
     try:
-        code = train(run, init_hf=args.init_hf, faults=hooks_from_env())
+        code = train(run, init_hf=args.init_hf, faults=hooks_from_env(), init_megatron=args.init_megatron)
         if rank == 0:
             exitcodes.record(run.exit_record, code, exitcodes.describe(code), rank)
         return code

@@ -13,8 +13,9 @@ A tag directory of a TP x PP x DP run holds:
 - ``rng_state_rankNNNNN.pt`` (ours).
 
 Everything is loaded with ``weights_only=True``; the three DeepSpeed classes an optimizer file pickles and
-Megatron's ``argparse.Namespace`` of an engine file are allow-listed by name (``trainer.safe_load.ENGINE_GLOBALS``),
-nothing else.
+Megatron's ``argparse.Namespace`` and NumPy RNG state of an engine file are allow-listed by name
+(``trainer.safe_load.ENGINE_GLOBALS``), nothing else. :func:`load` is the one loader of the checkpoint tools
+(``inspect``, ``compare-tp``, surgery).
 """
 
 from __future__ import annotations

@@ -1,18 +1,16 @@
 """What is inside a checkpoint: topology, every file, parameters per pipeline layer, optimizer partitions.
 
-One file is loaded at a time (``weights_only=True``, memory-mapped) and only shapes and dtypes are kept,
-so inspecting a 176B checkpoint needs the memory of its largest file's metadata, not of the model.
+One file is loaded at a time (``weights_only=True``, memory-mapped, with ``dsfiles.load``: DeepSpeed's few
+pickled classes and Megatron's ``args`` allow-listed, nothing else) and only shapes and dtypes are kept, so
+inspecting a 176B checkpoint needs the memory of its largest file's metadata, not of the model.
 
-DeepSpeed pickles a few of its own objects into the optimizer files (``LossScaler``, ``fragment_address``,
-``ZeroStageEnum``). They are read as inert stand-ins that only record their arguments and state: nothing
-from the checkpoint is ever called, and DeepSpeed need not be importable.
+Works on our checkpoints and on ones Megatron-DeepSpeed wrote itself (no manifest, no bigops run config:
+the topology and model come from its ``args``, ``trainer.megatron``).
 """
 
 from __future__ import annotations
 
 import math
-import pickletools
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,66 +62,13 @@ def classify(name: str, size: int = 0, tp: int | None = None) -> FileInfo:
     return FileInfo(name, KIND_OTHER, size)
 
 
-# ------------------------------------------------------------------------------------------- safe loading
-class _Inert:
-    """Stand-in for a class pickled by DeepSpeed: records what it was built from, runs nothing."""
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.args = args
-        obj.state = None
-        return obj
-
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    def __setstate__(self, state) -> None:
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.args or self.state})"
-
-
-_STUBS: dict[str, type] = {}
-
-
-def _pickled_globals(path: Path) -> set[str]:
-    """``module.name`` of every class/function the pickle inside a torch zip file refers to."""
-    with zipfile.ZipFile(path) as archive:
-        pkl = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
-        data = archive.read(pkl)
-    names, strings = set(), []
-    for op, arg, _ in pickletools.genops(data):
-        if op.name == "GLOBAL":
-            names.add(arg.replace(" ", "."))
-        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-            names.add(f"{strings[-2]}.{strings[-1]}")
-        if isinstance(arg, str):
-            strings.append(arg)
-    return names
-
-
 def load(path: Path) -> Any:
-    """``torch.load`` of one checkpoint file, weights only, memory-mapped; DeepSpeed objects become inert, and
-    Megatron's ``args`` (an ``argparse.Namespace`` of plain values) is allowed as it is."""
-    import torch
-
-    from bigops.errors import CheckpointError
-    from trainer.safe_load import MEGATRON_GLOBALS, resolve
-    try:
-        foreign = sorted(g for g in _pickled_globals(path) if g.startswith("deepspeed."))
-        stubs = [(_STUBS.setdefault(g, type(g.rsplit(".", 1)[1], (_Inert,), {"__module__": __name__})), g)
-                 for g in foreign]
-        with torch.serialization.safe_globals([*stubs, *resolve(MEGATRON_GLOBALS)]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # truncated, corrupt or foreign: one line, never a traceback
-        raise CheckpointError(f"{path} cannot be loaded ({type(exc).__name__}): the file is damaged or "
-                              f"not a torch checkpoint") from None
+    """One checkpoint file, with the one safe loader (``dsfiles.load``: weights only, memory-mapped, the
+    allow-list of ``trainer.safe_load``)."""
+    return dsfiles.load(path)
 
 
 def _state(obj: Any) -> dict:
-    if isinstance(obj, _Inert):
-        return obj.state if isinstance(obj.state, dict) else {}
     return obj if isinstance(obj, dict) else {}
 
 
@@ -249,70 +194,88 @@ def summarize_optim(info: FileInfo, state: dict) -> OptimFile:
             entry["params"] = len(mappings[g])
         fp32 += part.numel() if part is not None else 0
         groups.append(entry)
-    scaler = _state(osd.get("loss_scaler"))
-    zero = osd.get("zero_stage")
-    if isinstance(zero, _Inert):
-        zero = zero.args[0] if zero.args else None
+    scale = getattr(osd.get("loss_scaler"), "cur_scale", None)  # DeepSpeed's LossScaler (ZeRO-1 files)
+    zero = osd.get("zero_stage")  # a ZeroStageEnum (an int)
     return OptimFile(name=info.name, dp_rank=info.dp_rank, mp_rank=info.mp_rank, pp_stage=info.pp_stage,
-                     tp_rank=info.tp_rank, zero_stage=zero if isinstance(zero, int) else None, groups=groups,
-                     loss_scale=scaler.get("cur_scale"), fp32_numel=fp32, moments_numel=moments)
+                     tp_rank=info.tp_rank, zero_stage=int(zero) if isinstance(zero, int) else None, groups=groups,
+                     loss_scale=float(scale) if isinstance(scale, (int, float)) else None, fp32_numel=fp32,
+                     moments_numel=moments)
 
 
-def inspect_checkpoint(path: Path, tag: str, load_optimizer: bool = True) -> Report:
-    """Read a checkpoint directory one file at a time (see the module docstring)."""
+@dataclass
+class _Engine:
+    """What ``mp_rank_00_model_states.pt`` says, kept without its tensors."""
+
+    cfg: Any = None                 # trainer.config.RunConfig: ours, or derived from Megatron's args
+    ours: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    dims: dict = field(default_factory=dict)
+    ds_config: dict = field(default_factory=dict)
+    dp_world_size: Any = None
+    step: Any = None
+    consumed_samples: Any = None
+
+
+ENGINE_KEYS = ("ds_version", "global_steps", "global_samples", "skipped_steps", "mp_world_size", "dp_world_size",
+               "iteration", "checkpoint_version")
+
+
+def read_engine(path: Path, problems: list[str]) -> _Engine:
+    """The run config, step counters and LR of the first engine file (problems appended, never raised)."""
     from bigops.errors import CheckpointError
-    from trainer import config as config_mod
+    from trainer import megatron
+    from trainer.checkpoint import CheckpointError as BadCheckpoint
 
-    problems = ckpt.verify(path, hashes=False)
-    try:
-        manifest = ckpt.read_manifest(path)
-    except ckpt.CheckpointError:
-        manifest = {}
-    names = sorted(p.name for p in path.iterdir() if p.is_file())
-    engine_state: dict = {}
-    cfg = None
     engine0 = path / "mp_rank_00_model_states.pt"
-    if engine0.is_file():
+    if not engine0.is_file():
+        return _Engine()
+    try:
+        state = load(engine0)
+    except CheckpointError as exc:
+        problems.append(str(exc))
+        return _Engine()
+    out = _Engine(ours=_state(state.get("bigops")), dims=_state(state.get("checkpoint_parallel_dimensions")),
+                  ds_config=_state(state.get("ds_config")), dp_world_size=state.get("dp_world_size"),
+                  step=megatron.step_of(state), consumed_samples=megatron.consumed_samples_of(state))
+    if megatron.written_by_bigops(state) or state.get("args") is not None:
         try:
-            engine_state = load(engine0)
-        except CheckpointError as exc:
+            out.cfg = megatron.run_config(state, engine0)
+        except BadCheckpoint as exc:
             problems.append(str(exc))
-    ours = engine_state.get("bigops") if isinstance(engine_state.get("bigops"), dict) else {}
-    if isinstance(ours.get("config"), dict):
-        try:
-            cfg = config_mod.from_dict(ours["config"])
-        except config_mod.ConfigError as exc:
-            problems.append(f"{engine0.name}: its run config is invalid: {exc}")
-    topo = manifest.get("topology") if isinstance(manifest.get("topology"), dict) else {}
-    dims = engine_state.get("checkpoint_parallel_dimensions") or {}
-    ds_config = engine_state.get("ds_config") if isinstance(engine_state.get("ds_config"), dict) else {}
+    out.summary = {k: state[k] for k in ENGINE_KEYS if k in state}
+    lrs = _state(state.get("lr_scheduler")).get("_last_lr")
+    if lrs:
+        out.summary["lr"] = lrs[0]
+    return out
+
+
+def topology_of(engine: _Engine, manifest: dict, problems: list[str]) -> dict:
+    """TP/PP/DP, ZeRO stage and precision: the run config's, else the manifest's or DeepSpeed's."""
+    cfg, topo, dims = engine.cfg, _state(manifest.get("topology")), engine.dims
     tp = cfg.parallel.tp if cfg else topo.get("tp", dims.get("tp_degree"))
     pp = cfg.parallel.pp if cfg else topo.get("pp", dims.get("pp_degree"))
-    dp = cfg.parallel.dp if cfg else topo.get("dp", engine_state.get("dp_world_size"))
-    topology = {"tp": tp, "pp": pp, "dp": dp,
-                "world_size": tp * pp * dp if all(isinstance(x, int) for x in (tp, pp, dp)) else None,
-                "zero_stage": cfg.parallel.zero_stage if cfg
-                else (ds_config.get("zero_optimization") or {}).get("stage"),
-                "precision": cfg.train.precision if cfg else manifest.get("precision")}
+    dp = cfg.parallel.dp if cfg else topo.get("dp", engine.dp_world_size)
     if topo and cfg and (topo.get("tp"), topo.get("pp"), topo.get("dp")) != (tp, pp, dp):
         problems.append(f"manifest topology {topo} differs from the run config's TP={tp} PP={pp} DP={dp}")
-    model = {}
-    if cfg:
-        m = cfg.model
-        model = {"hidden_size": m.hidden_size, "num_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,
-                 "vocab_size": m.vocab_size, "padded_vocab_size": cfg.padded_vocab_size}
-    lrs = (engine_state.get("lr_scheduler") or {}).get("_last_lr") if isinstance(
-        engine_state.get("lr_scheduler"), dict) else None
-    engine = {k: engine_state.get(k) for k in ("ds_version", "global_steps", "global_samples", "skipped_steps",
-                                               "mp_world_size", "dp_world_size", "iteration", "checkpoint_version")
-              if k in engine_state}
-    megatron_layers = getattr(engine_state.get("args"), "num_layers", None)  # Megatron's args, without our config
-    if lrs:
-        engine["lr"] = lrs[0]
-    engine_state = {}  # drop it before reading the next file
+    return {"tp": tp, "pp": pp, "dp": dp,
+            "world_size": tp * pp * dp if all(isinstance(x, int) for x in (tp, pp, dp)) else None,
+            "zero_stage": cfg.parallel.zero_stage if cfg else _state(engine.ds_config.get("zero_optimization")).get(
+                "stage"),
+            "precision": cfg.train.precision if cfg else manifest.get("precision")}
 
-    files = [classify(n, (path / n).stat().st_size, tp if isinstance(tp, int) else None) for n in names]
-    num_layers = cfg.model.num_layers if cfg else megatron_layers if isinstance(megatron_layers, int) else None
+
+def model_of(cfg) -> dict:
+    if cfg is None:
+        return {}
+    m = cfg.model
+    return {"hidden_size": m.hidden_size, "num_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,
+            "vocab_size": m.vocab_size, "padded_vocab_size": cfg.padded_vocab_size}
+
+
+def read_layers(path: Path, files: list[FileInfo], tp, num_layers: int | None, problems: list[str]) -> list[Layer]:
+    """The parameters of every pipeline layer, from its TP files' shapes (one file loaded at a time)."""
+    from bigops.errors import CheckpointError
+
     by_layer: dict[int, list[FileInfo]] = {}
     for f in files:
         if f.kind == KIND_LAYER:
@@ -329,16 +292,41 @@ def inspect_checkpoint(path: Path, tag: str, load_optimizer: bool = True) -> Rep
             problems.append(f"layer {index:02d} has {len(by_layer[index])} TP files, expected {tp}")
         if shards:
             layers.append(summarize_layer(index, shards, num_layers))
+    return layers
+
+
+def read_optimizer(path: Path, files: list[FileInfo], problems: list[str]) -> list[OptimFile]:
+    from bigops.errors import CheckpointError
+
     optimizer = []
-    if load_optimizer:
-        for f in files:
-            if f.kind == KIND_OPTIM:
-                try:
-                    optimizer.append(summarize_optim(f, load(path / f.name)))
-                except CheckpointError as exc:
-                    problems.append(str(exc))
-    step = manifest.get("step") if isinstance(manifest.get("step"), int) else ours.get("step")
+    for f in files:
+        if f.kind == KIND_OPTIM:
+            try:
+                optimizer.append(summarize_optim(f, load(path / f.name)))
+            except CheckpointError as exc:
+                problems.append(str(exc))
+    return optimizer
+
+
+def inspect_checkpoint(path: Path, tag: str, load_optimizer: bool = True) -> Report:
+    """Read a checkpoint directory one file at a time (see the module docstring)."""
+    from trainer import megatron
+
+    problems = megatron.problems(path, hashes=False)  # ours: against the manifest; Megatron's: by the layout
+    try:
+        manifest = ckpt.read_manifest(path)
+    except ckpt.CheckpointError:
+        manifest = {}
+    engine = read_engine(path, problems)
+    topology = topology_of(engine, manifest, problems)
+    tp = topology["tp"]
+    files = [classify(p.name, p.stat().st_size, tp if isinstance(tp, int) else None)
+             for p in sorted(path.iterdir()) if p.is_file()]
+    num_layers = engine.cfg.model.num_layers if engine.cfg else None
+    layers = read_layers(path, files, tp, num_layers, problems)
+    optimizer = read_optimizer(path, files, problems) if load_optimizer else []
+    step = manifest.get("step") if isinstance(manifest.get("step"), int) else engine.step
     return Report(tag=tag, path=str(path), step=step,
-                  consumed_samples=manifest.get("consumed_samples", ours.get("consumed_samples")),
-                  topology=topology, model=model, engine=engine, files=files, layers=layers,
-                  optimizer=optimizer, problems=problems)
+                  consumed_samples=manifest.get("consumed_samples", engine.consumed_samples),
+                  topology=topology, model=model_of(engine.cfg), engine=engine.summary, files=files, layers=layers,
+                  optimizer=optimizer, problems=sorted(set(problems), key=problems.index))

@@ -24,6 +24,7 @@ from pathlib import Path
 from bigops.checkpoint.rollback import ASIDE
 from bigops.errors import CheckpointError
 from trainer import checkpoint as ckpt
+from trainer import megatron
 from trainer.rundir import RunDir
 
 DELETING_PREFIX = ".deleting-"
@@ -112,15 +113,15 @@ def describe(root: Path, path: Path, tag: str, state: str | None = None, aside: 
     step, created, problem = ckpt.step_of(tag), None, None
     try:
         manifest = ckpt.read_manifest(path)
-    except ckpt.CheckpointError as exc:
-        manifest, problem = None, str(exc)
+    except ckpt.CheckpointError:
+        manifest = None
     if manifest is not None:
         if isinstance(manifest.get("step"), int):
             step = manifest["step"]
         if isinstance(manifest.get("created"), (int, float)):
             created = float(manifest["created"])
-        problems = ckpt.verify(path, hashes=False)
-        problem = problems[0] if problems else None
+    problems = megatron.problems(path, hashes=False)  # no manifest: incomplete, unless Megatron-DeepSpeed's
+    problem = problems[0] if problems else None
     if created is None:
         try:
             created = path.stat().st_mtime
@@ -245,7 +246,7 @@ def newest_intact(run: RunDir, inv: Inventory) -> tuple[Entry | None, dict[str, 
     the first intact one (usually one checkpoint is read)."""
     damaged: dict[str, str] = {}
     for entry in reversed([e for e in inv.live() if e.complete]):
-        problems = ckpt.verify(entry_path(run, entry), hashes=True)
+        problems = megatron.problems(entry_path(run, entry), hashes=True)
         if not problems:
             return entry, damaged
         damaged[entry.tag] = problems[0]
@@ -256,15 +257,16 @@ def verify_entry(run: RunDir, entry: Entry) -> VerifyResult:
     """Re-hash every file of a checkpoint against its manifest."""
     path = entry_path(run, entry)
     started = time.perf_counter()
-    problems = ckpt.verify(path, hashes=True)
+    problems = megatron.problems(path, hashes=True)
     seconds = time.perf_counter() - started
-    hashed = 0  # what verify read: the files present with the manifest's size
+    hashed = 0  # what verify read: the files present with the manifest's size (without one: the CRC'd files)
     try:
         for rel, meta in ckpt.read_manifest(path)["files"].items():
             file = path / rel
             if isinstance(meta, dict) and file.is_file() and file.stat().st_size == meta.get("size"):
                 hashed += meta["size"]
     except ckpt.CheckpointError:
-        pass
+        if not problems:
+            hashed = sum(f.stat().st_size for f in path.glob("*.pt"))
     return VerifyResult(tag=entry.tag, aside=entry.aside, problems=tuple(problems), bytes_hashed=hashed,
                         seconds=seconds)

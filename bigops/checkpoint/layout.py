@@ -17,8 +17,7 @@ import torch
 
 from bigops.errors import CheckpointError
 from trainer import config as config_mod
-from trainer.parallel.plan import merge
-from trainer import layout
+from trainer import layout, megatron
 from trainer.rundir import RunDir
 
 
@@ -30,16 +29,13 @@ class CheckpointRef:
     tag: str
     config: config_mod.RunConfig
     step: int | None
+    manifest: dict
+    """Ours; for a checkpoint Megatron-DeepSpeed wrote, ``trainer.megatron.stand_in_manifest``."""
+    foreign: bool = False
+    """Written by Megatron-DeepSpeed itself: no manifest, no bigops run config (derived from its ``args``)."""
 
     def layer_file(self, layer: int, tp_rank: int) -> Path:
-        return self.path / f"layer_{layer:02d}-model_{tp_rank:02d}-model_states.pt"
-
-
-def _load(path: Path) -> dict:
-    """One file, weights only (DeepSpeed's few pickled classes allow-listed: a bf16 ZeRO-0 engine file holds
-    the optimizer state); missing or damaged: one line."""
-    from bigops.checkpoint import dsfiles
-    return dsfiles.load(path)
+        return megatron.layer_file(self.path, layer, tp_rank)
 
 
 def open_checkpoint(run_dir: str | Path, tag: str | None = None) -> CheckpointRef:
@@ -63,23 +59,19 @@ def open_checkpoint(run_dir: str | Path, tag: str | None = None) -> CheckpointRe
             raise CheckpointError(f"checkpoint {tag} is being written (or its save crashed): only "
                                   f"{partial_dir(run, tag).name} exists")
         raise CheckpointError(f"checkpoint {tag!r} does not exist under {run.checkpoints}")
-    from trainer.checkpoint import verify
     try:
         layout.check_written_layout(path)
+        problems = megatron.problems(path, hashes=False)  # `bigops ckpt verify` re-hashes; sizes refuse here
+        if problems:
+            raise CheckpointError(f"checkpoint {tag} is incomplete or damaged: {problems[0]}")
+        engine = megatron.read_engine(path)
+        cfg = megatron.run_config(engine, path)
     except BadTag as exc:
         raise CheckpointError(str(exc)) from None
-    problems = verify(path, hashes=False)  # `bigops ckpt verify` re-hashes; here sizes are enough to refuse
-    if problems:
-        raise CheckpointError(f"checkpoint {tag} is incomplete or damaged: {problems[0]}")
-    state = _load(path / "mp_rank_00_model_states.pt")
-    ours = state.get("bigops")
-    if not isinstance(ours, dict) or "config" not in ours:
-        raise CheckpointError(f"{path} was not written by bigops (no run config inside)")
-    try:
-        cfg = config_mod.from_dict(ours["config"])
-    except config_mod.ConfigError as exc:
-        raise CheckpointError(f"{path}: its run config is invalid: {exc}") from None
-    return CheckpointRef(path=path, tag=tag, config=cfg, step=ours.get("step"))
+    from trainer import checkpoint as ckpt
+    manifest = ckpt.read_manifest(path) if megatron.has_manifest(path) else megatron.stand_in_manifest(engine, cfg)
+    return CheckpointRef(path=path, tag=tag, config=cfg, step=megatron.step_of(engine), manifest=manifest,
+                         foreign=not megatron.written_by_bigops(engine))
 
 
 def iter_full_tensors(ckpt: CheckpointRef, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
@@ -87,17 +79,5 @@ def iter_full_tensors(ckpt: CheckpointRef, dtype: torch.dtype | None = None) -> 
 
     The tied LM head (the last pipeline layer) is not stored separately: it is ``word_embeddings``.
     """
-    cfg = ckpt.config
-    tp, num_layers = cfg.parallel.tp, cfg.model.num_layers
-    for layer in layout.saved_layers(num_layers):
-        shards = [_load(ckpt.layer_file(layer, rank)) for rank in range(tp)]
-        for key in shards[0]:
-            missing = [r for r, s in enumerate(shards) if key not in s]
-            if missing:
-                raise CheckpointError(f"{ckpt.layer_file(layer, missing[0])} lacks {key}: the checkpoint is damaged")
-            try:
-                name = layout.hf_name(num_layers, layer, key)
-            except ValueError as exc:
-                raise CheckpointError(f"{ckpt.layer_file(layer, 0)}: {exc}") from None
-            full = merge(name, [s[key] for s in shards])
-            yield name, (full.to(dtype) if dtype is not None else full)
+    for layer in layout.saved_layers(ckpt.config.model.num_layers):
+        yield from megatron.layer_tensors(ckpt.path, ckpt.config, layer, dtype).items()

@@ -90,11 +90,12 @@ def open_source(run_dir: Path, tag: str | None, verify_hashes: bool = True) -> S
     from bigops.checkpoint.layout import open_checkpoint
     ref = open_checkpoint(run_dir, tag)  # tag checks, presence, sizes, the run config inside
     if verify_hashes:
-        problems = ckpt.verify(ref.path, hashes=True)
+        from trainer import megatron
+        problems = megatron.problems(ref.path, hashes=True)  # a Megatron-DeepSpeed-written one: zip CRCs
         if problems:
             raise CheckpointError(f"checkpoint {ref.tag} is damaged: {problems[0]}")
     p = ref.config.parallel
-    return Source(RunDir(Path(run_dir)), ref.tag, ref.path, ckpt.read_manifest(ref.path), ref.config,
+    return Source(RunDir(Path(run_dir)), ref.tag, ref.path, ref.manifest, ref.config,
                   dsfiles.scan(ref.path, p.tp, p.pp, p.dp))
 
 

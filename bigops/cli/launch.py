@@ -48,6 +48,9 @@ def launch(
     set_: SetOpt = None,
     init_hf: Annotated[Optional[Path], typer.Option("--init-hf", help="Initial weights (and the model's shape) "
                                                                       "from a Hugging Face BLOOM directory.")] = None,
+    init_megatron: Annotated[Optional[Path], typer.Option("--init-megatron", help="Initial weights (and the "
+                             "model's shape) from a Megatron-DeepSpeed BLOOM checkpoint, any TP/PP: a tag directory "
+                             "or a save directory with `latest`.")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from "
                                                    "checkpoints/latest (default: when there is one).")] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Run the watchdog over the ranks: restart "
@@ -72,17 +75,19 @@ def launch(
     overrides = [*(set_ or []), *_flag_overrides(tp, pp, dp, steps, seed, precision, save_interval,
                                                            exit_duration)]
     plan.check_launch_options(slurm=slurm, watch=watch, metrics_port=metrics_port, init_hf=init_hf, host=host,
-                              profile=profile, print_script=print_script)
+                              profile=profile, print_script=print_script, init_megatron=init_megatron)
     if slurm:
         if jobs is not None:
             overrides.append(f"slurm.chain_jobs={jobs}")
         _launch_slurm(run_dir, preset, config, overrides, profile, host, ssh_key, known_hosts, print_script)
         return
-    _launch_local(RunDir(run_dir), preset, config, overrides, init_hf, resume, watch, metrics_port, metrics_address)
+    _launch_local(RunDir(run_dir), preset, config, overrides, init_hf, resume, watch, metrics_port, metrics_address,
+                  init_megatron)
 
 
 def _launch_local(run: RunDir, preset: str, config: Path | None, overrides: list[str], init_hf: Path | None,
-                  resume: bool | None, watch: bool, metrics_port: int, metrics_address: str) -> None:
+                  resume: bool | None, watch: bool, metrics_port: int, metrics_address: str,
+                  init_megatron: Path | None = None) -> None:
     """``bigops launch`` on this machine: prepare (``launcher.local.prepare_launch``), run the ranks (under the
     watchdog with ``watch``) while showing progress, then the summary and the exit code."""
     exporter = None
@@ -90,7 +95,8 @@ def _launch_local(run: RunDir, preset: str, config: Path | None, overrides: list
         from bigops.metrics.exporter import serve_run
         exporter = serve_run(run, metrics_port, metrics_address)
         console.print(f"metrics: http://{metrics_address}:{metrics_port}/metrics")
-    prepared = local.prepare_launch(run, preset, config, overrides, init_hf=init_hf, resume=resume)
+    prepared = local.prepare_launch(run, preset, config, overrides, init_hf=init_hf, resume=resume,
+                                    init_megatron=init_megatron)
     _print_start(run, prepared)
     cfg = prepared.plan.cfg
     spawned = time.time()

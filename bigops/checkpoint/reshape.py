@@ -51,6 +51,8 @@ VERB = "universal"
 LATEST_UNIVERSAL = "latest_universal"
 """The file DeepSpeed's converter writes beside the output folder (what ``load_universal`` reads without a tag)."""
 CONVERT_TIMEOUT_S = 24 * 3600.0
+STAGING_SUFFIX = ".input"
+"""``checkpoints/.partial-universal-<tag>.input/``: the converter's view of the source (see :func:`stage_source`)."""
 
 
 class OutOfSyncError(CheckpointError):
@@ -151,6 +153,34 @@ def convert(source_dir: Path, out_dir: Path, say: Callable[[str], None] = lambda
         raise CheckpointError(f"ds_to_universal failed on {source_dir.name} (exit {code}): {last[:300]}")
 
 
+def stage_source(source: Source, staging: Path, keep_rows: int) -> Path:
+    """A view of the source for the converter that keeps ``keep_rows`` rows of the word embedding (the source's
+    padded vocabulary, or the target's if smaller) instead of only the real vocabulary.
+
+    The padding rows are not inert: they take part in the softmax (Megatron-DeepSpeed's BLOOM, and ours, pad
+    the vocabulary to a multiple of TP x ``make_vocab_size_divisible_by`` and train every row), so a converter
+    that strips them changes the loss (by 5e-5 relative on the test model). Every file is hard-linked except the
+    small engine files, re-saved with ``universal_checkpoint_info``'s original vocabulary size set to
+    ``keep_rows``; DeepSpeed's universal loading zero-pads to the target's size if that is larger."""
+    from deepspeed.checkpoint import constants as c
+
+    from bigops.checkpoint import dsfiles
+    staging.mkdir(parents=True)
+    for f in sorted(p for p in source.path.iterdir() if p.is_file() and p.name != ckpt.MANIFEST):
+        if dsfiles.ENGINE_RE.match(f.name):
+            sd = dsfiles.load(f, mmap=False)
+            info = dict(sd.get(c.UNIVERSAL_CHECKPOINT_INFO) or {})
+            info[c.ORIGINAL_VOCAB_SIZE] = keep_rows
+            sd[c.UNIVERSAL_CHECKPOINT_INFO] = info
+            dsfiles.save(sd, staging / f.name)
+        else:
+            try:
+                os.link(f, staging / f.name)
+            except OSError:
+                shutil.copy2(f, staging / f.name)
+    return staging
+
+
 def _carry_rng(source: Source, partial: Path, target: Layout) -> str:
     """Hard-link the per-rank RNG files when the rank count is unchanged; else leave them out (re-seed)."""
     if layout_of(source.config).world_size != target.world_size:
@@ -179,10 +209,15 @@ def write_universal(source: Source, target: Layout, say: Callable[[str], None] =
     run = source.run
     new_tag = new_tag_for(run, source.tag, VERB)
     partial = ckpt.partial_dir(run, new_tag)
-    if partial.exists():
-        shutil.rmtree(partial)  # a crashed reshape's leftovers (never a source: tags never start with '.')
+    staging = ckpt.partial_dir(run, new_tag + STAGING_SUFFIX)
+    for leftover in (partial, staging):
+        if leftover.exists():
+            shutil.rmtree(leftover)  # a crashed reshape's (never a source: tags never start with '.')
+    keep_rows = min(source.config.padded_vocab_size,
+                    target_config(source.config, target).padded_vocab_size)
     try:
-        convert(source.path, partial, say)
+        convert(stage_source(source, staging, keep_rows), partial, say)
+        shutil.rmtree(staging)
         (run.checkpoints / LATEST_UNIVERSAL).unlink(missing_ok=True)  # it names the partial dir; rewritten below
         rng = _carry_rng(source, partial, target)
         say("sealing the new checkpoint (manifest)")
@@ -195,6 +230,7 @@ def write_universal(source: Source, target: Layout, say: Callable[[str], None] =
         fsync_dir(run.checkpoints)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     atomic_write_text(run.checkpoints / LATEST_UNIVERSAL, new_tag + "\n")
     return new_tag, rng

@@ -57,6 +57,9 @@ lineage): ``checkpoints/.superseded/<tag>-<time>/``, kept as evidence, never pru
 LEGACY_DAMAGED = ".damaged"
 """The same, as older versions named it (read by the inventory, never written)."""
 LINEAGE_HISTORY_MAX = 100
+UNIVERSAL = "universal"
+"""The manifest key of a DeepSpeed universal checkpoint (``bigops ckpt reshape``): {source_tag,
+source_topology, rng}. The trainer resumes from it with DeepSpeed's universal loading."""
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -328,6 +331,11 @@ def refuse_foreign(path: Path) -> None:
         if foreign:
             raise CheckpointError(f"{path} was written by Megatron-DeepSpeed, not bigops: a run cannot resume "
                                   f"from it; start a new run from its weights with --init-megatron {path}")
+
+
+def is_universal(resumable: "Resumable | None") -> bool:
+    """Is the checkpoint to resume from a universal one (written by ``bigops ckpt reshape``)?"""
+    return resumable is not None and isinstance(resumable.manifest.get(UNIVERSAL), dict)
 
 
 def step_of(tag: str) -> int:

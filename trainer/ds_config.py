@@ -8,9 +8,11 @@ from typing import Any
 from trainer.config import RunConfig, gradient_accumulation_steps
 
 
-def deepspeed_config(cfg: RunConfig) -> dict[str, Any]:
+def deepspeed_config(cfg: RunConfig, load_universal: bool = False) -> dict[str, Any]:
     """DeepSpeed's JSON config. AdamW is torch's (``torch_adam``): DeepSpeed's fused Adam would be
-    JIT-compiled on CPU. bf16 keeps fp32 master weights and fp32 gradient accumulation (BLOOM's setting)."""
+    JIT-compiled on CPU. bf16 keeps fp32 master weights and fp32 gradient accumulation (BLOOM's setting).
+    ``load_universal``: the checkpoint to resume from is a universal one (``bigops ckpt reshape``); DeepSpeed
+    then loads it with its universal loading (saves are unaffected: ordinary checkpoints of this layout)."""
     t, p = cfg.train, cfg.parallel
     if t.precision not in ("fp32", "bf16"):
         raise ValueError(f"train.precision={t.precision!r} must be resolved to fp32 or bf16 first")
@@ -31,6 +33,8 @@ def deepspeed_config(cfg: RunConfig) -> dict[str, Any]:
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
     if bf16:
         # ZeRO-1: DeepSpeed's BF16_Optimizer with fp32 gradient accumulation (BLOOM's setting). ZeRO-0 in bf16:
         # DeepSpeed takes the same optimizer only with bf16 accumulation (fp32 is refused for stage 0).

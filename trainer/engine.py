@@ -56,9 +56,10 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(ctx: RankContext, init_weights=None):
+def build_engine(ctx: RankContext, init_weights=None, load_universal: bool = False):
     """The DeepSpeed PipelineEngine of this rank. ``init_weights(pipe)`` may overwrite the fresh init (e.g.
-    with imported HF weights) before DeepSpeed copies parameters into its optimizer."""
+    with imported HF weights) before DeepSpeed copies parameters into its optimizer. ``load_universal``: the
+    resume will load a universal checkpoint (see ``trainer.ds_config``)."""
     import deepspeed
 
     pipe = build_pipeline_module(ctx.cfg, ctx.dims.topology(), ctx.tp)
@@ -72,7 +73,8 @@ def build_engine(ctx: RankContext, init_weights=None):
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     engine, _, _, _ = deepspeed.initialize(model=pipe, model_parameters=optimizer_groups,
-                                           config=deepspeed_config(ctx.cfg), lr_scheduler=scheduler)
+                                           config=deepspeed_config(ctx.cfg, load_universal),
+                                           lr_scheduler=scheduler)
     safe_load.install(engine)  # every checkpoint file DeepSpeed loads: weights only, allow-listed classes
     return engine
 

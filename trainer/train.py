@@ -90,6 +90,19 @@ def restore_rng_state(path: Path) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def reseed_rng(seed: int, step: int, rank: int) -> int:
+    """Seed every generator of a rank from (``train.seed``, step, rank), deterministically: a reshaped
+    checkpoint on another rank count has no RNG stream for this rank to continue. Returns the seed used."""
+    import random
+
+    import numpy as np
+    derived = ((seed * 1_000_003 + step) * 4099 + rank) % 2 ** 32
+    torch.manual_seed(derived)  # CUDA generators too
+    random.seed(derived)
+    np.random.seed(derived)
+    return derived
+
+
 def log_checkpoint(run: RunDir, kind: str, tag: str, step: int, seconds: float, path: Path) -> None:
     """``telemetry/checkpoints.jsonl``: every save and load, with its duration and size (rank 0)."""
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
@@ -302,11 +315,13 @@ def start_rank(run: RunDir) -> tuple[RankContext, Heartbeat, ControlState]:
 
 
 def choose_checkpoint(ctx: RankContext, run: RunDir, control: ControlState) -> ckpt.Resumable | None:
-    """The checkpoint to resume from (rank 0 finds and preflights it), checked against this run's layout; sets
+    """The checkpoint to resume from (rank 0 finds and preflights it), checked against this run's layout (unless
+    it is a universal one, which loads on any); sets
     the skip ranges to train with and the provenance the saves will record."""
     resumable = _rank0_then_share(ctx, lambda: _checked(ckpt.find_resumable(run)))
     if resumable is not None:
-        _check_topology(resumable.manifest, ctx.cfg, resumable.tag)
+        if not ckpt.is_universal(resumable):  # a universal checkpoint loads on any layout (DeepSpeed's UCP)
+            _check_topology(resumable.manifest, ctx.cfg, resumable.tag)
         if resumable.fell_back_from and ctx.is_logging_rank:
             print(f"warning: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason}); resuming from "
                   f"{resumable.tag}", file=sys.stderr, flush=True)
@@ -323,12 +338,17 @@ def resume(engine, ctx: RankContext, run: RunDir, resumable: ckpt.Resumable | No
     with torch.no_grad():  # loading re-broadcasts tied weights (see build_pipeline_module)
         _, client = load_checkpoint(engine, str(run.checkpoints), resumable.tag)
         follow_configured_lr(engine, ctx.cfg)
+    saved = (client or {}).get("bigops", {})
+    state = TrainState(step=saved.get("step", 0), consumed=saved.get("consumed_samples", 0))
     rng_file = resumable.path / f"rng_state_rank{ctx.coords.rank:05d}.pt"
     if rng_file.is_file():
         restore_rng_state(rng_file)
+    elif ckpt.is_universal(resumable):  # reshaped onto another rank count: no stream of this rank to go on with
+        reseed_rng(ctx.cfg.train.seed, state.step, ctx.coords.rank)
+        if ctx.is_logging_rank:
+            print(f"note: {resumable.tag} was reshaped onto another rank count: RNG streams re-seeded from "
+                  f"(train.seed, step {state.step}, rank)", file=sys.stderr, flush=True)
     dist.barrier()
-    saved = (client or {}).get("bigops", {})
-    state = TrainState(step=saved.get("step", 0), consumed=saved.get("consumed_samples", 0))
     state.last_saved = state.step
     if ctx.is_logging_rank:
         log_checkpoint(run, "load", resumable.tag, state.step, time.perf_counter() - started, resumable.path)
@@ -344,7 +364,7 @@ def setup(run: RunDir, init_hf: str | None, faults: FaultHooks,
     sample = faults.samples(sample_source(run, cfg), cfg.model.vocab_size)
     resumable = choose_checkpoint(ctx, run, control)
     engine = build_engine(ctx, init_weights=initial_weights(ctx, init_hf, init_megatron) if resumable is None
-                          else None)
+                          else None, load_universal=ckpt.is_universal(resumable))
     state = resume(engine, ctx, run, resumable)
     heartbeat.attach(engine.module)
     flops = flops_per_token(_n_params(cfg), cfg.model.num_layers, cfg.model.hidden_size, cfg.train.seq_length)

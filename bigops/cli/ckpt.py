@@ -1,5 +1,5 @@
-"""``bigops ckpt``: checkpoint tools (list, inspect, verify, prune, mark, export-hf, compare-tp); the work is in
-``bigops.checkpoint``."""
+"""``bigops ckpt``: checkpoint tools (list, inspect, verify, prune, mark, export-hf, compare-tp, reshape); the
+work is in ``bigops.checkpoint``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 from bigops.cli.options import DryRunOpt, ExportDtype, FormatOpt, OutputFormat, RunDirArg, TagOpt, YesOpt, make_app
 
-app = make_app("Checkpoint tools: list, inspect, verify, prune, mark, export-hf, compare-tp.")
+app = make_app("Checkpoint tools: list, inspect, verify, prune, mark, export-hf, compare-tp, reshape.")
 
 
 @app.command("export-hf")
@@ -324,3 +324,43 @@ def compare_tp_command(
     if not report.comparisons:
         console.print("no TP-duplicated tensors (TP 1?)")
     raise typer.Exit(0 if not report.out_of_sync else 1)
+
+
+@app.command("reshape")
+def reshape_command(
+    run_dir: RunDirArg,
+    tp: Annotated[int, typer.Option("--tp", min=1, help="Target tensor-parallel degree.", show_default=False)],
+    pp: Annotated[int, typer.Option("--pp", min=1, help="Target pipeline-parallel degree.", show_default=False)],
+    dp: Annotated[int, typer.Option("--dp", min=1, help="Target data-parallel degree.", show_default=False)],
+    tag: TagOpt = None,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+) -> None:
+    """Move a stopped run to another TP x PP x DP layout through DeepSpeed's universal checkpoint (a new tag,
+    never in place); run.toml and latest follow it, so the next launch resumes on the new layout."""
+    import sys
+
+    from bigops.checkpoint.reshape import VERB, Layout, apply_reshape, new_tag_for, prepare
+    from bigops.errors import ConfigError
+
+    target = Layout(tp, pp, dp)
+    def say(line: str) -> None:  # progress on stderr: stdout keeps the one-line result
+        typer.echo(line, err=True)
+
+    source = prepare(run_dir, target, tag, say)
+    new_tag = new_tag_for(source.run, source.tag, VERB)
+    plan = (f"{source.tag} ({source.layout.tp} x {source.layout.pp} x {source.layout.dp}) -> {new_tag} "
+            f"({target}); run.toml's parallel.tp/pp/dp and latest will follow it")
+    if dry_run:
+        typer.echo(f"dry run: would write {plan}; nothing written")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("not reshaping without --yes (or see it first with --dry-run)")
+        typer.confirm(f"Reshape {plan}?", abort=True)
+    outcome = apply_reshape(source, target, say)
+    rng = ("per-rank RNG streams carried" if outcome.rng == "carried"
+           else "rank count changed: the trainer re-seeds every rank from (train.seed, step, rank)")
+    typer.echo(f"reshaped {outcome.source_tag} ({outcome.source_layout}) into {outcome.new_tag} ({target}) in "
+               f"{outcome.seconds:.1f} s ({_size(outcome.bytes_per_second)}/s); {rng}; run.toml was kept as "
+               f"{outcome.run_toml_before.name}")

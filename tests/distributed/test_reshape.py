@@ -1,0 +1,117 @@
+"""``bigops ckpt reshape``: a TP2 x PP2 x DP1 run moves to TP1 x PP2 x DP2 and to TP2 x PP1 x DP2 through
+DeepSpeed's universal checkpoint, and resumes there with DeepSpeed's universal loading.
+
+Against the source run continued on its own layout (a resume is bit-exact: test_resume), in fp32:
+
+- the first step after the reshape has the source's loss on the same batch, to a relative 1e-5 (only the
+  order of the TP/DP reductions differs);
+- the next steps follow it, to a relative 1e-4 (those differences, through two Adam updates);
+- consumed samples carry over (the same batches are read), and the next save is an ordinary checkpoint of
+  the new layout;
+- a source whose TP-duplicated tensors differ is refused, in one line naming the surgery to run.
+"""
+
+import shutil
+
+import pytest
+
+from bigops import exitcodes
+from bigops.cli.main import main as bigops_main
+from tests.distributed.ranks import run_ranks
+from tests.distributed.test_export_hf import small_config
+from tests.distributed.test_layernorm_surgery import desync_on_tp_rank1
+from trainer import checkpoint as ckpt
+from trainer.rundir import RunDir, load_run_config
+
+pytestmark = pytest.mark.distributed
+
+SOURCE_STEPS, MORE_STEPS = 3, 6
+FIRST_STEP_RTOL = 1e-5
+CURVE_RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A 3-step TP=2 x PP=2 x DP=1 fp32 ZeRO-1 run (its one checkpoint: global_step3)."""
+    cfg = small_config(2, 2)
+    cfg.parallel.zero_stage = 1
+    cfg.train.train_steps = SOURCE_STEPS
+    run = tmp_path_factory.mktemp("source") / "run"
+    run_ranks(run, cfg, 4, timeout=900)
+    return run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(source, tmp_path_factory):
+    """The source continued on its own layout to step 6: {step: metrics record}."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    shutil.copytree(source, run)
+    return {r["step"]: r for r in _continue(run) if r["step"] > SOURCE_STEPS}
+
+
+def _continue(run) -> list[dict]:
+    cfg = load_run_config(RunDir(run))
+    cfg.train.train_steps = MORE_STEPS
+    p = cfg.parallel
+    return run_ranks(run, cfg, p.tp * p.pp * p.dp, timeout=900)
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+@pytest.mark.parametrize("tp,pp,dp", [(1, 2, 2), (2, 1, 2)])
+def test_reshape_resumes_with_the_source_loss(source, uninterrupted, tmp_path, tp, pp, dp):
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    rd = RunDir(run)
+    src = rd.checkpoint("global_step3")
+    source_files = ckpt.read_manifest(src)["files"]
+
+    assert bigops_main(["ckpt", "reshape", str(run), "--tp", str(tp), "--pp", str(pp), "--dp", str(dp),
+                        "--yes"]) == 0
+    new_tag = rd.latest_tag()
+    assert new_tag == "universal-global_step3" and ckpt.step_of(new_tag) == SOURCE_STEPS
+    new = rd.checkpoint(new_tag)
+    assert not ckpt.verify(new, hashes=True) and (new / "zero").is_dir()
+    manifest = ckpt.read_manifest(new)
+    assert manifest["topology"] == {"tp": tp, "pp": pp, "dp": dp}
+    assert manifest["universal"]["source_topology"] == {"tp": 2, "pp": 2, "dp": 1}
+    assert manifest["universal"]["rng"] == "carried"  # 4 ranks before and after
+    assert manifest["consumed_samples"] == ckpt.read_manifest(src)["consumed_samples"] == 12
+    assert not ckpt.verify(src, hashes=True) and ckpt.read_manifest(src)["files"] == source_files  # untouched
+    p = load_run_config(rd).parallel
+    assert (p.tp, p.pp, p.dp) == (tp, pp, dp)
+    assert rd.run_toml_before(new_tag).is_file()
+
+    records = {r["step"]: r for r in _continue(run) if r["step"] > SOURCE_STEPS}
+    assert sorted(records) == sorted(uninterrupted) == [4, 5, 6]
+    first = records[SOURCE_STEPS + 1]
+    assert _rel(first["loss"], uninterrupted[SOURCE_STEPS + 1]["loss"]) < FIRST_STEP_RTOL, (first, uninterrupted)
+    for step in (5, 6):
+        assert _rel(records[step]["loss"], uninterrupted[step]["loss"]) < CURVE_RTOL, (step, records, uninterrupted)
+        assert records[step]["lr"] == pytest.approx(uninterrupted[step]["lr"], rel=1e-12)
+    assert [records[s]["consumed_samples"] for s in records] == [uninterrupted[s]["consumed_samples"]
+                                                                 for s in records]
+    saved = rd.checkpoint(ckpt.tag_for(MORE_STEPS))  # the next save: an ordinary checkpoint of the new layout
+    after = ckpt.read_manifest(saved)
+    assert "universal" not in after and not (saved / "zero").exists()
+    assert after["topology"] == {"tp": tp, "pp": pp, "dp": dp} and after["consumed_samples"] == 24
+    assert after["skip_ranges"] == manifest["skip_ranges"]
+
+
+def test_a_desynced_source_is_refused_with_the_surgery_to_run(source, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    rd = RunDir(run)
+    desync_on_tp_rank1(rd.checkpoint("global_step3"))
+    toml_before = rd.run_toml.read_text()
+    capsys.readouterr()
+
+    code = bigops_main(["ckpt", "reshape", str(run), "--tp", "1", "--pp", "2", "--dp", "2", "--yes"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == exitcodes.CHECKPOINT
+    assert f"bigops surgery {run} --sync-layernorm" in err[-1] and "differ across TP ranks" in err[-1]
+    assert rd.latest_tag() == "global_step3" and rd.run_toml.read_text() == toml_before
+    assert ckpt.complete_tags(rd) == ["global_step3"]
+    assert not any(p.name.startswith(ckpt.PARTIAL_PREFIX) for p in rd.checkpoints.iterdir())

@@ -1,0 +1,65 @@
+"""``bigops ckpt reshape``'s rules without a checkpoint: which layouts and runs it refuses, the DeepSpeed config
+of a universal resume, and the deterministic re-seed of a rank that has no RNG stream to continue."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bigops.checkpoint import reshape as lib
+from bigops.checkpoint.surgery import Source
+from bigops.errors import BigopsError, ConfigError
+from trainer import checkpoint as ckpt
+from trainer import config as config_mod
+from trainer.ds_config import deepspeed_config
+from trainer.train import reseed_rng
+
+
+def _cfg(tp=2, pp=2, dp=1, zero_stage=1) -> config_mod.RunConfig:
+    cfg = config_mod.preset("tiny")
+    cfg.model = config_mod.ModelConfig(hidden_size=48, num_layers=3, num_attention_heads=6, vocab_size=500)
+    cfg.parallel = config_mod.ParallelConfig(tp=tp, pp=pp, dp=dp, zero_stage=zero_stage)
+    cfg.train = config_mod.TrainConfig(seq_length=16, micro_batch_size=2, global_batch_size=4, train_steps=3,
+                                       precision="fp32")
+    return cfg
+
+
+def _source(cfg) -> Source:
+    return Source(run=None, tag="global_step3", path=Path("/nonexistent"), manifest={}, config=cfg, layout=None)
+
+
+def test_the_same_layout_and_zero0_are_refused_in_one_line():
+    with pytest.raises(BigopsError, match="already TP2 x PP2 x DP1"):
+        lib.refuse_unsupported(_source(_cfg()), lib.Layout(2, 2, 1))
+    with pytest.raises(BigopsError, match="ZeRO stage 0") as err:
+        lib.refuse_unsupported(_source(_cfg(zero_stage=0)), lib.Layout(1, 2, 2))
+    assert "\n" not in str(err.value)
+    lib.refuse_unsupported(_source(_cfg()), lib.Layout(1, 2, 2))  # ZeRO-1 to another layout: fine
+
+
+def test_a_layout_the_model_does_not_fit_is_a_config_error():
+    with pytest.raises(ConfigError):
+        lib.target_config(_cfg(), lib.Layout(4, 1, 1))  # 6 heads are not divisible by TP 4
+    with pytest.raises(ConfigError):
+        lib.target_config(_cfg(), lib.Layout(1, 1, 3))  # a global batch of 4 over 3 replicas
+    new = lib.target_config(_cfg(), lib.Layout(1, 2, 2))
+    assert (new.parallel.tp, new.parallel.pp, new.parallel.dp) == (1, 2, 2)
+
+
+def test_only_a_universal_resume_asks_deepspeed_for_universal_loading():
+    cfg = config_mod.validate(_cfg(), world_size=4)
+    assert "checkpoint" not in deepspeed_config(cfg)
+    assert deepspeed_config(cfg, load_universal=True)["checkpoint"] == {"load_universal": True}
+    plain = ckpt.Resumable("global_step3", Path("x"), {"step": 3})
+    universal = ckpt.Resumable("universal-global_step3", Path("x"), {"step": 3, ckpt.UNIVERSAL: {"rng": "carried"}})
+    assert not ckpt.is_universal(plain) and not ckpt.is_universal(None) and ckpt.is_universal(universal)
+
+
+def test_reseeding_is_a_function_of_seed_step_and_rank():
+    def draw(seed, step, rank):
+        reseed_rng(seed, step, rank)
+        return torch.rand(4)
+
+    assert torch.equal(draw(1234, 3, 1), draw(1234, 3, 1))
+    assert not torch.equal(draw(1234, 3, 1), draw(1234, 3, 2))
+    assert not torch.equal(draw(1234, 3, 1), draw(1234, 4, 1))

@@ -51,17 +51,40 @@ def hf_tokenizer_override(init_hf: Path, overrides: list[str]) -> list[str]:
     return [f"data.tokenizer={init_hf / TOKENIZER}"] if (init_hf / TOKENIZER).is_file() else []
 
 
-def resumed_config(stored: config_mod.RunConfig, overrides: list[str]) -> config_mod.RunConfig:
-    """The stored run config with ``overrides`` applied; refuses a change to the model or the layout."""
+class LayoutChange(config_mod.ConfigError):
+    """A resume asked for another TP x PP x DP and nothing else frozen: the checkpoint must be reshaped first
+    (``bigops ckpt reshape``; ``bigops launch`` offers it on a terminal). ``target`` is (tp, pp, dp)."""
+
+    def __init__(self, message: str, target: tuple[int, int, int]):
+        super().__init__(message)
+        self.target = target
+
+
+LAYOUT_FIELDS = ("tp", "pp", "dp")
+
+
+def resumed_config(stored: config_mod.RunConfig, overrides: list[str], run_name: str = "RUN") -> config_mod.RunConfig:
+    """The stored run config with ``overrides`` applied; refuses a change to the model, the data or the layout
+    (a layout change alone is a :class:`LayoutChange` that names the reshape command)."""
     cfg = config_mod.apply_overrides(stored, overrides)
+    changed = []
     for section in FROZEN_ON_RESUME:
         before, after = getattr(stored, section), getattr(cfg, section)
         for f in dataclasses.fields(before):
             old, new = getattr(before, f.name), getattr(after, f.name)
             if old != new and not (section == "parallel" and f.name == "dp" and new is None):
-                raise config_mod.ConfigError(
-                    f"{section}.{f.name}={new} differs from the run's {section}.{f.name}={old}: a resumed run keeps "
-                    f"its model, layout and data (start a new --run-dir, or convert the checkpoint)")
+                changed.append((section, f.name, old, new))
+    if changed and all(section == "parallel" and name in LAYOUT_FIELDS for section, name, _, _ in changed):
+        target = tuple(getattr(cfg.parallel, n) or getattr(stored.parallel, n) for n in LAYOUT_FIELDS)
+        old = tuple(getattr(stored.parallel, n) for n in LAYOUT_FIELDS)
+        raise LayoutChange(f"the run is at TP {old[0]} x PP {old[1]} x DP {old[2]}, asked for TP {target[0]} x PP "
+                           f"{target[1]} x DP {target[2]}: reshape its checkpoint first: bigops ckpt reshape "
+                           f"{run_name} --tp {target[0]} --pp {target[1]} --dp {target[2]}", target)
+    if changed:
+        section, name, old, new = changed[0]
+        raise config_mod.ConfigError(
+            f"{section}.{name}={new} differs from the run's {section}.{name}={old}: a resumed run keeps "
+            f"its model, layout and data (start a new --run-dir, or convert the checkpoint)")
     return config_mod.validate(cfg, world_size=config_mod.world_size_of(stored))
 
 
@@ -110,7 +133,7 @@ def launch_plan(run, preset: str, config_file: Path | None, overrides: list[str]
         if config_file is not None:
             overrides = [*file_overrides(config_file), *overrides]
         from trainer.rundir import load_run_config
-        return LaunchPlan(resumed_config(load_run_config(run), overrides), True, resumable)
+        return LaunchPlan(resumed_config(load_run_config(run), overrides, str(run.root)), True, resumable)
     hf_config, source = None, "the Hugging Face checkpoint"
     if init_hf is not None:
         from trainer.hf import read_hf_config

@@ -95,8 +95,13 @@ def _launch_local(run: RunDir, preset: str, config: Path | None, overrides: list
         from bigops.metrics.exporter import serve_run
         exporter = serve_run(run, metrics_port, metrics_address)
         console.print(f"metrics: http://{metrics_address}:{metrics_port}/metrics")
-    prepared = local.prepare_launch(run, preset, config, overrides, init_hf=init_hf, resume=resume,
-                                    init_megatron=init_megatron)
+    try:
+        prepared = local.prepare_launch(run, preset, config, overrides, init_hf=init_hf, resume=resume,
+                                        init_megatron=init_megatron)
+    except plan.LayoutChange as change:
+        _reshape_after_asking(run, change)
+        prepared = local.prepare_launch(run, preset, config, overrides, init_hf=init_hf, resume=resume,
+                                        init_megatron=init_megatron)
     _print_start(run, prepared)
     cfg = prepared.plan.cfg
     spawned = time.time()
@@ -113,6 +118,21 @@ def _launch_local(run: RunDir, preset: str, config: Path | None, overrides: list
             console.print(f"[bold yellow]{exitcodes.describe(code)}[/]: checkpoint {run.latest_tag()}")
             raise typer.Exit(code)
         raise TrainingEnded(f"{message}; see {run.ranks_log}", code)
+
+
+def _reshape_after_asking(run: RunDir, change: "plan.LayoutChange") -> None:
+    """A resume on another layout: on a terminal, offer ``bigops ckpt reshape`` (a new tag through DeepSpeed's
+    universal checkpoint; run.toml and latest follow it); elsewhere (a script, CI) refuse with its command."""
+    import sys
+
+    if not sys.stdin.isatty():
+        raise change
+    from bigops.checkpoint.reshape import Layout, reshape
+
+    target = Layout(*change.target)
+    typer.confirm(f"{change}\nReshape it now (a new tag; the current one is kept)?", abort=True)
+    outcome = reshape(run.root, target, say=lambda line: console.print(f"  {line}", markup=False))
+    console.print(f"reshaped {outcome.source_tag} into {outcome.new_tag} ({target})", markup=False)
 
 
 def _print_start(run: RunDir, prepared: local.Prepared) -> None:

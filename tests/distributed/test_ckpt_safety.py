@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from bigops.checkpoint import dsfiles
 from tests.distributed.test_training_run import FAST, _one_line_error, bigops, start, wait_for_step
 from trainer import checkpoint as ckpt
 from trainer import exitcodes
@@ -33,7 +34,7 @@ def test_a_crafted_checkpoint_in_a_copied_run_is_refused_and_nothing_runs(tmp_pa
     shutil.copytree(source, run)
     tagdir = run / "checkpoints" / "global_step2"
     engine_file = tagdir / "mp_rank_00_model_states.pt"
-    real = torch.load(engine_file, weights_only=True)
+    real = dsfiles.load(engine_file, mmap=False)  # holds Megatron's args (argparse.Namespace), allow-listed
     marker = tmp_path / "pwned"
     torch.save({**real, "payload": CreatesAFile(marker)}, engine_file)
     manifest = ckpt.read_manifest(tagdir)  # whoever crafted the file rewrites the manifest too: it verifies

@@ -115,3 +115,23 @@ def test_a_desynced_source_is_refused_with_the_surgery_to_run(source, tmp_path, 
     assert rd.latest_tag() == "global_step3" and rd.run_toml.read_text() == toml_before
     assert ckpt.complete_tags(rd) == ["global_step3"]
     assert not any(p.name.startswith(ckpt.PARTIAL_PREFIX) for p in rd.checkpoints.iterdir())
+
+
+def test_a_launch_on_another_layout_names_the_reshape_and_changes_nothing(source, tmp_path):
+    """Off a terminal (a script, CI) `bigops launch` does not reshape on its own: one line with the command."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    rd = RunDir(run)
+    toml_before = rd.run_toml.read_text()
+    proc = subprocess.run([sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(run), "--tp", "1",
+                           "--dp", "2", "--steps", str(MORE_STEPS)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == exitcodes.USAGE, proc.stdout + proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert f"bigops ckpt reshape {run} --tp 1 --pp 2 --dp 2" in proc.stderr
+    assert rd.latest_tag() == "global_step3" and rd.run_toml.read_text() == toml_before
+    assert ckpt.complete_tags(rd) == ["global_step3"]
+    assert not list(rd.checkpoints.glob("universal-*"))

@@ -30,8 +30,14 @@ def test_resume_refuses_a_layout_change_but_allows_more_steps():
     stored = fresh_config("tiny", None, ["train.train_steps=100"])
     resumed = resumed_config(stored, ["train.train_steps=500"])
     assert resumed.train.train_steps == 500 and resumed.train.lr_decay_steps == 100  # same LR schedule
-    with pytest.raises(c.ConfigError, match="parallel.tp=1 differs from the run's parallel.tp=2"):
-        resumed_config(stored, ["parallel.tp=1"])
+    from launcher.plan import LayoutChange
+    with pytest.raises(LayoutChange, match=r"asked for TP 1 x PP 2 x DP 2: reshape its checkpoint first: "
+                                           r"bigops ckpt reshape runs/x --tp 1 --pp 2 --dp 2") as change:
+        resumed_config(stored, ["parallel.tp=1", "parallel.dp=2"], "runs/x")
+    assert change.value.target == (1, 2, 2)
+    with pytest.raises(c.ConfigError, match="model.num_layers=3 differs") as mixed:
+        resumed_config(stored, ["parallel.tp=1", "model.num_layers=3"])  # not a layout change alone
+    assert not isinstance(mixed.value, LayoutChange)
     with pytest.raises(c.ConfigError, match="model.hidden_size=128 differs"):
         resumed_config(stored, ["model.hidden_size=128"])
     with pytest.raises(c.ConfigError, match="data.source=synthetic differs from the run's data.source=stdlib"):

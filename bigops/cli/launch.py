@@ -131,7 +131,13 @@ def _reshape_after_asking(run: RunDir, change: "plan.LayoutChange") -> None:
 
     target = Layout(*change.target)
     typer.confirm(f"{change}\nReshape it now (a new tag; the current one is kept)?", abort=True)
-    outcome = reshape(run.root, target, say=lambda line: console.print(f"  {line}", markup=False))
+    from bigops.cli.progress import bar_reporter
+    from bigops.cli.ckpt import _size
+
+    with bar_reporter(console, "converting") as bar:
+        outcome = reshape(run.root, target, say=lambda line: console.print(f"  {line}", markup=False),
+                          on_progress=lambda p: bar(p.phase, p.done, p.total, f"{_size(p.bytes_written)} written, "
+                                                                              f"{_size(p.bytes_per_second)}/s"))
     console.print(f"reshaped {outcome.source_tag} into {outcome.new_tag} ({target})", markup=False)
 
 

@@ -62,7 +62,7 @@ def launch(
     slurm: Annotated[bool, typer.Option("--slurm", help="Submit a chain of SLURM jobs instead (see `bigops chain`); "
                                         "the run dir must be on a filesystem the nodes see.")] = False,
     profile: Annotated[Optional[str], typer.Option("--profile", help="Cluster profile: a name under "
-                       "launcher/slurm/profiles (e.g. jean-zay) or a TOML file with a [slurm] table.")] = None,
+                       "launcher/slurm/profiles (e.g. jean-zay) or a TOML file with a \\[slurm] table.")] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", help="Jobs to queue in the chain (slurm.chain_jobs).")] = None,
     print_script: Annotated[bool, typer.Option("--print-script", help="With --slurm: print the batch script and "
                                                "the sbatch command, submit nothing.")] = False,

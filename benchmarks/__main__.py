@@ -5,13 +5,13 @@ import json
 import platform
 import time
 
-from benchmarks import alerting, detection, incidents, model_throughput, parallel_overhead, recovery, reshape, surgery, \
-    watchdog, watchdog_scale
+from benchmarks import alerting, cli_startup, detection, incidents, model_throughput, parallel_overhead, recovery, \
+    reshape, surgery, watchdog, watchdog_scale
 
 BENCHMARKS = {"model_throughput": model_throughput.main, "watchdog": watchdog.main, "recovery": recovery.main,
               "surgery": surgery.main, "parallel_overhead": parallel_overhead.main,
               "watchdog_scale": watchdog_scale.main, "alerting": alerting.main, "detection": detection.main,
-              "incidents": incidents.main, "reshape": reshape.main}
+              "incidents": incidents.main, "reshape": reshape.main, "cli_startup": cli_startup.main}
 
 
 def _get(result: dict, *path):
@@ -36,6 +36,7 @@ HEADLINES = {
     "alerting": ("Prometheus+AM / watchdog direct latency", lambda r: _alerting_ratio(r)),
     "detection": ("rollbacks not needed (bigops, 20 recovering)", lambda r: _get(r, "unneeded_rollbacks_bigops")),
     "incidents": ("pages per incident, 90 sim. days (goal 1.0)", lambda r: _get(r, "pages_per_incident")),
+    "cli_startup": ("bigops --help wall s (goal < 0.5)", lambda r: _get(r, "help_s")),
 }
 
 

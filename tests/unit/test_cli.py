@@ -148,7 +148,9 @@ def test_completion_completes_commands_options_and_choices():
 
 
 def test_completion_installs_for_bash(tmp_path):
-    done = bigops("--install-completion", "bash", env={"HOME": str(tmp_path), "SHELL": "/bin/bash"})
+    # the shell named on the command line (Typer's switch for it), not detected from this test's parent processes
+    done = bigops("--install-completion", "bash", env={"HOME": str(tmp_path), "SHELL": "/bin/bash",
+                                                       "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert done.returncode == 0, done.stderr
     script = next((tmp_path / ".bash_completions").glob("bigops*"))
     assert "_BIGOPS_COMPLETE=complete_bash" in script.read_text()

@@ -24,8 +24,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.rundir import (RunDir, pid_alive, read_exit_record, read_heartbeats, read_run_config, read_tail,
-                            supervised)
+from trainer.rundir import RunDir, pid_alive, read_exit_record, read_run_config, read_tail, supervised
 
 TAIL_RECORDS = 2000
 """Metrics records read from the end of metrics.jsonl (the loss trend and the rate need no more)."""
@@ -103,7 +102,7 @@ def collect(run: RunDir, now: float, config=None) -> RunFacts:
                 "approve": command(run, "approve", e["id"]), "deny": command(run, "deny", e["id"])}
                for e in waiting(run)]
     return RunFacts(
-        root=str(run.root), records=records, heartbeats=facts.get("heartbeats") or read_heartbeats(run),
+        root=str(run.root), records=records, heartbeats=facts.get("heartbeats") or {},
         exit_record=read_exit_record(run), supervisor_live=supervised(run, pid_alive, socket.gethostname()),
         chain=_json_object(run.chain_record), slurm_jobs=_slurm_jobs(run), gave_up=_gave_up(run),
         incidents={k: v for k, v in incidents.items() if isinstance(v, dict)}, findings=findings, pending=pending,

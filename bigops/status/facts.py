@@ -123,7 +123,7 @@ def checkpoint_facts(run: RunDir) -> CheckpointFacts:
     newest_facts = None
     if newest is not None:
         step = newest.step
-        if not (run.checkpoint(newest.tag) / "manifest.json").is_file() or step < 0:
+        if not run.manifest(newest.tag).is_file() or step < 0:
             step = megatron_iteration(run.checkpoint(newest.tag), step)
         newest_facts = {"tag": newest.tag, "step": step, "created": newest.created}
     newer_bad = [{"tag": e.tag, "step": e.step, "problem": e.problem} for e in live

@@ -38,9 +38,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from trainer.rundir import KILL_SWITCH, SAVE_SWITCH, SKIP_RANGES, SYNC_LAYERNORM, RunDir  # noqa: F401
 
 MAX_CONTROL_FILE_BYTES = 1 << 20  # a hostile or runaway file is refused, not read into memory
@@ -312,6 +309,9 @@ def poll_local(state: ControlState, is_rank0: bool) -> list[int]:
 
 def decide(state: ControlState, is_rank0: bool) -> Decision:
     """Poll, then agree with every other rank (one small all-reduce, plus a broadcast on a skip change)."""
+    import torch  # here, not at import: the file protocol above is read by bigops tools that load no engine
+    import torch.distributed as dist
+
     flags = torch.tensor(poll_local(state, is_rank0), dtype=torch.int32)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     save, stop_requested, stop_signal, skip_changed, sync, skip_bad = (bool(v) for v in flags.tolist())

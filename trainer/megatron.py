@@ -19,15 +19,15 @@ from __future__ import annotations
 import argparse
 import zipfile
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from trainer import config as config_mod
 from trainer import layout, safe_load
 from trainer.checkpoint import MANIFEST, CheckpointError, check_tag, verify
-from trainer.parallel.plan import merge
 from trainer.rundir import LATEST
+
+if TYPE_CHECKING:  # torch only where tensors are read: `bigops status` reads this module's metadata
+    import torch
 
 ENGINE_FILE = "mp_rank_{mp:02d}_model_states.pt"
 LAYER_FILE = "layer_{layer:02d}-model_{tp:02d}-model_states.pt"
@@ -193,6 +193,7 @@ def stand_in_manifest(engine: dict, cfg: config_mod.RunConfig) -> dict:
 def layer_tensors(directory: Path, cfg: config_mod.RunConfig, layer: int,
                   dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """HF name (without ``transformer.``) -> full tensor of one pipeline layer, merged over its TP files."""
+    from trainer.parallel.plan import merge
     tp, num_layers = cfg.parallel.tp, cfg.model.num_layers
     shards = [safe_load.load(layer_file(directory, layer, r), map_location="cpu", mmap=True) for r in range(tp)]
     out = {}

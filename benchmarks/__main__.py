@@ -5,13 +5,13 @@ import json
 import platform
 import time
 
-from benchmarks import alerting, detection, incidents, model_throughput, parallel_overhead, recovery, surgery, watchdog, \
-    watchdog_scale
+from benchmarks import alerting, cli_startup, detection, incidents, model_throughput, parallel_overhead, recovery, \
+    reshape, surgery, watchdog, watchdog_scale
 
 BENCHMARKS = {"model_throughput": model_throughput.main, "watchdog": watchdog.main, "recovery": recovery.main,
               "surgery": surgery.main, "parallel_overhead": parallel_overhead.main,
               "watchdog_scale": watchdog_scale.main, "alerting": alerting.main, "detection": detection.main,
-              "incidents": incidents.main}
+              "incidents": incidents.main, "reshape": reshape.main, "cli_startup": cli_startup.main}
 
 
 def _get(result: dict, *path):
@@ -30,11 +30,13 @@ HEADLINES = {
     "recovery": ("MTTR bigops / torchrun (s if torchrun failed)",
                  lambda r: _get(r, "ratio_mttr_bigops_vs_torchrun") or _get(r, "bigops", "mttr_s")),
     "surgery": ("surgery GB/s / (cp -r + sync)", lambda r: _get(r, "ratio_surgery_vs_cp_then_sync")),
+    "reshape": ("reshape GB/s / (cp -r + sync)", lambda r: _get(r, "ratio_reshape_vs_cp_then_sync")),
     "parallel_overhead": ("PP2 step time / one rank", lambda r: _get(r, "ratio_vs_single_rank", "PP2")),
     "watchdog_scale": ("pass CPU / parse-only baseline", lambda r: _get(r, "ratio_pass_vs_parse_baseline")),
     "alerting": ("Prometheus+AM / watchdog direct latency", lambda r: _alerting_ratio(r)),
     "detection": ("rollbacks not needed (bigops, 20 recovering)", lambda r: _get(r, "unneeded_rollbacks_bigops")),
     "incidents": ("pages per incident, 90 sim. days (goal 1.0)", lambda r: _get(r, "pages_per_incident")),
+    "cli_startup": ("bigops --help wall s (goal < 0.5)", lambda r: _get(r, "help_s")),
 }
 
 

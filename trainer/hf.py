@@ -4,6 +4,9 @@ Names: HF prefixes the body with ``transformer.`` and stores a tied ``lm_head.we
 same names without the prefix and without the head. Tensors are read lazily one at a time (safetensors
 slices, or an mmap'ed ``pytorch_model.bin`` loaded with ``weights_only=True``), so importing a large model
 needs memory for one tensor, not the checkpoint.
+
+torch is imported only by the functions that move tensors: ``bigops.errors`` imports this module for
+:class:`HFCheckpointError`, and the CLI (``bigops --help`` included) must start without paying for torch.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable
-
-import torch
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from trainer.config import ConfigError, ModelConfig
 
+if TYPE_CHECKING:
+    import torch
+
 HF_PREFIX = "transformer."
+_DTYPE_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+"""``config.json``'s ``torch_dtype`` for each training dtype, keyed by ``str(dtype)`` (no torch import)."""
 
 
 class HFCheckpointError(ValueError):
@@ -103,6 +109,8 @@ def open_hf_tensors(directory: str | Path) -> Callable[[str], torch.Tensor]:
                 return handle.get_tensor(key)
         return get
 
+    import torch
+
     loaded: dict[str, torch.Tensor] = {}
     for f in files:
         try:
@@ -146,8 +154,8 @@ def hf_config_dict(model: ModelConfig, vocab_size: int, dtype: torch.dtype,
         "tie_word_embeddings": True,
         **BLOOM_TOKEN_IDS,
         **(token_ids or {}),
-        "torch_dtype": {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype],
-        "dtype": {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype],
+        "torch_dtype": _DTYPE_NAMES[str(dtype)],
+        "dtype": _DTYPE_NAMES[str(dtype)],
     }
 
 

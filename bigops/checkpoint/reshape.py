@@ -30,6 +30,7 @@ A crash at any instant leaves the source, ``latest`` and ``run.toml`` as they we
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,20 +133,77 @@ def refuse_desynced(source: Source, run_dir: Path) -> tp_duplicates.Report:
     return report
 
 
-def convert(source_dir: Path, out_dir: Path, say: Callable[[str], None] = lambda s: None) -> None:
-    """DeepSpeed's converter as a subprocess (an argument list: no shell). Its output is passed on line by
-    line (progress on a terminal and in logs); a failure is one line with its last message."""
+@dataclass(frozen=True)
+class ConvertProgress:
+    """Where DeepSpeed's converter is: its phase (``1. Extracting ZeRO fragments``, ``2. Merging slices``, ...),
+    the items done of that phase's total (its tqdm counter, when it has one), and the bytes written so far."""
+
+    phase: str
+    done: int | None
+    total: int | None
+    bytes_written: int
+    seconds: float
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.bytes_written / self.seconds if self.seconds > 0 else 0.0
+
+
+PHASE_RE = re.compile(r"^\*\*\* (\d+(?:\.\d+)?\. .*?)[ .]*$")
+"""ds_to_universal's phase lines: ``*** 2. Merging slices .....``."""
+COUNTER_RE = re.compile(r"(\d+)/(\d+) \[")
+"""A tqdm line's counter: `` 78%|###   | 32/41 [00:00<00:00, 313.14it/s]``."""
+PROGRESS_EVERY_S = 0.5
+
+
+def parse_converter_line(line: str) -> tuple[str | None, tuple[int, int] | None]:
+    """(phase, None) for a phase line, (None, (done, total)) for a tqdm update, (None, None) otherwise."""
+    phase = PHASE_RE.match(line.strip())
+    if phase:
+        return phase.group(1), None
+    counter = COUNTER_RE.search(line)
+    if counter and "|" in line:
+        return None, (int(counter.group(1)), int(counter.group(2)))
+    return None, None
+
+
+def convert(source_dir: Path, out_dir: Path, say: Callable[[str], None] = lambda s: None,
+            on_progress: Callable[[ConvertProgress], None] = lambda p: None) -> None:
+    """DeepSpeed's converter as a subprocess (an argument list: no shell). Its messages go to ``say``; its
+    phases and tqdm counters, with the bytes written and bytes/s, to ``on_progress`` (at most every
+    ``PROGRESS_EVERY_S``, and at each phase's start and end); a failure is one line with its last message."""
     env = dict(os.environ)
     env.setdefault("DS_ACCELERATOR", "cpu")  # conversion is CPU work; never initialise a GPU for it
     command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source_dir),
                "--output_folder", str(out_dir), "--num_extract_workers", "1", "--num_merge_workers", "1"]
     tail: list[str] = []
+    started, reported = time.perf_counter(), 0.0
+    phase, counter = "starting", (None, None)
+
+    def report(force: bool = False) -> None:
+        nonlocal reported
+        now = time.perf_counter()
+        if force or now - reported >= PROGRESS_EVERY_S:
+            reported = now
+            written = _dir_bytes(out_dir) if out_dir.exists() else 0
+            on_progress(ConvertProgress(phase, *counter, written, now - started))
+
+    # text mode reads tqdm's carriage returns as line ends: each counter update is a line
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip()
-            if line:
-                tail = (tail + [line])[-20:]
+            if not line:
+                continue
+            tail = (tail + [line])[-20:]
+            new_phase, new_counter = parse_converter_line(line)
+            if new_phase:
+                phase, counter = new_phase, (None, None)
+                report(force=True)
+            elif new_counter:
+                counter = new_counter
+                report(force=new_counter[0] in (0, new_counter[1]))
+            elif not line.startswith(("args = ", "<frozen runpy>", "*** Done")):
                 say(f"ds_to_universal: {line[:200]}")
         code = proc.wait(timeout=CONVERT_TIMEOUT_S)
     if code != 0:
@@ -204,7 +262,8 @@ def _manifest_info(source: Source, target: Layout, rng: str) -> dict:
     return info
 
 
-def write_universal(source: Source, target: Layout, say: Callable[[str], None] = lambda s: None) -> tuple[str, str]:
+def write_universal(source: Source, target: Layout, say: Callable[[str], None] = lambda s: None,
+                    on_progress: Callable[[ConvertProgress], None] = lambda p: None) -> tuple[str, str]:
     """Convert ``source`` into a new published tag (see the module docstring): (new tag, rng mode)."""
     run = source.run
     new_tag = new_tag_for(run, source.tag, VERB)
@@ -216,7 +275,7 @@ def write_universal(source: Source, target: Layout, say: Callable[[str], None] =
     keep_rows = min(source.config.padded_vocab_size,
                     target_config(source.config, target).padded_vocab_size)
     try:
-        convert(stage_source(source, staging, keep_rows), partial, say)
+        convert(stage_source(source, staging, keep_rows), partial, say, on_progress)
         shutil.rmtree(staging)
         (run.checkpoints / LATEST_UNIVERSAL).unlink(missing_ok=True)  # it names the partial dir; rewritten below
         rng = _carry_rng(source, partial, target)
@@ -246,7 +305,15 @@ def update_run_toml(run: RunDir, new_tag: str, target: Layout) -> Path:
 
 
 def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    """Bytes under ``path``, also while a converter writes and removes files there (a vanished file counts 0)."""
+    total = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(root, name), follow_symlinks=False).st_size
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def prepare(run_dir: Path, target: Layout, tag: str | None = None,
@@ -263,13 +330,14 @@ def prepare(run_dir: Path, target: Layout, tag: str | None = None,
     return source
 
 
-def apply_reshape(source: Source, target: Layout, say: Callable[[str], None] = lambda s: None) -> Outcome:
+def apply_reshape(source: Source, target: Layout, say: Callable[[str], None] = lambda s: None,
+                  on_progress: Callable[[ConvertProgress], None] = lambda p: None) -> Outcome:
     """Write the universal tag, then point run.toml and ``latest`` at it, and record the action."""
     run = source.run
     outcome = Outcome(source.tag, None, layout_of(source.config), target)
     started = time.perf_counter()
     outcome.bytes_read = _dir_bytes(source.path)
-    outcome.new_tag, outcome.rng = write_universal(source, target, say)
+    outcome.new_tag, outcome.rng = write_universal(source, target, say, on_progress)
     outcome.bytes_written = _dir_bytes(run.checkpoint(outcome.new_tag))
     outcome.run_toml_before = update_run_toml(run, outcome.new_tag, target)
     atomic_write_text(run.latest, outcome.new_tag + "\n")
@@ -285,6 +353,7 @@ def apply_reshape(source: Source, target: Layout, say: Callable[[str], None] = l
 
 
 def reshape(run_dir: Path, target: Layout, tag: str | None = None,
-            say: Callable[[str], None] = lambda s: None) -> Outcome:
+            say: Callable[[str], None] = lambda s: None,
+            on_progress: Callable[[ConvertProgress], None] = lambda p: None) -> Outcome:
     """The whole reshape of a stopped run (see the module docstring); the source tag is never modified."""
-    return apply_reshape(prepare(run_dir, target, tag, say), target, say)
+    return apply_reshape(prepare(run_dir, target, tag, say), target, say, on_progress)

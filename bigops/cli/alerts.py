@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bigops.cli.options import RunDirArg, Severity, existing_run, make_app
+from bigops.cli.options import ForceOpt, RunDirArg, Severity, existing_run, make_app
 
 app = make_app("Alerts: render the Prometheus rules, test the run's notification channels.")
 
@@ -19,18 +19,18 @@ def render(
                                               "runbook_url is BASE/<Alert>.md.")] = "runbooks",
     tests: Annotated[Optional[Path], typer.Option("--tests", help="Also write the promtool unit tests here "
                                                   "(`promtool test rules FILE`).")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Write the alert and recording rules for Prometheus' rule_files."""
     from bigops.dashboards import alerts, yamlout
-    from bigops.dashboards.generate import HEADER
+    from bigops.dashboards.generate import HEADER, write_generated
 
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(HEADER + yamlout.dump(alerts.rule_groups(runbook_base)))
+    contents = {out_file: HEADER + yamlout.dump(alerts.rule_groups(runbook_base))}
+    if tests is not None:
+        contents[tests] = HEADER + yamlout.dump(alerts.rule_tests(str(out_file.resolve()), runbook_base))
+    write_generated(contents, force)
     typer.echo(f"wrote {out_file} ({len(alerts.ALERTS)} alerts, {len(alerts.RECORDS)} recording rules)")
     if tests is not None:
-        rules = Path(out_file).resolve()
-        tests.parent.mkdir(parents=True, exist_ok=True)
-        tests.write_text(HEADER + yamlout.dump(alerts.rule_tests(str(rules), runbook_base)))
         typer.echo(f"wrote {tests}")
 
 

@@ -355,9 +355,15 @@ def reshape_command(
     from bigops.checkpoint.reshape import VERB, Layout, apply_reshape, new_tag_for, prepare
     from bigops.errors import ConfigError
 
+    from rich.console import Console
+
+    from bigops.cli.progress import bar_reporter
+
     target = Layout(tp, pp, dp)
-    def say(line: str) -> None:  # progress on stderr: stdout keeps the one-line result
-        typer.echo(line, err=True)
+    progress = Console(stderr=True, highlight=False, soft_wrap=True)  # progress on stderr: stdout keeps the one-line result
+
+    def say(line: str) -> None:
+        progress.print(line, markup=False)
 
     source = prepare(run_dir, target, tag, say)
     new_tag = new_tag_for(source.run, source.tag, VERB)
@@ -370,7 +376,9 @@ def reshape_command(
         if not sys.stdin.isatty():
             raise ConfigError("not reshaping without --yes (or see it first with --dry-run)")
         typer.confirm(f"Reshape {plan}?", abort=True)
-    outcome = apply_reshape(source, target, say)
+    with bar_reporter(progress, "converting") as bar:
+        outcome = apply_reshape(source, target, say, on_progress=lambda p: bar(
+            p.phase, p.done, p.total, f"{_size(p.bytes_written)} written, {_size(p.bytes_per_second)}/s"))
     rng = ("per-rank RNG streams carried" if outcome.rng == "carried"
            else "rank count changed: the trainer re-seeds every rank from (train.seed, step, rank)")
     typer.echo(f"reshaped {outcome.source_tag} ({outcome.source_layout}) into {outcome.new_tag} ({target}) in "

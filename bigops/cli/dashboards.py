@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from bigops.cli.options import make_app
+from bigops.cli.options import ForceOpt, make_app
 
 app = make_app("Grafana dashboards: export them as JSON, check a dashboard file offline.")
 
@@ -19,19 +19,18 @@ def export(
     all_files: Annotated[bool, typer.Option("--all", help="Write every generated file under OUT_DIR as the "
                                             "repository lays them out: dashboards/ (Grafana, rules, rule tests, "
                                             "Prometheus and Alertmanager examples) and runbooks/.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Write the run-overview and cluster-health dashboards (Grafana 10+ JSON) into OUT_DIR."""
     from bigops.dashboards import grafana
-    from bigops.dashboards.generate import write_all
+    from bigops.dashboards.generate import write_all, write_generated
 
     if all_files:
-        for path in write_all(out_dir):
-            typer.echo(f"wrote {path}")
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, build in grafana.DASHBOARDS.items():
-        path = out_dir / name
-        path.write_text(json.dumps(build(), indent=2) + "\n")
+        written = write_all(out_dir, force=force)
+    else:
+        written = write_generated({out_dir / name: json.dumps(build(), indent=2) + "\n"
+                                   for name, build in grafana.DASHBOARDS.items()}, force)
+    for path in written:
         typer.echo(f"wrote {path}")
 
 

@@ -29,9 +29,23 @@ def _flag_overrides(tp, pp, dp, steps, seed, precision, save_interval, exit_dura
     return [f"{k}={v}" for k, v in pairs.items() if v is not None]
 
 
+DEFAULT_RUN = Path("runs/tiny")
+
+
+def run_dir_of(run: Path | None, run_dir: Path | None) -> Path:
+    """The run directory of ``launch``: RUN, as every other command takes it, or ``--run-dir`` (kept for the
+    scripts and docs that use it); both only if they agree (a ConfigError otherwise), neither: runs/tiny."""
+    from bigops.errors import ConfigError
+    if run is not None and run_dir is not None and Path(run).resolve() != Path(run_dir).resolve():
+        raise ConfigError(f"RUN {run} and --run-dir {run_dir} name different run directories: give one")
+    return Path(run if run is not None else run_dir if run_dir is not None else DEFAULT_RUN)
+
+
 def launch(
-    run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory (created; resumed if it has a "
-                                                            "checkpoint).")] = Path("runs/tiny"),
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory (created; resumed if it has a checkpoint). "
+                                                  f"Default: {DEFAULT_RUN}.", show_default=False)] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="The same as RUN (the older spelling).",
+                                                    show_default=False)] = None,
     preset: PresetOpt = "tiny",
     tp: Annotated[Optional[int], typer.Option("--tp", help="Tensor-parallel degree (parallel.tp).")] = None,
     pp: Annotated[Optional[int], typer.Option("--pp", help="Pipeline-parallel degree (parallel.pp).")] = None,
@@ -62,7 +76,7 @@ def launch(
     slurm: Annotated[bool, typer.Option("--slurm", help="Submit a chain of SLURM jobs instead (see `bigops chain`); "
                                         "the run dir must be on a filesystem the nodes see.")] = False,
     profile: Annotated[Optional[str], typer.Option("--profile", help="Cluster profile: a name under "
-                       "launcher/slurm/profiles (e.g. jean-zay) or a TOML file with a [slurm] table.")] = None,
+                       "launcher/slurm/profiles (e.g. jean-zay) or a TOML file with a \\[slurm] table.")] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", help="Jobs to queue in the chain (slurm.chain_jobs).")] = None,
     print_script: Annotated[bool, typer.Option("--print-script", help="With --slurm: print the batch script and "
                                                "the sbatch command, submit nothing.")] = False,
@@ -72,6 +86,7 @@ def launch(
 ) -> None:
     """Train BLOOM on this machine's ranks (torchrun, gloo on CPU) and show live progress; or, with --slurm,
     submit it to SLURM as a chain of jobs (here or over SSH with --host)."""
+    run_dir = run_dir_of(run, run_dir)
     overrides = [*(set_ or []), *_flag_overrides(tp, pp, dp, steps, seed, precision, save_interval,
                                                            exit_duration)]
     plan.check_launch_options(slurm=slurm, watch=watch, metrics_port=metrics_port, init_hf=init_hf, host=host,
@@ -131,7 +146,13 @@ def _reshape_after_asking(run: RunDir, change: "plan.LayoutChange") -> None:
 
     target = Layout(*change.target)
     typer.confirm(f"{change}\nReshape it now (a new tag; the current one is kept)?", abort=True)
-    outcome = reshape(run.root, target, say=lambda line: console.print(f"  {line}", markup=False))
+    from bigops.cli.progress import bar_reporter
+    from bigops.cli.ckpt import _size
+
+    with bar_reporter(console, "converting") as bar:
+        outcome = reshape(run.root, target, say=lambda line: console.print(f"  {line}", markup=False),
+                          on_progress=lambda p: bar(p.phase, p.done, p.total, f"{_size(p.bytes_written)} written, "
+                                                                              f"{_size(p.bytes_per_second)}/s"))
     console.print(f"reshaped {outcome.source_tag} into {outcome.new_tag} ({target})", markup=False)
 
 

@@ -12,10 +12,12 @@ from rich.console import Console
 from bigops import __version__, exitcodes
 from bigops.cli import alerts, approve, chain, ckpt, dashboards, data, gpu, launch, status, surgery, watch
 from bigops.cli.options import make_app
+from bigops.cli.streams import library_output_on_stderr
 from bigops.errors import KNOWN_ERRORS, exit_code_of
 
+PROG = "bigops"
 app = make_app("Keep a long LLM pre-training run alive: launch a DeepSpeed 3D-parallel BLOOM, watch it, repair it.",
-               name="bigops")
+               name=PROG, add_completion=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one error = one line
 
 
@@ -65,7 +67,10 @@ def _usage_error(exc: typer.TyperException) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; map known errors to one line + exit code (``bigops.errors.exit_code_of``)."""
     try:
-        result = app(args=argv, standalone_mode=False)
+        with library_output_on_stderr():  # stdout is the command's result (a JSON document with --format json)
+            # prog_name: the usage lines, the hints and the completion variable (_BIGOPS_COMPLETE) say
+            # bigops however it was started (the console script, python -m bigops.cli.main, a test).
+            result = app(args=argv, prog_name=PROG, standalone_mode=False)
         # Without standalone mode, Typer returns a typer.Exit's code instead of raising it.
         return result if isinstance(result, int) else exitcodes.OK
     except SystemExit as exc:  # typer.Exit inside commands

@@ -1,5 +1,8 @@
 """What every command group shares: the Typer app factory and the option aliases (``Annotated`` types, as in
-huggingface_hub's first ``hf`` CLI). An option used by two commands is declared here, once, with its help."""
+huggingface_hub's first ``hf`` CLI). An option used by two commands is declared here, once, with its help.
+
+Help texts are Rich markup: a literal ``[word]`` (a TOML table, ``[user@]``) is written ``\\[word]``, or Rich
+takes it for a style and drops it (``tests/unit/test_cli.py`` renders every help and looks for each one)."""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ from typing import Annotated, Optional
 import typer
 
 
-def make_app(help: str, **settings) -> typer.Typer:
+def make_app(help: str, add_completion: bool = False, **settings) -> typer.Typer:
     """A command group (or the root app) with bigops' settings: help on a bare call, no Typer-styled
-    tracebacks (``main()`` owns errors), no shell-completion commands."""
-    return typer.Typer(help=help, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                       **settings)
+    tracebacks (``main()`` owns errors); only the root app asks for ``--install-completion`` and
+    ``--show-completion`` (Typer adds them to the app that has them, and a group's would repeat the root's)."""
+    return typer.Typer(help=help, no_args_is_help=True, pretty_exceptions_enable=False,
+                       add_completion=add_completion, **settings)
 
 
 class OutputFormat(str, Enum):
@@ -58,18 +62,20 @@ PresetOpt = Annotated[str, typer.Option("--preset", help="Model/parallelism pres
                                                          "bloom-7b1, bloom-176b.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one option, e.g. "
                                                                    "--set model.hidden_size=96 (repeatable).")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A TOML file of options ([model], [parallel], "
-                                                                    "[train]) applied on top of the preset.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A TOML file of options (\\[model], \\[parallel], "
+                                                                    "\\[train]) applied on top of the preset.")]
 
 # ------------------------------------------------------------------------------------- output, destructive
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", case_sensitive=False,
                                                  help="text (for people) or json (one object, for scripts).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Say what would be done; change nothing.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite files that exist (without it, nothing is "
+                                        "written when one does: exit code 4).")]
 
 # ------------------------------------------------------------------------------------------------ SSH (SLURM)
 HostOpt = Annotated[Optional[str], typer.Option("--host", help="Run SLURM's commands on this login node over SSH: "
-                                                "[user@]host[:port] (key auth, known_hosts checked, never added).")]
+                                                "\\[user@]host[:port] (key auth, known_hosts checked, never added).")]
 SSHKeyOpt = Annotated[Optional[str], typer.Option("--ssh-key", help="Private key file for --host.")]
 KnownHostsOpt = Annotated[Optional[str], typer.Option("--known-hosts", help="known_hosts file for --host "
                                                       "(default ~/.ssh/known_hosts).")]

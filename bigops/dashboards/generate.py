@@ -71,14 +71,37 @@ def files(runbook_base: str = "runbooks") -> dict[str, str]:
     return out
 
 
-def write_all(root: Path, only: str | None = None) -> list[Path]:
-    """Write the generated files under ``root`` (``only``: those whose path starts with it)."""
-    written = []
-    for rel, content in files().items():
-        if only and not rel.startswith(only):
-            continue
-        path = Path(root) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-        written.append(path)
-    return written
+def write_all(root: Path, only: str | None = None, force: bool = False) -> list[Path]:
+    """Write the generated files under ``root`` (``only``: those whose path starts with it); see
+    :func:`write_generated` for ``force``."""
+    return write_generated({Path(root) / rel: content for rel, content in files().items()
+                            if not only or rel.startswith(only)}, force)
+
+
+def write_generated(contents: dict[Path, str], force: bool = False) -> list[Path]:
+    """Write each path's content atomically (a reader, Prometheus reloading its rules, never sees half a file).
+
+    ``bigops dashboards export`` and ``bigops alerts render`` call this: without ``force`` nothing is written
+    when any of the paths exists (an edited rule file is not replaced by surprise), and the error names the
+    first one and ``--force``."""
+    import os
+
+    from bigops.errors import OutputExistsError
+    from trainer.rundir.files import atomic_write, make_dir
+
+    existing = [path for path in contents if path.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more of the {len(contents)} files)" if len(existing) > 1 else ""
+        raise OutputExistsError(f"{existing[0]} already exists{more}: nothing written; pass --force to overwrite")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path, content in contents.items():
+        # Not run-directory files: Prometheus, Grafana and the web server run as other users, so the umask's
+        # modes (0644 / 0755 by default), not the run directory's 0600 / 0750.
+        make_dir(path.parent, mode=0o777)
+
+        def write(handle, content=content) -> None:
+            os.fchmod(handle.fileno(), 0o666 & ~umask)
+            handle.write(content.encode())
+        atomic_write(path, write)
+    return list(contents)

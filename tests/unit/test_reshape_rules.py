@@ -63,3 +63,45 @@ def test_reseeding_is_a_function_of_seed_step_and_rank():
     assert torch.equal(draw(1234, 3, 1), draw(1234, 3, 1))
     assert not torch.equal(draw(1234, 3, 1), draw(1234, 3, 2))
     assert not torch.equal(draw(1234, 3, 1), draw(1234, 4, 1))
+
+
+# ds_to_universal's own output (DeepSpeed 0.19, tqdm's carriage returns read as line ends)
+CONVERTER_OUTPUT = """\
+args = Namespace(input_folder='/r/checkpoints/.partial-universal-global_step3.input', num_extract_workers=1)
+Convert DeepSpeed Checkpoint to Universal Checkpoint
+*** 1. Extracting ZeRO fragments
+  0%|          | 0/4 [00:00<?, ?it/s]
+100%|\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588| 4/4 [00:00<00:00, 77.41it/s]
+*** 2. Merging slices .....
+ 78%|\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u258a  | 32/41 [00:00<00:00, 313.14it/s]
+    No AutoEP layers found, skipping
+*** 3. Saving common optimizer states
+*** Done!
+"""
+
+
+def test_the_converters_phases_and_counters_are_read_from_its_output():
+    parsed = [lib.parse_converter_line(line) for line in CONVERTER_OUTPUT.splitlines()]
+    phases = [p for p, _ in parsed if p]
+    counters = [c for _, c in parsed if c]
+    assert phases == ["1. Extracting ZeRO fragments", "2. Merging slices", "3. Saving common optimizer states"]
+    assert counters == [(0, 4), (4, 4), (32, 41)]
+    assert lib.parse_converter_line("Convert DeepSpeed Checkpoint to Universal Checkpoint") == (None, None)
+    assert lib.parse_converter_line("*** Done!") == (None, None)
+
+
+def test_progress_off_a_terminal_is_plain_lines_one_per_phase_and_the_last():
+    import io
+
+    from rich.console import Console
+
+    from bigops.cli.progress import bar_reporter
+    out = io.StringIO()
+    with bar_reporter(Console(file=out, force_terminal=False, width=200), "converting", every_s=3600) as bar:
+        bar("1. Extracting", 0, 4, "0 B written")
+        bar("1. Extracting", 4, 4, "2 MiB written")
+        bar("2. Merging", 10, 41, "3 MiB written")
+        bar("2. Merging", 41, 41, "4 MiB written")
+    assert out.getvalue().splitlines() == ["converting: 1. Extracting 0/4 0 B written",
+                                           "converting: 2. Merging 10/41 3 MiB written",
+                                           "converting: 2. Merging 41/41 4 MiB written"]

@@ -128,8 +128,14 @@ def open_hf_tensors(directory: str | Path) -> Callable[[str], torch.Tensor]:
     return get_bin
 
 
-def hf_config_dict(model: ModelConfig, vocab_size: int, dtype: torch.dtype) -> dict:
-    """A ``config.json`` that ``transformers`` reads as this BLOOM model."""
+BLOOM_TOKEN_IDS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
+"""BLOOM's (and bigops' own BPE's) special token ids: config.json's when the export has no tokenizer."""
+
+
+def hf_config_dict(model: ModelConfig, vocab_size: int, dtype: torch.dtype,
+                   token_ids: dict[str, int] | None = None) -> dict:
+    """A ``config.json`` that ``transformers`` reads as this BLOOM model; ``token_ids`` (``bos_token_id``, ...)
+    are the exported tokenizer's (default :data:`BLOOM_TOKEN_IDS`)."""
     return {
         "architectures": ["BloomForCausalLM"],
         "model_type": "bloom",
@@ -146,22 +152,24 @@ def hf_config_dict(model: ModelConfig, vocab_size: int, dtype: torch.dtype) -> d
         "slow_but_exact": False,
         "use_cache": True,
         "tie_word_embeddings": True,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 3,
+        **BLOOM_TOKEN_IDS,
+        **(token_ids or {}),
         "torch_dtype": _DTYPE_NAMES[str(dtype)],
         "dtype": _DTYPE_NAMES[str(dtype)],
     }
 
 
 def write_hf_directory(out_dir: str | Path, config: dict, tensors: Iterable[tuple[str, torch.Tensor]],
-                       max_shard_bytes: int = 5 * 1024 ** 3) -> list[Path]:
+                       max_shard_bytes: int = 5 * 1024 ** 3,
+                       extra: Callable[[Path], None] | None = None) -> list[Path]:
     """Write ``config.json`` and safetensors shards (with an index when there are several) into a new
     directory, atomically: everything goes to a hidden ``.OUT.*.partial`` beside it, renamed when complete
-    and removed on any failure.
+    and removed on any failure. ``extra(folder)`` writes more files into it before the rename (the tokenizer,
+    ``generation_config.json``).
 
     ``tensors`` yields (our name, full tensor) one at a time; at most one shard is held in memory.
-    Refuses an ``out_dir`` that already exists (never overwrites).
+    Refuses an ``out_dir`` that already exists (never overwrites). Every file is readable as the umask allows
+    (0644 under umask 022), the way a model someone else will load must be, not 0600 as safetensors writes.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -175,6 +183,9 @@ def write_hf_directory(out_dir: str | Path, config: dict, tensors: Iterable[tupl
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
     try:
         files = _write_shards(tmp, out_dir, config, tensors, max_shard_bytes)
+        if extra is not None:
+            extra(tmp)
+        _readable_and_durable(tmp, 0o666 & ~umask)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -218,7 +229,14 @@ def _write_shards(tmp: Path, out_dir: Path, config: dict, tensors: Iterable[tupl
         index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for f in tmp.iterdir():
+    return files
+
+
+def _readable_and_durable(folder: Path, mode: int) -> None:
+    """Give every file of ``folder`` ``mode`` and fsync it (before the rename that publishes them)."""
+    for f in folder.iterdir():
+        if not f.is_file():
+            continue
+        os.chmod(f, mode)
         with open(f, "rb") as handle:
             os.fsync(handle.fileno())
-    return files

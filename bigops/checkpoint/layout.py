@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -74,10 +74,15 @@ def open_checkpoint(run_dir: str | Path, tag: str | None = None) -> CheckpointRe
                          foreign=not megatron.written_by_bigops(engine))
 
 
-def iter_full_tensors(ckpt: CheckpointRef, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name without ``transformer.``, full tensor), merged over TP ranks, one layer at a time.
+def iter_full_tensors(ckpt: CheckpointRef, dtype: torch.dtype | None = None,
+                      on_layer: Callable[[int, int], None] = lambda done, total: None
+                      ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name without ``transformer.``, full tensor), merged over TP ranks, one layer at a time;
+    ``on_layer(done, total)`` when the consumer asks for the tensors after a layer's (for a progress line).
 
     The tied LM head (the last pipeline layer) is not stored separately: it is ``word_embeddings``.
     """
-    for layer in layout.saved_layers(ckpt.config.model.num_layers):
+    layers = layout.saved_layers(ckpt.config.model.num_layers)
+    for done, layer in enumerate(layers, 1):
         yield from megatron.layer_tensors(ckpt.path, ckpt.config, layer, dtype).items()
+        on_layer(done, len(layers))

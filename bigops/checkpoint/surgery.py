@@ -384,6 +384,8 @@ class Request:
     set_lr: float | None = None
     set_min_lr: float | None = None
     skip_ranges: list[tuple[int, int]] = field(default_factory=list)
+    skip_iterations: list[tuple[int, int]] = field(default_factory=list)
+    """(first, last) iterations, converted to samples against the source checkpoint (skip_iterations.py)."""
 
     def edits(self, run: RunDir) -> list[Edit]:
         """The edits, in the order they run (the layer-norm sync first: its preview is shown); refused with
@@ -404,9 +406,10 @@ class Request:
             edits.append(reset_optimizer_edit())
         if changes:
             edits.append(engine_edit(changes))
-        if not edits and not self.skip_ranges:
+        if not edits and not self.skip_ranges and not self.skip_iterations:
             raise config_mod.ConfigError("nothing to do: pass --sync-layernorm, --reset-optimizer, "
-                                         "--reset-lr-schedule, --set-lr, --set-consumed-samples or --skip-range")
+                                         "--reset-lr-schedule, --set-lr, --set-consumed-samples, --skip-range "
+                                         "or --skip-iterations")
         if not run.root.is_dir():
             raise config_mod.ConfigError(f"{run.root} is not a run directory")
         if self.set_lr is not None:
@@ -545,4 +548,16 @@ def carry_out(run: RunDir, request: Request, plan: Plan, tag: str | None, *, sto
         if request.skip_ranges:
             added = add_skip_ranges(run, request.skip_ranges)
             say(f"skip ranges added to {run.skip_ranges}" if added else f"skip ranges already in {run.skip_ranges}")
+        # After the stop and the edits: a stopped run's newest checkpoint is where it resumes from.
+        for skip in iteration_skips(run, request, outcome.new_tag if outcome and outcome.latest_moved else tag):
+            added = add_skip_ranges(run, [(skip.start, skip.end)], note=skip.note)
+            say(f"iterations {skip.first}-{skip.last} = samples {skip.start}-{skip.end}: "
+                + (f"added to {run.skip_ranges}" if added else f"already in {run.skip_ranges}"))
     return outcome
+
+
+def iteration_skips(run: RunDir, request: Request, tag: str | None):
+    """``request.skip_iterations`` as sample ranges, for a resume from ``tag`` (default latest)."""
+    from bigops.checkpoint import skip_iterations
+    return skip_iterations.resolve(run, request.skip_iterations, tag, request.set_consumed_samples,
+                                   also_skipped=request.skip_ranges)

@@ -16,17 +16,29 @@ app = make_app("Checkpoint tools: list, inspect, verify, prune, mark, export-hf,
 @app.command("export-hf")
 def export_hf_command(
     run_dir: RunDirArg,
-    out_dir: Annotated[Path, typer.Argument(help="New directory for config.json + safetensors (must not exist).",
-                                            show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="New directory for the Hugging Face model: config.json, "
+                                            "safetensors, the run's tokenizer, generation_config.json (must not "
+                                            "exist).", show_default=False)],
     tag: TagOpt = None,
     dtype: Annotated[ExportDtype, typer.Option(case_sensitive=False, help="auto (the training precision), fp32, "
                                                "bf16 or fp16.")] = ExportDtype.auto,
 ) -> None:
-    """Export a checkpoint of any TP/PP/DP layout to a Hugging Face BLOOM directory."""
-    from bigops.checkpoint.export_hf import export_hf
+    """Export a checkpoint of any TP/PP/DP layout to a Hugging Face BLOOM directory that AutoTokenizer,
+    AutoModelForCausalLM and pipeline("text-generation") load as is."""
+    from rich.console import Console
 
-    result = export_hf(run_dir, out_dir, tag=tag, dtype=dtype.value)
-    typer.echo(f"exported {result.tag} (step {result.step}, {result.num_parameters:,} parameters) "
+    from bigops.checkpoint.export_hf import export_hf
+    from bigops.cli.progress import progress_reporter
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    with progress_reporter(console, "exporting") as report:
+        result = export_hf(run_dir, out_dir, tag=tag, dtype=dtype.value, progress=report)
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", markup=False)
+    special = result.special_tokens
+    tokens = (f"; tokenizer with {', '.join(f'{role} {token}' for role, token in special.tokens.items())}"
+              if special is not None and special.eos is not None else "")
+    typer.echo(f"exported {result.tag} (step {result.step}, {result.num_parameters:,} parameters{tokens}) "
                f"to {result.out_dir}")
 
 

@@ -35,6 +35,12 @@ def surgery(
                           "train.min_lr.")] = None,
     skip_range: Annotated[Optional[list[str]], typer.Option("--skip-range", help="Add START-END (samples, end "
                           f"exclusive) to {RELATIVE.skip_ranges} (repeatable).")] = None,
+    skip_iterations: Annotated[Optional[list[str]], typer.Option("--skip-iterations", help="Add the samples "
+                               "that iterations A-B (both included; or A) will read to "
+                               f"{RELATIVE.skip_ranges}, as Megatron's --skip-train-iteration-range: counted from "
+                               "the checkpoint the run resumes from, global_batch_size samples a step; the step "
+                               "count goes on, so step A trains on what step B+1 would have read "
+                               "(repeatable).")] = None,
     keep_latest: Annotated[bool, typer.Option("--keep-latest", help="Write the new tag but leave "
                            "checkpoints/latest where it is.")] = False,
     dry_run: DryRunOpt = False,
@@ -45,15 +51,23 @@ def surgery(
 ) -> None:
     """Repair a checkpoint, never in place: write a new tag beside it, verify it, then point latest at it."""
     from bigops.checkpoint import surgery as lib
+    from bigops.checkpoint.skip_iterations import parse_iteration_args
     from trainer.rundir import RunDir
 
     run = RunDir(Path(run_dir))
     request = lib.Request(sync_layernorm=sync_layernorm, method=method.value, reset_optimizer=reset_optimizer,
                           reset_lr_schedule=reset_lr_schedule, set_consumed_samples=set_consumed_samples,
                           set_lr=set_lr, set_min_lr=set_min_lr,
-                          skip_ranges=lib.parse_skip_range_args(skip_range or []))
+                          skip_ranges=lib.parse_skip_range_args(skip_range or []),
+                          skip_iterations=parse_iteration_args(skip_iterations or []))
     plan = lib.plan_surgery(run, request, tag, stop_run)
     _show_plan(plan.running, plan.source, plan.edits, request)
+    if plan.running:
+        for first, last in request.skip_iterations:
+            console.print(f"will skip iterations {first}-{last} (in samples from the checkpoint the stop saves)")
+    else:
+        for skip in lib.iteration_skips(run, request, tag):
+            console.print(f"will skip iterations {skip.first}-{skip.last}: samples {skip.start}-{skip.end}")
     if dry_run:
         console.print("dry run: nothing written")
         return

@@ -32,6 +32,7 @@ from typing import Any
 
 from bigops.watchdog.policy import decide_restart
 from trainer.config import SlurmConfig, WatchdogConfig
+from trainer.data.schedule import advance  # noqa: F401  (re-exported: tests and callers use decide.advance)
 
 BAD_NODE_KINDS = ("GpuMissing", "GpuEccDoubleBit", "GpuXid", "GpuRowRemap")
 SUPERVISOR_KINDS = ("TrainingHang", "RankCrash", "LossSpike", "NonFiniteLimit")
@@ -316,22 +317,6 @@ def plan_rollback(iid, reason: str, spike_step: int, view: StateView, policy: Po
     aside = tuple(c.tag for c in view.checkpoints if c.step > target.step)
     return Rollback(iid, reason, spike_step, target.tag, target.step, aside, (start, start + batches * gbs),
                     batches, len(earlier) + 1)
-
-
-def advance(position: int, samples: int, skip_ranges) -> int:
-    """The first sample read after consuming ``samples`` from ``position``, skipping the (end-exclusive)
-    ranges as the trainer's sampler does (``trainer.data.sampler.batch_positions``), in O(ranges)."""
-    left = samples
-    for start, end in sorted(tuple(r) for r in skip_ranges):
-        if end <= position:
-            continue
-        if start > position:
-            gap = start - position
-            if left < gap:
-                return position + left
-            left -= gap
-        position = end
-    return position + left
 
 
 def _chain_upkeep(incidents: list[dict], view: StateView, policy: Policy, so_far: list[Action]) -> list[Action]:

@@ -62,3 +62,59 @@ def test_write_never_overwrites_and_cleans_up(tmp_path):
     with pytest.raises(OSError, match="No space left"):
         write_hf_directory(tmp_path / "new", {}, failing())
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".new.*"))
+
+
+def test_written_files_are_readable_as_the_umask_allows_not_0600(tmp_path):
+    import os
+    previous = os.umask(0o027)
+    try:
+        write_hf_directory(tmp_path / "out", {"model_type": "bloom"}, iter([("w", torch.zeros(4))]),
+                           extra=lambda folder: (folder / "extra.json").write_text("{}"))
+    finally:
+        os.umask(previous)
+    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in (tmp_path / "out").iterdir()}
+    assert modes == {"model.safetensors": "0o640", "config.json": "0o640", "extra.json": "0o640"}
+    assert oct((tmp_path / "out").stat().st_mode & 0o777) == "0o750"
+
+
+def _bpe(special: list[str]):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.train_from_iterator(["some text to learn from"] * 4, trainer=trainers.BpeTrainer(
+        vocab_size=300, special_tokens=special, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tokenizer
+
+
+def test_special_tokens_are_found_by_name_and_fall_back_to_eos():
+    from trainer.hf_tokenizer import find_special_tokens
+
+    bloom = find_special_tokens(_bpe(["<unk>", "<s>", "</s>", "<pad>"]))
+    assert bloom.tokens == {"eos": "</s>", "bos": "<s>", "pad": "<pad>", "unk": "<unk>"}
+    assert bloom.config_ids() == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
+    gpt2 = find_special_tokens(_bpe(["<|endoftext|>"]))  # GPT-2's one special token plays every role
+    assert gpt2.tokens == dict.fromkeys(("eos", "bos", "pad", "unk"), "<|endoftext|>")
+    assert gpt2.config_ids() == {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    none = find_special_tokens(_bpe(["<mask>"]))
+    assert none.eos is None and none.config_ids() == {}
+
+
+def test_tokenizer_files_load_in_auto_tokenizer_with_their_roles(tmp_path):
+    from transformers import AutoTokenizer
+
+    from trainer.hf_tokenizer import write_generation_config, write_hf_tokenizer
+    source = tmp_path / "tokenizer.json"
+    _bpe(["<|endoftext|>"]).save(str(source))
+    (tmp_path / "out").mkdir()
+    special = write_hf_tokenizer(source, tmp_path / "out")
+    write_generation_config(tmp_path / "out", special.config_ids())
+    config = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and config["padding_side"] == "left"
+    assert json.loads((tmp_path / "out" / "special_tokens_map.json").read_text())["pad_token"] == "<|endoftext|>"
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert (tokenizer.pad_token, tokenizer.pad_token_id, tokenizer.padding_side) == ("<|endoftext|>", 0, "left")
+    batch = tokenizer(["text", "some text to learn"], padding=True)
+    assert batch["attention_mask"][0][0] == 0 and batch["input_ids"][0][0] == 0  # padded on the left
+    generation = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert (generation["eos_token_id"], generation["pad_token_id"]) == (0, 0)

@@ -248,6 +248,11 @@ class WatchdogConfig:
     on_desync: Literal["sync", "notify", "ask"] = "sync"
     """When TP-duplicated parameters drift apart (``ln_desync`` above ``desync_threshold``): sync (ask the
     trainer for a live layer-norm sync through ``control/sync-layernorm``), notify, or ask."""
+    on_node_lost: Literal["notify", "ask", "shrink"] = "notify"
+    """When GPUs of the run are lost (critical GpuMissing, GpuXid, GpuEccDoubleBit, GpuRowRemap) and fewer
+    devices are left than the layout needs: notify (the incident's page only: wait for a spare), ask, or shrink
+    (kill the ranks, reshape the newest checkpoint to fewer data-parallel replicas through DeepSpeed's universal
+    checkpoint, restart on the devices left; ZeRO stage >= 1). BLOOM-176B went from DP8 to DP4 this way."""
     desync_threshold: float = 1e-3
     """Max |diff| of TP-duplicated parameters across TP ranks above which the desync detector fires."""
     straggler_factor: float = 1.5

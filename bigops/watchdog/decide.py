@@ -20,6 +20,10 @@ Rules:
   batches; after ``max_rollbacks_per_region`` it gives up and pages. No checkpoint before the spike, or a
   target checkpoint without ``consumed_samples`` in its manifest: give up (a stop: no restart follows).
 - ``TPDesync`` (not resolved): sync, ask or notify (``on_desync``).
+- A node lost (``BAD_NODE_KINDS``, critical; only where the caller knows the devices left, ``view.devices``:
+  the supervisor): ``on_node_lost = "shrink"``: kill, reshape to the most data-parallel replicas the devices
+  left hold (``shrink_target``), restart; ``"ask"``: kill, ask; ``"notify"``: notify only. Enough devices
+  left: notify only; fewer than one replica, or a batch the smaller DP does not divide: give up.
 - ``ChainJobCrashed`` (keeper: a SLURM job of the chain crashed): counted once as a restart, within the
   budget, else the chain is held; ``ChainJobFatal``: hold. Critical GPU incidents (``BAD_NODE_KINDS``) of a
   chained run exclude their host; fewer than ``min_queued`` live jobs: top up (never while held or done).
@@ -74,6 +78,17 @@ class Sync:
     reason: str
     step: int | None
     name = "sync-layernorm"
+
+
+@dataclass(frozen=True)
+class Shrink:
+    incident: str | None
+    reason: str
+    target: tuple[int, int, int]
+    """(tp, pp, dp) to reshape the newest checkpoint to."""
+    lost: int
+    """Devices lost (the world was tp x pp x dp, one device per rank)."""
+    name = "shrink"
 
 
 @dataclass(frozen=True)
@@ -132,7 +147,7 @@ class ChainExclude:
     name = "chain-exclude"
 
 
-Action = Restart | Rollback | Sync | Kill | Ask | GiveUp | NotifyOnly | ChainHold | ChainTopUp | ChainExclude
+Action = Restart | Rollback | Sync | Shrink | Kill | Ask | GiveUp | NotifyOnly | ChainHold | ChainTopUp | ChainExclude
 
 
 # ------------------------------------------------------------------------------------------- the inputs
@@ -142,6 +157,10 @@ class Policy:
     on_crash: str = WatchdogConfig.on_crash
     on_loss_spike: str = WatchdogConfig.on_loss_spike
     on_desync: str = WatchdogConfig.on_desync
+    on_node_lost: str = WatchdogConfig.on_node_lost
+    layout: tuple[int, int, int] = (1, 1, 1)
+    """``parallel.tp/pp/dp`` of the run (one device per rank)."""
+    micro_batch_size: int = 1
     restart_budget: int = WatchdogConfig.restart_budget
     restart_window_s: float = WatchdogConfig.restart_window_s
     no_progress_restarts: int = WatchdogConfig.no_progress_restarts
@@ -155,7 +174,10 @@ class Policy:
     def of(cls, cfg, on_desync: str | None = None) -> "Policy":
         """From a ``trainer.config.RunConfig``."""
         w = cfg.watchdog
+        p = cfg.parallel
         return cls(on_crash=w.on_crash, on_loss_spike=w.on_loss_spike, on_desync=on_desync or w.on_desync,
+                   on_node_lost=w.on_node_lost, layout=(p.tp, p.pp, p.dp or 1),
+                   micro_batch_size=cfg.train.micro_batch_size,
                    restart_budget=w.restart_budget, restart_window_s=w.restart_window_s,
                    no_progress_restarts=w.no_progress_restarts, global_batch_size=cfg.train.global_batch_size,
                    rollback_skip_batches=w.rollback_skip_batches, min_queued=cfg.slurm.min_queued)
@@ -194,6 +216,9 @@ class StateView:
     """The step a restart resumes from now."""
     skip_ranges: tuple[tuple[int, int], ...] = ()
     chain: ChainView | None = None
+    lost_devices: int | None = None
+    """Devices of the run lost now (distinct GPUs with a critical ``BAD_NODE_KINDS`` incident open); None: the
+    caller does not place ranks (the chain keeper excludes hosts instead)."""
 
 
 # ------------------------------------------------------------------------------------------- the function
@@ -254,6 +279,8 @@ def _decide_one(inc: dict, view: StateView, policy: Policy) -> list[Action]:
             return [Ask(iid, summary, "sync-layernorm", {"step": inc.get("step"),
                                                          "ln_desync": (inc.get("evidence") or {}).get("ln_desync")})]
         return [NotifyOnly(iid, summary)]
+    if kind in BAD_NODE_KINDS and view.lost_devices is not None and inc.get("severity") == "critical":
+        return _node_lost(iid, summary, inc, view, policy)
     if kind == "ChainJobCrashed":
         job = (inc.get("evidence") or {}).get("job_id")
         action = restart_or_give_up(iid, summary, view, policy, from_step=inc.get("step"), job_id=job)
@@ -263,6 +290,38 @@ def _decide_one(inc: dict, view: StateView, policy: Policy) -> list[Action]:
     if kind == "ChainJobFatal":
         return [ChainHold(iid, summary, (inc.get("evidence") or {}).get("job_id"))]
     return []
+
+
+def shrink_target(layout: tuple[int, int, int], lost: int, global_batch_size: int,
+                  micro_batch_size: int) -> tuple[int, int, int] | str:
+    """The layout with the most data-parallel replicas that ``tp x pp x dp - lost`` devices hold, or why there
+    is none (fewer devices than one replica; a global batch the smaller DP does not divide into micro-batches)."""
+    tp, pp, dp = layout
+    left = tp * pp * dp - lost
+    new_dp = min(dp, left // (tp * pp))
+    if new_dp < 1:
+        return f"{left} device(s) left, one replica needs tp x pp = {tp * pp}"
+    while new_dp >= 1 and global_batch_size % (micro_batch_size * new_dp):
+        new_dp -= 1
+    if new_dp < 1:
+        return f"train.global_batch_size={global_batch_size} is not divisible by micro_batch_size x dp for any dp"
+    return tp, pp, new_dp
+
+
+def _node_lost(iid, summary: str, inc: dict, view: StateView, policy: Policy) -> list[Action]:
+    tp, pp, dp = policy.layout
+    lost = view.lost_devices or 0
+    if policy.on_node_lost == "notify":
+        return [NotifyOnly(iid, f"{summary}: watchdog.on_node_lost=notify")]
+    if lost <= 0:
+        return [NotifyOnly(iid, f"{summary}: the run's devices are all there")]
+    target = shrink_target(policy.layout, lost, policy.global_batch_size, policy.micro_batch_size)
+    if isinstance(target, str):
+        return [Kill(iid, summary), GiveUp(iid, summary, f"cannot shrink: {target}")]
+    why = f"{summary}: {lost} of {tp * pp * dp} devices lost"
+    if policy.on_node_lost == "ask":
+        return [Kill(iid, why), Ask(iid, why, "shrink", {"target": list(target), "lost": lost})]
+    return [Kill(iid, why), Shrink(iid, why, target, lost), restart_or_give_up(iid, f"shrink: {why}", view, policy)]
 
 
 def restart_or_give_up(iid, reason: str, view: StateView, policy: Policy, from_step: int | None = None,

@@ -14,6 +14,9 @@ Steps (``STEPS``):
 - restart: count (one entry in the restart ledger, ``WatchState.restarts``, by intent id), record; the
   relaunch itself is the supervisor's loop (or the chain's next job);
 - kill: kill (the live ranks, or on roll-forward the recorded process group), record;
+- shrink: convert (``bigops.checkpoint.reshape``: the source tag decided up front -> ``universal-<tag>`` on the
+  target layout; not again if that tag is there on the target), switch (run.toml's layout and ``latest``),
+  record; the relaunch on the new world size is the supervisor's;
 - sync-layernorm: request (``control/sync-layernorm``; not again if the trainer already did it), record;
 - chain-hold: hold (``scontrol hold``, idempotent in SLURM), record;
 - prune: remove (``bigops.checkpoint.prune.apply_prune`` over the tags decided up front), record;
@@ -38,11 +41,11 @@ from bigops.checkpoint import rollback as rb
 from bigops.watchdog import approvals
 from bigops.watchdog.actions import announce_pending, find_event, record_action, request_layernorm_sync
 from bigops.watchdog.decide import Ask, ChainHold, Checkpoint, GiveUp, NotifyOnly, Policy, Restart, \
-    Rollback, StateView, Sync, decide
+    Rollback, Shrink, StateView, Sync, decide
 from bigops.watchdog.journal import DONE, Journal, intent_id
 from trainer.rundir import RELATIVE, RunDir
 
-ACTED = ("kill", "restart", "rollback", "sync-layernorm", "ask", "give-up", "chain-hold")
+ACTED = ("kill", "restart", "rollback", "shrink", "sync-layernorm", "ask", "give-up", "chain-hold")
 """The actions whose intent marks an incident as acted on."""
 
 
@@ -114,6 +117,8 @@ def _params(action, extra: dict) -> dict:
         p = {"from_step": action.from_step, "policy": action.policy, "job_id": action.job_id}
     elif isinstance(action, Sync):
         p = {"step": action.step}
+    elif isinstance(action, Shrink):
+        p = {"target": list(action.target), "lost": action.lost}
     elif isinstance(action, Ask):
         p = {"asked": action.action, "details": dict(action.details)}
     elif isinstance(action, GiveUp):
@@ -204,6 +209,13 @@ def _outcome(ex: Executor, intent: dict) -> str:
         return f"relaunching from checkpoint step {p['from_step']}" + (f" ({p['policy']})" if p.get("policy") else "")
     if action == "kill":
         return p.get("outcome", "killed the ranks")
+    if action == "shrink":
+        tp, pp, dp = p["target"]
+        done = intent["steps"].get("convert", {})
+        if done.get("failed"):
+            return f"could not reshape {p.get('source_tag')}: {done['failed']}"
+        return (f"reshaped {p.get('source_tag')} into {done.get('new_tag')} (TP{tp} x PP{pp} x DP{dp}); run.toml "
+                f"and latest follow it: the restart runs {tp * pp * dp} rank(s)" + approved)
     if action == "sync-layernorm":
         done = intent["steps"].get("request", {})
         if done.get("skipped"):
@@ -230,7 +242,7 @@ def _record(ex: Executor, intent: dict, resumed: bool) -> dict:
             return {"line": line}
     p = intent["params"]
     action = intent["action"]
-    severity = p.get("severity") or {"rollback": "critical", "give-up": "critical", "chain-hold": "critical",
+    severity = p.get("severity") or {"rollback": "critical", "shrink": "critical", "give-up": "critical", "chain-hold": "critical",
                 "kill": p.get("severity", "critical"), "prune": "info"}.get(action, "warning")
     runbook = "runbooks/RestartBudgetExhausted.md" if action == "give-up" else None
     details = {k: p[k] for k in ("pending_id", "key", "checkpoint_step", "job_id", "unusable") if p.get(k) is not None}
@@ -307,6 +319,41 @@ def _kill(ex: Executor, intent: dict, resumed: bool) -> dict:
     return {}
 
 
+def _shrink_convert(ex: Executor, intent: dict, resumed: bool) -> dict:
+    """The universal checkpoint of the source on the target layout, once: a tag derived from the source with the
+    target topology already there (an earlier run of this step published it) is reused."""
+    from bigops.checkpoint import reshape
+    from trainer import checkpoint as ckpt
+    p = intent["params"]
+    target = reshape.Layout(*p["target"])
+    for tag in ckpt.complete_tags(ex.run):
+        manifest = ckpt.read_manifest(ex.run.checkpoint(tag))
+        if (manifest.get(ckpt.UNIVERSAL) or {}).get("source_tag") == p["source_tag"] \
+                and manifest.get("topology") == target.as_dict():
+            return {"new_tag": tag, "reused": True}
+    from bigops.errors import BigopsError
+    try:
+        source = reshape.prepare(ex.run.root, target, p["source_tag"])
+        new_tag, rng = reshape.write_universal(source, target)
+    except BigopsError as exc:  # refused (desynced, ZeRO-0, damaged): nothing written; the supervisor gives up
+        return {"failed": str(exc)}
+    return {"new_tag": new_tag, "rng": rng}
+
+
+def _shrink_switch(ex: Executor, intent: dict, resumed: bool) -> dict:
+    """run.toml on the target layout (unless it is already) and ``latest`` -> the new tag."""
+    from bigops.checkpoint import reshape
+    from trainer.rundir import atomic_write_text, load_run_config
+    target = reshape.Layout(*intent["params"]["target"])
+    if intent["steps"]["convert"].get("failed"):
+        return {"skipped": "nothing converted"}
+    new_tag = intent["steps"]["convert"]["new_tag"]
+    if reshape.layout_of(load_run_config(ex.run)) != target:
+        reshape.update_run_toml(ex.run, new_tag, target)
+    atomic_write_text(ex.run.latest, new_tag + "\n")
+    return {}
+
+
 def _sync_consumed(ex: Executor, request_id: str) -> bool:
     """The trainer already honoured the request (its own ``action`` event names it)."""
     return find_event(ex.run, request_id, lambda e: e.get("source") == "trainer"
@@ -370,6 +417,7 @@ STEPS: dict[str, list[tuple[str, Callable]]] = {
     "rollback": [("skip-range", _skip_range), ("latest", _latest), ("set-aside", _set_aside), ("record", _record)],
     "restart": [("count", _count), ("record", _record)],
     "kill": [("kill", _kill), ("record", _record)],
+    "shrink": [("convert", _shrink_convert), ("switch", _shrink_switch), ("record", _record)],
     "sync-layernorm": [("request", _sync_request), ("record", _record)],
     "chain-hold": [("hold", _chain_hold), ("record", _record)],
     "prune": [("remove", _prune_remove), ("record", _record)],

@@ -11,7 +11,11 @@ The loop (``bigops launch --watch``):
   checkpoint before the spike (later ones set aside), skip the data that fed it, restart; a spike that
   comes back in the region of its rollback is rolled back once more with a wider skip, then the supervisor
   gives up; no checkpoint before the spike: give up (a stop, nothing restarts);
-- configuration or checkpoint errors: page and stop (restarting cannot help).
+- configuration or checkpoint errors: page and stop (restarting cannot help);
+- GPUs of the run lost (critical GpuMissing/GpuXid/GpuEccDoubleBit/GpuRowRemap) with
+  ``watchdog.on_node_lost = "shrink"``: kill, reshape the newest checkpoint to the most data-parallel replicas
+  the devices left hold (DeepSpeed's universal checkpoint, a new tag), restart on that world size; ``"ask"``
+  waits for a decision first; ``"notify"`` (the default) pages only.
 
 What to do is decided by :func:`bigops.watchdog.decide.decide` (the rules, pure) and carried out by
 :class:`bigops.watchdog.executor.Executor`: each action is journaled before it is taken (``watchdog/intents/``)
@@ -55,8 +59,8 @@ from bigops.watchdog import approvals
 from bigops.watchdog.actions import record_action
 from bigops.watchdog.daemon import one_line, report, state_path, tick
 from bigops.watchdog.findings import Finding
-from bigops.watchdog.decide import SUPERVISOR_KINDS, Ask, GiveUp, Kill, NotifyOnly, Policy, Restart, Rollback, decide, \
-    plan_rollback
+from bigops.watchdog.decide import BAD_NODE_KINDS, SUPERVISOR_KINDS, Ask, GiveUp, Kill, NotifyOnly, Policy, Restart, \
+    Rollback, Shrink, decide, plan_rollback
 from bigops.watchdog.executor import Executor, acted_on, incidents_of, view_for
 from bigops.watchdog.journal import intent_id
 from bigops.watchdog.settings import watch_config
@@ -392,7 +396,7 @@ class Supervisor:
             for line in facts.get("actions", []):
                 self.say(line)
             incidents = [i for i in incidents_of(facts, facts["findings"], time.time())
-                         if (i.get("kind") == "TrainingHang" or (i.get("kind") == "LossSpike"
+                         if (i.get("kind") == "TrainingHang" or (i.get("kind") in ("LossSpike", *BAD_NODE_KINDS)
                                                                  and i.get("severity") == "critical"))
                          and i.get("id") not in self.notified and not acted_on(self.executor.journal, i["id"])]
             if incidents:
@@ -411,7 +415,7 @@ class Supervisor:
 
     def resume_pending(self) -> None:
         """An earlier supervisor's restart or rollback still open: wait for its decision, then carry it out."""
-        for entry in approvals.open_entries(self.state, ("restart", "rollback")):
+        for entry in approvals.open_entries(self.state, ("restart", "rollback", "shrink")):
             if entry["status"] == "pending":
                 self.say(f"[CRITICAL] WatchdogApprovalNeeded: {entry['action']} {entry['id']} from an earlier "
                          f"watchdog still waits ({entry['reason']}); approve: "
@@ -423,6 +427,8 @@ class Supervisor:
             details = entry.get("details", {})
             if entry["action"] == "rollback":
                 self.rollback_approved(entry)
+            elif entry["action"] == "shrink":
+                self.shrink_approved(entry)
             elif details.get("kind") == "hang" and isinstance(details.get("pgid"), int):
                 try:  # the hung ranks of the earlier supervisor, if their group is still there
                     if os.getpgid(details["pgid"]) == details["pgid"]:
@@ -500,13 +506,17 @@ class Supervisor:
         spike = any(i.get("kind") in ("LossSpike", "NonFiniteLimit") for i in incidents)
         view = view_for(self.run, self.state, self.executor.journal, incidents, time.time(), self.checkpoint_step(),
                         with_checkpoints=spike)
+        if any(i.get("kind") in BAD_NODE_KINDS for i in incidents):
+            import dataclasses
+            view = dataclasses.replace(view, lost_devices=self.lost_devices())
         by_id = {i["id"]: i for i in incidents}
         down = None
-        for action in decide(incidents, view, self.policy, kinds=SUPERVISOR_KINDS):
+        for action in decide(incidents, view, self.policy, kinds=(*SUPERVISOR_KINDS, *BAD_NODE_KINDS)):
             inc = by_id.get(action.incident, {})
             if down is not None and inc.get("id") != down[0]:
                 break  # the ranks are down: the other incidents are the next launch's business
-            why = "hang" if inc.get("kind") == "TrainingHang" else "spike"
+            why = {"TrainingHang": "hang"}.get(inc.get("kind"), "node lost" if inc.get("kind") in BAD_NODE_KINDS
+                                               else "spike")
             if isinstance(action, NotifyOnly):
                 self.notified.add(action.incident)  # the incident's own page is all: nothing killed
             elif isinstance(action, Kill):
@@ -518,9 +528,36 @@ class Supervisor:
                 down = (inc["id"], why)
             elif isinstance(action, Rollback):
                 self.execute(action, key=inc.get("key"))
+            elif isinstance(action, Shrink):
+                if not self.shrink(action, inc.get("key")):
+                    self.next_restart = GiveUp(action.incident, action.reason, "could not shrink: see the shrink action")
+                    break
             elif isinstance(action, (Restart, GiveUp)):
                 self.next_restart = action
         return down[1] if down is not None and proc is not None else None
+
+    def lost_devices(self) -> int:
+        """Distinct GPUs (host, index) with a critical node-lost incident open: the devices the run lost."""
+        lost = set()
+        for inc in self.state.incidents.values():
+            key = str(inc.get("key", "")).split(":")
+            if inc.get("kind") in BAD_NODE_KINDS and inc.get("severity") == "critical" \
+                    and inc.get("status", "open") == "open" and len(key) >= 3:
+                lost.add((key[1], key[2]))
+        return len(lost)
+
+    def shrink(self, action: Shrink, key: str | None = None, **extra) -> bool:
+        """Reshape to ``action.target`` (journaled: once), then run on it: the config, the policy and the next
+        spawn's world size follow run.toml. False: the reshape was refused (the shrink action says why)."""
+        from trainer.rundir import load_run_config
+        found = ckpt.find_resumable(self.run, hashes=False) if self.run.latest.exists() else None
+        self.execute(action, key=key, source_tag=found.tag if found else None, **extra)
+        intent = self.executor.journal.get(extra.get("iid") or intent_id("shrink", action.incident))
+        if intent is None or intent["steps"].get("convert", {}).get("failed") or found is None:
+            return False
+        self.cfg = load_run_config(self.run)
+        self.policy = Policy.of(self.cfg)
+        return True
 
     def kill(self, proc: subprocess.Popen | None, action: Kill, inc: dict) -> None:
         if proc is None:
@@ -532,9 +569,11 @@ class Supervisor:
                 if stale else action.reason
         else:
             reason = inc.get("summary", action.reason)
-        ask = not hang and self.policy.on_loss_spike == "ask"
-        outcome = "killed the ranks (nothing trains past the spike); the rollback waits for a decision" if ask \
-            else "killed the ranks"
+        node = inc.get("kind") in BAD_NODE_KINDS
+        ask = not hang and (self.policy.on_node_lost if node else self.policy.on_loss_spike) == "ask"
+        waits = "the shrink waits for a decision" if node else "the rollback waits for a decision"
+        outcome = (f"killed the ranks ({'their devices are gone' if node else 'nothing trains past the spike'})"
+                   + (f"; {waits}" if ask else ""))
         self.executor.kill_now = lambda: self.kill_ranks(proc)
         try:
             self.execute(Kill(action.incident, reason), pgid=proc.pid, key=inc.get("key"), outcome=outcome,
@@ -560,6 +599,8 @@ class Supervisor:
             self.deny(entry)
         if action.action == "rollback":
             self.rollback_approved(entry)
+        elif action.action == "shrink":
+            self.shrink_approved(entry)
         elif hang and proc is not None:
             self.kill(proc, Kill(action.incident, action.reason), inc)
         self.approved = entry
@@ -583,6 +624,18 @@ class Supervisor:
             plan = Rollback(None, entry["reason"], 0, "", 0, (), (0, 0), 0)  # finished from the journal
         self.execute(plan, iid=iid, pending_id=entry["id"], approved_by=entry.get("decided_by"))
 
+    def shrink_approved(self, entry: dict) -> None:
+        """Carry out an approved shrink once (journaled under the question's id); refused: give up (a stop)."""
+        details = entry.get("details", {})
+        action = Shrink(details.get("incident"), entry["reason"], tuple(details.get("target") or ()),
+                        int(details.get("lost") or 0))
+        iid = intent_id("shrink", f"pending:{entry['id']}")
+        if not self.shrink(action, iid=iid, pending_id=entry["id"], approved_by=entry.get("decided_by")):
+            self.execute(GiveUp(action.incident, entry["reason"], "could not shrink: see the shrink action"),
+                         iid=intent_id("give-up", f"pending:{entry['id']}"), pending_id=entry["id"],
+                         finish="could not shrink")
+            raise Stop(SUPERVISOR_GAVE_UP)
+
     def first_bad_step(self) -> int:
         records, _ = read_tail(self.run.metrics, 2000)
         step = None
@@ -604,10 +657,12 @@ def supervise_local(run: RunDir, cfg: RunConfig, world: int, trainer_args: list[
     from bigops.notify.notifier import for_run
     from launcher import local
 
+    from trainer.config import world_size_of
     current: list = []
 
-    def spawn():
-        current[:] = [local.spawn(run.root, world, trainer_args, log_path=run.ranks_log,
+    def spawn():  # a shrink changes the world size: it follows the supervisor's config (run.toml's layout)
+        size = world if supervisor.cfg is cfg else world_size_of(supervisor.cfg)
+        current[:] = [local.spawn(run.root, size, trainer_args, log_path=run.ranks_log,
                                   launch_id=supervisor.launch_id)]
         return current[0]
 

@@ -147,3 +147,39 @@ def test_a_launch_on_another_layout_names_the_reshape_and_changes_nothing(source
     assert rd.latest_tag() == "global_step3" and rd.run_toml.read_text() == toml_before
     assert ckpt.complete_tags(rd) == ["global_step3"]
     assert not list(rd.checkpoints.glob("universal-*"))
+
+
+class Killed(BaseException):
+    """The watchdog dies here (not an Exception: nothing on the way may catch it)."""
+
+
+@pytest.mark.parametrize("dies_at", [("convert", "applied"), ("switch", "before"), ("switch", "applied")])
+def test_a_shrink_killed_at_any_step_completes_once_after_a_restart(source, tmp_path, dies_at):
+    """The watchdog's shrink (journaled: convert, switch, record) killed after the universal tag is published,
+    before or after run.toml and latest follow it: the next watchdog's roll-forward finishes it, with one
+    universal tag and one action event."""
+    from bigops.watchdog.decide import Shrink
+    from bigops.watchdog.executor import Executor
+    from bigops.watchdog.state import WatchState
+    from bigops.watchdog.daemon import state_path
+    from trainer.rundir import read_jsonl
+
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    rd = RunDir(run)
+
+    def hook(intent, step, when):
+        if (step, when) == dies_at:
+            raise Killed()
+
+    first = Executor(rd, WatchState.load(state_path(rd)), hook=hook)
+    with pytest.raises(Killed):
+        first.execute(Shrink("inc1", "GPU 3 lost", (2, 1, 2), 1), source_tag="global_step3")
+    lines = Executor(rd, WatchState.load(state_path(rd))).roll_forward()
+    assert len(lines) == 1 and "universal-global_step3" in lines[0]
+    assert [t for t in ckpt.complete_tags(rd) if t.startswith("universal")] == ["universal-global_step3"]
+    assert rd.latest_tag() == "universal-global_step3"
+    p = load_run_config(rd).parallel
+    assert (p.tp, p.pp, p.dp) == (2, 1, 2)
+    assert len([e for e in read_jsonl(run / "events.jsonl") if e.get("action") == "shrink"]) == 1
+    assert Executor(rd, WatchState.load(state_path(rd))).roll_forward() == []  # nothing left in flight

@@ -139,3 +139,46 @@ def test_crash_in_ask_mode_waits_for_approve_then_restarts_and_finishes(tmp_path
     restarts = actions(run, "restart")
     assert len(restarts) == 1 and restarts[0]["pending_id"] == pending["id"] and restarts[0]["checkpoint_step"] == 6
     assert max(losses(run)) == 12 and (run / "checkpoints" / "latest").read_text().strip() == "global_step12"
+
+
+def test_a_lost_gpu_shrinks_the_run_to_fewer_replicas_and_it_trains_on(tmp_path):
+    """watchdog.on_node_lost=shrink: GPU 1 of 2 drops off the bus (the fake NVML backend, sampled by the real
+    `bigops gpu-monitor`): the DP2 ranks are killed, the newest checkpoint is reshaped to DP1 through the
+    universal checkpoint, and the run trains on with one rank (stopped by its kill switch once it does)."""
+    from trainer import checkpoint as ckpt
+    from trainer import exitcodes
+    from trainer.rundir import RunDir, load_run_config
+    run = tmp_path / "run"
+    proc = start("launch", "--run-dir", run, *FAST, *WATCH, "--tp", 1, "--pp", 1, "--dp", 2, "--steps", 2000,
+                 "--save-interval", 5, "--set", "watchdog.on_node_lost=shrink")
+    try:
+        wait_for_step(run, 6, proc)
+        assert bigops("gpu-monitor", run, "--fake", "2", "--once").returncode == 0  # both GPUs seen
+        assert bigops("gpu-monitor", run, "--fake", "2:1=gone", "--once").returncode == 0  # GPU 1 is gone
+        deadline = time.time() + 300
+        while not actions(run, "restart") and time.time() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        (restart,) = actions(run, "restart")
+        resumed_from = restart["checkpoint_step"]
+        wait_for_step(run, resumed_from + 3, proc, timeout=300)  # training again, on the new layout
+        (run / "control").mkdir(exist_ok=True)
+        (run / "control" / "kill-switch").touch()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == exitcodes.STOPPED_ON_REQUEST, out + err
+    (shrink,) = actions(run, "shrink")
+    assert "1 of 2 devices lost" in shrink["reason"] and "DP1" in shrink["outcome"]
+    assert actions(run, "kill")
+    rd = RunDir(run)
+    assert load_run_config(rd).parallel.dp == 1
+    universal = [t for t in ckpt.complete_tags(rd) if t.startswith("universal-")]
+    assert len(universal) == 1 and ckpt.step_of(universal[0]) == resumed_from
+    assert ckpt.read_manifest(rd.checkpoint(universal[0]))["topology"] == {"tp": 1, "pp": 1, "dp": 1}
+    last = ckpt.read_manifest(rd.checkpoint(rd.latest_tag()))
+    assert last["topology"]["dp"] == 1 and last["step"] > resumed_from
+    records = read_jsonl(run / "telemetry" / "metrics.jsonl")
+    assert all(r["consumed_samples"] == r["step"] * 8 for r in records)  # samples carried over the shrink

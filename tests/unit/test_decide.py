@@ -114,3 +114,20 @@ def test_advance_matches_the_sampler():
         for n in range(0, 25):
             positions, _ = batch_positions(consumed, n + 1, ranges)
             assert advance(consumed, n, ranges) == positions[-1], (consumed, n)
+
+
+def test_a_lost_gpu_shrinks_the_data_parallel_replicas_when_asked_to():
+    from bigops.watchdog.decide import Shrink
+    lost = [inc("GpuMissing")]
+    shrink = Policy(on_node_lost="shrink", layout=(2, 2, 4), global_batch_size=16, micro_batch_size=2)
+    kill, action, restart = decide(lost, view(lost_devices=1), shrink)
+    assert isinstance(kill, Kill) and isinstance(restart, Restart)
+    assert isinstance(action, Shrink) and action.target == (2, 2, 2) and action.lost == 1  # 15 left: DP3, but 16 % (2 x 3)
+    assert decide(lost, view(lost_devices=9), shrink)[1].target == (2, 2, 1)  # 7 left: one replica
+    assert [type(a) for a in decide(lost, view(lost_devices=1), Policy(layout=(2, 2, 4)))] == [NotifyOnly]  # default
+    kill, ask = decide(lost, view(lost_devices=1), Policy(on_node_lost="ask", layout=(2, 2, 4), global_batch_size=16))
+    assert isinstance(ask, Ask) and ask.action == "shrink" and ask.details == {"target": [2, 2, 2], "lost": 1}
+    *_, gave_up = decide(lost, view(lost_devices=13), shrink)  # 3 devices left, a replica needs 4
+    assert isinstance(gave_up, GiveUp) and "3 device(s) left" in gave_up.outcome
+    assert decide(lost, view(), shrink) == []  # a caller that does not place ranks (the chain keeper): no shrink
+    assert decide([inc("GpuMissing", severity="warning")], view(lost_devices=1), shrink) == []

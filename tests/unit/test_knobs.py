@@ -57,7 +57,9 @@ def test_the_watchdog_settings_are_the_options_defaults():
     from bigops.watchdog.settings import watch_config
     assert watch_config(C.RunConfig()) == WatchConfig()
     cfg = C.RunConfig()
-    assert Policy.of(cfg) == Policy(global_batch_size=cfg.train.global_batch_size)
+    p = cfg.parallel  # the run's own values (not [watchdog] options) beside the options' defaults
+    assert Policy.of(cfg) == Policy(global_batch_size=cfg.train.global_batch_size, layout=(p.tp, p.pp, p.dp or 1),
+                                    micro_batch_size=cfg.train.micro_batch_size)
     gpu = WatchConfig().gpu
     assert (alerts.GPU_HOT_WARNING_C, alerts.GPU_HOT_CRITICAL_C) == (gpu.temperature_warning_c,
                                                                      gpu.temperature_critical_c) == (85, 90)

@@ -438,8 +438,8 @@ class Supervisor:
             self.record_restart(entry["reason"], entry)
 
     def deny(self, entry: dict) -> None:
-        """A denied restart or rollback: stop here, the run as it is (a person takes over)."""
-        what = "restart" if entry["action"] == "restart" else "rollback"
+        """A denied restart, rollback or shrink: stop here, the run as it is (a person takes over)."""
+        what = entry["action"]  # restart, rollback or shrink
         self.action("give-up", entry["reason"], f"{what} denied by {entry.get('decided_by')}: the run is left "
                     f"stopped as it is", "critical", pending_id=entry["id"])
         approvals.finish(self.state, entry["id"], "denied", time.time())

@@ -248,3 +248,41 @@ def test_supervisor_kills_a_spike_then_rolls_back_only_when_approved(tmp_path):
     assert run.latest_tag() == "global_step70" and "approved by carol" in rollback["outcome"]
     (restart,) = [e for e in events(tmp_path, "action") if e["action"] == "restart"]
     assert restart["pending_id"] == pending["id"]
+
+
+def test_a_lost_gpu_in_ask_mode_kills_the_ranks_and_a_denied_shrink_leaves_the_run_as_it_is(tmp_path):
+    """watchdog.on_node_lost=ask: the ranks on the lost GPU are killed at once, the shrink waits for a person;
+    denied, the supervisor stops (WATCHDOG_GAVE_UP) with run.toml and the checkpoints untouched."""
+    from bigops.gpu.fake import FakeGpuBackend
+    from bigops.gpu.monitor import sample_once
+    from bigops.watchdog.supervisor import Supervisor
+    from trainer import config as config_mod
+    run = RunDir(tmp_path)
+    (tmp_path / "telemetry").mkdir()
+    cfg = RunConfig()
+    cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp = 1, 1, 2
+    cfg.watchdog.interval_s, cfg.watchdog.on_node_lost = 0.05, "ask"
+    run.run_toml.write_text(config_mod.dumps_toml(cfg))
+    toml_before = run.run_toml.read_text()
+    gpus = FakeGpuBackend(2, host="node7")
+    sample_once(gpus, tmp_path)  # both seen
+    procs = []
+
+    def spawn():  # ranks that would train on: the supervisor must kill them
+        procs.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True))
+        gpus.remove(1)
+        sample_once(gpus, tmp_path)  # GPU 1 fell off the bus
+        return procs[-1]
+    lines = []
+    supervisor = Supervisor(run, cfg, spawn, say=lines.append)
+    thread, result = run_in_thread(supervisor)
+    pending = wait_pending(tmp_path)
+    assert pending["action"] == "shrink" and pending["details"]["target"] == [1, 1, 1]
+    procs[0].wait(timeout=30)  # killed before the question: nothing runs on a lost GPU while it waits
+    kill = [e for e in events(tmp_path, "action") if e["action"] == "kill"]
+    assert kill and "the shrink waits for a decision" in kill[0]["outcome"]
+    approvals.decide(run, pending["id"], "deny", by="carol")
+    thread.join(30)
+    assert result["code"] == 20 and len(procs) == 1
+    assert run.run_toml.read_text() == toml_before
+    assert any(e["action"] == "give-up" and "shrink denied by carol" in e["outcome"] for e in events(tmp_path, "action"))

@@ -163,7 +163,9 @@ class DataConfig:
     ``PREFIX.bin``/``PREFIX.idx``) or a blend of weight-path pairs as Megatron's ``--data-path``,
     e.g. ``"0.3 /data/a_text_document 0.7 /data/b_text_document"``."""
     tokenizer: str | None = None
-    """A ``tokenizer.json`` to use; unset: train a byte-level BPE of ``model.vocab_size`` on the corpus."""
+    """A ``tokenizer.json``, or a tokenizer folder holding one (BLOOM's Hugging Face folder is one: its
+    ``tokenizer_config.json`` names the end-of-document token); unset: train a byte-level BPE of
+    ``model.vocab_size`` on the corpus."""
     json_key: str = "text"
     """The field of each ``.jsonl`` line that holds its document (Megatron's ``--json-keys``)."""
     max_corpus_bytes: int = 4_000_000
@@ -650,8 +652,9 @@ def data_errors(cfg: RunConfig) -> list[str]:
         if not is_indexed(path):
             errors.append(f"data.source: {path} is not a Megatron indexed dataset (PREFIX.bin + PREFIX.idx): "
                           f"a blend mixes indexed datasets; tokenize text with `bigops data prepare`")
-    if d.tokenizer is not None and not Path(d.tokenizer).is_file():
-        errors.append(f"data.tokenizer={d.tokenizer!r} does not exist")
+    if d.tokenizer is not None and not (Path(d.tokenizer).is_file() or (Path(d.tokenizer) / "tokenizer.json").is_file()):
+        errors.append(f"data.tokenizer={d.tokenizer!r} does not exist (a tokenizer.json, or a tokenizer folder "
+                      f"holding one)")
     return errors
 
 

@@ -282,3 +282,26 @@ def test_init_hf_trains_with_the_checkpoints_tokenizer_and_refuses_one_too_large
     cfg.data.source, cfg.data.tokenizer, cfg.model.vocab_size = str(corpus), str(hf / "tokenizer.json"), 256
     with pytest.raises(dataset.DataError, match="more than model.vocab_size=256"):
         prepare_data(run, cfg)
+
+
+def test_a_tokenizer_folder_is_its_tokenizer_json_and_a_folder_without_one_is_refused(tmp_path):
+    """data.tokenizer may name a Hugging Face tokenizer folder (BLOOM's is one): the run reads its
+    tokenizer.json, and the end-of-document token its tokenizer_config.json names."""
+    from launcher.plan import fresh_config
+    from trainer.data.corpus import file_documents
+    from trainer.data.prepare import end_of_document
+
+    folder = tmp_path / "bloom-tokenizer"
+    folder.mkdir()
+    corpus = _corpus(tmp_path)
+    tok = dataset.train_tokenizer(list(file_documents([corpus])), 300)
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = fresh_config("tiny", None, [f"data.source={corpus}", f"data.tokenizer={folder}"])
+    assert cfg.data.tokenizer == str(folder.resolve() / "tokenizer.json")
+    eod = tok.get_vocab_size() - 1
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": tok.id_to_token(eod)}))
+    assert end_of_document(tok, folder / "tokenizer.json") == eod
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(config_mod.ConfigError, match="a tokenizer folder holding one"):
+        fresh_config("tiny", None, [f"data.source={corpus}", f"data.tokenizer={empty}"])

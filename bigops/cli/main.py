@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from bigops import __version__, exitcodes
-from bigops.cli import alerts, approve, chain, ckpt, dashboards, data, gpu, launch, status, surgery, watch
+from bigops.cli import alerts, approve, chain, ckpt, dashboards, data, gpu, launch, stacks, status, surgery, watch
 from bigops.cli.options import make_app
 from bigops.cli.streams import library_output_on_stderr
 from bigops.errors import KNOWN_ERRORS, exit_code_of
@@ -42,6 +42,7 @@ app.command(name="watch")(watch.watch)
 app.command(name="approve")(approve.approve)
 app.command(name="deny")(approve.deny)
 app.command(name="gpu-monitor")(gpu.gpu_monitor)
+app.command(name="stacks")(stacks.stacks)
 app.command(name="surgery")(surgery.surgery)
 app.add_typer(ckpt.app, name="ckpt")
 app.add_typer(alerts.app, name="alerts")

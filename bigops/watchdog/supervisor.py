@@ -131,6 +131,8 @@ class Supervisor:
         """This launch of the ranks (a crash or a hang of the next launch is a new incident)."""
         self.next_restart: Restart | GiveUp | None = None
         """What ``decide`` said follows the action ``watch`` took (the relaunch, or giving up)."""
+        self.dumped: set[str] = set()
+        """Hang incidents whose ranks' stacks were dumped (once each, before anything is killed)."""
         self.notified: set[str] = set()
         """Incidents we only notify about (``on_* = "notify"``): not decided again every pass."""
         self.own: dict[str, Finding] = {}
@@ -503,6 +505,9 @@ class Supervisor:
         """Decide (``bigops.watchdog.decide``) and carry out (the executor) what the ranks' incidents call for.
         Returns why the ranks are down when we brought them down (None: they run on); what follows (the
         relaunch, or giving up) is left in ``self.next_restart`` for the loop. ``proc`` None: already down."""
+        for inc in incidents:
+            if inc.get("kind") == "TrainingHang":
+                self.dump_stacks(inc)  # the evidence first: before a kill, or while it waits for a person
         spike = any(i.get("kind") in ("LossSpike", "NonFiniteLimit") for i in incidents)
         view = view_for(self.run, self.state, self.executor.journal, incidents, time.time(), self.checkpoint_step(),
                         with_checkpoints=spike)
@@ -535,6 +540,26 @@ class Supervisor:
             elif isinstance(action, (Restart, GiveUp)):
                 self.next_restart = action
         return down[1] if down is not None and proc is not None else None
+
+    def dump_stacks(self, inc: dict) -> str | None:
+        """py-spy stacks of this host's live ranks into ``watchdog/stacks/`` (``bigops.watchdog.stacks``), once per
+        hang incident, recorded (and paged) as a ``stacks`` action naming the ranks whose stack differs."""
+        if inc["id"] in self.dumped:
+            return None
+        self.dumped.add(inc["id"])
+        from bigops.watchdog import stacks
+        host = socket.gethostname()
+        pids = {int(b["rank"]): b["pid"] for b in read_heartbeats(self.run).values()
+                if b.get("host") == host and b.get("phase") != "exit" and isinstance(b.get("pid"), int)
+                and not isinstance(b.get("pid"), bool) and pid_alive(b["pid"])}
+        if not pids:
+            return None
+        folder, groups = stacks.dump_ranks(self.run, pids, "hang")
+        line = stacks.summary_line(groups, folder.relative_to(self.run.root))
+        self.action("stacks", f"hang: {inc.get('summary', '')}", line, "warning", incident=inc["id"],
+                    key=inc.get("key"), folder=str(folder.relative_to(self.run.root)),
+                    odd_ranks=stacks.odd_ranks(groups))
+        return line
 
     def lost_devices(self) -> int:
         """Distinct GPUs (host, index) with a critical node-lost incident open: the devices the run lost."""

@@ -60,6 +60,12 @@ def test_stopped_rank_is_a_hang_named_then_killed_and_restarted(tmp_path):
     assert hangs[0]["time"] - detected_at < 30  # found within seconds of the 4 s timeout
     kill = actions(run, "kill")
     assert kill and f"pid {stopped}" in kill[0]["reason"]
+    (dumped,) = actions(run, "stacks")  # the evidence, taken before the kill
+    order = [e["id"] for e in events(run) if e.get("type") == "action"]
+    assert order.index(dumped["id"]) < order.index(kill[0]["id"])
+    folder = run / dumped["folder"]
+    assert sorted(p.name for p in folder.glob("rank-*.json")) == [f"rank-{r}.json" for r in range(4)]
+    assert json.loads((folder / "rank-1.json").read_text())["threads"]  # the stopped rank, read as it stands
     assert actions(run, "restart") and max(losses(run)) == 60
     from trainer.rundir import pid_alive
     assert not pid_alive(stopped)  # the stopped rank did not outlive the launch (torchrun could not stop it)

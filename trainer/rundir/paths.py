@@ -42,6 +42,7 @@ SUPERVISOR = "supervisor.json"
 INTENTS = "intents"
 APPROVALS = "approvals"
 OUTBOX = "outbox"
+STACKS = "stacks"
 WRITER_LOCK = "writer.lock"
 WRITER_LEASE = "writer.json"
 SLURM = "slurm"
@@ -249,6 +250,11 @@ class RunDir:
     def outbox(self) -> Path:
         """Pages kept until delivered."""
         return self.watchdog / OUTBOX
+
+    @property
+    def stacks(self) -> Path:
+        """Python stacks of the ranks (py-spy), one folder per dump: the evidence of a hang, kept."""
+        return self.watchdog / STACKS
 
     @property
     def writer_lock(self) -> Path:

@@ -308,7 +308,8 @@ class SlurmConfig:
     min_queued: int = 2
     """The watchdog keeps at least this many jobs pending or running (BLOOM kept two)."""
     modules: str = ""
-    """Comma-separated environment modules loaded before the ranks start (``module load``)."""
+    """Comma-separated environment modules loaded before the ranks start (``module load``, after
+    ``slurm.setup``: a start script may ``module purge``)."""
     setup: str = ""
     """Shell lines run verbatim before the ranks start (e.g. activate a virtualenv): code, not data."""
     python: str = ""
@@ -319,6 +320,11 @@ class SlurmConfig:
     """Nodes never to use (``--exclude``); the watchdog adds the nodes it found faulty."""
     master_port: int = 29500
     """The rendezvous port on the first node."""
+    hint: str = ""
+    """``--hint`` (Jean Zay: ``nomultithread``, physical cores rather than hyper-threads)."""
+    env: str = ""
+    """Comma-separated ``NAME=VALUE`` exported on every rank (e.g. ``CUDA_LAUNCH_BLOCKING=1``, which BLOOM-176B
+    needed against hangs with its PyTorch 1.11 stack)."""
 
 
 @dataclass
@@ -355,6 +361,28 @@ def _bloom(hidden: int, layers: int, heads: int, lr: float, gbs: int, tp: int = 
     )
 
 
+def _bloom_176b() -> RunConfig:
+    """BLOOM-176B as bigscience-workshop/bigscience ``train/tr11-176B-ml/tr11-176B-ml.slurm`` ran it: samples
+    converted to steps of the final global batch (2048) where bigops counts steps. Not reproduced yet: the
+    batch-size ramp-up (``--rampup-batch-size 192 16 9_765_625``); its warm-up is counted at the full batch."""
+    cfg = _bloom(14336, 70, 112, 6e-5, 2048, tp=4, pp=12, micro=2)
+    cfg.model = ModelConfig(hidden_size=14336, num_layers=70, num_attention_heads=112, vocab_size=_BLOOM_VOCAB,
+                            pad_vocab_size_to=_BLOOM_PADDED_VOCAB, init_std=0.0048)
+    # tr11's ZERO_STAGE=0 ("bf16 must use z0! it implements its own zero stage 1 equivalent"): that optimizer
+    # (BF16_Optimizer, fp32 gradient accumulation, sharded masters) is what DeepSpeed 0.19 gives at stage 1;
+    # its stage 0 in bf16 would accumulate 128 micro-batches of gradients in bf16 (trainer/ds_config.py)
+    cfg.parallel.zero_stage = 1
+    cfg.parallel.activation_checkpointing = True  # --checkpoint-activations
+    t = cfg.train
+    t.train_steps = math.ceil(220_000_000 / 2048)  # TRAIN_SAMPLES=220_000_000 (450B tokens)
+    t.lr_decay_steps = math.ceil(200_000_000 / 2048)  # LR_DECAY_SAMPLES, then constant at --min-lr 6e-6
+    t.warmup_steps = math.ceil(183_105 / 2048)  # LR_WARMUP_SAMPLES=183_105 (375M tokens)
+    t.save_interval = 100  # SAVE_INTERVAL=100
+    t.eval_interval, t.eval_iters = 1000, 1  # --eval-interval 1000 --eval-iters 1
+    t.sync_tp_duplicated = True  # the layer-norm desync fix BLOOM-176B ended with
+    return cfg
+
+
 PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
     # Runs on a laptop CPU in seconds; TP 2 x PP 2 on 4 ranks is the default local job.
     "tiny": lambda: RunConfig(parallel=ParallelConfig(tp=2, pp=2)),
@@ -362,11 +390,8 @@ PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
     "bloom-560m": lambda: _bloom(1024, 24, 16, 3e-4, 256),
     "bloom-1b7": lambda: _bloom(2048, 24, 16, 2e-4, 512),
     "bloom-7b1": lambda: _bloom(4096, 30, 32, 1.2e-4, 512),
-    # As trained on Jean Zay: 384 A100s as TP 4 x PP 12 x DP 8, micro-batch 2, global batch 2048.
-    "bloom-176b": lambda: dataclasses.replace(
-        _bloom(14336, 70, 112, 6e-5, 2048, tp=4, pp=12, micro=2),
-        model=ModelConfig(hidden_size=14336, num_layers=70, num_attention_heads=112,
-                          vocab_size=_BLOOM_VOCAB, pad_vocab_size_to=_BLOOM_PADDED_VOCAB, init_std=0.0048)),
+    # As trained on Jean Zay: 384 A100s as TP 4 x PP 12 x DP 8, micro-batch 2, global batch 2048 (below).
+    "bloom-176b": lambda: _bloom_176b(),
 }
 
 

@@ -4,9 +4,10 @@ Every job of a chain runs the same script: it resumes from ``checkpoints/latest`
 limit, either when ``train.exit_duration_in_mins`` runs out (derived from ``slurm.time_limit_min``) or when
 SLURM's ``--signal=B:USR1@N`` reaches the batch shell, which hands it to the ranks through srun and torchrun.
 
-The options travel as sbatch's arguments, not as ``#SBATCH`` comments: a value with a newline cannot escape
-a comment line into the script, and sbatch never has to re-parse quotes. Inside the script every value
-comes from the config through :func:`shlex.quote`; only ``slurm.setup`` is shell code, on purpose.
+The options travel as sbatch's arguments, and the same options stand as ``#SBATCH`` lines at the top of the
+script, so that a bare ``sbatch RUN/slurm/job.sbatch`` gets the job's resources too (every value was checked
+to be one line: none can escape its comment line into the script). Inside the script every value comes from
+the config through :func:`shlex.quote`; only ``slurm.setup`` is shell code, on purpose.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ NCCL_ENV = {
     "NCCL_DEBUG": "WARN",
     "CUDA_DEVICE_MAX_CONNECTIONS": "1",      # Megatron: keeps TP communication ordered with compute
 }
+
+# srun: after the first task ends, wait this long before killing the others (BLOOM's --wait=60): a node whose
+# ranks failed first is the one its log names, and the others get to write their errors.
+SRUN_WAIT_S = 60
 
 # torchrun forwards only these to the ranks; SIGUSR1 is the pre-timeout "save and exit" signal.
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
@@ -78,7 +83,7 @@ def _check_one_line(name: str, value: str) -> None:
 def sbatch_options(cfg: RunConfig, run_dir: str, job_name: str) -> list[str]:
     """The options every job of the chain shares (the per-job ones are added by :func:`submit_argv`)."""
     s = cfg.slurm
-    for name in ("partition", "account", "qos", "constraint", "exclude"):
+    for name in ("partition", "account", "qos", "constraint", "exclude", "hint"):
         _check_one_line(f"slurm.{name}", getattr(s, name))
     _check_one_line("slurm.job_name", job_name)
     _check_one_line("--run-dir", run_dir)
@@ -87,7 +92,7 @@ def sbatch_options(cfg: RunConfig, run_dir: str, job_name: str) -> list[str]:
         options.append(f"--cpus-per-task={s.cpus_per_task}")
     if s.gpus_per_node:
         options.append(f"--gres=gpu:{s.gpus_per_node}")
-    for name in ("partition", "account", "qos", "constraint"):
+    for name in ("partition", "account", "qos", "constraint", "hint"):
         if getattr(s, name):
             options.append(f"--{name}={getattr(s, name)}")
     options.append(f"--time={_time(s.time_limit_min)}")
@@ -118,6 +123,8 @@ def render_script(cfg: RunConfig, run_dir: str, *, job_name: str, workdir: str) 
     s = cfg.slurm
     cpus = s.cpus_per_task or None
     lines = [*_script_header(cfg, run_dir, job_name=job_name, workdir=workdir), *_script_env(cfg, cpus)]
+    # sbatch reads #SBATCH lines only before the first command: right after the shebang
+    lines[1:1] = [f"#SBATCH {o}" for o in sbatch_options(cfg, run_dir, job_name)]
     lines += [
         "",
         "# Record this job's start (and tokenize the data once, if no job did yet).",
@@ -149,10 +156,10 @@ def _script_header(cfg: RunConfig, run_dir: str, *, job_name: str, workdir: str)
         f"cd {q(workdir)} || exit 2",
         f"export PYTHONPATH={q(workdir)}${{PYTHONPATH:+:$PYTHONPATH}}",
     ]
-    if modules:
-        lines.append("module load " + " ".join(q(m) for m in modules))
     if s.setup.strip():
         lines += ["# slurm.setup (verbatim)", *s.setup.strip().splitlines()]
+    if modules:  # after the setup: a start script may `module purge`
+        lines.append("module load " + " ".join(q(m) for m in modules))
     return lines
 
 
@@ -163,9 +170,25 @@ def _script_env(cfg: RunConfig, cpus: int | None) -> list[str]:
     lines += [f"export {k}={q(v)}" for k, v in NCCL_ENV.items()]
     threads = max(1, (cpus or 1) // per_node) if cpus else 1
     lines += [f"export OMP_NUM_THREADS={threads}", "export PYTHONUNBUFFERED=1"]
+    # torchrun's agent writes the first failing worker's error here (one file per node and job), not N copies
+    lines.append('export TORCHELASTIC_ERROR_FILE="${TMPDIR:-/tmp}/bigops-torchelastic-${SLURM_JOB_ID:-0}.json"')
+    extra = profile_env(cfg.slurm)
+    if extra:
+        lines += ["# slurm.env", *[f"export {k}={q(v)}" for k, v in extra.items()]]
     if not cfg.slurm.gpus_per_node:
         lines.append("export DS_ACCELERATOR=cpu")
     return lines
+
+
+def profile_env(s: SlurmConfig) -> dict[str, str]:
+    """``slurm.env`` as {NAME: VALUE}; a ConfigError names a malformed entry."""
+    out = {}
+    for item in filter(None, (i.strip() for i in s.env.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier() or any(c in value for c in "\n\r\0"):
+            raise ConfigError(f"slurm.env: {item!r} is not NAME=VALUE (names are letters, digits and _)")
+        out[name] = value
+    return out
 
 
 def _script_ranks(cfg: RunConfig, cpus: int | None) -> list[str]:
@@ -176,7 +199,7 @@ def _script_ranks(cfg: RunConfig, cpus: int | None) -> list[str]:
     return [
         "# One srun task per node; torch's elastic launcher starts its ranks, rendezvous on the first node.",
         " ".join([
-            "srun", "--kill-on-bad-exit=1", f"--nodes={s.nodes}", "--ntasks-per-node=1",
+            "srun", "--kill-on-bad-exit=1", f"--wait={SRUN_WAIT_S}", f"--nodes={s.nodes}", "--ntasks-per-node=1",
             *([f"--cpus-per-task={cpus}"] if cpus else []),
             '"$PYTHON"', "-m", "torch.distributed.run", f"--nnodes={s.nodes}",
             f"--nproc-per-node={ranks_per_node(cfg)}",

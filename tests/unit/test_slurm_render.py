@@ -64,7 +64,7 @@ def test_bloom_176b_layout_is_48_nodes_of_8_ranks_and_exits_before_the_limit():
     for option in ("--nodes=48", "--gres=gpu:8", "--time=20:00:00", "--signal=B:USR1@600", "--qos=qos_gpu-t3",
                    "--account=six@a100", "--constraint=a100", "--partition=gpu_p5", "--dependency=singleton"):
         assert option in argv.splitlines()
-    assert render.exit_duration_min(cfg.slurm) == 1180.0
+    assert render.exit_duration_min(cfg.slurm) == 1190.0  # tr11: --exit-duration-in-mins 1190 for 20 h
     assert "DS_ACCELERATOR" not in script  # GPU nodes
 
 
@@ -138,3 +138,41 @@ def test_print_script_renders_the_batch_script_and_its_sbatch_command_and_writes
     assert any(o.startswith("slurm.") for o in profile_overrides("jean-zay"))
     with pytest.raises(ConfigError, match="--profile nowhere: no such file or profile"):
         profile_overrides("nowhere")
+
+
+def test_bloom_176b_on_jean_zay_is_tr11s_recipe():
+    """The values of bigscience-workshop/bigscience ``train/tr11-176B-ml/tr11-176B-ml.slurm`` (samples in steps
+    of its global batch 2048); the batch-size ramp-up (``--rampup-batch-size 192 16 9_765_625``) is not there yet."""
+    cfg = bloom_176b_on_jean_zay()
+    t, p, m = cfg.train, cfg.parallel, cfg.model
+    assert (p.tp, p.pp, p.dp, t.micro_batch_size, t.global_batch_size) == (4, 12, 8, 2, 2048)
+    assert (m.hidden_size, m.num_layers, m.num_attention_heads, t.seq_length) == (14336, 70, 112, 2048)
+    assert (t.lr, t.min_lr, t.adam_beta1, t.adam_beta2, t.weight_decay, t.clip_grad, t.seed) == \
+        (6e-5, 6e-6, 0.9, 0.95, 0.1, 1.0, 42)
+    assert t.warmup_steps * 2048 >= 183_105 > (t.warmup_steps - 1) * 2048  # LR_WARMUP_SAMPLES
+    assert t.lr_decay_steps * 2048 >= 200_000_000 > (t.lr_decay_steps - 1) * 2048  # LR_DECAY_SAMPLES
+    assert t.train_steps * 2048 >= 220_000_000 > (t.train_steps - 1) * 2048  # TRAIN_SAMPLES
+    assert (t.save_interval, t.eval_interval, t.eval_iters) == (100, 1000, 1)
+    assert t.sync_tp_duplicated and p.activation_checkpointing and t.precision == "bf16"
+    assert m.init_std == 0.0048 and cfg.padded_vocab_size == 250880
+    script, _ = rendered(cfg, "/runs/a", "/code")
+    lines = script.splitlines()
+    first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    sbatch = [line for line in lines[:first_command] if line.startswith("#SBATCH ")]
+    for option in ("--nodes=48", "--ntasks-per-node=1", "--cpus-per-task=64", "--hint=nomultithread",
+                   "--gres=gpu:8", "--time=20:00:00", "--account=six@a100"):
+        assert f"#SBATCH {option}" in sbatch  # a bare `sbatch RUN/slurm/job.sbatch` gets the resources
+    assert "export CUDA_LAUNCH_BLOCKING=1" in lines and any(line.startswith("export TORCHELASTIC_ERROR_FILE=")
+                                                           for line in lines)
+    assert any(line.startswith("srun ") and " --wait=60 " in line for line in lines)
+    setup, modules = lines.index('source "$six_ALL_CCFRWORK/start-tr11-176B-ml"'), \
+        next(i for i, line in enumerate(lines) if line.startswith("module load"))
+    assert setup < modules  # the start script may `module purge`
+
+
+def test_slurm_env_entries_are_name_value_pairs():
+    s = config_mod.SlurmConfig(env="CUDA_LAUNCH_BLOCKING=1, NCCL_IB_TIMEOUT=22")
+    assert render.profile_env(s) == {"CUDA_LAUNCH_BLOCKING": "1", "NCCL_IB_TIMEOUT": "22"}
+    for bad in ("CUDA_LAUNCH_BLOCKING", "1X=2", "A B=1"):
+        with pytest.raises(config_mod.ConfigError, match="slurm.env"):
+            render.profile_env(config_mod.SlurmConfig(env=bad))

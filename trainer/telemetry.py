@@ -127,13 +127,16 @@ class Heartbeat:
 
 class MetricsSink:
     """Rank 0's writer of metrics.jsonl and TensorBoard scalars; ``seq_length`` and ``batch_size`` (the global
-    batch) give Megatron's "vs tokens" axis and ``batch-size`` scalar."""
+    batch) give Megatron's "vs tokens" axis and ``batch-size`` scalar, so TensorBoard needs them."""
 
-    def __init__(self, run: RunDir, seq_length: int, batch_size: int, tensorboard: bool = True):
+    def __init__(self, run: RunDir, tensorboard: bool = True, seq_length: int | None = None,
+                 batch_size: int | None = None):
         self.path = run.metrics
         self.seq_length, self.batch_size = seq_length, batch_size
         self.writer = None
         if tensorboard:
+            if seq_length is None or batch_size is None:
+                raise ValueError("MetricsSink: TensorBoard's Megatron tags need seq_length and batch_size")
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=str(run.tensorboard))
 

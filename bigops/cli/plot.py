@@ -16,7 +16,8 @@ DEFAULT_NAME = "plot.png"
 CompareOpt = Annotated[Optional[Path], typer.Option(
     "--compare", help="Overlay another run directory, or a TensorBoard log directory read by Megatron-DeepSpeed's "
                       "tag names (lm-loss-training/lm loss, grad-norm/grad-norm, learning-rate/learning-rate).")]
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help=f"The PNG to write; default RUN/{DEFAULT_NAME}.")]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o",
+                                                   help=f"The PNG to write; default RUN/{DEFAULT_NAME}.")]
 
 
 def plot(

@@ -28,7 +28,7 @@ def record(step: int, loss: float, t: float, **extra) -> dict:
 
 def write_tensorboard(root, records) -> RunDir:
     run = RunDir(root)
-    sink = MetricsSink(run, SEQ, BATCH)
+    sink = MetricsSink(run, seq_length=SEQ, batch_size=BATCH)
     for r in records:
         sink.write(r)
     sink.close()

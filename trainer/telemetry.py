@@ -5,7 +5,9 @@
 - ``telemetry/heartbeat/rank-NNNNN.json``: replaced atomically whenever the rank changes phase (startup,
   forward, backward, step, checkpoint, eval, exit) and at least once per step, so a hang names its rank
   and what it was doing; ``launch`` names the start of the ranks it belongs to (``BIGOPS_LAUNCH_ID``).
-- ``tensorboard/``: the same scalars for people.
+- ``tensorboard/``: the same scalars for people, under Megatron-DeepSpeed's tag names (``trainer.tbtags``:
+  ``lm-loss-training/lm loss``, ``... vs samples``, ``... vs tokens``) so BLOOM's published logs overlay them,
+  and under ``train/<key>`` as before.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import socket
 import time
 from collections import deque
 
-from trainer import faults, lifeline
+from trainer import faults, lifeline, tbtags
 from trainer.rundir import RunDir, append_jsonl, atomic_write_text
 
 PHASES = ("startup", "forward", "backward", "step", "checkpoint", "eval", "exit")
@@ -124,12 +126,17 @@ class Heartbeat:
 
 
 class MetricsSink:
-    """Rank 0's writer of metrics.jsonl and TensorBoard scalars."""
+    """Rank 0's writer of metrics.jsonl and TensorBoard scalars; ``seq_length`` and ``batch_size`` (the global
+    batch) give Megatron's "vs tokens" axis and ``batch-size`` scalar, so TensorBoard needs them."""
 
-    def __init__(self, run: RunDir, tensorboard: bool = True):
+    def __init__(self, run: RunDir, tensorboard: bool = True, seq_length: int | None = None,
+                 batch_size: int | None = None):
         self.path = run.metrics
+        self.seq_length, self.batch_size = seq_length, batch_size
         self.writer = None
         if tensorboard:
+            if seq_length is None or batch_size is None:
+                raise ValueError("MetricsSink: TensorBoard's Megatron tags need seq_length and batch_size")
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=str(run.tensorboard))
 
@@ -140,6 +147,8 @@ class MetricsSink:
             for key, value in record.items():
                 if key not in ("step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.writer.add_scalar(f"train/{key}", value, step)
+            for tag, value, x in tbtags.scalars(record, self.seq_length, self.batch_size):
+                self.writer.add_scalar(tag, value, x)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -368,7 +368,8 @@ def setup(run: RunDir, init_hf: str | None, faults: FaultHooks,
     state = resume(engine, ctx, run, resumable)
     heartbeat.attach(engine.module)
     flops = flops_per_token(_n_params(cfg), cfg.model.num_layers, cfg.model.hidden_size, cfg.train.seq_length)
-    sink = MetricsSink(run) if ctx.is_logging_rank else None
+    sink = MetricsSink(run, seq_length=cfg.train.seq_length, batch_size=cfg.train.global_batch_size) \
+        if ctx.is_logging_rank else None
     return Loop(run, ctx, engine, control, heartbeat, sample, faults, sink, flops), state
 
 

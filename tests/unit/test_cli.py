@@ -37,7 +37,8 @@ def bigops(*args, env: dict | None = None, timeout: float = 120) -> subprocess.C
 
 # ----------------------------------------------------------------------------------------- start-up: no engines
 @pytest.mark.parametrize("argv", [None, ["--help"], ["ckpt", "--help"], ["ckpt", "export-hf", "--help"],
-                                  ["launch", "--help"], ["surgery", "--help"], ["data", "prepare", "--help"]])
+                                  ["launch", "--help"], ["surgery", "--help"], ["data", "prepare", "--help"],
+                                  ["plot", "--help"]])
 def test_the_cli_and_its_help_load_no_engine(argv):
     code = "import sys\nimport bigops.cli.main as m\n"
     if argv is not None:

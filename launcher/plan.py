@@ -36,7 +36,8 @@ def fresh_config(preset: str, config_file, overrides: list[str], hf_config: dict
         cfg.data.source = absolute_paths(cfg.data.source)
     if cfg.data.tokenizer:  # a folder is its tokenizer.json (the ranks read one file; its config beside it)
         tokenizer = Path(cfg.data.tokenizer).resolve()
-        cfg.data.tokenizer = str(tokenizer / "tokenizer.json" if tokenizer.is_dir() else tokenizer)
+        from trainer.rundir import TOKENIZER
+        cfg.data.tokenizer = str(tokenizer / TOKENIZER if tokenizer.is_dir() else tokenizer)
     if cfg.train.lr_decay_steps is None:  # fix the schedule now: a later --steps must not change it
         cfg.train.lr_decay_steps = cfg.train.train_steps
     return config_mod.validate(cfg, world_size=config_mod.world_size_of(cfg))

@@ -677,7 +677,8 @@ def data_errors(cfg: RunConfig) -> list[str]:
         if not is_indexed(path):
             errors.append(f"data.source: {path} is not a Megatron indexed dataset (PREFIX.bin + PREFIX.idx): "
                           f"a blend mixes indexed datasets; tokenize text with `bigops data prepare`")
-    if d.tokenizer is not None and not (Path(d.tokenizer).is_file() or (Path(d.tokenizer) / "tokenizer.json").is_file()):
+    from trainer.rundir.paths import TOKENIZER  # here: trainer.rundir reads run.toml through this module
+    if d.tokenizer is not None and not (Path(d.tokenizer).is_file() or (Path(d.tokenizer) / TOKENIZER).is_file()):
         errors.append(f"data.tokenizer={d.tokenizer!r} does not exist (a tokenizer.json, or a tokenizer folder "
                       f"holding one)")
     return errors

@@ -106,6 +106,26 @@ PAGES: dict[str, Page] = {
         (ACTIONS, CKPTS, "cat RUN/control/skip-ranges"),
         "Check the loss after the restart. " + ROLLED,
         "Rolled back and restarted.", ("LossSpike",)),
+    "WatchdogStacks": Page(
+        "A rank hung: before anything was killed, the watchdog dumped every live rank's Python stacks with "
+        "py-spy into `RUN/watchdog/stacks/<time>-hang/` and grouped them; the action names the rank(s) whose "
+        "stack differs from the others'.",
+        "None by itself: it is the evidence of the hang (a kill and a restart usually follow).",
+        (ACTIONS, "cat RUN/watchdog/stacks/*/summary.json", "bigops stacks RUN  # again, now, while ranks live"),
+        "Read the odd rank's frames first (a deadlock in evaluation, a data loader stuck in I/O, a collective "
+        "that one rank never entered); its rank-N.json holds every thread.",
+        "The stacks are kept; nothing to undo.", ("TrainingHang",)),
+    "WatchdogShrink": Page(
+        "GPUs of the run were lost and `watchdog.on_node_lost = \"shrink\"`: the supervisor killed the ranks, "
+        "reshaped the newest checkpoint to fewer data-parallel replicas through DeepSpeed's universal checkpoint "
+        "(a new `universal-<tag>`; the source kept) and restarted on the devices left.",
+        "Fewer replicas: each step takes longer (the same global batch, more gradient accumulation); the loss "
+        "curve continues (consumed samples and the LR schedule carry over).",
+        (ACTIONS, CKPTS, "grep -A4 '\\[parallel\\]' RUN/run.toml"),
+        "When the node is back: stop the run and `bigops ckpt reshape RUN --tp T --pp P --dp D` to the full "
+        "layout (or `bigops launch` on it, which offers the reshape).",
+        "Reshaped and restarted; run.toml's previous layout is kept beside it (run.toml.before-<tag>).",
+        ("GpuMissing", "GpuXid")),
     "WatchdogKill": Page(
         "The supervisor killed the ranks (a hang, or a loss spike it will roll back).",
         "Training stops until the restart or rollback that follows.",

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.rundir import RunDir, atomic_write_text
+from trainer.rundir import STACK_DUMP, STACK_SUMMARY, RunDir, atomic_write_text
 
 PY_SPY_TIMEOUT_S = 30.0
 TRIES = 3
@@ -129,9 +129,9 @@ def dump_ranks(run: RunDir, pids: dict[int, int], reason: str, now: float | None
     folder.mkdir(parents=True)
     dumps = {rank: {"rank": rank, "pid": pid, **dump_pid(pid)} for rank, pid in sorted(pids.items())}
     for rank, dump in dumps.items():
-        atomic_write_text(folder / f"rank-{rank}.json", json.dumps(dump, indent=1) + "\n")
+        atomic_write_text(folder / STACK_DUMP.format(rank=rank), json.dumps(dump, indent=1) + "\n")
     groups = group(dumps)
-    atomic_write_text(folder / "summary.json", json.dumps({
+    atomic_write_text(folder / STACK_SUMMARY, json.dumps({
         "time": now, "reason": reason, "odd_ranks": odd_ranks(groups),
         "groups": [{"ranks": list(g.ranks), "where": g.where, "frames": [list(f) for f in g.frames]} for g in groups],
         "errors": {str(r): d["error"] for r, d in dumps.items() if d.get("error")},

@@ -5,13 +5,14 @@ import json
 import platform
 import time
 
-from benchmarks import alerting, cli_startup, detection, incidents, model_throughput, parallel_overhead, recovery, \
+from benchmarks import alerting, cli_startup, data_prepare, detection, incidents, model_throughput, parallel_overhead, recovery, \
     reshape, surgery, watchdog, watchdog_scale
 
 BENCHMARKS = {"model_throughput": model_throughput.main, "watchdog": watchdog.main, "recovery": recovery.main,
               "surgery": surgery.main, "parallel_overhead": parallel_overhead.main,
               "watchdog_scale": watchdog_scale.main, "alerting": alerting.main, "detection": detection.main,
-              "incidents": incidents.main, "reshape": reshape.main, "cli_startup": cli_startup.main}
+              "incidents": incidents.main, "reshape": reshape.main, "cli_startup": cli_startup.main,
+              "data_prepare": data_prepare.main}
 
 
 def _get(result: dict, *path):
@@ -31,6 +32,7 @@ HEADLINES = {
                  lambda r: _get(r, "ratio_mttr_bigops_vs_torchrun") or _get(r, "bigops", "mttr_s")),
     "surgery": ("surgery GB/s / (cp -r + sync)", lambda r: _get(r, "ratio_surgery_vs_cp_then_sync")),
     "reshape": ("reshape GB/s / (cp -r + sync)", lambda r: _get(r, "ratio_reshape_vs_cp_then_sync")),
+    "data_prepare": ("data prepare tokens/s / tokenizers' batch", lambda r: _get(r, "ratio_ours_vs_tokenizers")),
     "parallel_overhead": ("PP2 step time / one rank", lambda r: _get(r, "ratio_vs_single_rank", "PP2")),
     "watchdog_scale": ("pass CPU / parse-only baseline", lambda r: _get(r, "ratio_pass_vs_parse_baseline")),
     "alerting": ("Prometheus+AM / watchdog direct latency", lambda r: _alerting_ratio(r)),

@@ -6,7 +6,8 @@ SLURM's ``--signal=B:USR1@N`` reaches the batch shell, which hands it to the ran
 
 The options travel as sbatch's arguments, and the same options stand as ``#SBATCH`` lines at the top of the
 script, so that a bare ``sbatch RUN/slurm/job.sbatch`` gets the job's resources too (every value was checked
-to be one line: none can escape its comment line into the script). Inside the script every value comes from
+to be one line: none can escape its comment line into the script; one with a blank or a quote, which sbatch's
+directive parser would split, stays on the command line only). Inside the script every value comes from
 the config through :func:`shlex.quote`; only ``slurm.setup`` is shell code, on purpose.
 """
 
@@ -103,6 +104,19 @@ def sbatch_options(cfg: RunConfig, run_dir: str, job_name: str) -> list[str]:
     return options
 
 
+def sbatch_directives(options: list[str]) -> list[str]:
+    """``#SBATCH`` lines for the options whose value sbatch's directive parser reads as one word (it splits a
+    line on blanks); one with a blank or a quote stays on the command line only, and a comment says so."""
+    out = []
+    for option in options:
+        if any(c.isspace() or c in "\"'\\" for c in option):
+            out.append(f"# ({option.split('=', 1)[0]} is given on sbatch's command line: its value has a blank "
+                       f"or a quote)")
+        else:
+            out.append(f"#SBATCH {option}")
+    return out
+
+
 def submit_argv(options: list[str], script_path: str, *, dependency: str | None = "singleton",
                 exclude: str = "", array: str | None = None) -> list[str]:
     """One sbatch command line (an argument list: quoted by whoever hands it to a shell)."""
@@ -124,7 +138,7 @@ def render_script(cfg: RunConfig, run_dir: str, *, job_name: str, workdir: str) 
     cpus = s.cpus_per_task or None
     lines = [*_script_header(cfg, run_dir, job_name=job_name, workdir=workdir), *_script_env(cfg, cpus)]
     # sbatch reads #SBATCH lines only before the first command: right after the shebang
-    lines[1:1] = [f"#SBATCH {o}" for o in sbatch_options(cfg, run_dir, job_name)]
+    lines[1:1] = sbatch_directives(sbatch_options(cfg, run_dir, job_name))
     lines += [
         "",
         "# Record this job's start (and tokenize the data once, if no job did yet).",

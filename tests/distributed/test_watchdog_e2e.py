@@ -167,7 +167,11 @@ def test_a_lost_gpu_shrinks_the_run_to_fewer_replicas_and_it_trains_on(tmp_path)
             time.sleep(0.1)
         (restart,) = actions(run, "restart")
         resumed_from = restart["checkpoint_step"]
-        wait_for_step(run, resumed_from + 3, proc, timeout=300)  # training again, on the new layout
+        deadline = time.time() + 300  # training again, on the new layout (not the killed launch's records)
+        while not [r for r in read_jsonl(run / "telemetry" / "metrics.jsonl")
+                   if r["time"] > restart["time"] and r["step"] >= resumed_from + 2]:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.1)
         (run / "control").mkdir(exist_ok=True)
         (run / "control" / "kill-switch").touch()
         out, err = proc.communicate(timeout=300)
@@ -188,3 +192,4 @@ def test_a_lost_gpu_shrinks_the_run_to_fewer_replicas_and_it_trains_on(tmp_path)
     assert last["topology"]["dp"] == 1 and last["step"] > resumed_from
     records = read_jsonl(run / "telemetry" / "metrics.jsonl")
     assert all(r["consumed_samples"] == r["step"] * 8 for r in records)  # samples carried over the shrink
+    assert [r["step"] for r in records if r["time"] > restart["time"]][0] == resumed_from + 1

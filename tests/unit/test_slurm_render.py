@@ -176,3 +176,11 @@ def test_slurm_env_entries_are_name_value_pairs():
     for bad in ("CUDA_LAUNCH_BLOCKING", "1X=2", "A B=1"):
         with pytest.raises(config_mod.ConfigError, match="slurm.env"):
             render.profile_env(config_mod.SlurmConfig(env=bad))
+
+
+def test_a_value_sbatch_would_split_stays_off_the_directive_lines():
+    lines = render.sbatch_directives(["--nodes=2", "--output=/runs/my run/logs/slurm-%j.out",
+                                      "--job-name=it's"])
+    assert lines[0] == "#SBATCH --nodes=2"
+    assert all(not line.startswith("#SBATCH") for line in lines[1:])
+    assert lines[1] == "# (--output is given on sbatch's command line: its value has a blank or a quote)"

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.cli import main_of
 from benchmarks.surgery import _run
 
 BASELINE = """
@@ -91,21 +92,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mb", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--json", action="store_true")
-    args = vars(parser.parse_args(argv))
-    as_json = args.pop("json")
-    result = run(**args)
-    if as_json:
-        print(json.dumps(result))
-    else:
-        s, t, r = result["seconds"], result["tokens_per_s"], result["peak_rss_bytes"]
-        print(f"data prepare of a {result['corpus_bytes'] / 1e6:.0f} MB jsonl ({result['documents']:,} documents, "
-              f"{result['tokens']:,} tokens; {result['workers']} workers on {result['cores']} cores)")
-        for name in s:
-            print(f"  {name:<26} {s[name]:8.2f} s  {t[name] / 1e6:6.2f} M tokens/s  peak RSS {r[name] / 1e6:7.0f} MB")
-        print(f"  ours / tokenizers' batch encoding: {result['ratio_ours_vs_tokenizers']:.2f}; peak RSS "
-              f"{result['ratio_peak_rss_vs_corpus']:.2f} x the corpus")
-    return result
+    return main_of(parser, run, report, argv)
+
+
+def report(result: dict) -> None:
+    s, t, r = result["seconds"], result["tokens_per_s"], result["peak_rss_bytes"]
+    print(f"data prepare of a {result['corpus_bytes'] / 1e6:.0f} MB jsonl ({result['documents']:,} documents, "
+          f"{result['tokens']:,} tokens; {result['workers']} workers on {result['cores']} cores)")
+    for name in s:
+        print(f"  {name:<26} {s[name]:8.2f} s  {t[name] / 1e6:6.2f} M tokens/s  peak RSS {r[name] / 1e6:7.0f} MB")
+    print(f"  ours / tokenizers' batch encoding: {result['ratio_ours_vs_tokenizers']:.2f}; peak RSS "
+          f"{result['ratio_peak_rss_vs_corpus']:.2f} x the corpus")
 
 
 if __name__ == "__main__":

@@ -11,26 +11,15 @@ about 1 GB: weights and both Adam moments); ``--run-dir`` reuses one (a copy is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.surgery import _drop_caches, _run
+from benchmarks.cli import main_of
+from benchmarks.surgery import _drop_caches, _run, make_checkpoint
 from trainer.rundir import RunDir
-
-
-def make_checkpoint(run_dir: Path, hidden: int, layers: int, heads: int, vocab: int) -> None:
-    sets = [f"model.hidden_size={hidden}", f"model.num_layers={layers}", f"model.num_attention_heads={heads}",
-            f"model.vocab_size={vocab}", "data.source=synthetic", "train.seq_length=64", "train.global_batch_size=2",
-            "train.micro_batch_size=1", "train.train_steps=1", "train.eval_interval=0", "train.precision=fp32",
-            "train.save_interval=0", "parallel.zero_stage=1"]
-    cmd = [sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(run_dir), "--tp", "2", "--pp", "2",
-           "--dp", "1", *[a for s in sets for a in ("--set", s)]]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
 def _bytes(path: Path) -> tuple[int, int, int]:
@@ -45,7 +34,8 @@ def run(run_dir: Path | None = None, hidden: int = 768, layers: int = 6, heads: 
     try:
         if run_dir is None:
             run_dir = base / "made"
-            make_checkpoint(run_dir, hidden, layers, heads, vocab)
+            make_checkpoint(run_dir, hidden, layers, heads, vocab, tp=2, pp=2, precision="fp32",
+                            extra=("parallel.zero_stage=1",))
         work = base / "run"
         shutil.copytree(run_dir, work, symlinks=True)
         run = RunDir(work)
@@ -90,25 +80,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--run-dir", type=Path, default=None, help="reshape a copy of this run's latest checkpoint")
     for name, default in (("hidden", 768), ("layers", 6), ("heads", 12), ("vocab", 50304)):
         parser.add_argument(f"--{name}", type=int, default=default)
-    parser.add_argument("--json", action="store_true")
-    args = vars(parser.parse_args(argv))
-    as_json = args.pop("json")
-    result = run(**args)
-    if as_json:
-        print(json.dumps(result))
-    else:
-        c, s, g = result["checkpoint"], result["seconds"], result["gb_per_s"]
-        print(f"reshape TP2xPP2xDP1 -> TP1xPP2xDP2 of a {c['bytes'] / 1e9:.2f} GB checkpoint ({c['files']} files, "
-              f"largest {c['largest_file_bytes'] / 1e9:.2f} GB, {'cold' if c['cold_cache'] else 'warm'} page cache; "
-              f"universal: {c['universal_bytes'] / 1e9:.2f} GB in {c['universal_files']} files)")
-        for name in s:
-            print(f"  {name:<24} {s[name]:8.2f} s  {g[name]:6.2f} GB/s")
-        print(f"  reshape speed / (cp -r + sync): {result['ratio_reshape_vs_cp_then_sync']:.2f}; "
-              f"/ ds_to_universal alone: {result['ratio_reshape_vs_ds_to_universal']:.2f}")
-        print(f"  reshape peak RSS {result['reshape_peak_rss_bytes'] / 1e9:.2f} GB = "
-              f"{result['ratio_peak_rss_vs_largest_file']:.2f} x the largest file (ds_to_universal alone: "
-              f"{result['ds_to_universal_peak_rss_bytes'] / 1e9:.2f} GB)")
-    return result
+    return main_of(parser, run, report, argv)
+
+
+def report(result: dict) -> None:
+    c, s, g = result["checkpoint"], result["seconds"], result["gb_per_s"]
+    print(f"reshape TP2xPP2xDP1 -> TP1xPP2xDP2 of a {c['bytes'] / 1e9:.2f} GB checkpoint ({c['files']} files, "
+          f"largest {c['largest_file_bytes'] / 1e9:.2f} GB, {'cold' if c['cold_cache'] else 'warm'} page cache; "
+          f"universal: {c['universal_bytes'] / 1e9:.2f} GB in {c['universal_files']} files)")
+    for name in s:
+        print(f"  {name:<24} {s[name]:8.2f} s  {g[name]:6.2f} GB/s")
+    print(f"  reshape speed / (cp -r + sync): {result['ratio_reshape_vs_cp_then_sync']:.2f}; "
+          f"/ ds_to_universal alone: {result['ratio_reshape_vs_ds_to_universal']:.2f}")
+    print(f"  reshape peak RSS {result['reshape_peak_rss_bytes'] / 1e9:.2f} GB = "
+          f"{result['ratio_peak_rss_vs_largest_file']:.2f} x the largest file (ds_to_universal alone: "
+          f"{result['ds_to_universal_peak_rss_bytes'] / 1e9:.2f} GB)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ The checkpoint is made by training one step of a BLOOM at TP 2 (bf16, ZeRO-1) on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.cli import main_of
 from trainer.rundir import RunDir
 
 
@@ -42,13 +42,15 @@ def _drop_caches() -> bool:
         return False
 
 
-def make_checkpoint(run_dir: Path, hidden: int, layers: int, heads: int, vocab: int) -> None:
+def make_checkpoint(run_dir: Path, hidden: int, layers: int, heads: int, vocab: int, tp: int = 2, pp: int = 1,
+                    precision: str = "bf16", extra: tuple[str, ...] = ()) -> None:
+    """One trained step of a BLOOM of this shape and layout (CPU ranks): its checkpoint is the benchmark's input."""
     sets = [f"model.hidden_size={hidden}", f"model.num_layers={layers}", f"model.num_attention_heads={heads}",
             f"model.vocab_size={vocab}", "data.source=synthetic", "train.seq_length=64", "train.global_batch_size=2",
-            "train.micro_batch_size=1", "train.train_steps=1", "train.eval_interval=0", "train.precision=bf16",
-            "train.save_interval=0"]
-    cmd = [sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(run_dir), "--tp", "2", "--pp", "1",
-           "--dp", "1", *[a for s in sets for a in ("--set", s)]]
+            "train.micro_batch_size=1", "train.train_steps=1", "train.eval_interval=0", f"train.precision={precision}",
+            "train.save_interval=0", *extra]
+    cmd = [sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(run_dir), "--tp", str(tp), "--pp",
+           str(pp), "--dp", "1", *[a for s in sets for a in ("--set", s)]]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -99,24 +101,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--run-dir", type=Path, default=None, help="use this run's latest checkpoint")
     for name, default in (("hidden", 1024), ("layers", 10), ("heads", 16), ("vocab", 50304)):
         parser.add_argument(f"--{name}", type=int, default=default)
-    parser.add_argument("--json", action="store_true")
-    args = vars(parser.parse_args(argv))
-    as_json = args.pop("json")
-    result = run(**args)
-    if as_json:
-        print(json.dumps(result))
-    else:
-        c, s, g = result["checkpoint"], result["seconds"], result["gb_per_s"]
-        print(f"surgery / verify on a {c['bytes'] / 1e9:.2f} GB checkpoint ({c['files']} files, largest "
-              f"{c['largest_file_bytes'] / 1e9:.2f} GB, {'cold' if c['cold_cache'] else 'warm'} page cache)")
-        for name in s:
-            print(f"  {name:<32} {s[name]:8.2f} s  {g[name]:6.2f} GB/s")
-        print(f"  surgery speed / cp -r: {result['ratio_surgery_vs_cp']:.2f} (/ cp -r + sync: "
-              f"{result['ratio_surgery_vs_cp_then_sync']:.2f}); verify speed / sha256sum: "
-              f"{result['ratio_verify_vs_sha256sum']:.2f}")
-        print(f"  surgery peak RSS {result['surgery_peak_rss_bytes'] / 1e9:.2f} GB = "
-              f"{result['ratio_peak_rss_vs_largest_file']:.2f} x the largest file")
-    return result
+    return main_of(parser, run, report, argv)
+
+
+def report(result: dict) -> None:
+    c, s, g = result["checkpoint"], result["seconds"], result["gb_per_s"]
+    print(f"surgery / verify on a {c['bytes'] / 1e9:.2f} GB checkpoint ({c['files']} files, largest "
+          f"{c['largest_file_bytes'] / 1e9:.2f} GB, {'cold' if c['cold_cache'] else 'warm'} page cache)")
+    for name in s:
+        print(f"  {name:<32} {s[name]:8.2f} s  {g[name]:6.2f} GB/s")
+    print(f"  surgery speed / cp -r: {result['ratio_surgery_vs_cp']:.2f} (/ cp -r + sync: "
+          f"{result['ratio_surgery_vs_cp_then_sync']:.2f}); verify speed / sha256sum: "
+          f"{result['ratio_verify_vs_sha256sum']:.2f}")
+    print(f"  surgery peak RSS {result['surgery_peak_rss_bytes'] / 1e9:.2f} GB = "
+          f"{result['ratio_peak_rss_vs_largest_file']:.2f} x the largest file")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 from bigops.watchdog.daemon import tick
 from bigops.watchdog.scan import WatchConfig
 from bigops.watchdog.state import WatchState
+from benchmarks.cli import main_of
 from trainer.rundir import RunDir
 
 
@@ -128,24 +129,20 @@ def main(argv: list[str] | None = None) -> dict:
     for name, default in (("ranks", 384), ("nodes", 48), ("gpus", 8), ("history_steps", 3600), ("passes", 10),
                           ("interval_s", 5)):
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=default)
-    parser.add_argument("--json", action="store_true")
-    args = vars(parser.parse_args(argv))
-    as_json = args.pop("json")
-    result = run(**args)
-    if as_json:
-        print(json.dumps(result))
-    else:
-        c = result["config"]
-        print(f"watchdog scale: {c['ranks']} ranks, {c['nodes']} x {c['gpus_per_node']} GPUs, 1 step/s, a pass "
-              f"every {c['interval_s']} s over a {c['history_steps']}-step history")
-        print(f"  one pass: {result['pass_cpu_s'] * 1e3:.0f} ms CPU ({result['pass_wall_s'] * 1e3:.0f} ms wall) for "
-              f"{result['new_records_per_pass']:.0f} new records -> {result['records_per_cpu_second']:,.0f} "
-              f"records per CPU second")
-        print(f"  CPU share at a {c['interval_s']} s interval: {result['cpu_share_at_interval']:.1%} of one core")
-        print(f"  baseline (read + json-parse the same files): {result['parse_baseline_cpu_s'] * 1e3:.0f} ms; "
-              f"pass / baseline = {result['ratio_pass_vs_parse_baseline']:.2f}")
-        print(f"  findings on this clean run: {result['findings_on_clean_run']}")
-    return result
+    return main_of(parser, run, report, argv)
+
+
+def report(result: dict) -> None:
+    c = result["config"]
+    print(f"watchdog scale: {c['ranks']} ranks, {c['nodes']} x {c['gpus_per_node']} GPUs, 1 step/s, a pass "
+          f"every {c['interval_s']} s over a {c['history_steps']}-step history")
+    print(f"  one pass: {result['pass_cpu_s'] * 1e3:.0f} ms CPU ({result['pass_wall_s'] * 1e3:.0f} ms wall) for "
+          f"{result['new_records_per_pass']:.0f} new records -> {result['records_per_cpu_second']:,.0f} "
+          f"records per CPU second")
+    print(f"  CPU share at a {c['interval_s']} s interval: {result['cpu_share_at_interval']:.1%} of one core")
+    print(f"  baseline (read + json-parse the same files): {result['parse_baseline_cpu_s'] * 1e3:.0f} ms; "
+          f"pass / baseline = {result['ratio_pass_vs_parse_baseline']:.2f}")
+    print(f"  findings on this clean run: {result['findings_on_clean_run']}")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ def wait_for(what, check, timeout=120):
 
 def test_a_chain_driven_over_ssh(server, slurm, tmp_path):
     from tests.integration.slurm_cluster import free_port
-    from tests.integration.test_slurm_chain import FAST, records, steps
+    from tests.integration.test_slurm_chain import FAST, job_state, records, steps
+    from tests.integration.test_slurm_chain import wait_for as wait_with_logs
     ssh = ["--host", server.host, "--ssh-key", server.user_key, "--known-hosts", server.known_hosts]
     run = tmp_path / "over ssh 'q' $(x)"
     done = bigops("launch", "--slurm", "--run-dir", run, *FAST, "--steps", 10, "--jobs", 2, *ssh,
@@ -94,15 +95,19 @@ def test_a_chain_driven_over_ssh(server, slurm, tmp_path):
                   "--set", "slurm.account=", "--set", "slurm.time_limit_min=3")  # a loaded machine starts slowly
     assert done.returncode == 0, done.stdout + done.stderr
     jobs = json.loads((run / "slurm" / "chain.json").read_text())["submitted"]
+    # hold only once the first link runs: a hold while it still waits for the scheduler (a slow CI box) holds
+    # it too, as it should, and then nothing would run
+    wait_with_logs("the first link to run", lambda: job_state(slurm, jobs[0]) == "RUNNING", cluster=slurm, run=run)
     assert bigops("chain", "hold", run, *ssh).returncode == 0
-    wait_for("step 4", lambda: steps(run) and steps(run)[-1] >= 4)
+    wait_with_logs("step 4", lambda: steps(run) and steps(run)[-1] >= 4, cluster=slurm, run=run)
     assert slurm.run("scancel", "--signal=USR1", "--batch", jobs[0]).returncode == 0
-    wait_for("the first link to end", lambda: "code" in records(run).get(jobs[0], {}))
+    wait_with_logs("the first link to end", lambda: "code" in records(run).get(jobs[0], {}), cluster=slurm, run=run)
     status = bigops("chain", "status", run, "--format", "json", *ssh)
     queued = json.loads(status.stdout)["queued"]
     assert [(j["job_id"], j["state"]) for j in queued] == [(jobs[1], "PENDING")]  # held: it waits
     assert bigops("chain", "release", run, *ssh).returncode == 0
-    wait_for("the second link to finish", lambda: "code" in records(run).get(jobs[1], {}))
+    wait_with_logs("the second link to finish", lambda: "code" in records(run).get(jobs[1], {}), cluster=slurm,
+                   run=run)
     ended = records(run)
     assert [ended[j]["code"] for j in jobs] == [exitcodes.STOPPED_BY_SIGNAL, exitcodes.FINISHED]
     assert steps(run) == list(range(1, 11)) and len(read_jsonl(run / "telemetry" / "metrics.jsonl")) == 10

@@ -10,7 +10,10 @@
 3. DeepSpeed's own converter (``python -m deepspeed.checkpoint.ds_to_universal``, an argument list, no shell)
    writes the universal checkpoint into ``checkpoints/.partial-universal-<tag>/``; our state is added
    (manifest: step, consumed samples, skip ranges, lineage; the engine files the converter copies keep the
-   run config and the LR schedule), the manifest is sealed, and one rename publishes it as
+   run config and the LR schedule); then the model is read back from it as the target's ranks will hold it and
+   its loss on a fixed batch must equal the source's (``bigops.checkpoint.loss_check``: a relative 1e-5, or the
+   reshape is refused and nothing is published); the manifest is sealed (with those figures), and one rename
+   publishes it as
    ``universal-<tag>`` (the source's step stays its trailing number, so step ordering treats it as that step);
 4. ``run.toml``'s ``parallel.tp/pp/dp`` become the target (the previous file kept beside it) and ``latest``
    names the new tag: the next ``bigops launch`` resumes on the new layout with DeepSpeed's universal loading
@@ -38,7 +41,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from bigops.checkpoint import tp_duplicates
 from bigops.checkpoint.surgery import Source, new_tag_for, open_source, refuse_if_running, running_ranks
@@ -46,6 +49,9 @@ from bigops.errors import BigopsError, CheckpointError
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
 from trainer.rundir import RunDir, append_event, atomic_write_text, fsync_dir, load_run_config
+
+if TYPE_CHECKING:
+    from bigops.checkpoint import loss_check
 
 VERB = "universal"
 """New tags are ``universal-<source tag>``."""
@@ -89,6 +95,8 @@ class Outcome:
     bytes_read: int = 0
     bytes_written: int = 0
     run_toml_before: Path | None = None
+    loss_check: dict = field(default_factory=dict)
+    """``loss_check.LossCheck.as_dict()`` of the new tag, or ``{"skipped": True}``."""
     details: dict = field(default_factory=dict)
 
     @property
@@ -251,7 +259,26 @@ def _carry_rng(source: Source, partial: Path, target: Layout) -> str:
     return "carried"
 
 
-def _manifest_info(source: Source, target: Layout, rng: str) -> dict:
+def check_loss(source: Source, converted: Path, target: Layout,
+               say: Callable[[str], None] = lambda s: None) -> "loss_check.LossCheck":
+    """The converted checkpoint's loss on a fixed batch against the source's; CheckpointError when it differs."""
+    from bigops.checkpoint import loss_check
+    from trainer import megatron
+
+    target_cfg = target_config(source.config, target)
+    keep_rows = min(source.config.padded_vocab_size, target_cfg.padded_vocab_size)
+    say("checking the converted model: the loss on a fixed batch against the source's")
+    result = loss_check.compare(megatron.full_tensor_reader(source.path, source.config),
+                                loss_check.universal_reader(converted, target_cfg.model.num_layers),
+                                source.config, target_cfg, keep_rows)
+    say(result.summary())
+    if not result.ok:
+        raise CheckpointError(f"the converted checkpoint does not hold {source.tag}'s model: {result.summary()}; "
+                              f"nothing was published, {source.tag} is untouched")
+    return result
+
+
+def _manifest_info(source: Source, target: Layout, rng: str, checked: dict | None = None) -> dict:
     """The new tag's manifest: the source's state (step, consumed samples, skip ranges, lineage, precision)
     on the target topology, and where it came from."""
     info = {k: v for k, v in source.manifest.items() if k not in ("files", "tag", "created", "format")}
@@ -259,12 +286,17 @@ def _manifest_info(source: Source, target: Layout, rng: str) -> dict:
     info["derived_from"] = source.tag
     info[ckpt.UNIVERSAL] = {"source_tag": source.tag, "source_topology": layout_of(source.config).as_dict(),
                             "rng": rng, "time": time.time()}
+    if checked is not None:
+        info[ckpt.UNIVERSAL]["loss_check"] = checked
     return info
 
 
 def write_universal(source: Source, target: Layout, say: Callable[[str], None] = lambda s: None,
-                    on_progress: Callable[[ConvertProgress], None] = lambda p: None) -> tuple[str, str]:
-    """Convert ``source`` into a new published tag (see the module docstring): (new tag, rng mode)."""
+                    on_progress: Callable[[ConvertProgress], None] = lambda p: None,
+                    loss_check: bool = True) -> tuple[str, str]:
+    """Convert ``source`` into a new published tag (see the module docstring): (new tag, rng mode).
+    ``loss_check=False`` publishes without reading the model back (the operator's choice, for a checkpoint too
+    large to read twice; the manifest then says it was not checked)."""
     run = source.run
     new_tag = new_tag_for(run, source.tag, VERB)
     partial = ckpt.partial_dir(run, new_tag)
@@ -279,8 +311,9 @@ def write_universal(source: Source, target: Layout, say: Callable[[str], None] =
         shutil.rmtree(staging)
         (run.checkpoints / LATEST_UNIVERSAL).unlink(missing_ok=True)  # it names the partial dir; rewritten below
         rng = _carry_rng(source, partial, target)
+        checked = check_loss(source, partial, target, say).as_dict() if loss_check else {"skipped": True}
         say("sealing the new checkpoint (manifest)")
-        ckpt.write_manifest(partial, new_tag, _manifest_info(source, target, rng))
+        ckpt.write_manifest(partial, new_tag, _manifest_info(source, target, rng, checked))
         problems = ckpt.verify(partial, hashes=False)
         if problems or not (partial / "zero").is_dir():
             raise CheckpointError(f"the universal checkpoint failed verification "
@@ -331,13 +364,15 @@ def prepare(run_dir: Path, target: Layout, tag: str | None = None,
 
 
 def apply_reshape(source: Source, target: Layout, say: Callable[[str], None] = lambda s: None,
-                  on_progress: Callable[[ConvertProgress], None] = lambda p: None) -> Outcome:
+                  on_progress: Callable[[ConvertProgress], None] = lambda p: None,
+                  loss_check: bool = True) -> Outcome:
     """Write the universal tag, then point run.toml and ``latest`` at it, and record the action."""
     run = source.run
     outcome = Outcome(source.tag, None, layout_of(source.config), target)
     started = time.perf_counter()
     outcome.bytes_read = _dir_bytes(source.path)
-    outcome.new_tag, outcome.rng = write_universal(source, target, say, on_progress)
+    outcome.new_tag, outcome.rng = write_universal(source, target, say, on_progress, loss_check)
+    outcome.loss_check = ckpt.read_manifest(run.checkpoint(outcome.new_tag))[ckpt.UNIVERSAL].get("loss_check", {})
     outcome.bytes_written = _dir_bytes(run.checkpoint(outcome.new_tag))
     outcome.run_toml_before = update_run_toml(run, outcome.new_tag, target)
     atomic_write_text(run.latest, outcome.new_tag + "\n")
@@ -345,7 +380,8 @@ def apply_reshape(source: Source, target: Layout, say: Callable[[str], None] = l
     append_event(run, {
         "time": time.time(), "type": "action", "id": uuid.uuid4().hex[:12], "action": "reshape",
         "source": source.tag, "new_tag": outcome.new_tag, "from": outcome.source_layout.as_dict(),
-        "to": target.as_dict(), "rng": outcome.rng, "seconds": round(outcome.seconds, 3),
+        "to": target.as_dict(), "rng": outcome.rng, "loss_check": outcome.loss_check,
+        "seconds": round(outcome.seconds, 3),
         "bytes_per_second": round(outcome.bytes_per_second), "severity": "info",
         "outcome": f"wrote {outcome.new_tag} ({outcome.source_layout} -> {target}); run.toml and latest follow it",
     })
@@ -354,6 +390,6 @@ def apply_reshape(source: Source, target: Layout, say: Callable[[str], None] = l
 
 def reshape(run_dir: Path, target: Layout, tag: str | None = None,
             say: Callable[[str], None] = lambda s: None,
-            on_progress: Callable[[ConvertProgress], None] = lambda p: None) -> Outcome:
+            on_progress: Callable[[ConvertProgress], None] = lambda p: None, loss_check: bool = True) -> Outcome:
     """The whole reshape of a stopped run (see the module docstring); the source tag is never modified."""
-    return apply_reshape(prepare(run_dir, target, tag, say), target, say, on_progress)
+    return apply_reshape(prepare(run_dir, target, tag, say), target, say, on_progress, loss_check)

@@ -345,11 +345,15 @@ def reshape_command(
     pp: Annotated[int, typer.Option("--pp", min=1, help="Target pipeline-parallel degree.", show_default=False)],
     dp: Annotated[int, typer.Option("--dp", min=1, help="Target data-parallel degree.", show_default=False)],
     tag: TagOpt = None,
+    skip_loss_check: Annotated[bool, typer.Option(
+        "--skip-loss-check", help="Publish without reading the converted model back and comparing its loss on a "
+                                  "fixed batch with the source's (for a checkpoint too large to read twice).")] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
 ) -> None:
     """Move a stopped run to another TP x PP x DP layout through DeepSpeed's universal checkpoint (a new tag,
-    never in place); run.toml and latest follow it, so the next launch resumes on the new layout."""
+    never in place); run.toml and latest follow it, so the next launch resumes on the new layout. The converted
+    model's loss on a fixed batch must equal the source's (relative 1e-5) before anything is published."""
     import sys
 
     from bigops.checkpoint.reshape import VERB, Layout, apply_reshape, new_tag_for, prepare
@@ -378,9 +382,14 @@ def reshape_command(
         typer.confirm(f"Reshape {plan}?", abort=True)
     with bar_reporter(progress, "converting") as bar:
         outcome = apply_reshape(source, target, say, on_progress=lambda p: bar(
-            p.phase, p.done, p.total, f"{_size(p.bytes_written)} written, {_size(p.bytes_per_second)}/s"))
+            p.phase, p.done, p.total, f"{_size(p.bytes_written)} written, {_size(p.bytes_per_second)}/s"),
+            loss_check=not skip_loss_check)
     rng = ("per-rank RNG streams carried" if outcome.rng == "carried"
            else "rank count changed: the trainer re-seeds every rank from (train.seed, step, rank)")
+    checked = outcome.loss_check
+    loss = ("loss not checked (--skip-loss-check)" if checked.get("skipped") else
+            f"loss on a fixed batch {checked['target_loss']:.6f} vs the source's {checked['fitted_source_loss']:.6f} "
+            f"(relative {checked['relative_diff']:.1e})")
     typer.echo(f"reshaped {outcome.source_tag} ({outcome.source_layout}) into {outcome.new_tag} ({target}) in "
-               f"{outcome.seconds:.1f} s ({_size(outcome.bytes_per_second)}/s); {rng}; run.toml was kept as "
+               f"{outcome.seconds:.1f} s ({_size(outcome.bytes_per_second)}/s); {loss}; {rng}; run.toml was kept as "
                f"{outcome.run_toml_before.name}")

@@ -77,6 +77,9 @@ def test_reshape_resumes_with_the_source_loss(source, uninterrupted, tmp_path, t
     new = rd.checkpoint(new_tag)
     assert not ckpt.verify(new, hashes=True) and (new / "zero").is_dir()
     manifest = ckpt.read_manifest(new)
+    checked = manifest["universal"]["loss_check"]  # the tool's own check: the converted model's loss
+    assert checked["relative_diff"] <= FIRST_STEP_RTOL and checked["tokens"] > 0
+    assert checked["target_loss"] == pytest.approx(checked["source_loss"], rel=FIRST_STEP_RTOL)
     assert manifest["topology"] == {"tp": tp, "pp": pp, "dp": dp}
     assert manifest["universal"]["source_topology"] == {"tp": 2, "pp": 2, "dp": 1}
     assert manifest["universal"]["rng"] == "carried"  # 4 ranks before and after
@@ -124,6 +127,42 @@ def test_a_desynced_source_is_refused_with_the_surgery_to_run(source, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == exitcodes.CHECKPOINT
     assert f"bigops surgery {run} --sync-layernorm" in err[-1] and "differ across TP ranks" in err[-1]
+    assert rd.latest_tag() == "global_step3" and rd.run_toml.read_text() == toml_before
+    assert ckpt.complete_tags(rd) == ["global_step3"]
+    assert not any(p.name.startswith(ckpt.PARTIAL_PREFIX) for p in rd.checkpoints.iterdir())
+
+
+def test_a_conversion_that_changes_the_model_is_refused_and_nothing_is_published(source, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """The converter's output is read back before it is published: the final norm's weight scaled by 1 + 1e-3
+    in the universal checkpoint (a converter bug) is refused with the two losses and the logit difference."""
+    import torch
+
+    from bigops.checkpoint import reshape as reshape_mod
+    from trainer import layout
+
+    real_convert = reshape_mod.convert
+
+    def convert_then_damage(source_dir, out_dir, *args, **kwargs):
+        real_convert(source_dir, out_dir, *args, **kwargs)
+        name = layout.pipe_param_name(layout.final_norm_layer(load_run_config(RunDir(run)).model.num_layers),
+                                      "weight")
+        path = out_dir / "zero" / name / "fp32.pt"
+        state = torch.load(path, weights_only=True)
+        state["param"] = state["param"].detach().clone()
+        state["param"] *= 1 + 1e-3
+        torch.save(state, path)
+
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    rd = RunDir(run)
+    toml_before = rd.run_toml.read_text()
+    monkeypatch.setattr(reshape_mod, "convert", convert_then_damage)
+    capsys.readouterr()
+    code = bigops_main(["ckpt", "reshape", str(run), "--tp", "1", "--pp", "2", "--dp", "2", "--yes"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == exitcodes.CHECKPOINT, err[-3:]
+    assert "does not hold global_step3's model" in err[-1] and "max |logit difference|" in err[-1], err
     assert rd.latest_tag() == "global_step3" and rd.run_toml.read_text() == toml_before
     assert ckpt.complete_tags(rd) == ["global_step3"]
     assert not any(p.name.startswith(ckpt.PARTIAL_PREFIX) for p in rd.checkpoints.iterdir())

@@ -317,7 +317,7 @@ def compare_tp_command(
     from bigops.checkpoint.surgery import open_source
 
     source = open_source(run_dir, tag, verify_hashes=False)
-    report = tp_duplicates.compare_tp(source.layout)
+    report = _compare_with_progress(source.layout)
     if output_format == OutputFormat.json:
         typer.echo(json.dumps({"tag": source.tag, **report.to_json()}))
         raise typer.Exit(0 if not report.out_of_sync else 1)
@@ -336,6 +336,24 @@ def compare_tp_command(
     if not report.comparisons:
         console.print("no TP-duplicated tensors (TP 1?)")
     raise typer.Exit(0 if not report.out_of_sync else 1)
+
+
+def _compare_with_progress(layout) -> "tp_duplicates.Report":
+    """compare-tp's reading, with a bar of files and bytes on stderr (plain lines off a terminal)."""
+    from rich.console import Console
+
+    from bigops.checkpoint import tp_duplicates
+    from bigops.cli.progress import bar_reporter
+
+    files = [f for group in (*layout.layer_files.values(), *layout.optim_files.values()) for f in group]
+    total_bytes = sum(f.stat().st_size for f in files)
+    read = {"files": 0, "bytes": 0}
+    with bar_reporter(Console(stderr=True, highlight=False, soft_wrap=True), "comparing") as bar:
+        def progress(path: Path) -> None:
+            read["files"] += 1
+            read["bytes"] += path.stat().st_size
+            bar("TP copies", read["files"], len(files), f"{_size(read['bytes'])} of {_size(total_bytes)} read")
+        return tp_duplicates.compare_tp(layout, progress)
 
 
 @app.command("reshape")

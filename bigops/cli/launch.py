@@ -218,20 +218,45 @@ def _progress(cfg: config_mod.RunConfig, exporter=None):
     return progress
 
 
-def _follow(run: RunDir, cfg: config_mod.RunConfig, proc, done_before: int) -> None:
-    """Live progress from ``telemetry/metrics.jsonl`` until the ranks exit."""
+def _follow(run: RunDir, cfg: config_mod.RunConfig, proc, done_before: int, poll_s: float = 0.5) -> None:
+    """Live progress from ``telemetry/metrics.jsonl`` until the ranks exit: a bar on a terminal; in a pipe or
+    a CI log, a plain line at most every ``bigops.cli.progress.PLAIN_EVERY_S`` and the last one."""
+    from bigops.cli.progress import progress_reporter
+
+    if not console.is_terminal:
+        with progress_reporter(console, "train") as report:
+            while proc.poll() is None:
+                time.sleep(poll_s)
+                records = read_jsonl(run.metrics)[done_before:]
+                if records:
+                    report(step_line(records, cfg.train.train_steps))
+            records = read_jsonl(run.metrics)[done_before:]  # the steps of the last poll interval
+            if records:
+                report(step_line(records, cfg.train.train_steps))
+        return
     columns = [TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
                TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("train", total=cfg.train.train_steps, loss="-", tps="-")
         while proc.poll() is None:
-            time.sleep(0.5)
+            time.sleep(poll_s)
             records = read_jsonl(run.metrics)[done_before:]
             if records:
                 last = records[-1]
                 progress.update(task, completed=last["step"], loss=f"{last['loss']:.4f}",
                                 tps=f"{last['tokens_per_second']:,.0f}")
+
+
+def step_line(records: list[dict], target_step: int) -> str:
+    """``step 40/100 loss 6.1234 3,021 tok/s ETA 1m05s``: the newest record, the ETA from the median step
+    time of this launch's steps."""
+    last = records[-1]
+    times = sorted(r.get("step_seconds", 0.0) for r in records)
+    eta = max(0, target_step - last["step"]) * times[len(times) // 2]
+    minutes, seconds = divmod(int(round(eta)), 60)
+    return (f"step {last['step']}/{target_step} loss {last['loss']:.4f} {last['tokens_per_second']:,.0f} tok/s "
+            f"ETA {f'{minutes}m' if minutes else ''}{seconds:02d}s")
 
 
 def _summary(run: RunDir, done_before: int, spawned: float) -> None:

@@ -86,6 +86,10 @@ def test_deepspeeds_warning_goes_to_stderr(megatron_run):
     done = bigops("ckpt", "compare-tp", megatron_run, "--format", "json")
     assert json.loads(done.stdout)["tp"] == 2
     assert "Setting accelerator to CPU" in done.stderr  # said, where a person sees it
+    progress = [line for line in done.stderr.splitlines() if line.startswith("comparing: TP copies")]
+    assert progress and " read" in progress[-1]  # plain lines off a terminal, on stderr
+    done_files, total = progress[-1].split()[3].split("/")
+    assert done_files == total and int(total) > 0
 
 
 def test_watch_json_is_one_object_per_line(megatron_run, tmp_path):
@@ -216,3 +220,40 @@ def test_launch_takes_run_or_run_dir_and_refuses_two_different_ones(tmp_path, ca
     err = capsys.readouterr().err
     assert "name different run directories" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_launch_in_a_pipe_prints_plain_step_lines_with_an_eta(tmp_path, monkeypatch):
+    """Off a terminal (a pipe, a CI log) training progress is plain lines, never a bar's escapes."""
+    import io
+
+    from rich.console import Console
+
+    from bigops.cli import launch as launch_cli
+    from trainer import config as config_mod
+    from trainer.rundir import RunDir, append_jsonl
+
+    out = io.StringIO()
+    monkeypatch.setattr(launch_cli, "console", Console(file=out, force_terminal=False, width=200))
+    run = RunDir(tmp_path / "run")
+    run.metrics.parent.mkdir(parents=True)
+    cfg = config_mod.preset("tiny")
+    cfg.train.train_steps = 10
+
+    class Ranks:  # the ranks write a step per poll, then exit
+        def __init__(self):
+            self.step = 0
+
+        def poll(self):
+            if self.step == 4:
+                return 0
+            self.step += 1
+            append_jsonl(run.metrics, {"step": self.step, "loss": 7.0 - self.step / 10, "tokens_per_second": 3000.0,
+                                       "step_seconds": 2.0})
+            return None
+
+    launch_cli._follow(run, cfg, Ranks(), done_before=0, poll_s=0)
+    text = out.getvalue()
+    assert "\x1b" not in text and "\r" not in text
+    assert text.strip().splitlines()[-1] == "train: step 4/10 loss 6.6000 3,000 tok/s ETA 12s"
+    assert launch_cli.step_line([{"step": 1, "loss": 1.0, "tokens_per_second": 1.0, "step_seconds": 30.0}], 101) \
+        == "step 1/101 loss 1.0000 1 tok/s ETA 50m00s"

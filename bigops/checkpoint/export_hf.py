@@ -19,8 +19,8 @@ import torch
 from bigops.checkpoint.layout import iter_full_tensors, open_checkpoint
 from bigops.errors import InputError, OutputExistsError
 from trainer.hf import BLOOM_TOKEN_IDS, hf_config_dict, write_hf_directory
-from trainer.hf_tokenizer import (ROLE_NAMES, SpecialTokens, TokenizerExportError, find_special_tokens,
-                                  load_tokenizer, write_generation_config, write_hf_tokenizer)
+from trainer.hf_tokenizer import (ROLE_NAMES, SpecialTokens, TokenizerExportError, special_tokens_of,
+                                  write_generation_config, write_hf_tokenizer)
 from trainer.rundir import RunDir
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -100,7 +100,7 @@ def _special_tokens(tokenizer_file: Path) -> tuple[SpecialTokens | None, list[st
                       f"without data.tokenizer): the export holds the weights only, AutoTokenizer and pipeline() "
                       f"need a tokenizer copied in"]
     try:
-        special = find_special_tokens(load_tokenizer(tokenizer_file))
+        special = special_tokens_of(tokenizer_file)
     except TokenizerExportError as exc:
         raise InputError(str(exc)) from None
     if special.eos is None:

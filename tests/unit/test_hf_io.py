@@ -118,3 +118,36 @@ def test_tokenizer_files_load_in_auto_tokenizer_with_their_roles(tmp_path):
     assert batch["attention_mask"][0][0] == 0 and batch["input_ids"][0][0] == 0  # padded on the left
     generation = json.loads((tmp_path / "out" / "generation_config.json").read_text())
     assert (generation["eos_token_id"], generation["pad_token_id"]) == (0, 0)
+
+
+def test_declared_roles_win_over_names_and_travel_with_the_run(tmp_path):
+    """A tokenizer folder that declares its roles (``tokenizer_config.json``, transformers' AddedToken form
+    too; ``special_tokens_map.json`` for the rest) is believed over the usual names: the run keeps them beside
+    its tokenizer, and what it exports declares the same."""
+    from transformers import AutoTokenizer
+
+    from trainer.hf_tokenizer import declared_roles, keep_tokenizer, special_tokens_of, write_hf_tokenizer
+
+    folder = tmp_path / "chat-tokenizer"
+    folder.mkdir()
+    _bpe(["</s>", "<|endoftext|>", "<|pad|>", "<s>"]).save(str(folder / "tokenizer.json"))
+    assert special_tokens_of(folder / "tokenizer.json").tokens["eos"] == "</s>"  # by name, nothing declared
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": {"content": "<|endoftext|>", "special": True}, "bos_token": None, "model_max_length": 8}))
+    (folder / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<|pad|>", "eos_token": "</s>"}))
+    assert declared_roles(folder / "tokenizer.json") == {"eos": "<|endoftext|>", "pad": "<|pad|>"}
+    special = special_tokens_of(folder / "tokenizer.json")
+    assert special.tokens == {"eos": "<|endoftext|>", "bos": "<s>", "pad": "<|pad|>", "unk": "<|endoftext|>"}
+
+    data = tmp_path / "run" / "data"
+    keep_tokenizer(folder / "tokenizer.json", data)
+    assert special_tokens_of(data / "tokenizer.json").tokens == special.tokens  # the run's copy says the same
+    (tmp_path / "export").mkdir()
+    write_hf_tokenizer(data / "tokenizer.json", tmp_path / "export")
+    exported = AutoTokenizer.from_pretrained(tmp_path / "export")
+    assert (exported.eos_token, exported.pad_token) == ("<|endoftext|>", "<|pad|>")
+
+    keep_tokenizer(None, data, (folder / "tokenizer.json").read_text())  # re-prepared without a folder: by name
+    assert special_tokens_of(data / "tokenizer.json").tokens["eos"] == "</s>"
+    (folder / "tokenizer_config.json").write_text("{not json")
+    assert declared_roles(folder / "tokenizer.json") == {"eos": "</s>", "pad": "<|pad|>"}  # the map still speaks

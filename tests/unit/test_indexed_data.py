@@ -305,3 +305,29 @@ def test_a_tokenizer_folder_is_its_tokenizer_json_and_a_folder_without_one_is_re
     empty.mkdir()
     with pytest.raises(config_mod.ConfigError, match="a tokenizer folder holding one"):
         fresh_config("tiny", None, [f"data.source={corpus}", f"data.tokenizer={empty}"])
+
+
+def test_a_users_tokenizer_ends_documents_with_its_declared_eos_and_the_run_keeps_its_roles(tmp_path):
+    """A GPT-style tokenizer folder (``<|endoftext|>``, no ``</s>``) trains: its declared EOS ends every
+    document, and RUN/data keeps the roles for the run's exports."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from trainer.data.corpus import file_documents
+    from trainer.hf_tokenizer import special_tokens_of
+
+    corpus = _corpus(tmp_path)
+    folder = tmp_path / "gpt-tokenizer"
+    folder.mkdir()
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.train_from_iterator(file_documents([corpus]), trainer=trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|pad|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}))
+    run, cfg = RunDir(tmp_path / "run"), config_mod.RunConfig()
+    cfg.data.source, cfg.data.tokenizer, cfg.model.vocab_size = str(corpus), str(folder / "tokenizer.json"), 512
+    prepare_data(run, cfg)
+    document = open_indexed(run.tokens("train")).document(0)
+    assert document[-1] == tokenizer.token_to_id("<|endoftext|>") == 0
+    assert special_tokens_of(run.tokenizer).tokens["pad"] == "<|pad|>"

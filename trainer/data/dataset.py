@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from trainer.data.indexed import IndexedWriter, open_indexed, paths
-from trainer.rundir import DATA_META, TOKENIZER, atomic_write_text, tokens_name
+from trainer.hf_tokenizer import keep_tokenizer
+from trainer.rundir import DATA_META, atomic_write_text, tokens_name
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # BLOOM's ids 0..3
 EOS = "</s>"
@@ -91,6 +92,20 @@ def _tokenizer(documents: DocumentStream, vocab_size: int, tokenizer_file: Path 
     return tokenizer, count
 
 
+def end_of_document_id(tokenizer, tokenizer_file: Path | None) -> int:
+    """The id appended to every document: the given tokenizer's EOS as its folder declares it (or by name:
+    ``trainer.hf_tokenizer``), ``</s>`` for the BPE trained here."""
+    from trainer.hf_tokenizer import ROLE_NAMES, special_tokens_of
+
+    if tokenizer_file is None:
+        return tokenizer.token_to_id(EOS)
+    eos = special_tokens_of(tokenizer_file, tokenizer).ids.get("eos")
+    if eos is None:
+        raise DataError(f"{tokenizer_file} has no end-of-document token (none declared beside it, none of "
+                        f"{', '.join(ROLE_NAMES['eos'])})")
+    return eos
+
+
 def held_out(index: int, count: int, valid_every: int) -> bool:
     """Whether document ``index`` of ``count`` is a validation document: every ``valid_every``-th, or the
     last one of a corpus smaller than that."""
@@ -110,9 +125,7 @@ def prepare(data_dir: Path, documents: DocumentStream | list[str], vocab_size: i
     if tokenizer.get_vocab_size() > vocab_size:
         raise DataError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than model.vocab_size="
                         f"{vocab_size}: set model.vocab_size={tokenizer.get_vocab_size()}")
-    eos_id = tokenizer.token_to_id(EOS)
-    if eos_id is None:
-        raise DataError(f"the tokenizer has no {EOS} token")
+    eos_id = end_of_document_id(tokenizer, tokenizer_file)
     dtype = token_dtype(tokenizer.get_vocab_size())
     index = 0
     with IndexedWriter(data_dir / tokens_name("train"), dtype) as train, \
@@ -121,7 +134,7 @@ def prepare(data_dir: Path, documents: DocumentStream | list[str], vocab_size: i
             for encoding in tokenizer.encode_batch(batch):
                 (valid if held_out(index, count, valid_every) else train).add_document(encoding.ids + [eos_id])
                 index += 1
-    atomic_write_text(data_dir / TOKENIZER, tokenizer.to_str())
+    keep_tokenizer(tokenizer_file, data_dir, tokenizer.to_str())
     meta = {"source": source, "documents": count, "vocab_size": tokenizer.get_vocab_size(),
             "dtype": dtype.name, "train_tokens": train.tokens, "valid_tokens": valid.tokens}
     atomic_write_text(data_dir / META, json.dumps(meta, indent=1) + "\n")  # last: the data is complete

@@ -25,13 +25,11 @@ import numpy as np
 from trainer.data.corpus import CorpusError, file_documents
 from trainer.data.dataset import batches, token_dtype
 from trainer.data.indexed import IndexedWriter
+from trainer.hf_tokenizer import ROLE_NAMES, TOKENIZER_CONFIG, special_tokens_of
 from trainer.rundir import TOKENIZER
 
 BATCH = 256
 """Documents per task sent to a worker."""
-EOD_CANDIDATES = ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>")
-
-
 class PrepareError(ValueError):
     """Input or tokenizer that cannot be prepared; one line."""
 
@@ -60,22 +58,13 @@ def tokenizer_file(path: str | Path) -> Path:
 
 
 def end_of_document(tokenizer, path: Path) -> int:
-    """The end-of-document id: the folder's ``tokenizer_config.json`` ``eos_token``, else a usual name."""
-    config = path.parent / "tokenizer_config.json"
-    names = list(EOD_CANDIDATES)
-    if config.is_file():
-        try:
-            eos = json.loads(config.read_text()).get("eos_token")
-        except ValueError:
-            eos = None
-        eos = eos.get("content") if isinstance(eos, dict) else eos
-        if isinstance(eos, str):
-            names.insert(0, eos)
-    for name in names:
-        token = tokenizer.token_to_id(name)
-        if token is not None:
-            return token
-    raise PrepareError(f"{path}: no end-of-document token ({', '.join(EOD_CANDIDATES)})")
+    """The end-of-document id: the tokenizer's EOS as its folder declares it (``tokenizer_config.json``'s
+    ``eos_token``), else a usual name (``trainer.hf_tokenizer``: the roles the run's exports get too)."""
+    eos = special_tokens_of(path, tokenizer).ids.get("eos")
+    if eos is not None:
+        return eos
+    raise PrepareError(f"{path}: no end-of-document token (none declared in {TOKENIZER_CONFIG}, none of "
+                       f"{', '.join(ROLE_NAMES['eos'])})")
 
 
 _WORKER_TOKENIZER = None

@@ -18,7 +18,7 @@ from trainer.data import dataset
 from trainer.data.blend import BlendError, blended, parse_blend
 from trainer.data.indexed import IndexedDataset, IndexedDatasetError, is_indexed, open_indexed
 from trainer.data.synthetic import synthetic_sample
-from trainer.rundir import RunDir, atomic_write_text
+from trainer.rundir import RunDir
 
 SPLITS = ("train", "valid")
 
@@ -96,8 +96,8 @@ def _check_indexed(run: RunDir, cfg: RunConfig, blend: list[tuple[float, str]]) 
             raise dataset.DataError(f"data.tokenizer has {facts['vocab_size']} tokens, more than "
                                     f"model.vocab_size={cfg.model.vocab_size}: set model.vocab_size="
                                     f"{facts['vocab_size']}")
-        data_dir(run).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.tokenizer, Path(cfg.data.tokenizer).read_text())
+        from trainer.hf_tokenizer import keep_tokenizer
+        keep_tokenizer(Path(cfg.data.tokenizer), data_dir(run))
     return facts
 
 

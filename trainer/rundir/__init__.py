@@ -25,7 +25,8 @@ from trainer.rundir.paths import (RUN_TOML, EVENTS, DATA, CHECKPOINTS, LATEST, M
                                   SAVE_SWITCH, SKIP_RANGES, SYNC_LAYERNORM, WATCHDOG, WATCHDOG_STATE,
                                   SUPERVISOR, INTENTS, APPROVALS, OUTBOX, STACKS, STACK_DUMP, STACK_SUMMARY,
                                   WRITER_LOCK, WRITER_LEASE, SLURM, CHAIN_RECORD, SLURM_JOBS, SLURM_SCRIPT,
-                                  DATA_META, TOKENIZER, RUN_FOLDERS, RELATIVE, RunDir, safe_host, tokens_name)
+                                  DATA_META, TOKENIZER, SPECIAL_TOKENS_MAP, RUN_FOLDERS, RELATIVE, RunDir, safe_host,
+                                  tokens_name)
 from trainer.rundir.readers import (last_checkpoint_bytes, latest_checkpoint_facts, pid_alive, read_exit_record,
                                     read_heartbeats, supervised)
 from trainer.rundir.run_config import load_run_config, parse_run_config, read_run_config, target_step
@@ -38,7 +39,8 @@ __all__ = [
     "HEARTBEAT_GLOB", "CHECKPOINT_LOG", "EXIT_RECORD", "GPU", "TENSORBOARD", "LOGS", "RANKS_LOG", "CONTROL",
     "KILL_SWITCH", "SAVE_SWITCH", "SKIP_RANGES", "SYNC_LAYERNORM", "WATCHDOG", "WATCHDOG_STATE", "SUPERVISOR",
     "INTENTS", "APPROVALS", "OUTBOX", "WRITER_LOCK", "WRITER_LEASE", "SLURM", "CHAIN_RECORD", "SLURM_JOBS",
-    "SLURM_SCRIPT", "DATA_META", "TOKENIZER", "RUN_FOLDERS", "RELATIVE", "RunDir", "safe_host", "tokens_name",
+    "SLURM_SCRIPT", "DATA_META", "TOKENIZER", "SPECIAL_TOKENS_MAP", "RUN_FOLDERS", "RELATIVE", "RunDir", "safe_host",
+    "tokens_name",
     "last_checkpoint_bytes", "latest_checkpoint_facts", "pid_alive", "read_exit_record", "read_heartbeats",
     "supervised", "load_run_config", "parse_run_config", "read_run_config", "target_step",
 ]

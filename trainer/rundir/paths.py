@@ -53,6 +53,8 @@ SLURM_JOBS = "jobs"
 SLURM_SCRIPT = "job.sbatch"
 DATA_META = "meta.json"
 TOKENIZER = "tokenizer.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+"""Beside the run's tokenizer: the roles (BOS/EOS/PAD/UNK) its source folder declared (trainer/hf_tokenizer.py)."""
 
 RUN_FOLDERS = ("", CONTROL, CHECKPOINTS, TELEMETRY, LOGS, WATCHDOG)
 """The folders a run is created with (and tightened to 0750): the root and the steering folders."""

@@ -142,12 +142,12 @@ def write_hf_tokenizer(tokenizer_file: Path, out_dir: Path) -> SpecialTokens:
 def _make_portable(out_dir: Path, roles: dict[str, str]) -> None:
     """What ``save_pretrained`` of transformers 5 leaves out for older readers: a tokenizer class they know,
     and ``special_tokens_map.json`` (transformers 4 writes both itself; then this changes nothing)."""
-    config_path = out_dir / "tokenizer_config.json"
+    config_path = out_dir / TOKENIZER_CONFIG
     config = json.loads(config_path.read_text())
     if config.get("tokenizer_class") != PORTABLE_TOKENIZER_CLASS:
         config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    special_map = out_dir / "special_tokens_map.json"
+    special_map = out_dir / SPECIAL_TOKENS_MAP
     if not special_map.exists():
         special_map.write_text(json.dumps(roles, indent=2, ensure_ascii=False) + "\n")
 

@@ -109,9 +109,13 @@ PAGES: dict[str, Page] = {
     "WatchdogStacks": Page(
         "A rank hung: before anything was killed, the watchdog dumped every live rank's Python stacks with "
         "py-spy into `RUN/watchdog/stacks/<time>-hang/` and grouped them; the action names the rank(s) whose "
-        "stack differs from the others'.",
+        "stack differs from the others'. On a SLURM run the dump ran on every node of the running job at once, "
+        "as a step beside the ranks (`srun --overlap --jobid=J --ntasks-per-node=1 PYTHON -m "
+        "bigops.watchdog.stacks RUN`); each rank-N.json names its host, and a rank no node answered for is "
+        "listed with its host (a node that is down, or whose slurmd no longer answers).",
         "None by itself: it is the evidence of the hang (a kill and a restart usually follow).",
-        (ACTIONS, "cat RUN/watchdog/stacks/*/summary.json", "bigops stacks RUN  # again, now, while ranks live"),
+        (ACTIONS, "cat RUN/watchdog/stacks/*/summary.json",
+         "bigops stacks RUN  # again, now, while ranks live (on SLURM: every node of the running job)"),
         "Read the odd rank's frames first (a deadlock in evaluation, a data loader stuck in I/O, a collective "
         "that one rank never entered); its rank-N.json holds every thread.",
         "The stacks are kept; nothing to undo.", ("TrainingHang",)),

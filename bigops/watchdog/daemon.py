@@ -72,6 +72,7 @@ def tick(run: RunDir, state: WatchState, now: float | None = None, dry_run: bool
             lines += act_on_desync(run, state, f, config.on_desync, now, dry_run, notifier,
                                    incident=incident_of.get(f.key, f.key))
     lines += carry_out_decisions(run, state, now, dry_run, notifier)
+    lines += dump_slurm_hangs(run, state, facts["incidents"], now, dry_run, notifier)
     lines += facts["chain"].get("actions", [])
     facts["actions"] = lines
     facts["pending_approvals"] = sum(1 for e in state.pending.values() if e.get("status") == "pending")
@@ -181,6 +182,43 @@ def act_on_desync(run: RunDir, state: WatchState, f: Finding, mode: str, now: fl
     from bigops.watchdog.executor import act_on_desync_incidents, incident_of_finding
     facts = {"incident_of": {f.key: incident}} if incident else {}
     return act_on_desync_incidents(run, state, [incident_of_finding(facts, f, now)], mode, now, dry_run, notifier)
+
+
+STACKS_HANDLED = "stacks:"
+"""``state.handled`` key prefix of a hang incident whose stacks were dumped (once per incident)."""
+
+
+def dump_slurm_hangs(run: RunDir, state: WatchState, open_incidents: list[dict], now: float, dry_run: bool,
+                     notifier) -> list[str]:
+    """The evidence of a hang on SLURM, once per open ``TrainingHang`` incident: every rank's Python stacks
+    from every node of the running job (``srun --overlap``: ``bigops.watchdog.stacks``), kept in the run
+    directory, recorded as a ``stacks`` action naming the ranks whose stack differs. Local runs: their
+    supervisor does it before it kills (it owns the ranks)."""
+    if not run.chain_record.exists() or dry_run:
+        return []
+    from bigops.errors import BigopsError
+    from bigops.watchdog import stacks
+    lines = []
+    for inc in open_incidents:
+        if inc.get("kind") != "TrainingHang" or STACKS_HANDLED + inc["id"] in state.handled:
+            continue
+        state.handled[STACKS_HANDLED + inc["id"]] = {"time": now}  # first: a dump that fails is not retried
+        state.save()
+        try:
+            dumps = stacks.dump_slurm_job(run)
+        except BigopsError as exc:
+            dumps, outcome = None, f"stacks not dumped: {exc}"
+        else:
+            outcome = "stacks not dumped: no job of the chain is running"
+        details = {}
+        if dumps:
+            folder, groups = stacks.write_dumps(run, dumps, "hang", now)
+            outcome = stacks.summary_line(groups, folder.relative_to(run.root))
+            details = {"folder": str(folder.relative_to(run.root)), "odd_ranks": stacks.odd_ranks(groups)}
+        incidents.record_action(state.incidents, inc["id"], "stacks", outcome, now)
+        lines.append(record_action(run, notifier, "stacks", f"hang: {inc.get('summary', '')}", outcome, "warning",
+                                   now=now, with_incident=True, incident=inc["id"], key=inc.get("key"), **details))
+    return lines
 
 
 def carry_out_decisions(run: RunDir, state: WatchState, now: float, dry_run: bool, notifier) -> list[str]:

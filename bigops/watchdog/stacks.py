@@ -12,8 +12,11 @@ notifies or asks), ``bigops stacks RUN`` does it on demand.
 - :func:`dump_ranks` writes ``watchdog/stacks/<time>-<reason>/rank-<r>.json`` (py-spy's own JSON, or the
   error) and ``summary.json`` (the groups), atomically; :func:`summary_line` is what a page says.
 
-Locally the ranks' pids are in their heartbeats; on SLURM the same dump runs on each node through
-``srun --overlap`` (the chain keeper's part, not done here yet).
+The ranks' pids are in their heartbeats (:func:`live_pids`: this host's live ranks). On SLURM the dump runs
+on every node of the running job at once, as a job step beside the ranks: ``srun --overlap --jobid=J
+--ntasks-per-node=1 <python> -m bigops.watchdog.stacks RUN`` (:func:`srun_command`; through the chain's
+runner, so over SSH too); each node dumps its own live ranks and prints one JSON line
+(:func:`node_main`), :func:`collect_over_srun` joins them and names the ranks no node answered for.
 """
 
 from __future__ import annotations
@@ -117,8 +120,108 @@ def summary_line(groups: list[Group], where: Path | None = None) -> str:
     return f"{head}: {len(groups[0].ranks)} in {groups[0].where}; differs: {odd}"
 
 
+def live_pids(run: RunDir, host: str | None = None) -> dict[int, int]:
+    """rank -> pid of the ranks on ``host`` (default: this one) whose heartbeat names a live process."""
+    import socket
+
+    from trainer.rundir import pid_alive, read_heartbeats
+    host = host or socket.gethostname()
+    return {int(b["rank"]): b["pid"] for b in read_heartbeats(run).values()
+            if b.get("host") == host and b.get("phase") != "exit" and isinstance(b.get("pid"), int)
+            and not isinstance(b.get("pid"), bool) and pid_alive(b["pid"])}
+
+
+def running_ranks(run: RunDir) -> dict[int, str]:
+    """rank -> host of every rank whose last heartbeat is not an exit (any host: what a dump should cover)."""
+    from trainer.rundir import read_heartbeats
+    return {int(b["rank"]): str(b.get("host")) for b in read_heartbeats(run).values()
+            if b.get("phase") != "exit" and isinstance(b.get("rank"), int)}
+
+
+def dump_local(pids: dict[int, int]) -> dict[int, dict]:
+    """rank -> {"rank", "pid", py-spy's dump or the error} for ranks on this host."""
+    return {rank: {"rank": rank, "pid": pid, **dump_pid(pid)} for rank, pid in sorted(pids.items())}
+
+
+def srun_command(job_id: str, python: str, run_root: str, workdir: str | None = None) -> list[str]:
+    """One task on every node of the running job, beside its ranks (``--overlap``: no new resources), each
+    dumping its node's ranks (:func:`node_main`). An argument list: nothing goes through a shell."""
+    return ["srun", "--overlap", f"--jobid={job_id}", "--ntasks-per-node=1", "--kill-on-bad-exit=0",
+            *([f"--chdir={workdir}"] if workdir else []), python, "-m", "bigops.watchdog.stacks", run_root]
+
+
+def collect_over_srun(runner, job_id: str, python: str, run: RunDir, workdir: str | None = None,
+                      timeout: float = 3 * PY_SPY_TIMEOUT_S * TRIES) -> dict[int, dict]:
+    """Every rank's dump from the nodes of ``job_id`` (:func:`srun_command` through ``runner``); a rank no
+    node answered for gets an error naming its host. Raises CommandError when srun itself fails."""
+    from launcher.slurm.runner import CommandError
+    result = runner.run(srun_command(job_id, python, str(run.root), workdir), timeout=timeout)
+    dumps: dict[int, dict] = {}
+    for line in result.stdout.splitlines():
+        try:
+            node = json.loads(line)
+        except ValueError:
+            continue  # srun's own chatter
+        if isinstance(node, dict) and isinstance(node.get("dumps"), dict):
+            for rank, dump in node["dumps"].items():
+                dumps[int(rank)] = {**dump, "host": node.get("host")}
+    if not dumps and not result.ok:
+        raise CommandError(f"srun --overlap into job {job_id} failed ({result.returncode}): "
+                           f"{(result.stderr.strip().splitlines() or [''])[-1][:300]}")
+    for rank, host in running_ranks(run).items():
+        dumps.setdefault(rank, {"rank": rank, "host": host, "error": f"no node of job {job_id} answered for it "
+                                                                      f"(host {host})"})
+    return dumps
+
+
+def dump_slurm_job(run: RunDir) -> dict[int, dict] | None:
+    """Every rank's dump from the chain's running job (None when none is running); BigopsError (one line)
+    when SLURM or the SSH link does not answer."""
+    from bigops.errors import BigopsError
+    from launcher.remote import runner_for
+    from launcher.slurm import chain as chain_mod
+    from launcher.slurm.runner import CommandError, LocalRunner
+    from trainer.rundir import load_run_config
+
+    try:
+        chain = chain_mod.Chain.load(LocalRunner(), str(run.root))
+    except (OSError, ValueError) as exc:
+        raise BigopsError(f"{run.chain_record}: {exc}") from None
+    if chain is None:
+        return None
+    cfg = load_run_config(run, missing_ok=True)
+    try:
+        runner = runner_for(chain.host, chain.key_file, chain.known_hosts)
+        running = [j for j in chain_mod.queue(runner, chain) if j.running]
+        if not running:
+            return None
+        return collect_over_srun(runner, running[0].job_id, cfg.slurm.python, run, cfg.slurm.workdir)
+    except CommandError as exc:
+        raise BigopsError(f"stacks over SLURM: {exc}") from None
+
+
+def node_main(argv: list[str] | None = None) -> int:
+    """``python -m bigops.watchdog.stacks RUN``: this node's live ranks of RUN, dumped, as one JSON line."""
+    import socket
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bigops.watchdog.stacks RUN_DIR", file=sys.stderr)
+        return 2
+    host = socket.gethostname()
+    dumps = dump_local(live_pids(RunDir(Path(args[0])), host))
+    print(json.dumps({"host": host, "dumps": {str(r): d for r, d in dumps.items()}}), flush=True)
+    return 0
+
+
 def dump_ranks(run: RunDir, pids: dict[int, int], reason: str, now: float | None = None) -> tuple[Path, list[Group]]:
-    """Dump every rank's stacks into a new folder under ``watchdog/stacks/``; (the folder, the groups)."""
+    """Dump every rank's stacks (``pids``: this host's) into a new folder under ``watchdog/stacks/``; (the
+    folder, the groups)."""
+    return write_dumps(run, dump_local(pids), reason, now)
+
+
+def write_dumps(run: RunDir, dumps: dict[int, dict], reason: str,
+                now: float | None = None) -> tuple[Path, list[Group]]:
+    """Keep ``dumps`` (rank -> dump) in a new folder under ``watchdog/stacks/``; (the folder, the groups)."""
     now = time.time() if now is None else now
     label = "".join(c if c.isalnum() or c in "-_" else "-" for c in reason)[:40].strip("-") or "dump"
     folder = run.stacks / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{label}"
@@ -127,7 +230,6 @@ def dump_ranks(run: RunDir, pids: dict[int, int], reason: str, now: float | None
         n += 1
         folder = folder.with_name(f"{folder.name.split('.')[0]}.{n}")
     folder.mkdir(parents=True)
-    dumps = {rank: {"rank": rank, "pid": pid, **dump_pid(pid)} for rank, pid in sorted(pids.items())}
     for rank, dump in dumps.items():
         atomic_write_text(folder / STACK_DUMP.format(rank=rank), json.dumps(dump, indent=1) + "\n")
     groups = group(dumps)
@@ -137,3 +239,7 @@ def dump_ranks(run: RunDir, pids: dict[int, int], reason: str, now: float | None
         "errors": {str(r): d["error"] for r, d in dumps.items() if d.get("error")},
     }, indent=1) + "\n")
     return folder, groups
+
+
+if __name__ == "__main__":
+    sys.exit(node_main())

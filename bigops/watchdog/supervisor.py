@@ -548,10 +548,7 @@ class Supervisor:
             return None
         self.dumped.add(inc["id"])
         from bigops.watchdog import stacks
-        host = socket.gethostname()
-        pids = {int(b["rank"]): b["pid"] for b in read_heartbeats(self.run).values()
-                if b.get("host") == host and b.get("phase") != "exit" and isinstance(b.get("pid"), int)
-                and not isinstance(b.get("pid"), bool) and pid_alive(b["pid"])}
+        pids = stacks.live_pids(self.run)
         if not pids:
             return None
         folder, groups = stacks.dump_ranks(self.run, pids, "hang")

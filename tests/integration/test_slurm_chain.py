@@ -220,3 +220,52 @@ def test_the_chain_survives_a_slurm_controller_restart(slurm, tmp_path):
     with _slurm_env(slurm):
         tick(RunDir(run), state, now=time.time() + 3600)  # past the back-off
     assert state.restarts == []
+
+
+def test_a_hung_job_has_its_stacks_dumped_on_every_node_once(slurm, tmp_path):
+    """Hang forensics on SLURM: ``bigops stacks RUN`` and the watchdog's pass reach the ranks through
+    ``srun --overlap`` into the running job; a SIGSTOPped rank opens a hang incident whose stacks are dumped
+    once (the next pass does not dump again), the stopped rank read as it stands."""
+    import signal
+
+    from trainer.rundir import read_heartbeats
+
+    run = tmp_path / "hung"
+    jobs = launch(slurm, run, "--steps", 100_000, "--jobs", 1, "--set", "slurm.signal_before_s=0",
+                  "--set", "slurm.min_queued=1", "--set", "watchdog.hang_min_timeout_s=4")
+    stopped = None
+    try:
+        wait_for("step 3", lambda: steps(run) and steps(run)[-1] >= 3, cluster=slurm, run=run)
+        on_demand = bigops(slurm, "stacks", run)
+        assert on_demand.returncode == 0, on_demand.stdout + on_demand.stderr
+        assert "stacks of 4 rank(s)" in on_demand.stdout, on_demand.stdout
+        (folder,) = RunDir(run).stacks.iterdir()
+        dumped = [json.loads((folder / f"rank-{r}.json").read_text()) for r in range(4)]
+        assert all(d.get("threads") and d.get("host") for d in dumped), dumped  # through the nodes' own step
+
+        stopped = {int(b["rank"]): b["pid"] for b in read_heartbeats(RunDir(run)).values()}[1]
+        os.kill(stopped, signal.SIGSTOP)
+        state = WatchState.load(state_path(RunDir(run)))
+
+        def stacks_actions():
+            return [e for e in read_jsonl(run / "events.jsonl") if e.get("type") == "action"
+                    and e.get("action") == "stacks"]
+
+        def pass_until_dumped():
+            with _slurm_env(slurm):
+                tick(RunDir(run), state)
+            return stacks_actions()
+
+        (action,) = wait_for("the hang's stacks", pass_until_dumped, cluster=slurm, run=run)
+        with _slurm_env(slurm):
+            tick(RunDir(run), state)
+        assert len(stacks_actions()) == 1  # once per incident
+        assert action["outcome"].startswith("stacks of 4 rank(s)") and action["incident"], action
+        hung = run / action["folder"]
+        assert json.loads((hung / "rank-1.json").read_text())["threads"]  # the stopped rank, as it stands
+        assert state.incidents[action["incident"]]["kind"] == "TrainingHang"
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        slurm.run("scancel", *jobs)
+        drain(slurm, run)

@@ -88,3 +88,60 @@ def test_no_live_rank_is_one_line(tmp_path, capsys):
     assert main(["stacks", str(run.root)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no live rank" in err
+
+
+def test_on_slurm_one_srun_step_dumps_every_node_and_names_the_ranks_no_node_answered_for(tmp_path):
+    """The SLURM side without SLURM: the command is an argument list (a run dir with blanks and quotes stays
+    one argument), nodes' JSON lines are joined, a silent node's ranks are named with their host."""
+    from launcher.slurm.runner import CommandError, Result
+
+    run = RunDir(tmp_path / "run 'x' $(y)")
+    run.heartbeats.mkdir(parents=True)
+    for rank, host in enumerate(["node1", "node1", "node2", "node3"]):
+        (run.heartbeats / f"rank-{rank}.json").write_text(json.dumps(
+            {"rank": rank, "pid": 1000 + rank, "host": host, "time": time.time(), "phase": "train", "step": 3}))
+    command = stacks.srun_command("42", "/opt/venv/bin/python", str(run.root), "/opt/bigops")
+    assert command == ["srun", "--overlap", "--jobid=42", "--ntasks-per-node=1", "--kill-on-bad-exit=0",
+                       "--chdir=/opt/bigops", "/opt/venv/bin/python", "-m", "bigops.watchdog.stacks", str(run.root)]
+
+    class Nodes:
+        def __init__(self, stdout, code=0):
+            self.stdout, self.code, self.argv = stdout, code, None
+
+        def run(self, argv, timeout=60.0, env=None):
+            self.argv = argv
+            return Result(self.code, self.stdout, "srun: error: Unable to create step for job 42")
+
+    lines = "\n".join(json.dumps({"host": host, "dumps": {str(r): {"rank": r, "pid": 1000 + r, **_dump(
+        ("all_reduce", "c10d.py", 9), pid=1000 + r)} for r in ranks}}) for host, ranks in
+        (("node1", [0, 1]), ("node2", [2])))
+    nodes = Nodes("srun: warning: something\n" + lines + "\n")
+    dumps = stacks.collect_over_srun(nodes, "42", "/opt/venv/bin/python", run)
+    assert nodes.argv[-1] == str(run.root) and sorted(dumps) == [0, 1, 2, 3]
+    assert dumps[2]["host"] == "node2" and "threads" in dumps[2]
+    assert dumps[3] == {"rank": 3, "host": "node3", "error": "no node of job 42 answered for it (host node3)"}
+    assert stacks.odd_ranks(stacks.group(dumps)) == [3]
+    with pytest.raises(CommandError, match="Unable to create step"):
+        stacks.collect_over_srun(Nodes("", code=1), "42", "python3", run)
+
+
+def test_the_node_side_prints_one_json_line_of_its_own_live_ranks(tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    run.heartbeats.mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-c", RANK, "wait"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        here = socket.gethostname()
+        beats = {0: (proc.pid, here), 1: (proc.pid, "another-node"), 2: (2 ** 22 + 7, here)}
+        for rank, (pid, host) in beats.items():  # rank 1 lives elsewhere, rank 2's process is gone
+            (run.heartbeats / f"rank-{rank}.json").write_text(json.dumps(
+                {"rank": rank, "pid": pid, "host": host, "time": time.time(), "phase": "train", "step": 1}))
+        assert stacks.node_main([str(run.root)]) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    node = json.loads(line)
+    assert node["host"] == socket.gethostname() and list(node["dumps"]) == ["0"]
+    assert "wait_in_collective" in json.dumps(node["dumps"]["0"]["threads"])
+    assert stacks.node_main([]) == 2

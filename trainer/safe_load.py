@@ -164,15 +164,25 @@ def install(engine) -> None:
 def preflight(directory: Path) -> None:
     """Before any rank unpickles a checkpoint: refuse it if one of its ``.pt`` files names a global outside
     the allow-list (read from the pickle's opcodes, nothing executed), so every rank gets the same one-line
-    error instead of the first rank to load it failing alone. The loads stay weights-only regardless."""
+    error instead of the first rank to load it failing alone. The loads of the top-level files stay
+    weights-only regardless (our checkpoint engine).
+
+    A universal checkpoint's ``zero/`` tree is read by DeepSpeed itself with ``torch.load(weights_only=False)``
+    (its universal loading bypasses the checkpoint engine): there this scan is the only guard, so a file it
+    cannot read (not torch's zip format, damaged) is refused too, not left to that unpickler."""
     import torch
 
-    for path in sorted(Path(directory).glob("*.pt")):
+    root = Path(directory)
+    for path in sorted(root.rglob("*.pt")):
         allowed = set(NUMPY_RNG_GLOBALS if path.name.startswith("rng_state_rank") else ENGINE_GLOBALS)
+        unguarded = path.parent != root  # zero/<param>/fp32.pt, zero/optimizer_state.pt: DeepSpeed's own load
         try:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # not a zip checkpoint (legacy format) or damaged: the weights-only load decides
-            continue
+        except Exception:  # not a zip checkpoint (legacy format) or damaged
+            if unguarded:
+                raise CheckpointError(f"{path} was refused: it is not a readable torch zip file, and DeepSpeed's "
+                                      f"universal loading would unpickle it unchecked; nothing was loaded") from None
+            continue  # the weights-only load decides
         refused = sorted(set(names) - allowed)
         if refused:
             raise CheckpointError(f"{path} was refused: it pickles {', '.join(refused)[:200]}, which a checkpoint "

@@ -128,3 +128,23 @@ def test_the_trainer_refuses_a_crafted_checkpoint_before_any_rank_loads_it(tmp_p
         _checked(found)
     assert not marker.exists()
     shutil.rmtree(run.root)
+
+
+def test_a_universal_checkpoints_zero_tree_is_checked_before_deepspeed_unpickles_it(tmp_path):
+    """DeepSpeed's universal loading reads ``zero/`` with ``torch.load(weights_only=False)``: the preflight
+    refuses a crafted file there, and one it cannot scan, before any rank loads anything."""
+    param = tmp_path / "zero" / "3.input_layernorm.weight"
+    param.mkdir(parents=True)
+    torch.save({"param": torch.ones(4), "cat_dim": 0}, param / "fp32.pt")
+    torch.save({"param_groups": [{"lr": 1e-3, "params": [0]}], "state": {}}, tmp_path / "zero" / "optimizer_state.pt")
+    safe_load.preflight(tmp_path)  # what the converter writes passes
+    marker = tmp_path / "pwned"
+    torch.save({"param": torch.ones(4), "payload": CreatesAFile(marker)}, param / "exp_avg.pt")
+    with pytest.raises(ckpt.CheckpointError, match="exp_avg.pt was refused: it pickles"):
+        safe_load.preflight(tmp_path)
+    (param / "exp_avg.pt").unlink()
+    torch.save({"param": torch.ones(4), "payload": CreatesAFile(marker)}, param / "exp_avg_sq.pt",
+               _use_new_zipfile_serialization=False)  # the legacy format: the scanner cannot read it
+    with pytest.raises(ckpt.CheckpointError, match="not a readable torch zip file"):
+        safe_load.preflight(tmp_path)
+    assert not marker.exists()

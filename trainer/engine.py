@@ -89,6 +89,12 @@ def load_checkpoint(engine, checkpoints_dir: str, tag: str):
     The engine also leaves ``load_from_fp32_weights`` at its default (False) there: the fp32 master weights
     would be rebuilt from the bf16 ones, losing their low bits (the resumed run drifts from an uninterrupted
     one from the second step on). We load the saved masters, as ZeRO-1 does.
+
+    And a universal checkpoint (``bigops ckpt reshape``): the engine never tells the BF16_Optimizer where it is
+    (it passes ``checkpoint_folder`` only to ZeRO), so the optimizer would load the engine file's state of the
+    source layout; we hand it the folder, and it loads its fp32 masters, Adam moments and step from ``zero/``
+    (``_load_universal_checkpoint``) as DeepSpeed does for ZeRO. The engine then copies them into the bf16
+    weights (``update_lp_params``).
     """
     safe_load.install(engine)
     optimizer = getattr(engine, "optimizer", None)
@@ -96,6 +102,10 @@ def load_checkpoint(engine, checkpoints_dir: str, tag: str):
         original = optimizer.load_state_dict
 
         def load_state_dict(state_dict_list, *args, **kwargs):
+            if engine.load_universal_checkpoint():
+                return original(None, checkpoint_folder=os.path.join(checkpoints_dir, tag),
+                                load_optimizer_states=kwargs.get("load_optimizer_states", True),
+                                load_from_fp32_weights=True)
             if isinstance(state_dict_list, dict):
                 state_dict_list = engine._get_all_zero_checkpoints(checkpoints_dir, tag)
                 if state_dict_list is None:

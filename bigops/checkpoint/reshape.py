@@ -23,8 +23,9 @@ RNG streams are per rank: when the rank count stays the same the per-rank RNG fi
 on with rank r's streams); when it changes they are not, and the trainer re-seeds every rank
 deterministically from (``train.seed``, step, rank) (``trainer.train.reseed_rng``).
 
-DeepSpeed 0.19 restores a universal checkpoint's optimizer state only through ZeRO (stage >= 1): a ZeRO-0
-run (bf16's BF16_Optimizer) is refused with that reason.
+DeepSpeed 0.19 restores a universal checkpoint's optimizer state through ZeRO (stage >= 1) and through bf16's
+BF16_Optimizer at stage 0 (BLOOM-176B's setup; ``trainer.engine.load_checkpoint`` hands it the folder, which
+the engine does not): an fp32 or fp16 run at ZeRO stage 0 (a plain torch optimizer) is refused.
 
 A crash at any instant leaves the source, ``latest`` and ``run.toml`` as they were (at worst a
 ``.partial-`` directory remains, which nothing resumes from and the next reshape replaces).
@@ -119,13 +120,13 @@ def target_config(cfg: config_mod.RunConfig, target: Layout) -> config_mod.RunCo
 
 
 def refuse_unsupported(source: Source, target: Layout) -> None:
-    """One-line refusals before anything is read in bulk: the same layout, or ZeRO stage 0."""
+    """One-line refusals before anything is read in bulk: the same layout, or ZeRO stage 0 without bf16."""
     if layout_of(source.config) == target:
         raise BigopsError(f"checkpoint {source.tag} is already {target}: nothing to reshape")
-    if source.config.parallel.zero_stage < 1:
-        raise BigopsError(f"checkpoint {source.tag} was trained with ZeRO stage 0: DeepSpeed's universal loading "
-                          f"restores the optimizer only through ZeRO (parallel.zero_stage >= 1); reshape is not "
-                          f"supported for it")
+    if source.config.parallel.zero_stage < 1 and source.config.train.precision != "bf16":
+        raise BigopsError(f"checkpoint {source.tag} was trained with ZeRO stage 0 in {source.config.train.precision}: "
+                          f"DeepSpeed's universal loading restores the optimizer only through ZeRO "
+                          f"(parallel.zero_stage >= 1) or bf16's optimizer; reshape is not supported for it")
 
 
 def refuse_desynced(source: Source, run_dir: Path) -> tp_duplicates.Report:

@@ -115,6 +115,41 @@ def test_reshape_resumes_with_the_source_loss(source, uninterrupted, tmp_path, t
     assert ckpt.read_manifest(rd.checkpoint(ckpt.tag_for(BACK_STEPS)))["topology"] == {"tp": 2, "pp": 2, "dp": 1}
 
 
+BF16_RTOL = 2e-2
+"""bf16 arithmetic: another TP degree sums its matmuls in another order, in 8-bit mantissas."""
+
+
+def test_bloom_like_bf16_zero0_reshapes_with_its_optimizer_state(tmp_path):
+    """BLOOM-176B's own setup (bf16 with the BF16_Optimizer at ZeRO stage 0), TP2 x PP2 x DP1 -> TP2 x PP1 x
+    DP2: DeepSpeed's engine does not hand that optimizer the universal folder; bigops does, so the fp32
+    masters, Adam moments and step come from zero/, and the curve follows the run continued on its layout."""
+    from bigops.checkpoint import dsfiles
+
+    cfg = small_config(2, 2, precision="bf16")
+    cfg.parallel.zero_stage = 0
+    cfg.train.train_steps = SOURCE_STEPS
+    cfg.train.lr_decay_steps = MORE_STEPS
+    run = tmp_path / "run"
+    run_ranks(run, cfg, 4, timeout=900)
+    reference = tmp_path / "reference"
+    shutil.copytree(run, reference)
+    expected = {r["step"]: r for r in _continue(reference) if r["step"] > SOURCE_STEPS}
+
+    assert bigops_main(["ckpt", "reshape", str(run), "--tp", "2", "--pp", "1", "--dp", "2", "--yes"]) == 0
+    rd = RunDir(run)
+    checked = ckpt.read_manifest(rd.checkpoint(rd.latest_tag()))["universal"]["loss_check"]
+    assert checked["relative_diff"] <= FIRST_STEP_RTOL and checked["max_logit_diff"] == 0  # bf16(masters) == weights
+    records = {r["step"]: r for r in _continue(run) if r["step"] > SOURCE_STEPS}
+    assert sorted(records) == sorted(expected) == [4, 5, 6]
+    for step in records:
+        assert _rel(records[step]["loss"], expected[step]["loss"]) < BF16_RTOL, (step, records, expected)
+    saved = dsfiles.scan(rd.checkpoint(ckpt.tag_for(MORE_STEPS)), 2, 1, 2)
+    for files in saved.optim_files.values():
+        for f in files:
+            state = dsfiles.optimizer_state(dsfiles.load(f, mmap=False), f)["base_optimizer_state"]["state"]
+            assert {int(s["step"]) for s in state.values()} == {MORE_STEPS}  # Adam's step went on from 3
+
+
 def test_a_desynced_source_is_refused_with_the_surgery_to_run(source, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(source, run)

@@ -28,13 +28,16 @@ def _source(cfg) -> Source:
     return Source(run=None, tag="global_step3", path=Path("/nonexistent"), manifest={}, config=cfg, layout=None)
 
 
-def test_the_same_layout_and_zero0_are_refused_in_one_line():
+def test_the_same_layout_and_zero0_without_bf16_are_refused_in_one_line():
     with pytest.raises(BigopsError, match="already TP2 x PP2 x DP1"):
         lib.refuse_unsupported(_source(_cfg()), lib.Layout(2, 2, 1))
-    with pytest.raises(BigopsError, match="ZeRO stage 0") as err:
+    with pytest.raises(BigopsError, match="ZeRO stage 0 in fp32") as err:
         lib.refuse_unsupported(_source(_cfg(zero_stage=0)), lib.Layout(1, 2, 2))
     assert "\n" not in str(err.value)
     lib.refuse_unsupported(_source(_cfg()), lib.Layout(1, 2, 2))  # ZeRO-1 to another layout: fine
+    bloom_like = _cfg(zero_stage=0)
+    bloom_like.train.precision = "bf16"
+    lib.refuse_unsupported(_source(bloom_like), lib.Layout(1, 2, 2))  # BLOOM's ZeRO-0 + bf16 optimizer: fine
 
 
 def test_a_layout_the_model_does_not_fit_is_a_config_error():

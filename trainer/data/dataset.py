@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from trainer.data import shuffle
 from trainer.data.indexed import IndexedWriter, open_indexed, paths
 from trainer.hf_tokenizer import keep_tokenizer
 from trainer.rundir import DATA_META, atomic_write_text, tokens_name
@@ -164,8 +165,9 @@ class TokenDataset:
     ``vocab_size``: refuse a window holding an id the model has no embedding for, naming the data."""
 
     def __init__(self, tokens: np.ndarray, seq_length: int, seed: int, name: str = "the data",
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None, shuffle_cache: Path | None = None):
         self.tokens, self.name, self.vocab_size = tokens, name, vocab_size
+        self.shuffle_cache = shuffle_cache
         self.seq_length, self.seed = seq_length, seed
         self.samples_per_epoch = (self.tokens.size - 1) // seq_length
         if self.samples_per_epoch < 1:
@@ -173,10 +175,15 @@ class TokenDataset:
                             f"train.seq_length={seq_length}")
         self._epoch, self._perm = -1, None
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """The epoch's order: shared through ``shuffle_cache`` for a large dataset (trainer/data/shuffle.py)."""
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.samples_per_epoch, generator=gen)
+            n = self.samples_per_epoch
+            if self.shuffle_cache is not None and n >= shuffle.CACHE_MIN_SAMPLES:
+                order = shuffle.shared_permutation(self.shuffle_cache, self.name, n, self.seed, epoch)
+            else:
+                order = shuffle.permutation(n, self.seed, epoch)
+            self._epoch, self._perm = epoch, order
         return self._perm
 
     def __call__(self, position: int) -> torch.Tensor:

@@ -101,7 +101,8 @@ def _check_indexed(run: RunDir, cfg: RunConfig, blend: list[tuple[float, str]]) 
     return facts
 
 
-def split_source(data: IndexedDataset, split: str, cfg: RunConfig, seed: int) -> dataset.TokenDataset:
+def split_source(data: IndexedDataset, split: str, cfg: RunConfig, seed: int,
+                 shuffle_cache: Path | None = None) -> dataset.TokenDataset:
     """The train or valid part of an indexed dataset: the last ``1 / data.valid_every`` of its documents (at
     least one) are the validation split, the rest the training split, as Megatron's contiguous ``--split``."""
     if data.documents < 2:
@@ -111,7 +112,7 @@ def split_source(data: IndexedDataset, split: str, cfg: RunConfig, seed: int) ->
     boundary = int(data.document_starts[data.documents - held_out])
     tokens = data.tokens[:boundary] if split == "train" else data.tokens[boundary:]
     return dataset.TokenDataset(tokens, cfg.train.seq_length, seed, name=f"{data.prefix} ({split} split)",
-                                vocab_size=cfg.model.vocab_size)
+                                vocab_size=cfg.model.vocab_size, shuffle_cache=shuffle_cache)
 
 
 def sample_source(run: RunDir, cfg: RunConfig, split: str = "train") -> Callable[[int], torch.Tensor]:
@@ -123,10 +124,12 @@ def sample_source(run: RunDir, cfg: RunConfig, split: str = "train") -> Callable
     blend = indexed_blend(cfg)
     if blend is not None:
         # Each dataset its own shuffle: seeds apart by the dataset's place in the blend.
-        sources = [split_source(_open(prefix), split, cfg, seed * 1_000 + k) for k, (_, prefix) in enumerate(blend)]
+        sources = [split_source(_open(prefix), split, cfg, seed * 1_000 + k, data_dir(run))
+                   for k, (_, prefix) in enumerate(blend)]
         return blended(sources, [weight for weight, _ in blend])
     meta = dataset.read_meta(data_dir(run))
     if meta is None:
         raise dataset.DataError(f"{data_dir(run)} is not prepared (no {dataset.META})")
     tokens = dataset.open_tokens(run.tokens(split), meta["dtype"])
-    return dataset.TokenDataset(tokens, seq, seed, name=str(run.tokens(split)), vocab_size=cfg.model.vocab_size)
+    return dataset.TokenDataset(tokens, seq, seed, name=str(run.tokens(split)), vocab_size=cfg.model.vocab_size,
+                                shuffle_cache=data_dir(run))

@@ -92,7 +92,8 @@ class RunDir:
 
     @property
     def data(self) -> Path:
-        """tokenizer.json, train.bin / valid.bin (memory-mapped token ids), meta.json."""
+        """tokenizer.json, train.bin / valid.bin (memory-mapped token ids), meta.json; ``shuffle-*.npy``: a large
+        dataset's epoch order, shared by the ranks (trainer/data/shuffle.py)."""
         return self.root / DATA
 
     @property

@@ -234,6 +234,9 @@ ALERTS: list[Alert] = [
              "The run's SLURM chain has no job left."),
     mirrored("ChainStopped", "critical", "Run {{ $labels.run }}: the SLURM chain is held",
              "A job failed in a way a restart cannot fix and the watchdog held the chain."),
+    mirrored("ChainNodesShort", "critical", "Run {{ $labels.run }}: fewer usable SLURM nodes than a job needs",
+             "The partition has fewer usable nodes than slurm.nodes and no job runs: the queued jobs would wait "
+             "forever."),
     mirrored("LossSpike", "critical", "Loss spike on run {{ $labels.run }}",
              "The training loss jumped far above its recent median and stayed there."),
     mirrored("TrainingHang", "critical", "Run {{ $labels.run }} hangs",

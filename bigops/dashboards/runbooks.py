@@ -130,6 +130,19 @@ PAGES: dict[str, Page] = {
         "layout (or `bigops launch` on it, which offers the reshape).",
         "Reshaped and restarted; run.toml's previous layout is kept beside it (run.toml.before-<tag>).",
         ("GpuMissing", "GpuXid")),
+    "WatchdogChainShrink": Page(
+        "A node of the SLURM chain died (or was excluded for its GPUs), the partition has no spare and "
+        "`watchdog.on_node_lost = \"shrink\"`: the chain keeper cancelled the pending jobs, reshaped the newest "
+        "checkpoint to fewer data-parallel replicas through DeepSpeed's universal checkpoint (a new "
+        "`universal-<tag>`; the source kept), set `slurm.nodes` and `parallel.dp` in run.toml, rendered the job "
+        "script anew and resubmitted the queue on the nodes left.",
+        "Fewer nodes: each step takes longer (the same global batch, more gradient accumulation); the loss "
+        "curve continues (consumed samples and the LR schedule carry over).",
+        (ACTIONS, "bigops chain status RUN", "grep -B2 -A4 'nodes' RUN/run.toml", "head -30 RUN/slurm/job.sbatch"),
+        "When nodes are back: `bigops chain hold RUN`, let the running job end, `bigops ckpt reshape RUN --tp T "
+        "--pp P --dp D` to the full layout, then relaunch the chain with `--set slurm.nodes=N`.",
+        "Reshaped and resubmitted; run.toml's previous version is kept beside it (run.toml.before-<tag>).",
+        ("ChainNodesShort", "ChainJobFailed")),
     "WatchdogKill": Page(
         "The supervisor killed the ranks (a hang, or a loss spike it will roll back).",
         "Training stops until the restart or rollback that follows.",
@@ -160,6 +173,14 @@ PAGES: dict[str, Page] = {
         ("bigops chain status RUN", "bigops ckpt verify RUN", "tail -50 <the job's log>"),
         "Fix the configuration or the checkpoint (point `latest` at a good tag), then `bigops chain release RUN`.",
         "Held the chain's queued jobs (`bigops chain release RUN` undoes it)."),
+    "ChainNodesShort": Page(
+        "The chain's partition has fewer usable nodes (up, responding, not excluded) than each job asks for "
+        "(`slurm.nodes`), and no job runs: the queued jobs wait for nodes that are not there.",
+        "Training stops until nodes come back or the run goes on with fewer.",
+        ("bigops chain status RUN", "sinfo --Node", ACTIONS),
+        "Bring the nodes back, or go on with fewer: the finding names the reshape and the node count; with "
+        "`watchdog.on_node_lost = \"shrink\"` the watchdog does it itself (see WatchdogChainShrink).",
+        "Nothing, unless `watchdog.on_node_lost = \"shrink\"`.", ("WatchdogChainShrink", "ChainJobFailed")),
     "ChainJobFailed": Page(
         "A job of the chain crashed (or vanished: scancel, node failure); the next job resumes from the last "
         "checkpoint.",

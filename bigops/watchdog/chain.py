@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import time
 
-from bigops.watchdog.decide import CHAIN_KINDS, ChainExclude, ChainHold, ChainTopUp, ChainView, Policy, Restart, \
-    decide
+from bigops.watchdog.decide import CHAIN_KINDS, ChainExclude, ChainHold, ChainShrink, ChainTopUp, ChainView, \
+    NotifyOnly, Policy, Restart, decide
 from bigops.watchdog.findings import Finding
 from trainer import exitcodes
 
@@ -75,17 +75,29 @@ def _keep(run, state, now, dry_run, findings_so_far, runner):
     from bigops.watchdog.executor import Executor
     executor = Executor(run, state, runner=p.runner)
     policy = Policy.of(cfg)
-    p.finish_holds(executor)
+    if p.finish_holds(executor):
+        p.chain.save(local)
+        p.facts.update(calls=p.calls())
+        return p.findings, p.facts
     records = chain_mod.job_records(local, str(run.root))
     for job_id, step, code, why, verdict in p.new_ends(records, jobs):
         p.handle_end(job_id, step, code, why, verdict, executor, policy)
     if state.restarts:
         state.save()
     live = [j for j in jobs if j.pending or j.running]
-    p.upkeep(live, records, executor, policy, findings_so_far, cfg.slurm.min_queued)
-    chain.save(local)
+    p.upkeep(live, records, executor, policy, findings_so_far, cfg)
+    p.chain.save(local)
     p.facts.update(calls=p.calls(), queued=len(live), done=k.get("done"), held=bool(k.get("held")))
     return p.findings, p.facts
+
+
+def _ranks_per_node(cfg) -> int:
+    from launcher.slurm import render
+    from trainer.config import ConfigError
+    try:
+        return render.ranks_per_node(cfg)
+    except ConfigError:
+        return 0
 
 
 def _load_chain(chain_mod, local, run):
@@ -157,15 +169,27 @@ class _Pass:
         self.k.pop("next_poll", None)
         return jobs
 
-    def finish_holds(self, executor) -> None:
-        """Finish a hold SLURM refused earlier (or that we died in) from the journal."""
+    def finish_holds(self, executor) -> bool:
+        """Finish a hold or a shrink SLURM refused earlier (or that we died in) from the journal. True when a
+        shrink was finished: the queue this pass polled is not the queue any more."""
         from launcher.slurm.runner import CommandError
+        shrunk = False
         for intent in executor.journal.in_flight():
-            if intent["action"] == "chain-hold" and not self.dry_run:
+            if intent["action"] in ("chain-hold", "chain-shrink") and not self.dry_run:
                 try:
-                    executor.finish(intent)
+                    line = executor.finish(intent)
                 except CommandError as exc:
-                    self.facts["actions"].append(f"[WARNING] chain hold failed: {exc}")
+                    self.facts["actions"].append(f"[WARNING] {intent['action']} failed: {exc}")
+                    continue
+                if intent["action"] == "chain-shrink":
+                    shrunk = True
+                    loaded = self.chain_mod.Chain.load(self.local, str(self.run.root))
+                    if loaded is not None:
+                        loaded.keeper = self.k
+                        self.chain = loaded
+                    if line:
+                        self.facts["actions"].append(line)
+        return shrunk
 
     def new_ends(self, records: dict, jobs):
         """Jobs that left the queue and were not classified before, oldest first: each is entered in ``seen``
@@ -224,17 +248,29 @@ class _Pass:
                 self.facts["actions"].append(f"[WARNING] chain hold failed: {exc}")
         self.facts["actions"].append(f"[CRITICAL] watchdog chain: held {self.chain.name} after job {job_id}")
 
-    def upkeep(self, live, records, executor, policy, findings_so_far, min_queued) -> None:
-        """The queue's upkeep that :func:`decide` asks for: exclude bad hosts, report an empty chain, top the
-        queue up to ``min_queued``, and cancel what is still pending once the chain is done."""
+    def upkeep(self, live, records, executor, policy, findings_so_far, cfg) -> None:
+        """The queue's upkeep that :func:`decide` asks for: exclude bad hosts, shrink onto the nodes left (or
+        say the jobs cannot run), report an empty chain, top the queue up to ``slurm.min_queued``, and cancel
+        what is still pending once the chain is done."""
         from bigops.watchdog.executor import incidents_of, view_for
         k = self.k
+        min_queued = cfg.slurm.min_queued
+        running = sum(1 for j in live if j.running)
         view = ChainView(live=len(live), held=bool(k.get("held")), done=bool(k.get("done")),
-                         exclude=tuple(self.chain.exclude))
+                         exclude=tuple(self.chain.exclude), running=running, nodes=cfg.slurm.nodes,
+                         usable_nodes=None if running or k.get("done") else self.usable(cfg),
+                         ranks_per_node=_ranks_per_node(cfg))
         upkeep = decide(incidents_of({}, findings_so_far, self.now),
                         view_for(self.run, self.state, executor.journal, [], self.now, chain=view),
                         policy, kinds=CHAIN_KINDS)
         self.exclude([h for a in upkeep if isinstance(a, ChainExclude) for h in a.hosts])
+        for note in (a for a in upkeep if isinstance(a, NotifyOnly)):
+            self.findings.append(Finding("ChainNodesShort", "critical", note.reason,
+                                         key=f"ChainNodesShort:{cfg.slurm.nodes}:{view.usable_nodes}"))
+        shrink = next((a for a in upkeep if isinstance(a, ChainShrink)), None)
+        if shrink is not None:
+            self.shrink(shrink, executor)
+            return
         if not k.get("done") and not live:
             last = max(records, key=lambda j: records[j].get("start", 0), default="none")
             self.findings.append(Finding("ChainEmpty", "critical", f"{self.chain.name}: neither running nor queued "
@@ -248,6 +284,51 @@ class _Pass:
                 self.chain_mod.cancel(self.runner, self.chain, pending_only=True)
             except CommandError:
                 pass
+
+    def usable(self, cfg) -> int | None:
+        """Usable nodes for the chain's next job (``sinfo``), None when SLURM does not answer or lists no node
+        at all (a partition it does not know: nothing to conclude from)."""
+        from launcher.slurm.runner import CommandError
+        try:
+            listed, usable = self.chain_mod.usable_nodes(self.runner, self.chain, cfg.slurm.partition)
+        except CommandError:
+            return None
+        return len(usable) if listed else None
+
+    def shrink(self, action: ChainShrink, executor) -> None:
+        """Carry out a :class:`ChainShrink` once per (source checkpoint, node count), journaled: cancel the pending
+        jobs, reshape, switch run.toml / latest / the script, resubmit. Only where the run directory is (the
+        reshape reads and writes it) and once the dead job's ranks are gone."""
+        from bigops.checkpoint.surgery import running_ranks
+        from bigops.watchdog.journal import intent_id
+        from launcher.slurm.runner import CommandError
+        from trainer import checkpoint as ckpt
+        if self.chain.host:
+            self.findings.append(Finding("ChainNodesShort", "critical", f"{action.reason}: not done, the watchdog "
+                                         f"runs away from the run directory (over SSH); run it on the cluster",
+                                         key=f"ChainNodesShort:{action.nodes}"))
+            return
+        if running_ranks(self.run) or self.dry_run:
+            self.facts["actions"].append(f"{'dry-run: would' if self.dry_run else 'waiting for the ranks to go, then'}"
+                                         f" shrink: {action.reason}")
+            return
+        found = ckpt.find_resumable(self.run, hashes=False) if self.run.latest.exists() else None
+        if found is None:
+            self.findings.append(Finding("ChainNodesShort", "critical", f"{action.reason}: no checkpoint to "
+                                         f"reshape", key=f"ChainNodesShort:{action.nodes}"))
+            return
+        try:
+            line = executor.execute(action, iid=intent_id("chain-shrink", f"{found.tag}:{action.nodes}"),
+                                    source_tag=found.tag)
+        except CommandError as exc:  # SLURM refused: the journal finishes the rest at a later pass
+            self.facts["actions"].append(f"[WARNING] chain shrink interrupted: {exc}")
+            line = None
+        loaded = self.chain_mod.Chain.load(self.local, str(self.run.root))
+        if loaded is not None:  # the executor rewrote options and submitted jobs: keep them, and our keeper notes
+            loaded.keeper = self.k
+            self.chain = loaded
+        if line:
+            self.facts["actions"].append(line)
 
     def exclude(self, bad: list[str]) -> None:
         """Keep the given hosts out of the chain's next jobs."""

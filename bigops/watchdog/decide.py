@@ -27,6 +27,10 @@ Rules:
 - ``ChainJobCrashed`` (keeper: a SLURM job of the chain crashed): counted once as a restart, within the
   budget, else the chain is held; ``ChainJobFatal``: hold. Critical GPU incidents (``BAD_NODE_KINDS``) of a
   chained run exclude their host; fewer than ``min_queued`` live jobs: top up (never while held or done).
+  Fewer usable nodes in the partition than ``slurm.nodes`` with no job running (``ChainView.usable_nodes``):
+  ``on_node_lost = "shrink"``: :class:`ChainShrink` to the most nodes left whose ranks make whole replicas
+  dividing the batch (``chain_shrink_target``), instead of a top-up; otherwise notify, naming the reshape
+  and the node count to relaunch with.
 """
 
 from __future__ import annotations
@@ -147,7 +151,20 @@ class ChainExclude:
     name = "chain-exclude"
 
 
-Action = Restart | Rollback | Sync | Shrink | Kill | Ask | GiveUp | NotifyOnly | ChainHold | ChainTopUp | ChainExclude
+@dataclass(frozen=True)
+class ChainShrink:
+    """The chain's next jobs on fewer nodes: the usable nodes of its partition are fewer than ``slurm.nodes``
+    (a node died, or was excluded for its GPUs) and no job runs. Reshape the newest checkpoint to ``target``
+    (fewer data-parallel replicas), then resubmit the pending jobs on ``nodes``."""
+    reason: str
+    nodes: int
+    target: tuple[int, int, int]
+    incident: str | None = None
+    name = "chain-shrink"
+
+
+Action = (Restart | Rollback | Sync | Shrink | Kill | Ask | GiveUp | NotifyOnly | ChainHold | ChainTopUp | ChainExclude
+          | ChainShrink)
 
 
 # ------------------------------------------------------------------------------------------- the inputs
@@ -197,6 +214,13 @@ class ChainView:
     held: bool = False
     done: bool = False
     exclude: tuple[str, ...] = ()
+    running: int = 0
+    """Jobs of the chain running now (a shrink waits for none)."""
+    nodes: int = 0
+    """``slurm.nodes``: what each job asks for."""
+    usable_nodes: int | None = None
+    """Nodes of the partition that are up and not excluded (``sinfo``); None when not asked (no shrink)."""
+    ranks_per_node: int = 0
 
 
 @dataclass(frozen=True)
@@ -378,6 +402,39 @@ def plan_rollback(iid, reason: str, spike_step: int, view: StateView, policy: Po
                     batches, len(earlier) + 1)
 
 
+def chain_shrink_target(layout: tuple[int, int, int], nodes: int, usable: int, ranks_per_node: int,
+                        global_batch_size: int, micro_batch_size: int) -> tuple[int, tuple[int, int, int]] | str:
+    """(nodes, (tp, pp, dp)): the most nodes, at most ``usable`` and fewer than ``nodes``, whose ranks make
+    whole data-parallel replicas that divide the global batch into micro-batches; or why there are none."""
+    tp, pp, _ = layout
+    for count in range(min(usable, nodes - 1), 0, -1):
+        world = count * ranks_per_node
+        if world % (tp * pp) == 0 and global_batch_size % (micro_batch_size * (world // (tp * pp))) == 0:
+            return count, (tp, pp, world // (tp * pp))
+    if usable < 1:
+        return "no usable node left in the partition"
+    return (f"{usable} usable node(s) x {ranks_per_node} ranks hold no whole replica of tp x pp = {tp * pp} that "
+            f"divides train.global_batch_size={global_batch_size} into micro-batches")
+
+
+def _chain_nodes_short(chain: ChainView, policy: Policy) -> list[Action]:
+    """Fewer usable nodes than each job needs, nothing running: the jobs would wait forever. Shrink (with
+    ``on_node_lost = "shrink"``), or say so and what to run."""
+    if chain.usable_nodes is None or chain.usable_nodes >= chain.nodes or chain.running or not chain.ranks_per_node:
+        return []
+    short = f"{chain.usable_nodes} usable node(s) in the partition, each job needs slurm.nodes={chain.nodes}"
+    target = chain_shrink_target(policy.layout, chain.nodes, chain.usable_nodes, chain.ranks_per_node,
+                                 policy.global_batch_size, policy.micro_batch_size)
+    if isinstance(target, str):
+        return [NotifyOnly(None, f"{short}; cannot shrink: {target}")]
+    nodes, (tp, pp, dp) = target
+    if policy.on_node_lost != "shrink":
+        return [NotifyOnly(None, f"{short}: the jobs wait; to go on with {nodes} node(s) stop the chain, "
+                                 f"`bigops ckpt reshape RUN --tp {tp} --pp {pp} --dp {dp}` and relaunch with "
+                                 f"--set slurm.nodes={nodes} (or watchdog.on_node_lost=shrink does it)")]
+    return [ChainShrink(f"{short}: shrink to {nodes} node(s), TP{tp} x PP{pp} x DP{dp}", nodes, (tp, pp, dp))]
+
+
 def _chain_upkeep(incidents: list[dict], view: StateView, policy: Policy, so_far: list[Action]) -> list[Action]:
     chain = view.chain
     if chain.done:
@@ -390,6 +447,10 @@ def _chain_upkeep(incidents: list[dict], view: StateView, policy: Policy, so_far
     if bad:
         out.append(ChainExclude(bad, "critical GPU findings on " + ", ".join(bad)))
     held = chain.held or any(isinstance(a, ChainHold) for a in so_far)
+    short = [] if held else _chain_nodes_short(chain, policy)
+    out += short
+    if any(isinstance(a, ChainShrink) for a in short):
+        return out  # the shrink resubmits the queue itself
     if not held and chain.live < policy.min_queued:
         out.append(ChainTopUp(policy.min_queued - chain.live, f"keep {policy.min_queued} queued"))
     return out

@@ -40,7 +40,7 @@ from typing import Callable
 from bigops.checkpoint import rollback as rb
 from bigops.watchdog import approvals
 from bigops.watchdog.actions import announce_pending, find_event, record_action, request_layernorm_sync
-from bigops.watchdog.decide import Ask, ChainHold, Checkpoint, GiveUp, NotifyOnly, Policy, Restart, \
+from bigops.watchdog.decide import Ask, ChainHold, ChainShrink, Checkpoint, GiveUp, NotifyOnly, Policy, Restart, \
     Rollback, Shrink, StateView, Sync, decide
 from bigops.watchdog.journal import DONE, Journal, intent_id
 from trainer.rundir import RELATIVE, RunDir
@@ -125,6 +125,8 @@ def _params(action, extra: dict) -> dict:
         p = {"outcome": action.outcome}
     elif isinstance(action, ChainHold):
         p = {"job_id": action.job_id}
+    elif isinstance(action, ChainShrink):
+        p = {"nodes": action.nodes, "target": list(action.target)}
     elif isinstance(action, Prune):
         p = {"remove": list(action.remove)}
     else:
@@ -209,13 +211,8 @@ def _outcome(ex: Executor, intent: dict) -> str:
         return f"relaunching from checkpoint step {p['from_step']}" + (f" ({p['policy']})" if p.get("policy") else "")
     if action == "kill":
         return p.get("outcome", "killed the ranks")
-    if action == "shrink":
-        tp, pp, dp = p["target"]
-        done = intent["steps"].get("convert", {})
-        if done.get("failed"):
-            return f"could not reshape {p.get('source_tag')}: {done['failed']}"
-        return (f"reshaped {p.get('source_tag')} into {done.get('new_tag')} (TP{tp} x PP{pp} x DP{dp}); run.toml "
-                f"and latest follow it: the restart runs {tp * pp * dp} rank(s)" + approved)
+    if action in ("shrink", "chain-shrink"):
+        return _shrink_outcome(intent) + approved
     if action == "sync-layernorm":
         done = intent["steps"].get("request", {})
         if done.get("skipped"):
@@ -234,6 +231,22 @@ def _outcome(ex: Executor, intent: dict) -> str:
     return "done"
 
 
+def _shrink_outcome(intent: dict) -> str:
+    """What a (chain-)shrink did: the new tag and layout, and for a chain the jobs it replaced."""
+    p, steps = intent["params"], intent["steps"]
+    tp, pp, dp = p["target"]
+    done = steps.get("convert", {})
+    chain = intent["action"] == "chain-shrink"
+    if done.get("failed"):
+        return f"could not reshape {p.get('source_tag')}: {done['failed']}" + ("; no job is queued" if chain else "")
+    head = f"reshaped {p.get('source_tag')} into {done.get('new_tag')} (TP{tp} x PP{pp} x DP{dp})"
+    if not chain:
+        return f"{head}; run.toml and latest follow it: the restart runs {tp * pp * dp} rank(s)"
+    return (f"{head}; run.toml, latest and the job script follow it; cancelled "
+            f"{steps.get('cancel', {}).get('cancelled', [])}, submitted {steps.get('resubmit', {}).get('submitted', [])}"
+            f" on {p['nodes']} node(s)")
+
+
 # ------------------------------------------------------------------------------------------- steps
 def _record(ex: Executor, intent: dict, resumed: bool) -> dict:
     if resumed:
@@ -242,8 +255,9 @@ def _record(ex: Executor, intent: dict, resumed: bool) -> dict:
             return {"line": line}
     p = intent["params"]
     action = intent["action"]
-    severity = p.get("severity") or {"rollback": "critical", "shrink": "critical", "give-up": "critical", "chain-hold": "critical",
-                "kill": p.get("severity", "critical"), "prune": "info"}.get(action, "warning")
+    severity = p.get("severity") or {"rollback": "critical", "shrink": "critical", "chain-shrink": "critical",
+                                     "give-up": "critical", "chain-hold": "critical",
+                                     "kill": p.get("severity", "critical"), "prune": "info"}.get(action, "warning")
     runbook = "runbooks/RestartBudgetExhausted.md" if action == "give-up" else None
     details = {k: p[k] for k in ("pending_id", "key", "checkpoint_step", "job_id", "unusable") if p.get(k) is not None}
     if action == "rollback":
@@ -378,6 +392,67 @@ def _chain_hold(ex: Executor, intent: dict, resumed: bool) -> dict:
     return {"held": chain_mod.hold(ex.runner or _runner_for(chain), chain)}
 
 
+def _local_chain(ex: Executor):
+    from launcher.slurm import chain as chain_mod
+    from launcher.slurm.runner import LocalRunner
+    return chain_mod, LocalRunner(), chain_mod.Chain.load(LocalRunner(), str(ex.run.root))
+
+
+def _chain_runner(ex: Executor, chain):
+    from bigops.watchdog.chain import _runner_for
+    return ex.runner or _runner_for(chain)
+
+
+def _chain_cancel(ex: Executor, intent: dict, resumed: bool) -> dict:
+    """The pending jobs go: they were submitted with the old script and node count."""
+    chain_mod, _, chain = _local_chain(ex)
+    return {"cancelled": chain_mod.cancel(_chain_runner(ex, chain), chain, pending_only=True) if chain else []}
+
+
+def _chain_shrink_switch(ex: Executor, intent: dict, resumed: bool) -> dict:
+    """run.toml on the target layout and node count (the previous file kept), ``latest`` -> the new tag, the
+    job script and the chain's sbatch options rendered anew from it."""
+    import shutil
+
+    from bigops.checkpoint import reshape
+    from launcher.slurm import render
+    from trainer import config as config_mod
+    from trainer.rundir import atomic_write_text, load_run_config
+    p = intent["params"]
+    converted = intent["steps"]["convert"]
+    if converted.get("failed"):
+        return {"skipped": "nothing converted"}
+    cfg = load_run_config(ex.run)
+    cfg.slurm.nodes = p["nodes"]
+    cfg = reshape.target_config(cfg, reshape.Layout(*p["target"]))
+    before = ex.run.run_toml_before(converted["new_tag"])
+    if not before.exists():
+        shutil.copy2(ex.run.run_toml, before)
+    atomic_write_text(ex.run.run_toml, config_mod.dumps_toml(cfg))
+    atomic_write_text(ex.run.latest, converted["new_tag"] + "\n")
+    _, local, chain = _local_chain(ex)
+    local.write_text(chain.script, render.render_script(cfg, chain.run_dir, job_name=chain.name,
+                                                        workdir=cfg.slurm.workdir), mode=0o755)
+    chain.options = render.sbatch_options(cfg, chain.run_dir, chain.name)
+    chain.save(local)
+    return {}
+
+
+def _chain_resubmit(ex: Executor, intent: dict, resumed: bool) -> dict:
+    """As many jobs as were cancelled (at least ``slurm.min_queued``), on the new node count: those a crash
+    of this step already submitted (pending now) count, so none is submitted twice."""
+    from trainer.rundir import load_run_config
+    if intent["steps"]["convert"].get("failed"):
+        return {"skipped": "nothing converted"}
+    chain_mod, local, chain = _local_chain(ex)
+    runner = _chain_runner(ex, chain)
+    wanted = max(len(intent["steps"]["cancel"].get("cancelled", [])), load_run_config(ex.run).slurm.min_queued)
+    already = [j.job_id for j in chain_mod.queue(runner, chain) if j.pending] if resumed else []
+    submitted = chain_mod.submit(runner, chain, wanted - len(already)) if wanted > len(already) else []
+    chain.save(local)
+    return {"submitted": [*already, *submitted]}
+
+
 def _prune_remove(ex: Executor, intent: dict, resumed: bool) -> dict:
     from bigops.checkpoint.inventory import DELETING, scan
     from bigops.checkpoint.prune import Plan, apply_prune
@@ -420,6 +495,8 @@ STEPS: dict[str, list[tuple[str, Callable]]] = {
     "shrink": [("convert", _shrink_convert), ("switch", _shrink_switch), ("record", _record)],
     "sync-layernorm": [("request", _sync_request), ("record", _record)],
     "chain-hold": [("hold", _chain_hold), ("record", _record)],
+    "chain-shrink": [("cancel", _chain_cancel), ("convert", _shrink_convert), ("switch", _chain_shrink_switch),
+                     ("resubmit", _chain_resubmit), ("record", _record)],
     "prune": [("remove", _prune_remove), ("record", _record)],
     "give-up": [("record", _record)],
     "ask": [("ask", _ask), ("announce", _announce)],

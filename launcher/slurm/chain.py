@@ -135,6 +135,32 @@ def cancel(runner, chain: Chain, pending_only: bool = False) -> list[str]:
     return ids
 
 
+USABLE_STATES = frozenset({"idle", "mix", "alloc", "comp", "plnd", "resv", "boot", "pow_up"})
+"""``sinfo --format=%t`` states of a node a job can still get (down, drain, fail, maint, ... cannot)."""
+
+
+def usable_from_sinfo(text: str, exclude: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The usable nodes in ``sinfo --noheader --Node --format=%N|%t`` output: in a usable state, responding
+    (no ``*`` suffix), and not excluded by the chain; each node once (it is listed once per partition)."""
+    usable = set()
+    for line in text.splitlines():
+        name, _, state = line.strip().partition("|")
+        state = state.strip()
+        if not name or state.endswith("*"):
+            continue
+        if state.rstrip("~#!%$@^-+") in USABLE_STATES and name not in exclude:
+            usable.add(name)
+    return sorted(usable)
+
+
+def usable_nodes(runner, chain: Chain, partition: str = "", timeout: float = 30.0) -> tuple[int, list[str]]:
+    """(nodes listed, the ones this chain's next job can run on) of ``partition`` (default: SLURM's default)."""
+    argv = ["sinfo", "--noheader", "--Node", "--format=%N|%t", *([f"--partition={partition}"] if partition else [])]
+    text = _check(runner.run(argv, timeout=timeout), "sinfo").stdout
+    listed = len({line.split("|")[0] for line in text.splitlines() if line.strip()})
+    return listed, usable_from_sinfo(text, chain.exclude)
+
+
 def exclude_nodes(runner, chain: Chain, nodes: list[str]) -> list[str]:
     """Never use ``nodes`` again in this chain: the pending jobs are updated, later ones submitted without them."""
     added = [n for n in nodes if n and n not in chain.exclude]

@@ -46,12 +46,21 @@ def _binary(name: str) -> str:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path):
+    """munged + slurmctld + ``nodes`` slurmd on 127.0.0.1, stopped by PID. Two nodes are two slurmd on this host
+    (SLURM's multiple-slurmd mode, each ``-N name`` on its own port), named by the two names this host resolves
+    for itself (its hostname and ``localhost``): a job's first node name is its rendezvous address."""
+
+    def __init__(self, root: Path, nodes: int = 1):
         self.root = root
+        self.nodes = nodes
         self.conf = root / "slurm.conf"
         self.munge_socket = root / "munge" / "munge.socket"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
-        self.pid_files = [root / "slurmd.pid", root / "slurmctld.pid", root / "munge" / "munged.pid"]
+        if nodes > 2 or (nodes == 2 and socket.gethostname() == "localhost"):
+            raise ValueError("a test cluster has one node, or two named by this host's two names")
+        self.node_names = [socket.gethostname(), "localhost"][:nodes]
+        slurmd_pids = [root / "slurmd.pid"] if nodes == 1 else [root / f"slurmd-{n}.pid" for n in self.node_names]
+        self.pid_files = [*slurmd_pids, root / "slurmctld.pid", root / "munge" / "munged.pid"]
 
     def write_config(self) -> None:
         root = self.root
@@ -62,6 +71,12 @@ class SlurmCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
         host = socket.gethostname()
+        per_node = "-%n" if self.nodes > 1 else ""
+        if self.nodes == 1:
+            node_lines = f"NodeName={host} NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN"
+        else:
+            node_lines = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} CPUs=4 "
+                                   f"State=UNKNOWN" for n in self.node_names)
         self.conf.write_text(f"""ClusterName=bigops
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={free_port()}
@@ -72,11 +87,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.munge_socket},cred_expire=10
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool{per_node}
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd{per_node}.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
+SlurmdLogFile={root}/log/slurmd{per_node}.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -91,10 +106,9 @@ OverTimeLimit=0
 MinJobAge=300
 ReturnToService=2
 MpiDefault=none
-NodeName={host} NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName=debug Nodes={",".join(self.node_names)} Default=YES MaxTime=INFINITE State=UP
 """)
-        self.node = host
 
     def start(self) -> "SlurmCluster":
         require(BINARIES, PACKAGES)
@@ -104,11 +118,13 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
                         f"--pid-file={root}/munge/munged.pid", f"--log-file={root}/munge/munged.log",
                         f"--seed-file={root}/munge/munged.seed", "--force"], check=True, env=self.env)
         subprocess.run([_binary("slurmctld"), "-c", "-i"], check=True, env=self.env)
-        subprocess.run([_binary("slurmd"), "-c"], check=True, env=self.env)
+        for name in self.node_names:
+            subprocess.run([_binary("slurmd"), "-c", *(["-N", name] if self.nodes > 1 else [])], check=True,
+                           env=self.env)
         deadline = time.time() + 30
         while time.time() < deadline:
             out = self.run("sinfo", "--noheader", "--format=%T").stdout.strip()
-            if out in ("idle",):
+            if out and set(out.split()) == {"idle"}:
                 for pid_file in self.pid_files:  # live across the module's tests: stop() stops them
                     try:
                         procguard.own(int(pid_file.read_text().strip()))
@@ -116,7 +132,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
                         pass
                 return self
             time.sleep(0.2)
-        raise AssertionError(f"SLURM node not idle after 30 s (sinfo: {out!r}); see {root}/log")
+        raise AssertionError(f"SLURM nodes not idle after 30 s (sinfo: {out!r}); see {root}/log")
 
     def run(self, *args, check: bool = False) -> subprocess.CompletedProcess:
         return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=self.env, timeout=60,

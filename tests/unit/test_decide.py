@@ -131,3 +131,36 @@ def test_a_lost_gpu_shrinks_the_data_parallel_replicas_when_asked_to():
     assert isinstance(gave_up, GiveUp) and "3 device(s) left" in gave_up.outcome
     assert decide(lost, view(), shrink) == []  # a caller that does not place ranks (the chain keeper): no shrink
     assert decide([inc("GpuMissing", severity="warning")], view(lost_devices=1), shrink) == []
+
+
+def test_a_chain_short_of_nodes_shrinks_to_whole_replicas_or_says_what_to_run():
+    from bigops.watchdog.decide import ChainShrink, chain_shrink_target
+
+    # BLOOM: 48 nodes x 8 GPUs, TP4 x PP12 = one replica per 6 nodes; two nodes dead leave 46
+    # (DP7, 6 and 5 do not divide the 2048 samples into micro-batches of 2: DP4 on 24 nodes)
+    assert chain_shrink_target((4, 12, 8), 48, 46, 8, 2048, 2) == (24, (4, 12, 4))
+    assert chain_shrink_target((2, 1, 2), 2, 1, 2, 8, 2) == (1, (2, 1, 1))
+    assert "no whole replica" in chain_shrink_target((4, 2, 1), 2, 1, 4, 8, 2)
+    assert "no usable node" in chain_shrink_target((2, 1, 2), 2, 0, 2, 8, 2)
+
+    short = ChainView(live=1, nodes=2, usable_nodes=1, ranks_per_node=2)
+    shrink = Policy(on_node_lost="shrink", layout=(2, 1, 2), global_batch_size=8, micro_batch_size=2, min_queued=2)
+    (action,) = decide([], view(chain=short), shrink)
+    assert isinstance(action, ChainShrink) and (action.nodes, action.target) == (1, (2, 1, 1))  # no top-up too
+    notify = decide([], view(chain=short), Policy(layout=(2, 1, 2), global_batch_size=8, micro_batch_size=2))
+    assert isinstance(notify[0], NotifyOnly) and "bigops ckpt reshape RUN --tp 2 --pp 1 --dp 1" in notify[0].reason
+    assert "--set slurm.nodes=1" in notify[0].reason
+    running = ChainView(live=1, running=1, nodes=2, usable_nodes=1, ranks_per_node=2)
+    assert not any(isinstance(a, ChainShrink) for a in decide([], view(chain=running), shrink))  # wait for it
+    enough = ChainView(live=2, nodes=2, usable_nodes=2, ranks_per_node=2)
+    assert decide([], view(chain=enough), shrink) == []
+    held = ChainView(live=0, held=True, nodes=2, usable_nodes=1, ranks_per_node=2)
+    assert decide([], view(chain=held), shrink) == []  # a held chain is a person's: nothing moves
+
+
+def test_sinfo_states_say_which_nodes_a_job_can_get():
+    from launcher.slurm.chain import usable_from_sinfo
+
+    text = "n1|idle\nn2|down*\nn3|mix\nn3|mix\nn4|drain\nn5|alloc\nn6|idle*\nn7|comp\nn8|idle~\n"
+    assert usable_from_sinfo(text) == ["n1", "n3", "n5", "n7", "n8"]
+    assert usable_from_sinfo(text, exclude=["n3"]) == ["n1", "n5", "n7", "n8"]

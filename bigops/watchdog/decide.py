@@ -36,7 +36,7 @@ from typing import Any
 
 from bigops.watchdog.policy import decide_restart
 from trainer.config import SlurmConfig, WatchdogConfig
-from trainer.data.schedule import advance  # noqa: F401  (re-exported: tests and callers use decide.advance)
+from trainer.data.schedule import advance, consumed_after  # advance re-exported: tests and callers use it
 
 BAD_NODE_KINDS = ("GpuMissing", "GpuEccDoubleBit", "GpuXid", "GpuRowRemap")
 SUPERVISOR_KINDS = ("TrainingHang", "RankCrash", "LossSpike", "NonFiniteLimit")
@@ -166,6 +166,8 @@ class Policy:
     no_progress_restarts: int = WatchdogConfig.no_progress_restarts
     global_batch_size: int = 1
     """``train.global_batch_size`` (a skip range counts samples); 1 where no run config is at hand."""
+    rampup_batch_size: tuple[int, int, int] | None = None
+    """``train.rampup_batch_size``: while it ramps up, a step reads fewer samples than the global batch."""
     rollback_skip_batches: int = WatchdogConfig.rollback_skip_batches
     max_rollbacks_per_region: int = 2
     min_queued: int = SlurmConfig.min_queued
@@ -180,6 +182,7 @@ class Policy:
                    micro_batch_size=cfg.train.micro_batch_size,
                    restart_budget=w.restart_budget, restart_window_s=w.restart_window_s,
                    no_progress_restarts=w.no_progress_restarts, global_batch_size=cfg.train.global_batch_size,
+                   rampup_batch_size=tuple(cfg.train.rampup_batch_size) if cfg.train.rampup_batch_size else None,
                    rollback_skip_batches=w.rollback_skip_batches, min_queued=cfg.slurm.min_queued)
 
 
@@ -356,7 +359,8 @@ def in_region(rollback: dict, spike_step: int) -> bool:
 def plan_rollback(iid, reason: str, spike_step: int, view: StateView, policy: Policy) -> Rollback | GiveUp:
     """Back to the newest checkpoint before the spike's first step; set aside every later one; skip from the
     sample that fed the spike's first step (the target's ``consumed_samples``, advanced over the steps
-    trained from it, past the skip ranges in force) for ``rollback_skip_batches`` batches — twice that when
+    trained from it, past the skip ranges in force) for ``rollback_skip_batches`` batches (the batches those
+    steps read: smaller while the batch size ramps up) — twice that when
     the spike recurs in the region of an earlier rollback; give up past ``max_rollbacks_per_region``."""
     earlier = [r for r in view.rollbacks if in_region(r, spike_step)]
     if len(earlier) >= policy.max_rollbacks_per_region:
@@ -371,11 +375,13 @@ def plan_rollback(iid, reason: str, spike_step: int, view: StateView, policy: Po
         return GiveUp(iid, reason, f"checkpoint {target.tag} records no consumed_samples in its manifest: the "
                                    f"data to skip is unknown, not rolling back")
     batches = max(1, policy.rollback_skip_batches) * (2 ** len(earlier))
-    gbs = max(1, policy.global_batch_size)
-    start = advance(target.consumed_samples, max(0, spike_step - 1 - target.step) * gbs, view.skip_ranges)
+    gbs, ramp = max(1, policy.global_batch_size), policy.rampup_batch_size
+    trained = consumed_after(target.consumed_samples, max(0, spike_step - 1 - target.step), gbs, ramp,
+                             view.skip_ranges)
+    start = advance(trained, 0, view.skip_ranges)
     aside = tuple(c.tag for c in view.checkpoints if c.step > target.step)
-    return Rollback(iid, reason, spike_step, target.tag, target.step, aside, (start, start + batches * gbs),
-                    batches, len(earlier) + 1)
+    return Rollback(iid, reason, spike_step, target.tag, target.step, aside,
+                    (start, consumed_after(start, batches, gbs, ramp)), batches, len(earlier) + 1)
 
 
 def _chain_upkeep(incidents: list[dict], view: StateView, policy: Policy, so_far: list[Action]) -> list[Action]:

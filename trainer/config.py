@@ -461,9 +461,10 @@ def _coerce(value: Any, annotation: Any, option: str) -> Any:
 
 
 def _coerce_list(value: Any, item: Any, option: str) -> list:
-    """A TOML array, or a string of items split by commas or blanks (``192,16,9765625`` or Megatron's
-    ``"192 16 9_765_625"``), each converted to ``item``."""
-    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    """A TOML array, or a string of items split by commas or blanks (``192,16,9765625``, ``[192, 16, 9765625]``
+    or Megatron's ``"192 16 9_765_625"``), each converted to ``item``."""
+    items = value.strip().removeprefix("[").removesuffix("]").replace(",", " ").split() \
+        if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
         raise ConfigError(f"{option}={value!r} is not a list")
     try:

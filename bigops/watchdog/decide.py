@@ -296,18 +296,21 @@ def _decide_one(inc: dict, view: StateView, policy: Policy) -> list[Action]:
 
 
 def shrink_target(layout: tuple[int, int, int], lost: int, global_batch_size: int,
-                  micro_batch_size: int) -> tuple[int, int, int] | str:
+                  micro_batch_size: int, rampup: tuple[int, int, int] | None = None) -> tuple[int, int, int] | str:
     """The layout with the most data-parallel replicas that ``tp x pp x dp - lost`` devices hold, or why there
-    is none (fewer devices than one replica; a global batch the smaller DP does not divide into micro-batches)."""
+    is none (fewer devices than one replica; a global batch the smaller DP does not divide into micro-batches,
+    nor a ramp-up's start and increment, which the config requires as well)."""
     tp, pp, dp = layout
     left = tp * pp * dp - lost
     new_dp = min(dp, left // (tp * pp))
     if new_dp < 1:
         return f"{left} device(s) left, one replica needs tp x pp = {tp * pp}"
-    while new_dp >= 1 and global_batch_size % (micro_batch_size * new_dp):
+    batches = (global_batch_size, *(rampup[:2] if rampup else ()))
+    while new_dp >= 1 and any(b % (micro_batch_size * new_dp) for b in batches):
         new_dp -= 1
     if new_dp < 1:
-        return f"train.global_batch_size={global_batch_size} is not divisible by micro_batch_size x dp for any dp"
+        ramp = " (and train.rampup_batch_size's start and increment)" if rampup else ""
+        return f"train.global_batch_size={global_batch_size}{ramp} is not divisible by micro_batch_size x dp for any dp"
     return tp, pp, new_dp
 
 
@@ -318,7 +321,8 @@ def _node_lost(iid, summary: str, inc: dict, view: StateView, policy: Policy) ->
         return [NotifyOnly(iid, f"{summary}: watchdog.on_node_lost=notify")]
     if lost <= 0:
         return [NotifyOnly(iid, f"{summary}: the run's devices are all there")]
-    target = shrink_target(policy.layout, lost, policy.global_batch_size, policy.micro_batch_size)
+    target = shrink_target(policy.layout, lost, policy.global_batch_size, policy.micro_batch_size,
+                           policy.rampup_batch_size)
     if isinstance(target, str):
         return [Kill(iid, summary), GiveUp(iid, summary, f"cannot shrink: {target}")]
     why = f"{summary}: {lost} of {tp * pp * dp} devices lost"

@@ -58,3 +58,20 @@ def test_a_ramp_step_trains_as_a_run_of_that_global_batch(tmp_path):
     plain = run_ranks(tmp_path / "plain", cfg, 4)
     assert [(r["loss"], r["grad_norm"], r["consumed_samples"]) for r in ramped] == \
            [(r["loss"], r["grad_norm"], r["consumed_samples"]) for r in plain]
+
+
+def test_skip_ranges_mid_ramp_move_the_ramp_as_the_schedule_counts(tmp_path):
+    """A skip range in force (``control/skip-ranges``, samples 5-8) inside the ramp: each step still takes
+    :func:`batch_size_at` of its stream position, past the range, as ``trainer.data.schedule`` counts it for
+    ``--skip-iterations`` and rollbacks (the skipped samples count as consumed, as Megatron's do)."""
+    from trainer.control import add_skip_range
+    from trainer.data.schedule import consumed_after
+    cfg = ramp_config(4)
+    cfg.train.eval_interval = 0
+    run = tmp_path / "run"
+    run.mkdir()
+    add_skip_range(run, 5, 9, "a test")
+    records = run_ranks(run, cfg, 4)
+    # 0: 2 -> [0, 1]; 2: 2 -> [2, 3]; 4: 4 -> [4, 9, 10, 11]; 12 (not past the ramp's 12): 8 -> [12..19]
+    assert [(r["batch_size"], r["consumed_samples"]) for r in records] == [(2, 2), (2, 4), (4, 12), (8, 20)]
+    assert [r["consumed_samples"] for r in records] == [consumed_after(0, n, 8, RAMP, [(5, 9)]) for n in (1, 2, 3, 4)]

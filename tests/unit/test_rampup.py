@@ -79,6 +79,7 @@ def test_samples_in_steps_through_the_ramp():
 def test_the_option_reads_a_toml_array_or_megatrons_argument():
     assert c.resolve("tiny", overrides=["train.rampup_batch_size=192 16 9_765_625"]).train.rampup_batch_size == BLOOM
     assert c.resolve("tiny", overrides=["train.rampup_batch_size=4,4,100"]).train.rampup_batch_size == [4, 4, 100]
+    assert c.resolve("tiny", overrides=["train.rampup_batch_size=[4, 4, 100]"]).train.rampup_batch_size == [4, 4, 100]
     assert c.resolve("tiny", overrides=["train.rampup_batch_size=none"]).train.rampup_batch_size is None
     cfg = c.resolve("tiny", overrides=["train.rampup_batch_size=4,4,100"])
     assert c.from_dict(c.to_dict(cfg)) == cfg and "rampup_batch_size = [\n    4," in c.dumps_toml(cfg)
@@ -145,3 +146,22 @@ def test_a_rollback_mid_ramp_skips_the_batches_the_spike_steps_read():
     assert rollback.skip_range == (read[5][0], read[14][-1] + 1)  # steps 86..95: the spike's first and 9 after
     assert rollback.skip_range[1] - rollback.skip_range[0] < 10 * gbs
     assert Policy.of(c.preset("bloom-176b")).rampup_batch_size == (192, 16, 9_765_625)
+
+
+def test_a_shrink_keeps_the_ramps_batches_whole():
+    """Losing devices, the watchdog picks the largest DP that still divides the ramp's start and increment into
+    micro-batches (the reshaped run must pass the config's check), not only the global batch."""
+    from bigops.watchdog.decide import shrink_target
+    assert shrink_target((1, 1, 8), 1, 64, 1) == (1, 1, 4)  # 7 devices left: DP 4 divides 64
+    assert shrink_target((1, 1, 8), 1, 64, 1, (24, 8, 100)) == (1, 1, 4)
+    assert shrink_target((1, 1, 8), 1, 64, 1, (6, 2, 100)) == (1, 1, 2)  # 6 is no multiple of 4 (nor 64 of 3)
+    assert "train.rampup_batch_size's start and increment" in shrink_target((1, 1, 8), 1, 64, 2, (3, 1, 100))
+
+
+def test_a_config_file_sets_the_ramp_on_a_new_run_and_on_a_resume(tmp_path):
+    """``--config FILE``: read as a tree on a new run, as ``section.key=value`` overrides on a resume."""
+    from launcher.plan import file_overrides
+    path = tmp_path / "ramp.toml"
+    path.write_text("[train]\nrampup_batch_size = [4, 4, 100]\n")
+    assert c.resolve("tiny", path).train.rampup_batch_size == [4, 4, 100]
+    assert c.apply_overrides(c.preset("tiny"), file_overrides(path)).train.rampup_batch_size == [4, 4, 100]

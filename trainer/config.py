@@ -111,7 +111,7 @@ class TrainConfig:
     ``[192, 16, 9765625]``): the global batch starts at ``start`` and grows by ``increment`` every
     ramp samples / ((global_batch_size - start) / increment) consumed samples up to ``global_batch_size``
     (``trainer.data.schedule.batch_size_at``). Start and increment are multiples of micro_batch_size x dp.
-    The LR schedule stays in steps. Unset: every step is ``global_batch_size``."""
+    Unset: every step is ``global_batch_size``. The LR schedule counts steps unless ``lr_decay_samples`` is set."""
     train_steps: int = 100
     """Target optimizer step: the ranks stop when their step counter reaches it (``--steps``)."""
     lr_decay_steps: int | None = None
@@ -124,6 +124,14 @@ class TrainConfig:
     """The learning rate the decay ends at (at most ``lr``)."""
     warmup_steps: int = 10
     """Steps of linear warm-up from 0 to ``lr``."""
+    lr_decay_samples: int | None = None
+    """Count the LR schedule in samples, as Megatron's ``--lr-decay-samples`` (BLOOM-176B: 200_000_000): warm-up
+    over ``lr_warmup_samples``, then decay to ``min_lr`` at this many trained samples; ``warmup_steps`` and
+    ``lr_decay_steps`` are then unused. Under a batch-size ramp-up a step's samples are the ramp's batches, so
+    the schedule follows the data seen (Megatron's ``AnnealingLR``; its first step has LR 0). Unset: in steps."""
+    lr_warmup_samples: int = 0
+    """Samples of linear warm-up when ``lr_decay_samples`` is set (Megatron's ``--lr-warmup-samples``;
+    BLOOM-176B: 183_105)."""
     lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
     """``cosine``, ``linear`` or ``constant`` decay after warm-up, down to ``min_lr`` at train_steps."""
     weight_decay: float = 0.1
@@ -371,10 +379,9 @@ def _bloom(hidden: int, layers: int, heads: int, lr: float, gbs: int, tp: int = 
 
 def _bloom_176b() -> RunConfig:
     """BLOOM-176B as bigscience-workshop/bigscience ``train/tr11-176B-ml/tr11-176B-ml.slurm`` ran it, batch-size
-    ramp-up included (``--rampup-batch-size 192 16 9_765_625``). Its schedule is in samples; bigops counts the LR
-    schedule in steps, so each sample count is converted to the step it is reached at through the ramp-up
-    (``trainer.data.schedule``): the warm-up ends, the decay ends and the run stops on tr11's steps (the
-    iterations as Megatron's ``update_train_iters`` counts them)."""
+    ramp-up included (``--rampup-batch-size 192 16 9_765_625``), its LR schedule in samples as there; the run's
+    length, given there in samples, is in steps through the ramp-up as Megatron's ``update_train_iters`` counts
+    them (``trainer.data.schedule``)."""
     cfg = _bloom(14336, 70, 112, 6e-5, 2048, tp=4, pp=12, micro=2)
     cfg.model = ModelConfig(hidden_size=14336, num_layers=70, num_attention_heads=112, vocab_size=_BLOOM_VOCAB,
                             pad_vocab_size_to=_BLOOM_PADDED_VOCAB, init_std=0.0048)
@@ -387,8 +394,9 @@ def _bloom_176b() -> RunConfig:
     t.rampup_batch_size = [192, 16, 9_765_625]  # --rampup-batch-size 192 16 9_765_625 (GLOBAL_BATCH_SIZE=2048)
     ramp = t.global_batch_size, t.rampup_batch_size
     t.train_steps = schedule.train_iters_for_samples(220_000_000, *ramp)  # TRAIN_SAMPLES=220_000_000 (450B tokens)
-    t.lr_decay_steps = schedule.steps_to_consume(200_000_000, *ramp)  # LR_DECAY_SAMPLES, then --min-lr 6e-6
-    t.warmup_steps = schedule.steps_to_consume(183_105, *ramp)  # LR_WARMUP_SAMPLES=183_105 (375M tokens)
+    t.lr_decay_samples = 200_000_000  # LR_DECAY_SAMPLES, then --min-lr 6e-6
+    t.lr_warmup_samples = 183_105  # LR_WARMUP_SAMPLES=183_105 (375M tokens)
+    t.warmup_steps, t.lr_decay_steps = 0, None  # the schedule is in samples
     t.save_interval = 100  # SAVE_INTERVAL=100
     t.eval_interval, t.eval_iters = 1000, 1  # --eval-interval 1000 --eval-iters 1
     t.sync_tp_duplicated = True  # the layer-norm desync fix BLOOM-176B ended with
@@ -564,6 +572,7 @@ NUMERIC_RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "parallel.tp": _GE1, "parallel.pp": _GE1, "parallel.dp": _GE1, "parallel.zero_stage": _GE0,
     "train.seq_length": _GE1, "train.micro_batch_size": _GE1, "train.global_batch_size": _GE1,
     "train.train_steps": _GE1, "train.lr_decay_steps": _GE1, "train.lr": _GT0, "train.min_lr": _GE0,
+    "train.lr_decay_samples": _GE1, "train.lr_warmup_samples": _GE0,
     "train.warmup_steps": _GE0, "train.weight_decay": _GE0, "train.adam_beta1": _UNIT,
     "train.adam_beta2": _UNIT, "train.adam_eps": _GT0, "train.clip_grad": _GE0, "train.seed": _GE0,
     "train.save_interval": _GE0, "train.exit_duration_in_mins": _GT0,
@@ -682,6 +691,12 @@ def train_errors(cfg: RunConfig) -> list[str]:
     """The schedule decays down, not up; a ramp-up climbs to the global batch in whole increments."""
     t = cfg.train
     errors = [f"train.min_lr={t.min_lr}: must be in [0, train.lr={t.lr}]"] if t.min_lr > t.lr else []
+    if t.lr_warmup_samples and t.lr_decay_samples is None:
+        errors.append(f"train.lr_warmup_samples={t.lr_warmup_samples} counts the LR schedule in samples: set "
+                      f"train.lr_decay_samples too (or warm up in train.warmup_steps)")
+    elif t.lr_decay_samples is not None and t.lr_warmup_samples >= t.lr_decay_samples:
+        errors.append(f"train.lr_warmup_samples={t.lr_warmup_samples} must be less than train.lr_decay_samples="
+                      f"{t.lr_decay_samples}")
     return errors + rampup_errors(t)
 
 

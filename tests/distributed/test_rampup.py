@@ -1,6 +1,7 @@
 """A batch-size ramp-up run on real DeepSpeed (4 gloo ranks, PP 2 x DP 2, micro-batch 1): every step's global batch
-is Megatron's ``--rampup-batch-size`` formula at the samples consumed before it, the consumed samples add up,
-TensorBoard's ``batch-size/batch-size`` follows, and a run stopped mid-ramp resumes bit-exactly on the same batches."""
+is Megatron's ``--rampup-batch-size`` formula at the samples consumed before it, the consumed samples add up, the
+LR (in samples, as BLOOM's) follows them, TensorBoard's ``batch-size/batch-size`` follows, and a run stopped
+mid-ramp resumes bit-exactly on the same batches."""
 
 import pytest
 
@@ -8,6 +9,7 @@ from bigops.plot.sources import read_scalars
 from tests.distributed.ranks import run_ranks
 from tests.distributed.test_export_hf import small_config
 from trainer import config as config_mod
+from trainer.ds_config import lr_at, lr_at_samples
 from trainer.rundir import RunDir
 
 pytestmark = pytest.mark.distributed
@@ -22,7 +24,8 @@ def ramp_config(steps: int) -> config_mod.RunConfig:
     cfg = small_config(1, 2)
     cfg.parallel.dp = 2
     cfg.train.micro_batch_size, cfg.train.global_batch_size, cfg.train.rampup_batch_size = 1, 8, list(RAMP)
-    cfg.train.train_steps, cfg.train.lr_decay_steps, cfg.train.warmup_steps = steps, 6, 2
+    cfg.train.train_steps = steps
+    cfg.train.lr_warmup_samples, cfg.train.lr_decay_samples = 6, 40  # the LR follows the samples, as BLOOM's
     cfg.train.eval_interval = 2  # validation on the full global batch while the training batch ramps
     return cfg
 
@@ -35,6 +38,9 @@ def test_a_ramp_up_run_follows_the_formula_and_resumes_bit_exactly_mid_ramp(tmp_
     consumed = [0] + [r["consumed_samples"] for r in straight]
     assert [b - a for a, b in zip(consumed, consumed[1:])] == BATCHES  # the data position moves by the actual batch
     assert [config_mod.batch_size_at(cfg, c) for c in consumed[:-1]] == BATCHES
+    # 0, 2/6, 4/6 of the peak, then the decay: the LR of the samples trained (LambdaLR rounds base x factor)
+    assert [r["lr"] for r in straight] == pytest.approx([lr_at_samples(cfg, c) for c in consumed[:-1]], rel=1e-12)
+    assert [lr_at(cfg, k) for k in range(6)] == [lr_at_samples(cfg, c) for c in consumed[:-1]]
     tb = dict(read_scalars(RunDir(tmp_path / "straight").tensorboard)["batch-size/batch-size"])
     assert tb == {step: batch for step, batch in enumerate(BATCHES, start=1)}
 

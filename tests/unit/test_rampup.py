@@ -8,7 +8,7 @@ import pytest
 
 from trainer import config as c
 from trainer.data.sampler import batch_positions
-from trainer.data.schedule import (batch_size_at, consumed_after, iteration_sample_range, steps_to_consume,
+from trainer.data.schedule import (batch_size_at, consumed_after, iteration_sample_range, samples_before_step,
                                    train_iters_for_samples)
 
 BLOOM = [192, 16, 9_765_625]  # tr11-176B-ml: --rampup-batch-size 192 16 9_765_625, GLOBAL_BATCH_SIZE=2048
@@ -64,16 +64,17 @@ def test_the_schedule_counts_what_the_trainer_reads_through_ramp_and_skip_ranges
 
 
 def test_samples_in_steps_through_the_ramp():
-    """BLOOM's schedule in samples, in steps: the warm-up ends and the decay ends on the step at which that many
-    samples are consumed; the run length is Megatron's ``update_train_iters`` (the whole ramp, then full
-    batches, a partial last one thrown away)."""
-    assert steps_to_consume(183_105, 2048, BLOOM) == 910
-    assert consumed_after(0, 909, 2048, BLOOM) < 183_105 <= consumed_after(0, 910, 2048, BLOOM)
-    ramp_steps = steps_to_consume(9_765_626, 2048, BLOOM)
-    assert consumed_after(0, ramp_steps, 2048, BLOOM) == 9_765_808  # the step that crosses the ramp's end
+    """The samples the first N steps train on (a schedule in samples), tabled once, as the step-by-step count;
+    ``--train-samples`` in iterations as Megatron's ``update_train_iters`` (the whole ramp, then full batches, a
+    partial last one thrown away)."""
+    for steps in (0, 1, 438, 439, 440, 910, 12_657, 12_658, 12_659, 100_000):
+        assert samples_before_step(steps, 2048, BLOOM) == consumed_after(0, steps, 2048, BLOOM), steps
+    assert samples_before_step(439, 2048, BLOOM) == 439 * 192 and samples_before_step(5, 8) == 40
+    ramp_steps = 12_658  # the first step whose start is past the ramp's 9_765_625 samples
+    assert consumed_after(0, ramp_steps - 1, 2048, BLOOM) <= 9_765_625 < consumed_after(0, ramp_steps, 2048, BLOOM)
+    assert consumed_after(0, ramp_steps, 2048, BLOOM) == 9_765_808
     assert train_iters_for_samples(220_000_000, 2048, BLOOM) == ramp_steps + (220_000_000 - 9_765_808) // 2048
     assert train_iters_for_samples(220_000_000, 2048) == 220_000_000 // 2048
-    assert steps_to_consume(200_000_000, 2048) == -(-200_000_000 // 2048)
 
 
 def test_the_option_reads_a_toml_array_or_megatrons_argument():
@@ -165,3 +166,46 @@ def test_a_config_file_sets_the_ramp_on_a_new_run_and_on_a_resume(tmp_path):
     path.write_text("[train]\nrampup_batch_size = [4, 4, 100]\n")
     assert c.resolve("tiny", path).train.rampup_batch_size == [4, 4, 100]
     assert c.apply_overrides(c.preset("tiny"), file_overrides(path)).train.rampup_batch_size == [4, 4, 100]
+
+
+def test_an_lr_schedule_in_samples_is_megatrons_annealing_lr():
+    """``train.lr_decay_samples`` (BLOOM's ``--lr-warmup-samples 183_105 --lr-decay-samples 200_000_000``): Megatron's
+    AnnealingLR on the samples trained so far, which under the ramp-up are the ramp's batches."""
+    from trainer.ds_config import lr_at, lr_at_samples
+    cfg = c.preset("bloom-176b")
+    assert lr_at_samples(cfg, 0) == 0.0  # Megatron's first step trains at LR 0
+    assert lr_at_samples(cfg, 183_105) == 6e-5 and lr_at_samples(cfg, 91_552) == 6e-5 * 91_552 / 183_105
+    assert lr_at_samples(cfg, 200_000_000) == pytest.approx(6e-6, abs=1e-20) and lr_at_samples(cfg, 2 * 10 ** 8 + 1) == 6e-6
+    assert lr_at_samples(cfg, (183_105 + 200_000_000) // 2) == pytest.approx((6e-5 + 6e-6) / 2, rel=1e-6)
+    assert [lr_at(cfg, k) for k in (0, 1, 2)] == [0.0, 6e-5 * 192 / 183_105, 6e-5 * 384 / 183_105]
+    at_ramp_end = consumed_after(0, 12_658, 2048, BLOOM)
+    assert lr_at(cfg, 12_658) == lr_at_samples(cfg, at_ramp_end) and lr_at(cfg, 12_659) == \
+        lr_at_samples(cfg, at_ramp_end + 2048)
+    cfg.train.lr_decay_style = "linear"
+    assert lr_at_samples(cfg, 183_105 + (200_000_000 - 183_105) // 4) == pytest.approx(6e-6 + 0.75 * 5.4e-5)
+    cfg.train.lr_decay_style = "constant"
+    assert lr_at_samples(cfg, 10 ** 9) == 6e-5
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.lr_warmup_samples=100"], "train.lr_warmup_samples=100 counts the LR schedule in samples: set "
+                                      "train.lr_decay_samples too (or warm up in train.warmup_steps)"),
+    (["train.lr_warmup_samples=100", "train.lr_decay_samples=100"],
+     "train.lr_warmup_samples=100 must be less than train.lr_decay_samples=100"),
+    (["train.lr_decay_samples=0"], "train.lr_decay_samples=0: must be an integer >= 1"),
+])
+def test_a_bad_schedule_in_samples_is_one_line(overrides, message):
+    with pytest.raises(c.ConfigError) as err:
+        c.validate(c.resolve("tiny", overrides=overrides), world_size=4)
+    assert str(err.value) == message
+
+
+def test_megatron_args_carry_a_schedule_in_samples(tmp_path):
+    from tests.distributed import megatron_writer as mw
+    from trainer import layout, megatron
+    args = layout.megatron_args(c.validate(c.preset("bloom-176b"), world_size=384), 0, 0)
+    assert (args.lr_warmup_samples, args.lr_decay_samples, args.lr_decay_iters) == (183_105, 200_000_000, None)
+    engine = {"args": mw.megatron_args(mw.Shape()), "checkpoint_info": {"padded_vocab_size": 256}}
+    engine["args"].lr_decay_samples = 200_000_000
+    train = megatron.run_config(engine, tmp_path).train
+    assert (train.lr_warmup_samples, train.lr_decay_samples) == (216_320, 200_000_000)  # the writer's warm-up

@@ -142,8 +142,8 @@ def test_print_script_renders_the_batch_script_and_its_sbatch_command_and_writes
 
 def test_bloom_176b_on_jean_zay_is_tr11s_recipe():
     """The values of bigscience-workshop/bigscience ``train/tr11-176B-ml/tr11-176B-ml.slurm``, its batch-size
-    ramp-up included (``--rampup-batch-size 192 16 9_765_625``, GLOBAL_BATCH_SIZE=2048); its sample counts in the
-    steps they are reached at through the ramp-up (``trainer.data.schedule``)."""
+    ramp-up included (``--rampup-batch-size 192 16 9_765_625``, GLOBAL_BATCH_SIZE=2048) and its LR schedule in
+    samples; TRAIN_SAMPLES in iterations as Megatron's ``update_train_iters`` counts them through the ramp-up."""
     from trainer.data.schedule import consumed_after
     cfg = bloom_176b_on_jean_zay()
     t, p, m = cfg.train, cfg.parallel, cfg.model
@@ -152,13 +152,10 @@ def test_bloom_176b_on_jean_zay_is_tr11s_recipe():
     assert (m.hidden_size, m.num_layers, m.num_attention_heads, t.seq_length) == (14336, 70, 112, 2048)
     assert (t.lr, t.min_lr, t.adam_beta1, t.adam_beta2, t.weight_decay, t.clip_grad, t.seed) == \
         (6e-5, 6e-6, 0.9, 0.95, 0.1, 1.0, 42)
-    assert (t.warmup_steps, t.lr_decay_steps, t.train_steps) == (910, 105_546, 115_311)
-
-    def samples(steps):
-        return consumed_after(0, steps, 2048, t.rampup_batch_size)
-    assert samples(t.warmup_steps - 1) < 183_105 <= samples(t.warmup_steps)  # LR_WARMUP_SAMPLES
-    assert samples(t.lr_decay_steps - 1) < 200_000_000 <= samples(t.lr_decay_steps)  # LR_DECAY_SAMPLES
-    assert samples(t.train_steps) <= 220_000_000 < samples(t.train_steps + 1)  # TRAIN_SAMPLES, whole batches
+    assert (t.lr_warmup_samples, t.lr_decay_samples, t.lr_decay_style) == (183_105, 200_000_000, "cosine")
+    assert t.train_steps == 115_311  # the 12,658 steps of the ramp, then 102,653 full batches
+    assert consumed_after(0, t.train_steps, 2048, t.rampup_batch_size) <= 220_000_000 < \
+        consumed_after(0, t.train_steps + 1, 2048, t.rampup_batch_size)  # TRAIN_SAMPLES, whole batches
     config_mod.validate(cfg)  # 192 and 16 are multiples of micro-batch 2 x DP 8
     assert (t.save_interval, t.eval_interval, t.eval_iters) == (100, 1000, 1)
     assert t.sync_tp_duplicated and p.activation_checkpointing and t.precision == "bf16"

@@ -18,6 +18,7 @@ the ramp on with the stream.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 
@@ -51,15 +52,25 @@ def consumed_after(consumed: int, steps: int, global_batch_size: int, rampup: Se
     return advance(consumed, steps * global_batch_size - 1, ranges) + 1 if steps > 0 else consumed
 
 
-def steps_to_consume(samples: int, global_batch_size: int, rampup: Sequence[int] | None = None) -> int:
-    """The fewest steps (from sample 0, no skip ranges) whose batches add up to at least ``samples``: how a
-    schedule given in samples (Megatron's ``--train-samples``, ``--lr-warmup-samples``, ``--lr-decay-samples``)
-    is counted in bigops' steps."""
-    steps, consumed = 0, 0
-    while consumed < samples and rampup is not None and consumed <= rampup[2]:
-        consumed += batch_size_at(consumed, global_batch_size, rampup)
-        steps += 1
-    return steps + -(-max(0, samples - consumed) // global_batch_size)
+def samples_before_step(step: int, global_batch_size: int, rampup: Sequence[int] | None = None) -> int:
+    """The samples the first ``step`` steps train on (from sample 0, no skip ranges): a sample-based LR schedule's
+    position at step ``step`` (0-based). O(1) after the ramp's steps are tabled once."""
+    if rampup is None:
+        return step * global_batch_size
+    table = _ramp_table(global_batch_size, *rampup)
+    if step < len(table):
+        return table[step]
+    return table[-1] + (step - len(table) + 1) * global_batch_size
+
+
+@functools.lru_cache(maxsize=8)
+def _ramp_table(global_batch_size: int, start: int, increment: int, samples: int) -> tuple[int, ...]:
+    """Consumed samples before each step of the ramp, up to the first step of the full global batch."""
+    table, consumed = [0], 0
+    while consumed <= samples:
+        consumed += batch_size_at(consumed, global_batch_size, (start, increment, samples))
+        table.append(consumed)
+    return tuple(table)
 
 
 def train_iters_for_samples(train_samples: int, global_batch_size: int, rampup: Sequence[int] | None = None) -> int:

@@ -38,7 +38,8 @@ def fresh_config(preset: str, config_file, overrides: list[str], hf_config: dict
         tokenizer = Path(cfg.data.tokenizer).resolve()
         from trainer.rundir import TOKENIZER
         cfg.data.tokenizer = str(tokenizer / TOKENIZER if tokenizer.is_dir() else tokenizer)
-    if cfg.train.lr_decay_steps is None:  # fix the schedule now: a later --steps must not change it
+    # fix the schedule now: a later --steps must not change it (one in samples has its own length)
+    if cfg.train.lr_decay_steps is None and cfg.train.lr_decay_samples is None:
         cfg.train.lr_decay_steps = cfg.train.train_steps
     return config_mod.validate(cfg, world_size=config_mod.world_size_of(cfg))
 

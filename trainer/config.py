@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import tomli_w
 
+from trainer.data import schedule
+
 
 class ConfigError(ValueError):
     """A configuration the user must change; the message names the option."""
@@ -104,6 +106,12 @@ class TrainConfig:
     """Samples per micro-batch per data-parallel rank."""
     global_batch_size: int = 16
     """Samples per optimizer step over all ranks; a multiple of micro_batch_size x dp."""
+    rampup_batch_size: list[int] | None = None
+    """Batch-size ramp-up ``[start, increment, ramp samples]``, Megatron's ``--rampup-batch-size`` (BLOOM-176B:
+    ``[192, 16, 9765625]``): the global batch starts at ``start`` and grows by ``increment`` every
+    ramp samples / ((global_batch_size - start) / increment) consumed samples up to ``global_batch_size``
+    (``trainer.data.schedule.batch_size_at``). Start and increment are multiples of micro_batch_size x dp.
+    Unset: every step is ``global_batch_size``. The LR schedule counts steps unless ``lr_decay_samples`` is set."""
     train_steps: int = 100
     """Target optimizer step: the ranks stop when their step counter reaches it (``--steps``)."""
     lr_decay_steps: int | None = None
@@ -116,6 +124,14 @@ class TrainConfig:
     """The learning rate the decay ends at (at most ``lr``)."""
     warmup_steps: int = 10
     """Steps of linear warm-up from 0 to ``lr``."""
+    lr_decay_samples: int | None = None
+    """Count the LR schedule in samples, as Megatron's ``--lr-decay-samples`` (BLOOM-176B: 200_000_000): warm-up
+    over ``lr_warmup_samples``, then decay to ``min_lr`` at this many trained samples; ``warmup_steps`` and
+    ``lr_decay_steps`` are then unused. Under a batch-size ramp-up a step's samples are the ramp's batches, so
+    the schedule follows the data seen (Megatron's ``AnnealingLR``; its first step has LR 0). Unset: in steps."""
+    lr_warmup_samples: int = 0
+    """Samples of linear warm-up when ``lr_decay_samples`` is set (Megatron's ``--lr-warmup-samples``;
+    BLOOM-176B: 183_105)."""
     lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
     """``cosine``, ``linear`` or ``constant`` decay after warm-up, down to ``min_lr`` at train_steps."""
     weight_decay: float = 0.1
@@ -362,9 +378,10 @@ def _bloom(hidden: int, layers: int, heads: int, lr: float, gbs: int, tp: int = 
 
 
 def _bloom_176b() -> RunConfig:
-    """BLOOM-176B as bigscience-workshop/bigscience ``train/tr11-176B-ml/tr11-176B-ml.slurm`` ran it: samples
-    converted to steps of the final global batch (2048) where bigops counts steps. Not reproduced yet: the
-    batch-size ramp-up (``--rampup-batch-size 192 16 9_765_625``); its warm-up is counted at the full batch."""
+    """BLOOM-176B as bigscience-workshop/bigscience ``train/tr11-176B-ml/tr11-176B-ml.slurm`` ran it, batch-size
+    ramp-up included (``--rampup-batch-size 192 16 9_765_625``), its LR schedule in samples as there; the run's
+    length, given there in samples, is in steps through the ramp-up as Megatron's ``update_train_iters`` counts
+    them (``trainer.data.schedule``)."""
     cfg = _bloom(14336, 70, 112, 6e-5, 2048, tp=4, pp=12, micro=2)
     cfg.model = ModelConfig(hidden_size=14336, num_layers=70, num_attention_heads=112, vocab_size=_BLOOM_VOCAB,
                             pad_vocab_size_to=_BLOOM_PADDED_VOCAB, init_std=0.0048)
@@ -374,9 +391,12 @@ def _bloom_176b() -> RunConfig:
     cfg.parallel.zero_stage = 1
     cfg.parallel.activation_checkpointing = True  # --checkpoint-activations
     t = cfg.train
-    t.train_steps = math.ceil(220_000_000 / 2048)  # TRAIN_SAMPLES=220_000_000 (450B tokens)
-    t.lr_decay_steps = math.ceil(200_000_000 / 2048)  # LR_DECAY_SAMPLES, then constant at --min-lr 6e-6
-    t.warmup_steps = math.ceil(183_105 / 2048)  # LR_WARMUP_SAMPLES=183_105 (375M tokens)
+    t.rampup_batch_size = [192, 16, 9_765_625]  # --rampup-batch-size 192 16 9_765_625 (GLOBAL_BATCH_SIZE=2048)
+    ramp = t.global_batch_size, t.rampup_batch_size
+    t.train_steps = schedule.train_iters_for_samples(220_000_000, *ramp)  # TRAIN_SAMPLES=220_000_000 (450B tokens)
+    t.lr_decay_samples = 200_000_000  # LR_DECAY_SAMPLES, then --min-lr 6e-6
+    t.lr_warmup_samples = 183_105  # LR_WARMUP_SAMPLES=183_105 (375M tokens)
+    t.warmup_steps, t.lr_decay_steps = 0, None  # the schedule is in samples
     t.save_interval = 100  # SAVE_INTERVAL=100
     t.eval_interval, t.eval_iters = 1000, 1  # --eval-interval 1000 --eval-iters 1
     t.sync_tp_duplicated = True  # the layer-norm desync fix BLOOM-176B ended with
@@ -418,6 +438,8 @@ def _coerce(value: Any, annotation: Any, option: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         annotation = args[0]
+    if typing.get_origin(annotation) is list:
+        return _coerce_list(value, typing.get_args(annotation)[0], option)
     if typing.get_origin(annotation) is Literal:  # a choice: typed here, its value checked by validate
         annotation = type(typing.get_args(annotation)[0])
     try:
@@ -444,6 +466,19 @@ def _coerce(value: Any, annotation: Any, option: str) -> Any:
     else:
         raise AssertionError(f"unsupported config field type {annotation!r}")
     raise ConfigError(f"{option}={value!r} is not a valid {getattr(annotation, '__name__', annotation)}")
+
+
+def _coerce_list(value: Any, item: Any, option: str) -> list:
+    """A TOML array, or a string of items split by commas or blanks (``192,16,9765625``, ``[192, 16, 9765625]``
+    or Megatron's ``"192 16 9_765_625"``), each converted to ``item``."""
+    items = value.strip().removeprefix("[").removesuffix("]").replace(",", " ").split() \
+        if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{option}={value!r} is not a list")
+    try:
+        return [_coerce(v, item, option) for v in items]
+    except ConfigError:
+        raise ConfigError(f"{option}={value!r} is not a list of {getattr(item, '__name__', item)}") from None
 
 
 def _set(cfg: RunConfig, dotted: str, value: Any) -> None:
@@ -537,6 +572,7 @@ NUMERIC_RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "parallel.tp": _GE1, "parallel.pp": _GE1, "parallel.dp": _GE1, "parallel.zero_stage": _GE0,
     "train.seq_length": _GE1, "train.micro_batch_size": _GE1, "train.global_batch_size": _GE1,
     "train.train_steps": _GE1, "train.lr_decay_steps": _GE1, "train.lr": _GT0, "train.min_lr": _GE0,
+    "train.lr_decay_samples": _GE1, "train.lr_warmup_samples": _GE0,
     "train.warmup_steps": _GE0, "train.weight_decay": _GE0, "train.adam_beta1": _UNIT,
     "train.adam_beta2": _UNIT, "train.adam_eps": _GT0, "train.clip_grad": _GE0, "train.seed": _GE0,
     "train.save_interval": _GE0, "train.exit_duration_in_mins": _GT0,
@@ -652,9 +688,37 @@ def parallel_errors(cfg: RunConfig) -> list[str]:
 
 
 def train_errors(cfg: RunConfig) -> list[str]:
-    """The schedule decays down, not up."""
+    """The schedule decays down, not up; a ramp-up climbs to the global batch in whole increments."""
     t = cfg.train
-    return [f"train.min_lr={t.min_lr}: must be in [0, train.lr={t.lr}]"] if t.min_lr > t.lr else []
+    errors = [f"train.min_lr={t.min_lr}: must be in [0, train.lr={t.lr}]"] if t.min_lr > t.lr else []
+    if t.lr_warmup_samples and t.lr_decay_samples is None:
+        errors.append(f"train.lr_warmup_samples={t.lr_warmup_samples} counts the LR schedule in samples: set "
+                      f"train.lr_decay_samples too (or warm up in train.warmup_steps)")
+    elif t.lr_decay_samples is not None and t.lr_warmup_samples >= t.lr_decay_samples:
+        errors.append(f"train.lr_warmup_samples={t.lr_warmup_samples} must be less than train.lr_decay_samples="
+                      f"{t.lr_decay_samples}")
+    return errors + rampup_errors(t)
+
+
+def rampup_errors(t: TrainConfig) -> list[str]:
+    """``train.rampup_batch_size`` is [start, increment, ramp samples], each >= 1, start below the global batch
+    and the increments reaching it exactly (Megatron's assertions, checked once here instead of at step N). The
+    multiples of micro-batch x DP are checked with the layout (:func:`validate`)."""
+    r = t.rampup_batch_size
+    if r is None:
+        return []
+    name = f"train.rampup_batch_size={list(r)}"
+    if len(r) != 3:
+        return [f"{name}: must be [start, increment, ramp samples] (Megatron's --rampup-batch-size)"]
+    start, increment, samples = r
+    if min(r) < 1:
+        return [f"{name}: start, increment and ramp samples must each be >= 1"]
+    if start >= t.global_batch_size:
+        return [f"{name}: the start batch {start} must be less than train.global_batch_size={t.global_batch_size}"]
+    if (t.global_batch_size - start) % increment:
+        return [f"{name}: train.global_batch_size={t.global_batch_size} - start {start} = "
+                f"{t.global_batch_size - start} is not divisible by the increment {increment}"]
+    return []
 
 
 def data_errors(cfg: RunConfig) -> list[str]:
@@ -743,6 +807,10 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     if t.global_batch_size % (t.micro_batch_size * dp):
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
                           f"train.micro_batch_size={t.micro_batch_size} x parallel.dp={dp}")
+    for what, value in zip(("start", "increment"), t.rampup_batch_size or ()):
+        if value % (t.micro_batch_size * dp):  # then every batch of the ramp is a whole number of micro-batches
+            raise ConfigError(f"train.rampup_batch_size={list(t.rampup_batch_size)}: the {what} {value} is not a "
+                              f"multiple of train.micro_batch_size={t.micro_batch_size} x parallel.dp={dp}")
     return cfg
 
 
@@ -787,3 +855,9 @@ def world_size_of(cfg: RunConfig, slots: int | None = None) -> int:
 
 def gradient_accumulation_steps(cfg: RunConfig) -> int:
     return cfg.train.global_batch_size // (cfg.train.micro_batch_size * data_parallel_of(cfg))
+
+
+def batch_size_at(cfg: RunConfig, consumed_samples: int) -> int:
+    """The global batch of the step that starts at ``consumed_samples``: ``train.global_batch_size``, or less while
+    ``train.rampup_batch_size`` ramps up (``trainer.data.schedule.batch_size_at``, Megatron's arithmetic)."""
+    return schedule.batch_size_at(consumed_samples, cfg.train.global_batch_size, cfg.train.rampup_batch_size)

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from trainer.config import RunConfig, gradient_accumulation_steps
+from trainer.data.schedule import samples_before_step
 
 
 def deepspeed_config(cfg: RunConfig, load_universal: bool = False) -> dict[str, Any]:
@@ -43,8 +44,11 @@ def deepspeed_config(cfg: RunConfig, load_universal: bool = False) -> dict[str, 
 
 
 def lr_at(cfg: RunConfig, step: int) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then decay to ``min_lr``."""
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then decay to ``min_lr``; in samples
+    when ``train.lr_decay_samples`` is set (:func:`lr_at_samples`), else in steps."""
     t = cfg.train
+    if t.lr_decay_samples is not None:
+        return lr_at_samples(cfg, samples_before_step(step, t.global_batch_size, t.rampup_batch_size))
     if t.warmup_steps and step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
     if t.lr_decay_style == "constant":
@@ -56,3 +60,21 @@ def lr_at(cfg: RunConfig, step: int) -> float:
     else:
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
     return t.min_lr + (t.lr - t.min_lr) * factor
+
+
+def lr_at_samples(cfg: RunConfig, samples: int) -> float:
+    """The learning rate after ``samples`` trained samples, as Megatron-DeepSpeed's ``AnnealingLR.get_lr`` in its
+    sample-based mode (``--lr-warmup-samples``, ``--lr-decay-samples``), which BLOOM-176B trained with: linear
+    from 0 up to and including the warm-up's last sample, then the decay style down to ``min_lr`` at
+    ``lr_decay_samples``, ``min_lr`` past it."""
+    t = cfg.train
+    warmup, decay = t.lr_warmup_samples, t.lr_decay_samples
+    if warmup > 0 and samples <= warmup:
+        return t.lr * float(samples) / float(warmup)
+    if t.lr_decay_style == "constant":
+        return t.lr
+    if samples > decay:
+        return t.min_lr
+    ratio = float(samples - warmup) / float(decay - warmup)
+    factor = 1.0 - ratio if t.lr_decay_style == "linear" else 0.5 * (math.cos(math.pi * ratio) + 1.0)
+    return t.min_lr + factor * (t.lr - t.min_lr)

@@ -164,12 +164,21 @@ def megatron_args(cfg, iteration: int, consumed_samples: int) -> argparse.Namesp
         world_size=p.tp * p.pp * p.dp, zero_stage=p.zero_stage, pp_partition_method=p.partition_method,
         checkpoint_activations=p.activation_checkpointing, deepspeed=True,
         micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size, train_iters=t.train_steps,
-        lr=t.lr, min_lr=t.min_lr, lr_warmup_iters=t.warmup_steps, lr_decay_style=t.lr_decay_style,
-        lr_decay_iters=t.lr_decay_steps, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1,
+        rampup_batch_size=[str(v) for v in t.rampup_batch_size] if t.rampup_batch_size else None,  # argparse's strs
+        lr=t.lr, min_lr=t.min_lr, lr_decay_style=t.lr_decay_style, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1,
+        **_lr_schedule_args(t),
         adam_beta2=t.adam_beta2, adam_eps=t.adam_eps, clip_grad=t.clip_grad,
         bf16=t.precision == "bf16", fp16=False, seed=t.seed,
         iteration=iteration, consumed_train_samples=consumed_samples, consumed_valid_samples=0,
     )
+
+
+def _lr_schedule_args(t) -> dict:
+    """The schedule's length as Megatron's args hold it: in iterations, or in samples (``--lr-decay-samples``)."""
+    if t.lr_decay_samples is not None:
+        return {"lr_warmup_iters": 0, "lr_decay_iters": None, "lr_warmup_samples": t.lr_warmup_samples,
+                "lr_decay_samples": t.lr_decay_samples}
+    return {"lr_warmup_iters": t.warmup_steps, "lr_decay_iters": t.lr_decay_steps}
 
 
 def engine_metadata(cfg, iteration: int, consumed_samples: int) -> dict:

@@ -71,6 +71,24 @@ def _arg(args: argparse.Namespace, name: str, where: Path, default=None, require
     return value if value is not None else default
 
 
+def _rampup(args: argparse.Namespace, where: Path) -> list[int] | None:
+    """``--rampup-batch-size``: argparse keeps its three values as the strings given (``'9_765_625'``)."""
+    values = _arg(args, "rampup_batch_size", where)
+    try:
+        return [int(str(v)) for v in values] if values else None
+    except ValueError:
+        raise CheckpointError(f"{where}: Megatron's args hold rampup_batch_size={values!r}, not three "
+                              f"integers") from None
+
+
+def _lr_samples(args: argparse.Namespace, where: Path) -> dict:
+    """A schedule in samples (``--lr-decay-samples``, BLOOM's) as ours; one in iterations is not read back."""
+    decay = _arg(args, "lr_decay_samples", where)
+    if decay is None:
+        return {}
+    return {"lr_decay_samples": int(decay), "lr_warmup_samples": int(_arg(args, "lr_warmup_samples", where, 0))}
+
+
 def config_from_args(args: argparse.Namespace, engine: dict, where: Path) -> config_mod.RunConfig:
     """A run config for a checkpoint Megatron-DeepSpeed wrote: the model's shape, the layout and the
     optimization settings its ``args`` record (option names as Megatron's arguments.py spells them). The
@@ -104,6 +122,7 @@ def config_from_args(args: argparse.Namespace, engine: dict, where: Path) -> con
         seq_length=int(_arg(args, "seq_length", where, 2048)),
         micro_batch_size=int(_arg(args, "micro_batch_size", where, 1)),
         global_batch_size=int(_arg(args, "global_batch_size", where, 1)),
+        rampup_batch_size=_rampup(args, where), **_lr_samples(args, where),
         lr=float(_arg(args, "lr", where, 5e-3)), min_lr=float(_arg(args, "min_lr", where, 0.0)),
         weight_decay=float(_arg(args, "weight_decay", where, 0.1)),
         clip_grad=float(_arg(args, "clip_grad", where, 1.0)), seed=int(_arg(args, "seed", where, 42)),

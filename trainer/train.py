@@ -191,11 +191,12 @@ def validation_loss(engine, ctx: RankContext, run: RunDir) -> float:
     cfg = ctx.cfg
     sample = sample_source(run, cfg, split="valid")
     total = 0.0
+    micro_batches = config_mod.gradient_accumulation_steps(cfg)  # the full global batch, even during a ramp-up
     for i in range(cfg.train.eval_iters):
         positions = list(range(i * cfg.train.global_batch_size, (i + 1) * cfg.train.global_batch_size))
         data = rank_micro_batches(positions, ctx.coords.dp_rank, micro_batch=cfg.train.micro_batch_size,
                                   dp=ctx.dims.dp, sample=sample)
-        total += float(engine.eval_batch(data_iter=data))
+        total += float(engine.eval_batch(data_iter=data, num_micro_batches=micro_batches))
     return total / cfg.train.eval_iters
 
 
@@ -400,21 +401,32 @@ def step_boundary(loop: Loop, state: TrainState) -> bool:
     return False
 
 
-def batches(loop: Loop, consumed: int) -> tuple[Iterator, int]:
-    """This rank's micro-batches of the next global batch from sample ``consumed`` on (skip ranges left out),
-    and the stream position after it."""
+def batches(loop: Loop, consumed: int, batch_size: int) -> tuple[Iterator, int]:
+    """This rank's micro-batches of the next global batch (``batch_size`` samples from sample ``consumed`` on,
+    skip ranges left out), and the stream position after it."""
     cfg = loop.cfg
-    positions, next_consumed = batch_positions(consumed, cfg.train.global_batch_size, loop.control.skip_ranges)
+    positions, next_consumed = batch_positions(consumed, batch_size, loop.control.skip_ranges)
     data = rank_micro_batches(positions, loop.ctx.coords.dp_rank, micro_batch=cfg.train.micro_batch_size,
                               dp=loop.ctx.dims.dp, sample=loop.sample)
     return data, next_consumed
 
 
+def set_batch_size(engine, batch_size: int) -> None:
+    """Give the engine this step's global batch: DeepSpeed's ``set_train_batch_size`` changes the number of
+    gradient-accumulation micro-batches (a PipelineEngine's schedule and the loss scaling follow it in 0.19;
+    the micro-batch size stays), as Megatron-DeepSpeed does before every step of a ramp-up."""
+    if engine.train_batch_size() != batch_size:
+        engine.set_train_batch_size(batch_size)
+
+
 def train_step(loop: Loop, state: TrainState) -> dict:
-    """One optimizer step on the next global batch; advances ``state`` and returns the step's metrics record."""
+    """One optimizer step on the next global batch; advances ``state`` and returns the step's metrics record.
+    The batch's size is a function of the samples consumed so far (``train.rampup_batch_size``)."""
     cfg, engine = loop.cfg, loop.engine
     loop.faults.before_step(state.step + 1, engine.module)
-    data, next_consumed = batches(loop, state.consumed)
+    batch_size = config_mod.batch_size_at(cfg, state.consumed)
+    set_batch_size(engine, batch_size)
+    data, next_consumed = batches(loop, state.consumed, batch_size)
     lr = engine.get_lr()[0]  # the rate this step applies (the scheduler advances inside train_batch)
     started = time.perf_counter()
     loss = float(engine.train_batch(data_iter=data))
@@ -426,9 +438,9 @@ def train_step(loop: Loop, state: TrainState) -> dict:
     # gradients): the data is consumed, the weights and the LR schedule are left as they were.
     skipped = not engine.was_step_applied() or not math.isfinite(loss)
     state.skipped_in_a_row = state.skipped_in_a_row + 1 if skipped else 0
-    tokens_per_second = cfg.train.global_batch_size * cfg.train.seq_length / elapsed
+    tokens_per_second = batch_size * cfg.train.seq_length / elapsed
     return {
-        "step": state.step, "time": time.time(), "loss": loss,
+        "step": state.step, "time": time.time(), "loss": loss, "batch_size": batch_size,
         "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr,
         "step_seconds": elapsed, "tokens_per_second": tokens_per_second,
         "tflops_per_gpu": tokens_per_second * loop.flops_per_token / loop.ctx.dims.world_size / 1e12,

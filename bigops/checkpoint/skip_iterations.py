@@ -3,7 +3,7 @@
 
 Iterations A-B (inclusive) are the batches steps A..B will read once the run resumes from the surgery's
 source checkpoint: counted from its step and ``consumed_samples``, ``train.global_batch_size`` samples a
-step, past the skip ranges already in force (the file's, the checkpoint's and this command's
+step (fewer while ``train.rampup_batch_size`` ramps up), past the skip ranges already in force (the file's, the checkpoint's and this command's
 ``--skip-range``), by the pure ``trainer.data.schedule.iteration_sample_range``. As in Megatron, the step
 count goes on: step A then trains on what step B+1 would have read.
 """
@@ -60,7 +60,7 @@ def resolve(run: RunDir, iterations: list[tuple[int, int]], tag: str | None = No
 
     if not iterations:
         return []
-    step, consumed, gbs, ranges = _resume_point(run, tag)
+    step, consumed, train, ranges = _resume_point(run, tag)
     if consumed_override is not None:
         consumed = consumed_override
     try:
@@ -70,25 +70,27 @@ def resolve(run: RunDir, iterations: list[tuple[int, int]], tag: str | None = No
     skips = []
     for first, last in iterations:
         try:
-            start, end = iteration_sample_range(first, last, global_batch_size=gbs, resume_step=step,
-                                                resume_consumed=consumed, skip_ranges=ranges)
+            start, end = iteration_sample_range(first, last, global_batch_size=train.global_batch_size,
+                                                resume_step=step, resume_consumed=consumed, skip_ranges=ranges,
+                                                rampup=train.rampup_batch_size)
         except ValueError as exc:
             raise config_mod.ConfigError(f"--skip-iterations {first}-{last}: {exc}") from None
         skips.append(IterationSkip(first, last, start, end))
     return skips
 
 
-def _resume_point(run: RunDir, tag: str | None) -> tuple[int, int, int, list[tuple[int, int]]]:
-    """(step, consumed_samples, global batch size, the checkpoint's skip ranges) the run resumes with."""
+def _resume_point(run: RunDir, tag: str | None) -> tuple[int, int, config_mod.TrainConfig, list[tuple[int, int]]]:
+    """(step, consumed_samples, the batch sizes' ``[train]`` config, the checkpoint's skip ranges) the run resumes
+    with."""
     from bigops.checkpoint.layout import open_checkpoint
 
     if tag is None and run.latest_tag() is None:
         if not run.run_toml.is_file():
             raise config_mod.ConfigError(f"{run.root} has no {Path(run.run_toml).name}: not a run directory")
-        return 0, 0, load_run_config(run).train.global_batch_size, []
+        return 0, 0, load_run_config(run).train, []
     ref = open_checkpoint(run.root, tag)
     consumed = ref.manifest.get("consumed_samples")
     if not isinstance(consumed, int) or isinstance(consumed, bool) or ref.step is None:
         raise config_mod.ConfigError(f"--skip-iterations: checkpoint {ref.tag} records no step or consumed_samples: "
                                      f"the samples of an iteration are unknown; give --skip-range in samples")
-    return ref.step, consumed, ref.config.train.global_batch_size, skip_ranges_of(ref.manifest)
+    return ref.step, consumed, ref.config.train, skip_ranges_of(ref.manifest)

@@ -38,7 +38,8 @@ def surgery(
     skip_iterations: Annotated[Optional[list[str]], typer.Option("--skip-iterations", help="Add the samples "
                                "that iterations A-B (both included; or A) will read to "
                                f"{RELATIVE.skip_ranges}, as Megatron's --skip-train-iteration-range: counted from "
-                               "the checkpoint the run resumes from, global_batch_size samples a step; the step "
+                               "the checkpoint the run resumes from, global_batch_size samples a step (a ramp-up's "
+                               "batch while it ramps); the step "
                                "count goes on, so step A trains on what step B+1 would have read "
                                "(repeatable).")] = None,
     keep_latest: Annotated[bool, typer.Option("--keep-latest", help="Write the new tag but leave "

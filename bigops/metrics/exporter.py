@@ -56,6 +56,7 @@ def run_dir_facts(root: Path, events: EventCounter, facts: dict) -> dict:
     """What the scan does not carry: token counts (run.toml's batch and sequence length), the filesystem's
     free space, and the watchdog's actions so far."""
     from trainer.config import TrainConfig
+    from trainer.data.schedule import consumed_after
     out: dict = {"actions": dict(events.update())}
     cfg = read_run_config(RunDir(root))
     train = cfg.train if cfg is not None else TrainConfig()
@@ -64,8 +65,8 @@ def run_dir_facts(root: Path, events: EventCounter, facts: dict) -> dict:
     if isinstance(consumed, int) and isinstance(seq, int):
         out["consumed_tokens"] = consumed * seq
     target = facts.get("target_step")
-    if isinstance(target, int) and isinstance(seq, int) and isinstance(batch, int):
-        out["target_tokens"] = target * batch * seq
+    if isinstance(target, int) and isinstance(seq, int) and isinstance(batch, int):  # through a ramp-up's batches
+        out["target_tokens"] = consumed_after(0, target, batch, train.rampup_batch_size) * seq
     try:
         st = os.statvfs(root)
         out["disk_free"], out["disk_size"] = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize

@@ -46,8 +46,8 @@ GPU_DBE = Metric("bigops_gpu_ecc_double_bit_errors", "gauge", "Uncorrected ECC e
 GPU_SAMPLE = Metric("bigops_gpu_last_sample_timestamp_seconds", "gauge", "Last GPU sample of each node.",
                     ("run", "host"))
 CONSUMED_TOKENS = Metric("bigops_run_consumed_tokens", "gauge", "Tokens consumed so far (samples x sequence length).")
-TARGET_TOKENS = Metric("bigops_run_target_tokens", "gauge", "Tokens the run trains on in all (target step x global "
-                       "batch x sequence length).")
+TARGET_TOKENS = Metric("bigops_run_target_tokens", "gauge", "Tokens the run trains on in all (the samples of its target "
+                       "step's batches, a ramp-up's included, x sequence length).")
 DISK_FREE = Metric("bigops_run_disk_free_bytes", "gauge", "Free bytes on the run directory's filesystem.")
 DISK_SIZE = Metric("bigops_run_disk_size_bytes", "gauge", "Size of the run directory's filesystem.")
 ACTIONS = Metric("bigops_watchdog_actions_total", "counter", "Actions the watchdog or supervisor took (restart, "

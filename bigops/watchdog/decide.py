@@ -40,7 +40,7 @@ from typing import Any
 
 from bigops.watchdog.policy import decide_restart
 from trainer.config import SlurmConfig, WatchdogConfig
-from trainer.data.schedule import advance  # noqa: F401  (re-exported: tests and callers use decide.advance)
+from trainer.data.schedule import advance, consumed_after  # advance re-exported: tests and callers use it
 
 BAD_NODE_KINDS = ("GpuMissing", "GpuEccDoubleBit", "GpuXid", "GpuRowRemap")
 SUPERVISOR_KINDS = ("TrainingHang", "RankCrash", "LossSpike", "NonFiniteLimit")
@@ -183,6 +183,8 @@ class Policy:
     no_progress_restarts: int = WatchdogConfig.no_progress_restarts
     global_batch_size: int = 1
     """``train.global_batch_size`` (a skip range counts samples); 1 where no run config is at hand."""
+    rampup_batch_size: tuple[int, int, int] | None = None
+    """``train.rampup_batch_size``: while it ramps up, a step reads fewer samples than the global batch."""
     rollback_skip_batches: int = WatchdogConfig.rollback_skip_batches
     max_rollbacks_per_region: int = 2
     min_queued: int = SlurmConfig.min_queued
@@ -197,6 +199,7 @@ class Policy:
                    micro_batch_size=cfg.train.micro_batch_size,
                    restart_budget=w.restart_budget, restart_window_s=w.restart_window_s,
                    no_progress_restarts=w.no_progress_restarts, global_batch_size=cfg.train.global_batch_size,
+                   rampup_batch_size=tuple(cfg.train.rampup_batch_size) if cfg.train.rampup_batch_size else None,
                    rollback_skip_batches=w.rollback_skip_batches, min_queued=cfg.slurm.min_queued)
 
 
@@ -317,18 +320,21 @@ def _decide_one(inc: dict, view: StateView, policy: Policy) -> list[Action]:
 
 
 def shrink_target(layout: tuple[int, int, int], lost: int, global_batch_size: int,
-                  micro_batch_size: int) -> tuple[int, int, int] | str:
+                  micro_batch_size: int, rampup: tuple[int, int, int] | None = None) -> tuple[int, int, int] | str:
     """The layout with the most data-parallel replicas that ``tp x pp x dp - lost`` devices hold, or why there
-    is none (fewer devices than one replica; a global batch the smaller DP does not divide into micro-batches)."""
+    is none (fewer devices than one replica; a global batch the smaller DP does not divide into micro-batches,
+    nor a ramp-up's start and increment, which the config requires as well)."""
     tp, pp, dp = layout
     left = tp * pp * dp - lost
     new_dp = min(dp, left // (tp * pp))
     if new_dp < 1:
         return f"{left} device(s) left, one replica needs tp x pp = {tp * pp}"
-    while new_dp >= 1 and global_batch_size % (micro_batch_size * new_dp):
+    batches = (global_batch_size, *(rampup[:2] if rampup else ()))
+    while new_dp >= 1 and any(b % (micro_batch_size * new_dp) for b in batches):
         new_dp -= 1
     if new_dp < 1:
-        return f"train.global_batch_size={global_batch_size} is not divisible by micro_batch_size x dp for any dp"
+        ramp = " (and train.rampup_batch_size's start and increment)" if rampup else ""
+        return f"train.global_batch_size={global_batch_size}{ramp} is not divisible by micro_batch_size x dp for any dp"
     return tp, pp, new_dp
 
 
@@ -339,7 +345,8 @@ def _node_lost(iid, summary: str, inc: dict, view: StateView, policy: Policy) ->
         return [NotifyOnly(iid, f"{summary}: watchdog.on_node_lost=notify")]
     if lost <= 0:
         return [NotifyOnly(iid, f"{summary}: the run's devices are all there")]
-    target = shrink_target(policy.layout, lost, policy.global_batch_size, policy.micro_batch_size)
+    target = shrink_target(policy.layout, lost, policy.global_batch_size, policy.micro_batch_size,
+                           policy.rampup_batch_size)
     if isinstance(target, str):
         return [Kill(iid, summary), GiveUp(iid, summary, f"cannot shrink: {target}")]
     why = f"{summary}: {lost} of {tp * pp * dp} devices lost"
@@ -380,7 +387,8 @@ def in_region(rollback: dict, spike_step: int) -> bool:
 def plan_rollback(iid, reason: str, spike_step: int, view: StateView, policy: Policy) -> Rollback | GiveUp:
     """Back to the newest checkpoint before the spike's first step; set aside every later one; skip from the
     sample that fed the spike's first step (the target's ``consumed_samples``, advanced over the steps
-    trained from it, past the skip ranges in force) for ``rollback_skip_batches`` batches — twice that when
+    trained from it, past the skip ranges in force) for ``rollback_skip_batches`` batches (the batches those
+    steps read: smaller while the batch size ramps up) — twice that when
     the spike recurs in the region of an earlier rollback; give up past ``max_rollbacks_per_region``."""
     earlier = [r for r in view.rollbacks if in_region(r, spike_step)]
     if len(earlier) >= policy.max_rollbacks_per_region:
@@ -395,11 +403,13 @@ def plan_rollback(iid, reason: str, spike_step: int, view: StateView, policy: Po
         return GiveUp(iid, reason, f"checkpoint {target.tag} records no consumed_samples in its manifest: the "
                                    f"data to skip is unknown, not rolling back")
     batches = max(1, policy.rollback_skip_batches) * (2 ** len(earlier))
-    gbs = max(1, policy.global_batch_size)
-    start = advance(target.consumed_samples, max(0, spike_step - 1 - target.step) * gbs, view.skip_ranges)
+    gbs, ramp = max(1, policy.global_batch_size), policy.rampup_batch_size
+    trained = consumed_after(target.consumed_samples, max(0, spike_step - 1 - target.step), gbs, ramp,
+                             view.skip_ranges)
+    start = advance(trained, 0, view.skip_ranges)
     aside = tuple(c.tag for c in view.checkpoints if c.step > target.step)
-    return Rollback(iid, reason, spike_step, target.tag, target.step, aside, (start, start + batches * gbs),
-                    batches, len(earlier) + 1)
+    return Rollback(iid, reason, spike_step, target.tag, target.step, aside,
+                    (start, consumed_after(start, batches, gbs, ramp)), batches, len(earlier) + 1)
 
 
 def chain_shrink_target(layout: tuple[int, int, int], nodes: int, usable: int, ranks_per_node: int,

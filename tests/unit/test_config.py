@@ -20,6 +20,7 @@ def test_bloom_176b_is_as_trained():
     c.validate(cfg, world_size=384)
     assert cfg.parallel.dp == 8
     assert c.gradient_accumulation_steps(cfg) == 2048 // (2 * 8)
+    assert [c.batch_size_at(cfg, n) for n in (0, 84_187, 9_765_626)] == [192, 208, 2048]  # tr11's ramp-up
 
 
 @pytest.mark.parametrize("name,params", [("bloom-560m", 559_214_592), ("bloom-1b7", 1_722_408_960),

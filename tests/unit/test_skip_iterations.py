@@ -78,3 +78,15 @@ def test_surgery_records_iterations_as_samples(tmp_path, capsys):
     assert read_skip_ranges(run.root) == [(32, 74)]
     assert bigops_main(["surgery", str(run.root), "--skip-iterations", "0-1", "--yes"]) == 2
     assert "--skip-iterations '0-1': need 1 <= A <= B" in capsys.readouterr().err
+
+
+def test_surgery_counts_iterations_through_a_ramp_up(tmp_path, capsys):
+    """With ``train.rampup_batch_size`` the steps read the ramp's batches: global 16 from 4 in steps of 4 over 48
+    samples (one increment every 16): steps 1-5 read 4, 4, 4, 4, 8 (at 16 consumed); steps 3-5 are samples 8-24."""
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    cfg = config_mod.resolve("tiny", overrides=["train.rampup_batch_size=4,4,48"])
+    run.run_toml.write_text(config_mod.dumps_toml(cfg))
+    assert bigops_main(["surgery", str(run.root), "--skip-iterations", "3-5", "--yes"]) == 0
+    assert "will skip iterations 3-5: samples 8-24" in capsys.readouterr().out
+    assert read_skip_ranges(run.root) == [(8, 24)]

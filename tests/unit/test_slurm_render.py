@@ -141,17 +141,22 @@ def test_print_script_renders_the_batch_script_and_its_sbatch_command_and_writes
 
 
 def test_bloom_176b_on_jean_zay_is_tr11s_recipe():
-    """The values of bigscience-workshop/bigscience ``train/tr11-176B-ml/tr11-176B-ml.slurm`` (samples in steps
-    of its global batch 2048); the batch-size ramp-up (``--rampup-batch-size 192 16 9_765_625``) is not there yet."""
+    """The values of bigscience-workshop/bigscience ``train/tr11-176B-ml/tr11-176B-ml.slurm``, its batch-size
+    ramp-up included (``--rampup-batch-size 192 16 9_765_625``, GLOBAL_BATCH_SIZE=2048) and its LR schedule in
+    samples; TRAIN_SAMPLES in iterations as Megatron's ``update_train_iters`` counts them through the ramp-up."""
+    from trainer.data.schedule import consumed_after
     cfg = bloom_176b_on_jean_zay()
     t, p, m = cfg.train, cfg.parallel, cfg.model
     assert (p.tp, p.pp, p.dp, t.micro_batch_size, t.global_batch_size) == (4, 12, 8, 2, 2048)
+    assert t.rampup_batch_size == [192, 16, 9_765_625]  # RAMPUP_BATCH_SIZE
     assert (m.hidden_size, m.num_layers, m.num_attention_heads, t.seq_length) == (14336, 70, 112, 2048)
     assert (t.lr, t.min_lr, t.adam_beta1, t.adam_beta2, t.weight_decay, t.clip_grad, t.seed) == \
         (6e-5, 6e-6, 0.9, 0.95, 0.1, 1.0, 42)
-    assert t.warmup_steps * 2048 >= 183_105 > (t.warmup_steps - 1) * 2048  # LR_WARMUP_SAMPLES
-    assert t.lr_decay_steps * 2048 >= 200_000_000 > (t.lr_decay_steps - 1) * 2048  # LR_DECAY_SAMPLES
-    assert t.train_steps * 2048 >= 220_000_000 > (t.train_steps - 1) * 2048  # TRAIN_SAMPLES
+    assert (t.lr_warmup_samples, t.lr_decay_samples, t.lr_decay_style) == (183_105, 200_000_000, "cosine")
+    assert t.train_steps == 115_311  # the 12,658 steps of the ramp, then 102,653 full batches
+    assert consumed_after(0, t.train_steps, 2048, t.rampup_batch_size) <= 220_000_000 < \
+        consumed_after(0, t.train_steps + 1, 2048, t.rampup_batch_size)  # TRAIN_SAMPLES, whole batches
+    config_mod.validate(cfg)  # 192 and 16 are multiples of micro-batch 2 x DP 8
     assert (t.save_interval, t.eval_interval, t.eval_iters) == (100, 1000, 1)
     assert t.sync_tp_duplicated and p.activation_checkpointing and t.precision == "bf16"
     assert m.init_std == 0.0048 and cfg.padded_vocab_size == 250880

@@ -413,13 +413,16 @@ def plan_rollback(iid, reason: str, spike_step: int, view: StateView, policy: Po
 
 
 def chain_shrink_target(layout: tuple[int, int, int], nodes: int, usable: int, ranks_per_node: int,
-                        global_batch_size: int, micro_batch_size: int) -> tuple[int, tuple[int, int, int]] | str:
+                        global_batch_size: int, micro_batch_size: int,
+                        rampup: tuple[int, int, int] | None = None) -> tuple[int, tuple[int, int, int]] | str:
     """(nodes, (tp, pp, dp)): the most nodes, at most ``usable`` and fewer than ``nodes``, whose ranks make
-    whole data-parallel replicas that divide the global batch into micro-batches; or why there are none."""
+    whole data-parallel replicas that divide the global batch (and a ramp-up's start and increment) into
+    micro-batches; or why there are none."""
     tp, pp, _ = layout
+    batches = (global_batch_size, *(rampup[:2] if rampup else ()))
     for count in range(min(usable, nodes - 1), 0, -1):
         world = count * ranks_per_node
-        if world % (tp * pp) == 0 and global_batch_size % (micro_batch_size * (world // (tp * pp))) == 0:
+        if world % (tp * pp) == 0 and not any(b % (micro_batch_size * (world // (tp * pp))) for b in batches):
             return count, (tp, pp, world // (tp * pp))
     if usable < 1:
         return "no usable node left in the partition"
@@ -434,7 +437,7 @@ def _chain_nodes_short(chain: ChainView, policy: Policy) -> list[Action]:
         return []
     short = f"{chain.usable_nodes} usable node(s) in the partition, each job needs slurm.nodes={chain.nodes}"
     target = chain_shrink_target(policy.layout, chain.nodes, chain.usable_nodes, chain.ranks_per_node,
-                                 policy.global_batch_size, policy.micro_batch_size)
+                                 policy.global_batch_size, policy.micro_batch_size, policy.rampup_batch_size)
     if isinstance(target, str):
         return [NotifyOnly(None, f"{short}; cannot shrink: {target}")]
     nodes, (tp, pp, dp) = target

@@ -164,3 +164,11 @@ def test_sinfo_states_say_which_nodes_a_job_can_get():
     text = "n1|idle\nn2|down*\nn3|mix\nn3|mix\nn4|drain\nn5|alloc\nn6|idle*\nn7|comp\nn8|idle~\n"
     assert usable_from_sinfo(text) == ["n1", "n3", "n5", "n7", "n8"]
     assert usable_from_sinfo(text, exclude=["n3"]) == ["n1", "n5", "n7", "n8"]
+
+
+def test_a_chain_shrink_keeps_a_ramp_ups_batches_whole_micro_batches():
+    from bigops.watchdog.decide import chain_shrink_target
+    # 4 nodes x 2 ranks, TP2: DP4 -> 3 nodes would be DP3, which 8 divides not; 2 nodes DP2: 8 and 6 and 2 do
+    assert chain_shrink_target((2, 1, 4), 4, 3, 2, 8, 1, (6, 2, 100)) == (2, (2, 1, 2))
+    assert chain_shrink_target((2, 1, 4), 4, 3, 2, 12, 1) == (3, (2, 1, 3))
+    assert chain_shrink_target((2, 1, 4), 4, 3, 2, 12, 1, (4, 4, 100)) == (2, (2, 1, 2))  # 4 % 3 != 0

@@ -81,6 +81,8 @@ class Check:
     """Files (relative paths) no valid stamp vouches for: hash them before trusting them."""
     verified: list[str] = field(default_factory=list)
     """Files the stamp vouches for (hash matched, unchanged since)."""
+    refuted: list[str] = field(default_factory=list)
+    """Files missing, or of another size than the manifest's (no hash needed to refuse them)."""
     stamp: dict[str, Any] | None = None
     bytes_hashed: int = 0
     """What :func:`verify_and_stamp` read to get here (0: sizes and the stamp said it all)."""
@@ -106,14 +108,17 @@ def check(directory: Path, manifest: dict[str, Any] | None = None) -> Check:
         path = directory / rel
         if not isinstance(meta, dict):
             out.problems.append(f"{rel}: bad manifest entry")
+            out.refuted.append(rel)
             continue
         try:
             now = file_id(path)
         except FileNotFoundError:
             out.problems.append(f"{rel}: missing")
+            out.refuted.append(rel)
             continue
         if now["size"] != meta.get("size"):
             out.problems.append(f"{rel}: size {now['size']} != {meta.get('size')} (truncated or altered)")
+            out.refuted.append(rel)
             continue
         seen = entries.get(rel)
         if isinstance(seen, dict) and all(seen.get(k) == now[k] for k in now):
@@ -142,14 +147,19 @@ def hash_files(directory: Path, manifest: dict[str, Any], rels: list[str]) -> di
             present.append(rel)
         except FileNotFoundError:
             results[rel] = {"ok": False, "problem": f"{rel}: missing"}
-    digests = _parallel_hashes([directory / rel for rel in present])
+    try:
+        digests: list[str | None] = _parallel_hashes([directory / rel for rel in present])
+    except OSError:  # one went away or became unreadable meanwhile: find which, never raise out of a check
+        digests = [_digest_or_none(directory / rel) for rel in present]
     for rel, digest in zip(present, digests):
         meta = manifest["files"].get(rel) or {}
         try:
             after = file_id(directory / rel)
         except FileNotFoundError:
             after = None
-        if after != before[rel]:
+        if digest is None:
+            results[rel] = {**before[rel], "ok": None, "problem": f"{rel}: unreadable"}
+        elif after != before[rel]:
             results[rel] = {**before[rel], "ok": None, "problem": f"{rel}: changed while it was being checked"}
         elif before[rel]["size"] != meta.get("size"):
             results[rel] = {**before[rel], "ok": False,
@@ -159,6 +169,14 @@ def hash_files(directory: Path, manifest: dict[str, Any], rels: list[str]) -> di
         else:
             results[rel] = {**before[rel], "ok": True}
     return results
+
+
+def _digest_or_none(path: Path) -> str | None:
+    from trainer.checkpoint import sha256_file
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
 
 
 def problems_of(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -223,11 +241,10 @@ def verify_and_stamp(directory: Path, by: str, everything: bool = True, max_byte
     before = check(directory, manifest)
     if before.problems and not everything:
         return before  # refused by sizes or the stamp already: reading the rest would not change that
-    todo = sorted(set(before.unverified) | (set(before.verified) if everything else set()))
-    if everything:  # a damaged file of the stamp is hashed again too (it may have been repaired)
-        todo = sorted(set(todo) | {rel for rel, meta in manifest["files"].items()
-                                   if (directory / rel).is_file() and isinstance(meta, dict)
-                                   and (directory / rel).stat().st_size == meta.get("size")})
+    if everything:  # every file of the manifest's size, whatever the stamp says (a damaged one may be repaired)
+        todo = sorted(rel for rel in manifest["files"] if rel not in before.refuted)
+    else:
+        todo = before.unverified
     size = sum((manifest["files"].get(rel) or {}).get("size", 0) for rel in todo)
     if not todo or (max_bytes is not None and size > max_bytes):
         return before

@@ -206,3 +206,39 @@ def test_each_file_is_hashed_by_exactly_one_rank_that_loads_it(tp, pp, dp):
             else:  # engine and optimizer files: its model-parallel rank's
                 assert f"mp_rank_{c.pipe * tp + c.model:02d}" in name, (name, rank)
     assert {n: o for n, o in owners.items() if len(o) != 1} == {"universal/zero/x.pt": []}  # that one: rank 0's
+
+
+def test_bigops_watch_as_the_run_writer_stamps_a_new_checkpoint_in_the_background(tmp_path):
+    from bigops.watchdog.daemon import watch_run
+    run = RunDir(tmp_path)
+    publish(run, 5)
+
+    class Stamped(Exception):
+        pass
+
+    passes = []
+
+    def on_pass(new, facts):
+        passes.append(1)
+        if verified.check(run.checkpoint("global_step5")).fully_verified:
+            raise Stamped
+        assert len(passes) < 1200, "no stamp after 1200 passes"
+    with pytest.raises(Stamped):
+        watch_run(run, interval=0.05, on_pass=on_pass, say=lambda line: None)
+    assert json.loads((run.checkpoint("global_step5") / "verified.json").read_text())["by"].startswith("watchdog")
+
+
+def test_bigops_ckpt_verify_writes_and_refreshes_the_stamp(tmp_path):
+    from bigops.cli.main import main as bigops_main
+    run = RunDir(tmp_path)
+    publish(run, 5)
+    path = run.checkpoint("global_step5")
+    assert bigops_main(["ckpt", "verify", str(run.root)]) == 0
+    assert verified.read(path)["by"].startswith("bigops ckpt verify") and verified.check(path).fully_verified
+    good = (path / WEIGHTS).read_bytes()
+    flip(path / WEIGHTS)
+    assert bigops_main(["ckpt", "verify", str(run.root)]) == 3
+    assert verified.read(path)["result"] == "damaged"
+    (path / WEIGHTS).write_bytes(good)  # repaired: a full verify says so, whatever the stamp said
+    assert bigops_main(["ckpt", "verify", str(run.root)]) == 0
+    assert verified.read(path)["result"] == "verified" and verified.check(path).fully_verified

@@ -8,7 +8,9 @@ Save, in this order (a crash at any instant leaves the previous checkpoint as ``
 4. rank 0 replaces ``checkpoints/latest`` atomically (temp + rename).
 
 A tag directory without a valid manifest is incomplete and never resumed from. The manifest is the
-contract the checkpoint tools (verify, list, surgery) read.
+contract the checkpoint tools (verify, list, surgery) read. Beside it, once the save is published, the
+watchdog's verifier writes ``verified.json`` (``trainer.verified``): what a hash of each file found, so that a
+resume trusts those files by their size, mtime and inode instead of reading them again.
 
 Besides the files, the manifest records what the trainer applied (``trainer.train`` passes it as info):
 ``step``, ``consumed_samples`` (the data position: a rollback's skip range starts at its target's), the

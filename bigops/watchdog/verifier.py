@@ -9,7 +9,7 @@ and a ``verify`` record in ``telemetry/checkpoints.jsonl``. The pass never waits
 Why the watchdog and not a thread of the trainer's rank 0:
 
 - it is off the training path: no rank's CPU, memory bandwidth or interpreter lock (hashing is ~1 core per
-  GB/s), and no rank ever waits for it;
+  GB/s, in a thread at nice 19 so that ranks on the same host come first), and no rank ever waits for it;
 - it outlives the ranks: a crash or a kill during the verification loses nothing of a check half done by a
   process that died, and the supervisor that relaunches is the process that holds the result;
 - one process per run holds the writer lock: observers never write into checkpoints.
@@ -22,6 +22,7 @@ what changed since the stamp, and a whole checkpoint only below ``PRELAUNCH_HASH
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -75,6 +76,10 @@ class Verifier:
         return tag
 
     def _verify(self, path: Path, key: int) -> None:
+        try:  # Linux: nice is per thread (and inherited by the hashing threads): ranks on this host come first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         started = time.perf_counter()
         try:
             result = verified.verify_and_stamp(path, verified.who(self.role), everything=False)

@@ -6,13 +6,13 @@ import platform
 import time
 
 from benchmarks import alerting, cli_startup, data_prepare, detection, incidents, model_throughput, parallel_overhead, recovery, \
-    reshape, surgery, watchdog, watchdog_scale
+    reshape, resume_check, surgery, watchdog, watchdog_scale
 
 BENCHMARKS = {"model_throughput": model_throughput.main, "watchdog": watchdog.main, "recovery": recovery.main,
               "surgery": surgery.main, "parallel_overhead": parallel_overhead.main,
               "watchdog_scale": watchdog_scale.main, "alerting": alerting.main, "detection": detection.main,
               "incidents": incidents.main, "reshape": reshape.main, "cli_startup": cli_startup.main,
-              "data_prepare": data_prepare.main}
+              "data_prepare": data_prepare.main, "resume_check": resume_check.main}
 
 
 def _get(result: dict, *path):
@@ -39,6 +39,8 @@ HEADLINES = {
     "detection": ("rollbacks not needed (bigops, 20 recovering)", lambda r: _get(r, "unneeded_rollbacks_bigops")),
     "incidents": ("pages per incident, 90 sim. days (goal 1.0)", lambda r: _get(r, "pages_per_incident")),
     "cli_startup": ("bigops --help wall s (goal < 0.5)", lambda r: _get(r, "help_s")),
+    "resume_check": ("restart ckpt check, before / after (stamped, largest)",
+                     lambda r: (r.get("rows") or [{}])[-1].get("ratio_before_vs_after_stamped")),
 }
 
 

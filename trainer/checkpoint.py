@@ -8,7 +8,9 @@ Save, in this order (a crash at any instant leaves the previous checkpoint as ``
 4. rank 0 replaces ``checkpoints/latest`` atomically (temp + rename).
 
 A tag directory without a valid manifest is incomplete and never resumed from. The manifest is the
-contract the checkpoint tools (verify, list, surgery) read.
+contract the checkpoint tools (verify, list, surgery) read. Beside it, once the save is published, the
+watchdog's verifier writes ``verified.json`` (``trainer.verified``): what a hash of each file found, so that a
+resume trusts those files by their size, mtime and inode instead of reading them again.
 
 Besides the files, the manifest records what the trainer applied (``trainer.train`` passes it as info):
 ``step``, ``consumed_samples`` (the data position: a rollback's skip range starts at its target's), the
@@ -43,12 +45,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trainer import rundir
 from trainer.rundir import RunDir, append_jsonl, atomic_write_text, fsync_dir
 
 MANIFEST = rundir.MANIFEST
+NOT_CONTENT = (MANIFEST, rundir.VERIFIED)
+"""Files of a tag directory about the checkpoint, not of it: never in the manifest, never copied to a new tag."""
 MANIFEST_FORMAT = 1
 PARTIAL_PREFIX = rundir.PARTIAL_PREFIX
 SUPERSEDED = ".superseded"
@@ -112,7 +116,7 @@ def write_manifest(directory: Path, tag: str, info: dict[str, Any],
     vouches for (hashed while written, or hard links to a verified file); used when the size still matches.
     """
     known = known or {}
-    paths = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    paths = sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in NOT_CONTENT)
     files: dict[str, dict[str, Any]] = {}
     to_hash = []
     for path in paths:
@@ -168,8 +172,10 @@ def verify(directory: Path, hashes: bool = True) -> list[str]:
 
 
 def supersede_reason(existing: Path, info: dict[str, Any]) -> str | None:
-    """Why a save must replace the existing checkpoint of its step (None: keep it, it holds the same state)."""
-    problems = verify(existing, hashes=True)
+    """Why a save must replace the existing checkpoint of its step (None: keep it, it holds the same state).
+    Its verified stamp spares re-hashing the files it vouches for (``trainer.verified``)."""
+    from trainer import verified
+    problems = verified.verify_and_stamp(existing, verified.who("trainer"), everything=False).problems
     if problems:
         return f"damaged ({problems[0]})"
     old, new = read_manifest(existing).get("lineage"), info.get("lineage")
@@ -352,12 +358,16 @@ def complete_tags(run: RunDir) -> list[str]:
     return sorted(tags, key=lambda t: (step_of(t), t))
 
 
-def find_resumable(run: RunDir, hashes: bool = True) -> Resumable | None:
+def find_resumable(run: RunDir, hashes: bool = True,
+                   checker: Callable[[Path], list[str]] | None = None) -> Resumable | None:
     """The checkpoint to resume from: ``latest`` if it verifies, else the newest older one that does.
 
     None when the run has no checkpoint at all. Raises :class:`CheckpointError` when ``latest`` is
-    unreadable or names nothing, or when no checkpoint verifies.
+    unreadable or names nothing, or when no checkpoint verifies. ``checker(path)``: the problems of a
+    checkpoint (default: :func:`verify` with ``hashes``); the trainer and the watchdog pass one that trusts
+    the verified stamp (``trainer.verified``).
     """
+    checker = checker or (lambda p: verify(p, hashes=hashes))
     try:
         raw = run.latest.read_bytes()
     except FileNotFoundError:
@@ -368,7 +378,7 @@ def find_resumable(run: RunDir, hashes: bool = True) -> Resumable | None:
         raise CheckpointError(f"{run.latest} is corrupt (it should hold one checkpoint tag): fix or remove it "
                               f"after checking `ls {run.checkpoints}`") from None
     path = run.checkpoint(tag)
-    problems = verify(path, hashes=hashes) if path.is_dir() else [f"{path} does not exist"]
+    problems = checker(path) if path.is_dir() else [f"{path} does not exist"]
     if not problems:
         return Resumable(tag, path, read_manifest(path))
     refuse_foreign(path)
@@ -376,6 +386,6 @@ def find_resumable(run: RunDir, hashes: bool = True) -> Resumable | None:
         if step_of(older) >= step_of(tag) or older == tag:
             continue
         older_path = run.checkpoint(older)
-        if not verify(older_path, hashes=hashes):
+        if not checker(older_path):
             return Resumable(older, older_path, read_manifest(older_path), fell_back_from=tag, reason=problems[0])
     raise CheckpointError(f"latest checkpoint {tag} is unusable ({problems[0]}) and no older one verifies")

@@ -10,6 +10,7 @@ exit code on, so the launcher and the watchdog read it there).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -23,7 +24,7 @@ import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
-from trainer import exitcodes, layout, safe_load
+from trainer import exitcodes, layout, resume_check, safe_load, verified
 from trainer.control import ControlState, acknowledge_save, decide, start_skip_ranges, take_sync_request
 from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
@@ -315,20 +316,64 @@ def start_rank(run: RunDir) -> tuple[RankContext, Heartbeat, ControlState]:
     return ctx, heartbeat, control
 
 
-def choose_checkpoint(ctx: RankContext, run: RunDir, control: ControlState) -> ckpt.Resumable | None:
-    """The checkpoint to resume from (rank 0 finds and preflights it), checked against this run's layout (unless
-    it is a universal one, which loads on any); sets
-    the skip ranges to train with and the provenance the saves will record."""
-    resumable = _rank0_then_share(ctx, lambda: _checked(ckpt.find_resumable(run)))
-    if resumable is not None:
-        if not ckpt.is_universal(resumable):  # a universal checkpoint loads on any layout (DeepSpeed's UCP)
-            _check_topology(resumable.manifest, ctx.cfg, resumable.tag)
-        if resumable.fell_back_from and ctx.is_logging_rank:
-            print(f"warning: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason}); resuming from "
-                  f"{resumable.tag}", file=sys.stderr, flush=True)
+def _candidate(run: RunDir, refused: dict[str, str]) -> ckpt.Resumable | None:
+    """Rank 0: the checkpoint to try (``latest``, else the newest older one) by sizes and the verified stamp
+    only (``trainer.verified``: no hashing here), preflighted; ``refused``: {tag: why} found damaged already."""
+    def problems(path: Path) -> list[str]:
+        return [refused[path.name]] if path.name in refused else verified.check(path).problems
+    return _checked(ckpt.find_resumable(run, checker=problems))
+
+
+def choose_checkpoint(ctx: RankContext, run: RunDir, refused: dict[str, str] | None = None) -> ckpt.Resumable | None:
+    """The checkpoint to resume from as far as sizes and the stamp tell (rank 0 finds and preflights it, every
+    rank gets it), checked against this run's layout (unless it is a universal one, which loads on any). What
+    the stamp does not vouch for is hashed by :func:`confirm_checkpoint` once the engine is built."""
+    resumable = _rank0_then_share(ctx, lambda: _candidate(run, refused or {}))
+    if resumable is not None and not ckpt.is_universal(resumable):  # a universal one loads on any layout (UCP)
+        _check_topology(resumable.manifest, ctx.cfg, resumable.tag)
+    return resumable
+
+
+def log_check(run: RunDir, tag: str, outcome: resume_check.Outcome) -> None:
+    """``telemetry/checkpoints.jsonl``: the resume's hash check (0 bytes: the stamp vouched for every file)."""
+    append_jsonl(run.checkpoint_log, {"kind": "check", "tag": tag, "time": time.time(),
+                                      "seconds": round(outcome.seconds, 3), "files_hashed": outcome.files,
+                                      "bytes_hashed": outcome.bytes, "problems": outcome.problems[:20]})
+
+
+def confirm_checkpoint(engine, ctx: RankContext, run: RunDir,
+                       resumable: ckpt.Resumable | None) -> ckpt.Resumable | None:
+    """Collective, before loading: the ranks hash what the stamp does not vouch for, each the files it loads
+    (``trainer.resume_check``). A damaged file anywhere refuses that checkpoint on every rank, and the next
+    older one is chosen the same way, as :func:`trainer.checkpoint.find_resumable` falls back."""
+    refused: dict[str, str] = {}
+    first = resumable
+    while resumable is not None:
+        outcome = resume_check.check_loaded_files(engine, ctx, resumable)
+        if ctx.is_logging_rank:
+            log_check(run, resumable.tag, outcome)
+        if not outcome.problems:
+            break
+        refused[resumable.tag] = outcome.problems[0] + (f" (and {len(outcome.problems) - 1} more)"
+                                                        if len(outcome.problems) > 1 else "")
+        universal = ckpt.is_universal(resumable)
+        resumable = choose_checkpoint(ctx, run, refused)
+        if resumable is not None and ckpt.is_universal(resumable) != universal:
+            raise ckpt.CheckpointError(f"checkpoint {first.tag} is unusable ({refused[first.tag]}) and the one "
+                                       f"to fall back to, {resumable.tag}, is {'' if not universal else 'not '}"
+                                       f"a universal one: start the run again to resume from it")
+    if resumable is not None and resumable.fell_back_from is None and first is not None and first.tag in refused:
+        resumable = dataclasses.replace(resumable, fell_back_from=first.tag, reason=refused[first.tag])
+    if resumable is not None and resumable.fell_back_from and ctx.is_logging_rank:
+        print(f"warning: checkpoint {resumable.fell_back_from} is unusable ({resumable.reason}); resuming from "
+              f"{resumable.tag}", file=sys.stderr, flush=True)
+    return resumable
+
+
+def start_from(ctx: RankContext, run: RunDir, control: ControlState, resumable: ckpt.Resumable | None) -> None:
+    """The skip ranges to train with and the provenance the saves will record, once the checkpoint is settled."""
     ranges, ctx.provenance = _rank0_then_share(ctx, lambda: _skip_ranges_at_start(control, run, resumable))
     control.skip_ranges = [tuple(r) for r in ranges]
-    return resumable
 
 
 def resume(engine, ctx: RankContext, run: RunDir, resumable: ckpt.Resumable | None) -> TrainState:
@@ -363,9 +408,11 @@ def setup(run: RunDir, init_hf: str | None, faults: FaultHooks,
     cfg = ctx.cfg
     _rank0_then_share(ctx, lambda: prepare_data(run, cfg))
     sample = faults.samples(sample_source(run, cfg), cfg.model.vocab_size)
-    resumable = choose_checkpoint(ctx, run, control)
+    resumable = choose_checkpoint(ctx, run)
     engine = build_engine(ctx, init_weights=initial_weights(ctx, init_hf, init_megatron) if resumable is None
                           else None, load_universal=ckpt.is_universal(resumable))
+    resumable = confirm_checkpoint(engine, ctx, run, resumable)
+    start_from(ctx, run, control, resumable)
     state = resume(engine, ctx, run, resumable)
     heartbeat.attach(engine.module)
     flops = flops_per_token(_n_params(cfg), cfg.model.num_layers, cfg.model.hidden_size, cfg.train.seq_length)

@@ -21,18 +21,13 @@ Megatron's ``argparse.Namespace`` and NumPy RNG state of an engine file are allo
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from bigops.errors import CheckpointError
-
-LAYER_RE = re.compile(r"^layer_(?P<layer>\d+)-model_(?P<tp>\d+)-model_states\.pt$")
-OPTIM_RE = re.compile(r"^(?P<bf16>bf16_)?zero_pp_rank_(?P<dp>\d+)_mp_rank_(?P<mp>\d+)_optim_states\.pt$")
-ENGINE_RE = re.compile(r"^mp_rank_(?P<mp>\d+)_model_states\.pt$")
-RNG_RE = re.compile(r"^rng_state_rank(?P<rank>\d+)\.pt$")
+from trainer.resume_check import ENGINE_RE, LAYER_RE, OPTIM_RE, RNG_RE  # noqa: F401 (the file roles, named once)
 
 
 def _deepspeed_safe_globals() -> list:

@@ -10,7 +10,7 @@ Under ``RUN/checkpoints/`` (see trainer.checkpoint and bigops.checkpoint.rollbac
 - ``.deleting-<tag>/``             a prune renamed it there before removing it (a crash left it behind);
 - ``<tag>/KEEP``                   a marker (``bigops ckpt mark``): prune keeps this checkpoint.
 
-:func:`scan` reads names, sizes and manifests only (no hashing); :func:`verify_entry` and
+:func:`scan` reads names, sizes, manifests and verified stamps only (no hashing); :func:`verify_entry` and
 :func:`newest_intact` re-hash.
 """
 
@@ -24,13 +24,18 @@ from pathlib import Path
 from bigops.checkpoint.rollback import ASIDE
 from bigops.errors import CheckpointError
 from trainer import checkpoint as ckpt
-from trainer import megatron
+from trainer import megatron, verified
 from trainer.rundir import RunDir
 
 DELETING_PREFIX = ".deleting-"
 KEEP_MARKER = "KEEP"
 SUPERSEDED_ASIDE = "superseded"
 """``Entry.aside`` of a checkpoint a save of the same step set aside (under ``ckpt.SUPERSEDED``)."""
+
+# what the verified stamp says of a complete entry (sizes and stat only, no hashing)
+VERIFIED = "verified"
+UNVERIFIED = "not verified"
+DAMAGED = "damaged"
 
 # states of an entry
 COMPLETE = "complete"
@@ -54,6 +59,8 @@ class Entry:
     latest: bool = False
     aside: str | None = None        # the rollback event that set it aside, if any
     marked: bool = False            # holds a KEEP marker
+    verified: str | None = None     # VERIFIED, UNVERIFIED or DAMAGED by its stamp (trainer.verified); None: no manifest
+    stamp_problem: str | None = None  # what the stamp found damaged (first problem)
 
     @property
     def complete(self) -> bool:
@@ -81,6 +88,10 @@ class Inventory:
     def live(self) -> list[Entry]:
         """Tag directories directly under checkpoints/ (complete or not), oldest first."""
         return [e for e in self.entries if e.state in (COMPLETE, INCOMPLETE) and e.aside is None]
+
+    def newest_verified(self) -> Entry | None:
+        """The newest live checkpoint whose stamp vouches for every file (what a resume trusts unread)."""
+        return next((e for e in reversed(self.live()) if e.complete and e.verified == VERIFIED), None)
 
     def as_dict(self) -> dict:
         return {"run": str(self.run.root), "latest": self.latest, "latest_problem": self.latest_problem,
@@ -129,8 +140,14 @@ def describe(root: Path, path: Path, tag: str, state: str | None = None, aside: 
             pass
     if state is None:
         state = INCOMPLETE if problem else COMPLETE
+    stamp, stamp_problem = None, None
+    if manifest is not None and state == COMPLETE:
+        check = verified.check(path, manifest)
+        stamp = DAMAGED if check.problems else VERIFIED if check.fully_verified else UNVERIFIED
+        stamp_problem = check.problems[0] if check.problems else None
     return Entry(tag=tag, path=path.relative_to(root).as_posix(), state=state, step=step, size=size, files=files,
-                 created=created, problem=problem, latest=latest, aside=aside, marked=(path / KEEP_MARKER).is_file())
+                 created=created, problem=problem, latest=latest, aside=aside, marked=(path / KEEP_MARKER).is_file(),
+                 verified=stamp, stamp_problem=stamp_problem)
 
 
 def read_latest(run: RunDir) -> tuple[str | None, str | None]:
@@ -254,10 +271,15 @@ def newest_intact(run: RunDir, inv: Inventory) -> tuple[Entry | None, dict[str, 
 
 
 def verify_entry(run: RunDir, entry: Entry) -> VerifyResult:
-    """Re-hash every file of a checkpoint against its manifest."""
+    """Re-hash every file of a checkpoint against its manifest. A live checkpoint of ours gets its verified
+    stamp written or refreshed (``trainer.verified``: a resume then trusts it); one set aside is evidence and
+    gets nothing written into it."""
     path = entry_path(run, entry)
     started = time.perf_counter()
-    problems = megatron.problems(path, hashes=True)
+    if entry.aside is None and megatron.has_manifest(path):
+        problems = verified.verify_and_stamp(path, verified.who("bigops ckpt verify"), everything=True).problems
+    else:
+        problems = megatron.problems(path, hashes=True)
     seconds = time.perf_counter() - started
     hashed = 0  # what verify read: the files present with the manifest's size (without one: the CRC'd files)
     try:

@@ -233,7 +233,7 @@ def stage_source(source: Source, staging: Path, keep_rows: int) -> Path:
 
     from bigops.checkpoint import dsfiles
     staging.mkdir(parents=True)
-    for f in sorted(p for p in source.path.iterdir() if p.is_file() and p.name != ckpt.MANIFEST):
+    for f in sorted(p for p in source.path.iterdir() if p.is_file() and p.name not in ckpt.NOT_CONTENT):
         if dsfiles.ENGINE_RE.match(f.name):
             sd = dsfiles.load(f, mmap=False)
             info = dict(sd.get(c.UNIVERSAL_CHECKPOINT_INFO) or {})

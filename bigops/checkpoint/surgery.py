@@ -186,7 +186,7 @@ def _seal(source: Source, edits: list[Edit], partial: Path, new_tag: str, writte
     """Link (or copy) the files no edit changed and write the new tag's manifest: the source's, with the new
     files' entries, ``derived_from`` and what the surgery did. A linked file keeps its verified entry."""
     known = dict(written)
-    for f in sorted(p for p in source.path.iterdir() if p.is_file() and p.name != ckpt.MANIFEST):
+    for f in sorted(p for p in source.path.iterdir() if p.is_file() and p.name not in ckpt.NOT_CONTENT):
         if f.name not in written and _link_or_copy(f, partial / f.name) and f.name in source.manifest["files"]:
             known[f.name] = source.manifest["files"][f.name]  # the same inode as a verified file
     info = {k: v for k, v in source.manifest.items() if k not in ("files", "tag", "created", "format")}

@@ -82,15 +82,21 @@ def list_command(run_dir: RunDirArg, output_format: FormatOpt = OutputFormat.tex
     if output_format == OutputFormat.json:
         typer.echo(json.dumps(inv.as_dict()))
         return
-    table = Table("tag", "step", "state", "size", "files", "created", "notes", title=str(inv.run.checkpoints))
+    table = Table("tag", "step", "state", "verified", "size", "files", "created", "notes",
+                  title=str(inv.run.checkpoints))
     for e in inv.entries:
         notes = [n for n in ("latest" if e.latest else "", f"set aside by rollback {e.aside}" if e.aside else "",
-                             "KEEP" if e.marked else "", e.problem if e.problem and not e.complete else "") if n]
+                             "KEEP" if e.marked else "", e.problem if e.problem and not e.complete else "",
+                             e.stamp_problem or "") if n]
         style = "bold" if e.latest else "dim" if e.aside else "yellow" if not e.complete else None
-        table.add_row(e.tag, str(e.step), e.label, _size(e.size), str(e.files), _when(e.created), "; ".join(notes),
-                      style=style)
+        table.add_row(e.tag, str(e.step), e.label, e.verified or "-", _size(e.size), str(e.files), _when(e.created),
+                      "; ".join(notes), style=style)
     console = _console()
     console.print(table)
+    newest = inv.newest_verified()
+    console.print(f"newest verified: {newest.tag} (step {newest.step})" if newest else
+                  "newest verified: none (the watchdog stamps each new checkpoint; `bigops ckpt verify` stamps one)",
+                  markup=False)
     if inv.latest_problem:
         console.print(f"[red]warning:[/] {inv.latest_problem}", markup=True)
 

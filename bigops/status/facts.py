@@ -47,6 +47,11 @@ class CheckpointFacts:
     """Tags being written (``.partial-<tag>``): a save in progress, or one that crashed."""
     count: int = 0
     """Complete live checkpoints."""
+    newest_verified: dict | None = None
+    """{"tag", "step"} of the newest live checkpoint its verified stamp vouches for (``trainer.verified``)."""
+    damaged: tuple[dict, ...] = ()
+    """{"tag", "step", "problem"} of complete live checkpoints newer than ``newest_verified`` whose stamp says a
+    file failed its hash (a resume refuses them)."""
 
 
 @dataclass(frozen=True)
@@ -128,9 +133,14 @@ def checkpoint_facts(run: RunDir) -> CheckpointFacts:
         newest_facts = {"tag": newest.tag, "step": step, "created": newest.created}
     newer_bad = [{"tag": e.tag, "step": e.step, "problem": e.problem} for e in live
                  if not e.complete and (newest is None or e.step > newest.step or e.latest)]
+    trusted = inv.newest_verified()
+    damaged = [{"tag": e.tag, "step": e.step, "problem": e.stamp_problem} for e in complete
+               if e.verified == inventory.DAMAGED and (trusted is None or e.step > trusted.step)]
     return CheckpointFacts(latest=inv.latest, latest_problem=inv.latest_problem, newest_complete=newest_facts,
                            incomplete=tuple(newer_bad), count=len(complete),
-                           partial=tuple(e.tag for e in inv.entries if e.state == inventory.PARTIAL))
+                           partial=tuple(e.tag for e in inv.entries if e.state == inventory.PARTIAL),
+                           newest_verified={"tag": trusted.tag, "step": trusted.step} if trusted else None,
+                           damaged=tuple(damaged))
 
 
 def megatron_iteration(directory: Path, fallback: int) -> int | None:

@@ -98,6 +98,11 @@ def checkpoint_line(s: Status) -> str:
     else:
         text = f"checkpoint: {newest['tag']} (step {newest['step']}, {ago(newest.get('created'), s.now)}), " \
                f"newest complete of {c.count}"
+        trusted = c.newest_verified
+        if trusted and trusted["tag"] == newest["tag"]:
+            text += ", verified"
+        elif trusted:
+            text += f"; newest verified: {trusted['tag']}"
     if c.latest and (newest is None or c.latest != newest["tag"]):
         text += f"; latest names {c.latest}"
     if c.problem:

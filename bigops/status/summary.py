@@ -112,6 +112,8 @@ class Checkpoint:
     problem: str | None
     count: int
     partial: tuple[str, ...] = ()
+    newest_verified: dict | None = None
+    """{"tag", "step"} of the newest checkpoint whose verified stamp vouches for every file."""
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,10 @@ def checkpoint_problems(f: RunFacts) -> list[Problem]:
             continue
         out.append(Problem("CheckpointDamaged", "warning", f"{bad['tag']} is incomplete: {bad['problem']}",
                            f"CheckpointDamaged:{bad['tag']}", bad.get("step"), see=see))
+    for bad in c.damaged:  # complete by sizes, but a hash of its stamp did not match
+        severity = "critical" if bad["tag"] == c.latest else "warning"
+        out.append(Problem("CheckpointDamaged", severity, f"{bad['tag']} failed its hash check: {bad['problem']}",
+                           f"CheckpointDamaged:{bad['tag']}", bad.get("step"), see=see))
     return out
 
 
@@ -422,7 +428,7 @@ def summarize(f: RunFacts, now: float) -> Status:
                       "time": samples[0]["time"]}
     return Status(root=f.root, now=now, state=state, progress=progress(f, state), problems=tuple(current),
                   stale=tuple(stale), checkpoint=Checkpoint(c.latest, c.newest_complete, c.latest_problem, c.count,
-                                                            c.partial),
+                                                            c.partial, c.newest_verified),
                   ranks=ranks(f, state, hang), loss_trend=loss_trend(f.records), pending=tuple(f.pending),
                   gpus=gpus, tensorboard=f.tensorboard, last_record=f.records[-1] if f.records else None)
 

@@ -268,6 +268,7 @@ def watch_run(run: RunDir, interval: float | None = None, *, once: bool = False,
     updated from them; ``say`` tells the writer changes."""
     from bigops.watchdog.lock import LockHeld, WriterLock, describe
     from bigops.watchdog.settings import watch_config
+    from bigops.watchdog.verifier import Verifier
     from trainer.rundir import load_run_config, pid_alive
     lock = WriterLock(run, "watch")
     try:
@@ -279,6 +280,7 @@ def watch_run(run: RunDir, interval: float | None = None, *, once: bool = False,
     interval = run_config.watchdog.interval_s if interval is None else interval
     config = watch_config(run_config, alive=pid_alive)  # standalone: nobody else watches the pids
     state, notifier = _as_writer(run) if lock.held else (WatchState.load(state_path(run)), None)
+    verifier = Verifier(run, "watchdog")
     while True:
         now = time.time()
         if not lock.held:
@@ -289,6 +291,8 @@ def watch_run(run: RunDir, interval: float | None = None, *, once: bool = False,
             except LockHeld:
                 pass
         lock.renew(now)
+        if lock.held and not once:  # the writer verifies new checkpoints in the background; an observer writes nothing
+            verifier.poll()
         new, facts = tick(run, state, now=now, dry_run=dry_run, notifier=notifier, config=config,
                           observe=not lock.held)
         if collector is not None:

@@ -64,6 +64,7 @@ from bigops.watchdog.decide import BAD_NODE_KINDS, SUPERVISOR_KINDS, Ask, GiveUp
 from bigops.watchdog.executor import Executor, acted_on, incidents_of, view_for
 from bigops.watchdog.journal import intent_id
 from bigops.watchdog.settings import watch_config
+from bigops.watchdog.verifier import Verifier
 from bigops.watchdog.state import WatchState
 from trainer import checkpoint as ckpt
 from trainer import exitcodes
@@ -138,6 +139,8 @@ class Supervisor:
         self.own: dict[str, Finding] = {}
         """Our own findings (ranks that crashed or stopped on NaN/Inf), by key, kept open until a later
         launch trains again."""
+        self.verifier = Verifier(run, "watchdog")
+        """Hashes each new ``latest`` once, off the training path, and stamps it (``bigops.watchdog.verifier``)."""
 
     # -------------------------------------------------------------------------------------------- records
     def action(self, action: str, reason: str, outcome: str, severity: str = "warning", **details) -> None:
@@ -250,12 +253,17 @@ class Supervisor:
                 self.say(line)
 
     def set_aside_unusable(self) -> None:
-        """Before a launch: when ``latest`` names a damaged checkpoint (truncated, bit-flipped: hashes checked),
-        point ``latest`` at the newest older one that verifies and move the damaged one to
-        ``checkpoints/.rolled-back/<id>/`` (kept, never deleted), so that re-saving its step later writes a good
-        copy instead of colliding with the bad one. Recorded as a ``rollback`` action."""
+        """Before a launch: when ``latest`` names a damaged checkpoint (truncated, bit-flipped), point ``latest``
+        at the newest older one that verifies and move the damaged one to ``checkpoints/.rolled-back/<id>/``
+        (kept, never deleted), so that re-saving its step later writes a good copy instead of colliding with
+        the bad one. Recorded as a ``rollback`` action.
+
+        Damaged as far as sizes and the verified stamp tell, plus the files changed since the stamp (a small
+        checkpoint not stamped yet is hashed whole): ``Verifier.before_launch``, never a second full read of a
+        large checkpoint. What is left unvouched, the ranks hash before loading (``trainer.resume_check``)."""
         try:
-            found = ckpt.find_resumable(self.run) if self.run.latest.exists() else None
+            found = ckpt.find_resumable(self.run, checker=self.verifier.before_launch) \
+                if self.run.latest.exists() else None
         except ckpt.CheckpointError:
             return  # nothing verifies: the ranks exit CHECKPOINT_ERROR with the reason, and we give up
         if found is None or not found.fell_back_from:
@@ -390,6 +398,7 @@ class Supervisor:
                 return None
             if getattr(self, "lock", None) is not None:
                 self.lock.renew()
+            self.verifier.poll()
             new, facts = tick(self.run, self.state, config=self.config, notifier=self.notifier,
                               extra=self.carried_findings(spawned))
             self.on_tick(facts)

@@ -190,6 +190,27 @@ def test_damaged_checkpoint_is_a_problem_as_ckpt_list_says(run, clock, capsys):
     assert " ".join(warning) in " ".join(problem.split())  # the same words as `bigops ckpt list`
 
 
+def test_the_newest_verified_checkpoint_is_named_and_a_failed_hash_is_a_problem(run, clock, capsys):
+    """What the verified stamps say (trainer.verified; read, never hashed, by status and `ckpt list`)."""
+    from trainer import verified
+    running_run(run, clock)
+    WatchState(path=run.watchdog_state).save()
+    verified.verify_and_stamp(run.checkpoint("global_step300"), "test")
+    assert "newest complete of 1, verified" in screen(run, T0 + 801.0)
+    tag = save_checkpoint(run, clock, 400)
+    assert "checkpoint: global_step400 (step 400" in screen(run, T0 + 801.0)
+    assert "; newest verified: global_step300" in screen(run, T0 + 801.0)
+    engine = run.checkpoint(tag) / "mp_rank_00_model_states.pt"
+    engine.write_bytes(b"E" + engine.read_bytes()[1:])  # same size: only a hash sees it
+    verified.verify_and_stamp(run.checkpoint(tag), "test")
+    problem = screen(run, T0 + 801.0).splitlines()[2]
+    assert problem.startswith("  [CRITICAL] CheckpointDamaged: global_step400 failed its hash check: "
+                              "mp_rank_00_model_states.pt: sha256 differs (altered)")
+    assert main(["ckpt", "list", str(run.root)]) == 0
+    out = capsys.readouterr().out
+    assert "newest verified: global_step300 (step 300)" in out and "damaged" in out
+
+
 def test_384_ranks_fit_a_screen_and_only_the_odd_rank_is_named(run, clock):
     write_config(run, "bloom-176b", "parallel.dp=8", "train.train_steps=1000")
     write_metrics(run, range(1, 401), seconds=20.0)

@@ -19,8 +19,8 @@ from trainer.rundir.files import (DIR_MODE, FILE_MODE, append_jsonl, atomic_writ
                                   fsync_dir, make_dir, read_jsonl)
 from trainer.rundir.jsonl import (GPU_FIELDS, HEARTBEAT_FIELDS, MAX_LINE_BYTES, MAX_PASS_BYTES, number,
                                   parse_lines, read_appended, read_tail, read_tail_at, typed)
-from trainer.rundir.paths import (RUN_TOML, EVENTS, DATA, CHECKPOINTS, LATEST, MANIFEST, PARTIAL_PREFIX,
-                                  ROLLED_BACK, TELEMETRY, METRICS, HEARTBEAT, HEARTBEAT_GLOB, CHECKPOINT_LOG,
+from trainer.rundir.paths import (RUN_TOML, EVENTS, DATA, CHECKPOINTS, LATEST, MANIFEST, VERIFIED,
+                                  PARTIAL_PREFIX, ROLLED_BACK, TELEMETRY, METRICS, HEARTBEAT, HEARTBEAT_GLOB, CHECKPOINT_LOG,
                                   EXIT_RECORD, GPU, TENSORBOARD, LOGS, RANKS_LOG, CONTROL, KILL_SWITCH,
                                   SAVE_SWITCH, SKIP_RANGES, SYNC_LAYERNORM, WATCHDOG, WATCHDOG_STATE,
                                   SUPERVISOR, INTENTS, APPROVALS, OUTBOX, STACKS, STACK_DUMP, STACK_SUMMARY,
@@ -35,8 +35,8 @@ __all__ = [
     "append_event", "DIR_MODE", "FILE_MODE", "append_jsonl", "atomic_write", "atomic_write_text", "fsync_dir",
     "make_dir", "read_jsonl", "GPU_FIELDS", "HEARTBEAT_FIELDS", "MAX_LINE_BYTES", "MAX_PASS_BYTES", "number",
     "parse_lines", "read_appended", "read_tail", "read_tail_at", "typed", "RUN_TOML", "EVENTS", "DATA",
-    "CHECKPOINTS", "LATEST", "MANIFEST", "PARTIAL_PREFIX", "ROLLED_BACK", "TELEMETRY", "METRICS", "HEARTBEAT",
-    "HEARTBEAT_GLOB", "CHECKPOINT_LOG", "EXIT_RECORD", "GPU", "TENSORBOARD", "LOGS", "RANKS_LOG", "CONTROL",
+    "CHECKPOINTS", "LATEST", "MANIFEST", "VERIFIED", "PARTIAL_PREFIX", "ROLLED_BACK", "TELEMETRY", "METRICS",
+    "HEARTBEAT", "HEARTBEAT_GLOB", "CHECKPOINT_LOG", "EXIT_RECORD", "GPU", "TENSORBOARD", "LOGS", "RANKS_LOG", "CONTROL",
     "KILL_SWITCH", "SAVE_SWITCH", "SKIP_RANGES", "SYNC_LAYERNORM", "WATCHDOG", "WATCHDOG_STATE", "SUPERVISOR",
     "INTENTS", "APPROVALS", "OUTBOX", "WRITER_LOCK", "WRITER_LEASE", "SLURM", "CHAIN_RECORD", "SLURM_JOBS",
     "SLURM_SCRIPT", "DATA_META", "TOKENIZER", "SPECIAL_TOKENS_MAP", "RUN_FOLDERS", "RELATIVE", "RunDir", "safe_host",

@@ -341,7 +341,10 @@ class Supervisor:
                 if follow is not None:
                     self.execute(follow)
                 return SUPERVISOR_GAVE_UP
-            self.execute(follow)
+            # decided while the ranks ran: they may have saved once more before they died (the shrink reshaped
+            # that one); the record names what the relaunch resumes from
+            import dataclasses
+            self.execute(dataclasses.replace(follow, from_step=self.checkpoint_step()))
 
     def retire_heartbeats(self) -> None:
         """Before a launch: the heartbeats of ranks that are gone become ``exit`` beats, else the hang

@@ -12,7 +12,7 @@ from bigops.checkpoint import dsfiles
 from tests.distributed.test_training_run import FAST, _one_line_error, bigops, start, wait_for_step
 from trainer import checkpoint as ckpt
 from trainer import exitcodes
-from trainer.rundir import RunDir, read_jsonl
+from trainer.rundir import RunDir, atomic_write_text, read_jsonl
 
 pytestmark = pytest.mark.distributed
 
@@ -67,7 +67,8 @@ def test_an_unparsable_skip_ranges_file_refuses_to_train_at_start_and_stops_mid_
     (run / "control" / "skip-ranges").write_text("0-8  # the first global batch\n")
     proc = start("launch", "--run-dir", run, *ONE, "--steps", 100000)
     wait_for_step(run, 2, proc)
-    (run / "control" / "skip-ranges").write_text("0-8\n24-x  # a typo\n")
+    # atomically, as an editor's save or `bigops surgery` writes it: a truncate-then-write can be read empty
+    atomic_write_text(run / "control" / "skip-ranges", "0-8\n24-x  # a typo\n")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == exitcodes.CONFIG_ERROR, out + err
     assert "refusing to train on without its skip ranges" in json.loads((run / "telemetry" / "exit.json")

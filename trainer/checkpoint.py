@@ -98,13 +98,21 @@ def hash_threads() -> int:
     return max(1, min(8, cores))
 
 
-def _parallel_hashes(paths: list[Path]) -> list[str]:
+def _parallel_hashes(paths: list[Path], on_done: Callable[[Path], None] | None = None) -> list[str]:
+    """sha256 of each path, largest first over ``hash_threads()`` threads; ``on_done(path)`` after each (from
+    the hashing thread: a progress display)."""
+    def one(path: Path) -> str:
+        digest = sha256_file(path)
+        if on_done is not None:
+            on_done(path)
+        return digest
+
     if len(paths) <= 1:
-        return [sha256_file(p) for p in paths]
+        return [one(p) for p in paths]
     from concurrent.futures import ThreadPoolExecutor
     largest_first = sorted(range(len(paths)), key=lambda i: -paths[i].stat().st_size)
     with ThreadPoolExecutor(max_workers=hash_threads()) as pool:
-        digests = dict(zip(largest_first, pool.map(lambda i: sha256_file(paths[i]), largest_first)))
+        digests = dict(zip(largest_first, pool.map(lambda i: one(paths[i]), largest_first)))
     return [digests[i] for i in range(len(paths))]
 
 

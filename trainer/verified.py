@@ -36,7 +36,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trainer.rundir import MANIFEST, VERIFIED, atomic_write_text
 
@@ -133,7 +133,8 @@ def check(directory: Path, manifest: dict[str, Any] | None = None) -> Check:
     return out
 
 
-def hash_files(directory: Path, manifest: dict[str, Any], rels: list[str]) -> dict[str, dict[str, Any]]:
+def hash_files(directory: Path, manifest: dict[str, Any], rels: list[str],
+               on_done: Callable[[Path], None] | None = None) -> dict[str, dict[str, Any]]:
     """Hash ``rels`` (in parallel) against the manifest: {rel: {size, mtime_ns, ino, ok, problem?}}. A file that
     changed while it was hashed gets ``ok: None`` (nothing can be said of it: it is not stamped)."""
     from trainer.checkpoint import _parallel_hashes
@@ -148,7 +149,7 @@ def hash_files(directory: Path, manifest: dict[str, Any], rels: list[str]) -> di
         except FileNotFoundError:
             results[rel] = {"ok": False, "problem": f"{rel}: missing"}
     try:
-        digests: list[str | None] = _parallel_hashes([directory / rel for rel in present])
+        digests: list[str | None] = _parallel_hashes([directory / rel for rel in present], on_done)
     except OSError:  # one went away or became unreadable meanwhile: find which, never raise out of a check
         digests = [_digest_or_none(directory / rel) for rel in present]
     for rel, digest in zip(present, digests):
@@ -227,10 +228,13 @@ def record(directory: Path, results: dict[str, dict[str, Any]], by: str, seconds
     return True
 
 
-def verify_and_stamp(directory: Path, by: str, everything: bool = True, max_bytes: int | None = None) -> Check:
+def verify_and_stamp(directory: Path, by: str, everything: bool = True, max_bytes: int | None = None,
+                     on_start: Callable[[int, int], None] | None = None,
+                     on_done: Callable[[Path], None] | None = None) -> Check:
     """Hash a checkpoint's files and record what was found. ``everything``: every file (``bigops ckpt verify``);
     else only the unverified ones, and only when they total at most ``max_bytes`` (None: any size). Returns the
-    check after: problems (sizes, damaged) and what is still unverified."""
+    check after: problems (sizes, damaged) and what is still unverified. ``on_start(files, bytes)`` before the
+    hashing, ``on_done(path)`` after each file (a progress display)."""
     from trainer.checkpoint import CheckpointError, read_manifest
 
     directory = Path(directory)
@@ -248,8 +252,10 @@ def verify_and_stamp(directory: Path, by: str, everything: bool = True, max_byte
     size = sum((manifest["files"].get(rel) or {}).get("size", 0) for rel in todo)
     if not todo or (max_bytes is not None and size > max_bytes):
         return before
+    if on_start is not None:
+        on_start(len(todo), size)
     started = time.perf_counter()
-    results = hash_files(directory, manifest, todo)
+    results = hash_files(directory, manifest, todo, on_done)
     record(directory, results, by, time.perf_counter() - started)
     after = check(directory, manifest)
     after.problems = sorted(set(after.problems) | set(problems_of(results)))

@@ -270,14 +270,16 @@ def newest_intact(run: RunDir, inv: Inventory) -> tuple[Entry | None, dict[str, 
     return None, damaged
 
 
-def verify_entry(run: RunDir, entry: Entry) -> VerifyResult:
+def verify_entry(run: RunDir, entry: Entry, on_start=None, on_done=None) -> VerifyResult:
     """Re-hash every file of a checkpoint against its manifest. A live checkpoint of ours gets its verified
     stamp written or refreshed (``trainer.verified``: a resume then trusts it); one set aside is evidence and
-    gets nothing written into it."""
+    gets nothing written into it. ``on_start(files, bytes)`` / ``on_done(path)``: a progress display (the
+    checkpoints with a manifest)."""
     path = entry_path(run, entry)
     started = time.perf_counter()
     if entry.aside is None and megatron.has_manifest(path):
-        problems = verified.verify_and_stamp(path, verified.who("bigops ckpt verify"), everything=True).problems
+        problems = verified.verify_and_stamp(path, verified.who("bigops ckpt verify"), everything=True,
+                                             on_start=on_start, on_done=on_done).problems
     else:
         problems = megatron.problems(path, hashes=True)
     seconds = time.perf_counter() - started

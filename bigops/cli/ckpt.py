@@ -216,7 +216,7 @@ def verify_command(
     results = []
     console = _console()
     for entry in entries:
-        result = verify_entry(inv.run, entry)
+        result = _verify_with_progress(inv.run, entry)
         results.append(result)
         if output_format == OutputFormat.text:
             where = f" (set aside by rollback {entry.aside})" if entry.aside else ""
@@ -342,6 +342,30 @@ def compare_tp_command(
     if not report.comparisons:
         console.print("no TP-duplicated tensors (TP 1?)")
     raise typer.Exit(0 if not report.out_of_sync else 1)
+
+
+def _verify_with_progress(run, entry):
+    """verify's hashing of one checkpoint, with a bar of files and bytes on stderr (plain lines off a
+    terminal); the hashing threads report each file done."""
+    import threading
+
+    from rich.console import Console
+
+    from bigops.checkpoint.inventory import verify_entry
+    from bigops.cli.progress import bar_reporter
+
+    lock, total, done = threading.Lock(), {"files": 0, "bytes": 0}, {"files": 0, "bytes": 0}
+    with bar_reporter(Console(stderr=True, highlight=False, soft_wrap=True), f"verifying {entry.tag}") as bar:
+        def started(files: int, size: int) -> None:
+            total.update(files=files, bytes=size)
+            bar("hashing", 0, files, f"0 B of {_size(size)}")
+
+        def finished(path: Path) -> None:
+            with lock:
+                done["files"] += 1
+                done["bytes"] += path.stat().st_size
+                bar("hashing", done["files"], total["files"], f"{_size(done['bytes'])} of {_size(total['bytes'])}")
+        return verify_entry(run, entry, on_start=started, on_done=finished)
 
 
 def _compare_with_progress(layout) -> "tp_duplicates.Report":

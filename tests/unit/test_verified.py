@@ -228,12 +228,15 @@ def test_bigops_watch_as_the_run_writer_stamps_a_new_checkpoint_in_the_backgroun
     assert json.loads((run.checkpoint("global_step5") / "verified.json").read_text())["by"].startswith("watchdog")
 
 
-def test_bigops_ckpt_verify_writes_and_refreshes_the_stamp(tmp_path):
+def test_bigops_ckpt_verify_writes_and_refreshes_the_stamp(tmp_path, capsys):
     from bigops.cli.main import main as bigops_main
     run = RunDir(tmp_path)
     publish(run, 5)
     path = run.checkpoint("global_step5")
     assert bigops_main(["ckpt", "verify", str(run.root)]) == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("verifying global_step5")]
+    files = len(json.loads((path / "manifest.json").read_text())["files"])
+    assert progress and f"hashing {files}/{files}" in progress[-1]  # plain lines on stderr off a terminal
     assert verified.read(path)["by"].startswith("bigops ckpt verify") and verified.check(path).fully_verified
     good = (path / WEIGHTS).read_bytes()
     flip(path / WEIGHTS)

@@ -43,6 +43,21 @@ def test_killed_rank_is_restarted_from_the_last_checkpoint(tmp_path):
     restarts = actions(run, "restart")
     assert len(restarts) == 1 and "crash" in restarts[0]["reason"] and restarts[0]["checkpoint_step"] >= 10
     assert max(losses(run)) == 60 and (run / "checkpoints" / "latest").read_text().strip() == "global_step60"
+    # the start-up budget of both launches, and the goodput of the run: the steps past the checkpoint were redone
+    first, second = read_jsonl(run / "telemetry" / "startup.jsonl")
+    resumed = restarts[0]["checkpoint_step"]
+    assert first["resumed_from"] is None and second["resumed_from"] == f"global_step{resumed}"
+    assert second["step"] == resumed + 1 and second["ranks"] == 4 and second["total_s"] > 0
+    assert set(second["phases"]) == {"spawn", "imports", "rendezvous", "data", "checkpoint", "engine", "load",
+                                     "first_step"}
+    trained = [r["step"] for r in read_jsonl(run / "telemetry" / "metrics.jsonl")]
+    out = bigops("goodput", run, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    goodput = json.loads(out.stdout)
+    assert goodput["steps_lost"] == len(trained) - len(set(trained)) and goodput["relaunches"] == 1  # each redone once
+    assert sum(goodput["seconds"].values()) == pytest.approx(goodput["wall_s"], abs=1e-6)
+    (crash,) = goodput["charges"]
+    assert crash["kind"] == "RankCrash" and crash["seconds"]["restart"] > second["total_s"]
 
 
 def test_stopped_rank_is_a_hang_named_then_killed_and_restarted(tmp_path):

@@ -147,3 +147,32 @@ def test_cli_text_json_and_bad_input(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no step recorded" in bad.stderr
     missing = bigops("goodput", tmp_path / "nope")
     assert missing.returncode == 2 and "not a run directory" in missing.stderr
+
+
+def test_exporter_exports_the_split_the_interval_and_the_startup(tmp_path):
+    """The watchdog's exporter: bigops_goodput_seconds by part (summing to the wall), the ratio, the
+    optimal interval, the last launch's start-up by phase; recomputed at most every GOODPUT_EVERY_S."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bigops.metrics.exporter import GOODPUT_EVERY_S, RunCollector
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    collector = RunCollector("r", run_dir=run)
+    collector.update({}, [], [], now=1000.0)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in family.samples}
+    parts = {dict(k[1])["part"]: v for k, v in samples.items() if k[0] == "bigops_goodput_seconds"}
+    expected = report.build(str(run), facts.read_records(RunDir(run)), 5).goodput
+    assert set(parts) == set(acc.PARTS) and sum(parts.values()) == pytest.approx(expected.wall_s)
+    assert samples[("bigops_goodput_ratio", (("run", "r"),))] == pytest.approx(expected.ratio)
+    assert samples[("bigops_checkpoint_interval_optimal_steps", (("run", "r"),))] >= 1
+    assert samples[("bigops_startup_seconds", (("phase", "engine"), ("run", "r")))] == pytest.approx(4.6491)
+    (run / "telemetry" / "metrics.jsonl").unlink()
+    collector.update({}, [], [], now=1000.0 + GOODPUT_EVERY_S / 2)  # not yet recomputed
+    assert collector.goodput["goodput"] == expected.seconds
+    collector.update({}, [], [], now=1000.0 + GOODPUT_EVERY_S)
+    assert "goodput" not in collector.goodput  # no step any more: nothing to account

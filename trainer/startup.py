@@ -23,7 +23,6 @@ set ``BIGOPS_LAUNCH_TIME``.
 from __future__ import annotations
 
 import os
-import statistics
 import time
 
 LAUNCH_TIME_ENV = "BIGOPS_LAUNCH_TIME"
@@ -86,6 +85,7 @@ def summarize(per_rank: list[dict], *, launch: str | None, step: int, resumed_fr
     ``total_s`` is the launch's wall time to the first step: from the launcher's start (or the earliest process
     start) to the last rank's end of its first step; ``phases[name]`` holds the median, the max and the slowest
     rank of each phase (ranks that did not measure a phase are left out of it)."""
+    import statistics  # rank 0 only, once: kept off every rank's start-up path
     phases = {}
     for name in PHASES:
         values = [(r["seconds"][name], rank) for rank, r in enumerate(per_rank) if name in r["seconds"]]

@@ -170,8 +170,10 @@ def slow_windows(events: list[dict], end: float) -> list[tuple[float, float, str
 
 
 def step_spans(steps: list[Step], launches: list[float], events: list[dict], end: float,
-               ) -> tuple[list[Span], float | None]:
-    """The steps' intervals as productive / lost / slow spans, and the usual step time."""
+               saves: list[Span] = ()) -> tuple[list[Span], float | None]:
+    """The steps' intervals as productive / lost / slow spans, and the usual step time. A slow step's excess is
+    what it took beyond the usual step time once the saves inside its interval are left out (``saves``:
+    sorted; they are counted as checkpoint stalls, not as slowness)."""
     keep, first = productive_flags(steps), launch_starts(steps, launches)
     raw = [(s.time - s.seconds if first[i] else steps[i - 1].time, s.time) for i, s in enumerate(steps)]
     windows = slow_windows(events, end)
@@ -188,18 +190,34 @@ def step_spans(steps: list[Step], launches: list[float], events: list[dict], end
             spans.append(Span(a, b, "lost", lost_to(s.time)))
             continue
         slow_in = window_of(s.time)
-        if slow_in is not None and baseline is not None and b - a > baseline:
-            spans += [Span(a, a + baseline, "productive"), Span(a + baseline, b, "slow", slow_in)]
+        excess = b - a - _overlap(saves, a, b) - baseline if slow_in is not None and baseline is not None else 0.0
+        if excess > 0:
+            spans += [Span(a, b - excess, "productive"), Span(b - excess, b, "slow", slow_in)]
         else:
             spans.append(Span(a, b, "productive"))
     return spans, baseline
 
 
+def _overlap(spans: list[Span], a: float, b: float) -> float:
+    """Seconds of the sorted, disjoint ``spans`` inside [a, b]."""
+    i = max(0, bisect.bisect_right([s.start for s in spans], a) - 1)
+    total = 0.0
+    while i < len(spans) and spans[i].start < b:
+        total += max(0.0, min(b, spans[i].end) - max(a, spans[i].start))
+        i += 1
+    return total
+
+
+def _relaunches(events: list[dict]) -> list[tuple[float, str]]:
+    """(time, cause) of every relaunch action, in time order (cause: its incident, or ``exit``)."""
+    return sorted((float(e["time"]), str(e.get("incident") or PLANNED)) for e in events
+                  if e.get("type") == "action" and e.get("action") in RELAUNCHES
+                  and isinstance(e.get("time"), (int, float)))
+
+
 def _relaunch_causes(events: list[dict]):
     """``cause(t)``: the incident of the first relaunch action after ``t`` (``exit`` when none)."""
-    relaunches = sorted((float(e["time"]), str(e.get("incident") or PLANNED)) for e in events
-                        if e.get("type") == "action" and e.get("action") in RELAUNCHES
-                        and isinstance(e.get("time"), (int, float)))
+    relaunches = _relaunches(events)
     times = [t for t, _ in relaunches]
 
     def cause(t: float) -> str:
@@ -282,9 +300,7 @@ def _gap_cause(events: list[dict], stepped: list[Span]):
     """``cause(a, b)``: the incident of the first relaunch action between the steps around the gap [a, b] (a
     save or the queue may split one pause between launches into several gaps; all go to the same cause), or
     ``exit`` when there is none."""
-    relaunches = sorted((float(e["time"]), str(e.get("incident") or PLANNED)) for e in events
-                        if e.get("type") == "action" and e.get("action") in RELAUNCHES
-                        and isinstance(e.get("time"), (int, float)))
+    relaunches = _relaunches(events)
     ends, starts = [s.end for s in stepped], [s.start for s in stepped]
 
     def cause(a: float, b: float) -> str:
@@ -306,7 +322,7 @@ def account(r: Records) -> Goodput:
     start = r.start if r.start is not None else min(firsts, default=0.0)
     end = r.end if r.end is not None else max([s.time for s in steps] + [x.end for x in save_spans], default=start)
     end = max(end, start)
-    stepped, baseline = step_spans(steps, r.launches, r.events, end)
+    stepped, baseline = step_spans(steps, r.launches, r.events, end, save_spans)
     spans = overlay([save_spans, stepped, queue_spans(r.jobs)])
     first = stepped[0].start if stepped else None
     last = steps[-1].time if steps else None

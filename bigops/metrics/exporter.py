@@ -20,16 +20,21 @@ GOODPUT_EVERY_S = 60.0
 """The goodput split reads the run's whole history: recomputed at most this often (it moves slowly)."""
 
 
+def startup_facts(root: Path) -> dict:
+    """The last launch's start-up, phase -> max seconds over ranks (empty before a launch's first step)."""
+    from bigops.goodput import facts
+    startups = facts.startups(RunDir(root))
+    if not startups:
+        return {}
+    return {name: p["max_s"] for name, p in startups[-1]["phases"].items()
+            if isinstance(p, dict) and isinstance(p.get("max_s"), (int, float))}
+
+
 def goodput_facts(root: Path) -> dict:
-    """The goodput split, the optimal checkpoint interval and the last launch's start-up (``bigops goodput``'s
-    records; empty before the first step)."""
+    """The goodput split and the optimal checkpoint interval (``bigops goodput``; empty before the first step)."""
     from bigops.goodput import facts, report
     run = RunDir(root)
     out: dict = {}
-    startups = facts.startups(run)
-    if startups:
-        out["startup"] = {name: p["max_s"] for name, p in startups[-1]["phases"].items()
-                          if isinstance(p, dict) and isinstance(p.get("max_s"), (int, float))}
     records = facts.read_records(run)
     if records.steps:
         r = report.build(str(root), records, facts.save_interval(run))
@@ -110,12 +115,16 @@ class RunCollector:
         self.tick_time: float | None = None
         self.up = 0
         self.goodput: dict = {}
+        """The goodput split, recomputed every GOODPUT_EVERY_S (every tick until the first step)."""
         self.goodput_at: float | None = None
+        self.startup: dict = {}
 
     def update(self, facts: dict, findings: list, new_findings: list, now: float) -> None:
         extra = run_dir_facts(self.run_dir, self.events, facts) if self.run_dir is not None else {}
-        if self.run_dir is not None and (self.goodput_at is None or not 0 <= now - self.goodput_at < GOODPUT_EVERY_S):
-            self.goodput, self.goodput_at = goodput_facts(self.run_dir), now
+        if self.run_dir is not None:
+            self.startup = startup_facts(self.run_dir)  # one small file: every tick
+            if not self.goodput or self.goodput_at is None or not 0 <= now - self.goodput_at < GOODPUT_EVERY_S:
+                self.goodput, self.goodput_at = goodput_facts(self.run_dir), now
         self.facts, self.extra, self.findings, self.tick_time, self.up = facts, extra, findings, now, 1
         for f in new_findings:
             self.reported[(f.kind, f.severity)] += 1
@@ -160,7 +169,7 @@ class RunCollector:
             add(m.GOODPUT_SECONDS, seconds, part)
         add(m.GOODPUT_RATIO, self.goodput.get("goodput_ratio"))
         add(m.CKPT_INTERVAL_OPTIMAL, self.goodput.get("optimal_interval"))
-        for phase, seconds in (self.goodput.get("startup") or {}).items():
+        for phase, seconds in self.startup.items():
             add(m.STARTUP_SECONDS, seconds, phase)
         for (kind, severity), count in sorted(self.reported.items()):
             add(m.FINDINGS, count, kind, severity)

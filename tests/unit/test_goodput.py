@@ -175,4 +175,29 @@ def test_exporter_exports_the_split_the_interval_and_the_startup(tmp_path):
     collector.update({}, [], [], now=1000.0 + GOODPUT_EVERY_S / 2)  # not yet recomputed
     assert collector.goodput["goodput"] == expected.seconds
     collector.update({}, [], [], now=1000.0 + GOODPUT_EVERY_S)
-    assert "goodput" not in collector.goodput  # no step any more: nothing to account
+    assert collector.goodput == {}  # no step any more: nothing to account, so the next tick looks again
+    (run / "telemetry" / "metrics.jsonl").write_text((FIXTURE / "telemetry" / "metrics.jsonl").read_text())
+    collector.update({}, [], [], now=1000.0 + GOODPUT_EVERY_S + 1)
+    assert collector.goodput["goodput"] == expected.seconds
+
+
+def test_soak_sums_the_rounds_and_names_the_biggest_loss():
+    from tests.faults.soak import goodput_table
+    g = acc.account(golden_records())
+    parts = {p: 2 * v for p, v in g.seconds.items()}  # two rounds like the golden one
+    causes = {"RankCrash": {"lost": 2.0, "restart": 24.0, "slow": 0.0}}
+    text = goodput_table(parts, causes)
+    assert text[0] == "goodput over the rounds: 51.3% of 152 s wall"
+    assert "biggest loss: restart overhead (24.0 s, 15.8%)" in text
+    assert "  RankCrash: lost 2.0 s, restart 24.0 s" in text
+
+
+def test_a_save_inside_a_slow_step_is_a_stall_not_slowness():
+    """Steps of 2 s; step 5 takes [8, 13] during a ThroughputDrop, with a 1 s save [8, 9] in it: 1 s checkpoint,
+    2 s slow (4 s of its own against the usual 2), 2 s productive."""
+    steps = [acc.Step(k, 2.0 * k, 2.0) for k in range(1, 5)] + [acc.Step(5, 13.0, 4.0)]
+    events = [{"time": 9, "type": "finding", "notice": "open", "incident": "d", "kind": "ThroughputDrop"}]
+    g = acc.account(acc.Records(steps=steps, saves=[(9.0, 1.0)], events=events, start=0.0))
+    assert g.seconds["checkpoint"] == 1 and g.seconds["slow"] == 2 and g.seconds["productive"] == 10
+    assert [(s.start, s.end, s.part) for s in g.spans[-3:]] == [(8, 9, "checkpoint"), (9, 11, "productive"),
+                                                               (11, 13, "slow")]

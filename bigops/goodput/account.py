@@ -347,6 +347,11 @@ def charges(timeline: list[Span], steps: list[Step], keep: list[bool], events: l
             when = e.get("opened", e.get("time") if e.get("notice") == "open" else None)
             if isinstance(when, (int, float)):
                 opened.setdefault(iid, float(when))
+    for e in events:  # a relaunch about no incident of the table (a take-over): named by its action and reason
+        if e.get("type") == "action" and e.get("action") in RELAUNCHES and isinstance(e.get("incident"), str):
+            kinds.setdefault(e["incident"], f"{e['action']}: {str(e.get('reason') or '')[:80]}")
+            if isinstance(e.get("time"), (int, float)):
+                opened.setdefault(e["incident"], float(e["time"]))
     per: dict[str, dict[str, float]] = {}
     for s in timeline:
         if s.cause is not None and s.part in ("lost", "restart", "slow"):

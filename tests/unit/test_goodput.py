@@ -201,3 +201,13 @@ def test_a_save_inside_a_slow_step_is_a_stall_not_slowness():
     assert g.seconds["checkpoint"] == 1 and g.seconds["slow"] == 2 and g.seconds["productive"] == 10
     assert [(s.start, s.end, s.part) for s in g.spans[-3:]] == [(8, 9, "checkpoint"), (9, 11, "productive"),
                                                                (11, 13, "slow")]
+
+
+def test_a_relaunch_about_no_incident_is_named_by_its_action():
+    """A supervisor that takes over after the previous one was killed relaunches about no incident of the table."""
+    steps = [acc.Step(k, k, 1.0) for k in range(1, 4)] + [acc.Step(3, 10, 1.0)]
+    events = [{"time": 5, "type": "action", "action": "restart", "incident": "takeover:vm:923:1.0",
+               "reason": "the previous watchdog (pid 923) ended without a clean exit"}]
+    (charge,) = acc.account(acc.Records(steps=steps, events=events)).charges
+    assert charge.kind == "restart: the previous watchdog (pid 923) ended without a clean exit"
+    assert charge.opened == 5 and charge.steps_lost == 1 and charge.seconds["restart"] == 6  # [3, 9]

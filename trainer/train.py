@@ -536,5 +536,20 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
+def exit_now(code: int) -> None:
+    """End this rank with ``code`` once everything is written, without the interpreter's teardown.
+
+    After ``main`` returns, every record is on disk (atomic, fsynced writes; the metrics sink and TensorBoard
+    closed, the process group destroyed), yet finalizing torch and DeepSpeed's modules took 5-6 s per rank on 4
+    ranks (a 2-core box, measured from telemetry/exit.json to the process gone): the launcher, the next SLURM
+    link or the supervisor's relaunch waits that long on every exit. The exit handlers still run (logging,
+    compile-worker pools), then the process ends at once."""
+    import atexit
+    atexit._run_exitfuncs()  # what a normal exit runs first (CPython's own hook for it)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -24,6 +24,7 @@ from typing import Callable
 from launcher import plan as plan_mod
 from launcher.plan import LaunchPlan
 from trainer.rundir import RUN_FOLDERS
+from trainer.startup import LAUNCH_TIME_ENV
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -82,7 +83,7 @@ def spawn(run_dir: str | Path, nproc: int, trainer_args: list[str] = (), log_pat
     secure_run_dir(run_dir)
     launch_id = launch_id or uuid.uuid4().hex[:12]
     command = rank_command(run_dir, nproc, master_port or free_port(), list(trainer_args))
-    env = {**rank_env(nproc), **guardian_env(launch_id)}
+    env = {**rank_env(nproc), **guardian_env(launch_id), LAUNCH_TIME_ENV: repr(time.time())}
     stdout = open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), "ab") if log_path \
         else subprocess.DEVNULL
     try:

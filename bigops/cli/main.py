@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 
 from bigops import __version__, exitcodes
-from bigops.cli import alerts, approve, chain, ckpt, dashboards, data, gpu, launch, plot, stacks, status, surgery, \
-    watch
+from bigops.cli import alerts, approve, chain, ckpt, dashboards, data, goodput, gpu, launch, plot, stacks, status, \
+    surgery, watch
 from bigops.cli.options import make_app
 from bigops.cli.streams import library_output_on_stderr
 from bigops.errors import KNOWN_ERRORS, exit_code_of
@@ -39,6 +39,7 @@ def version() -> None:
 
 app.command(name="launch")(launch.launch)
 app.command(name="status")(status.status)
+app.command(name="goodput")(goodput.goodput)
 app.command(name="plot")(plot.plot)
 app.command(name="watch")(watch.watch)
 app.command(name="approve")(approve.approve)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from bigops.dashboards.alerts import CHECKPOINT_MAX_AGE_S, GPU_HOT_CRITICAL_C, GPU_HOT_WARNING_C, NO_PROGRESS_S
 from bigops.metrics import names as m
+from trainer.rundir import RELATIVE
 
 SCHEMA_VERSION = 39
 GRAFANA_VERSION = "11.0.0"
@@ -142,6 +143,7 @@ def run_overview() -> dict:
     _progress_row(g)
     _training_row(g)
     _watchdog_row(g)
+    _goodput_row(g)
     return dashboard("bigops-run-overview", "bigops: run overview", "One training run: progress, loss, "
                      "throughput, checkpoints and what the watchdog saw and did.", g.panels, with_node=False)
 
@@ -218,6 +220,23 @@ def _watchdog_row(g: Layout) -> None:
         target(f"sum by (run, kind) (increase({m.FINDINGS.name}{{{R}}}[1h]))", "{{run}} {{kind}}")]), 12, 8)
     g.add(timeseries("Watchdog actions per hour", "Restarts, rollbacks, kills, give-ups and layer-norm syncs.", [
         target(f"sum by (run, action) (increase({m.ACTIONS.name}{{{R}}}[1h]))", "{{run}} {{action}}")]), 24, 8)
+
+
+def _goodput_row(g: Layout) -> None:
+    """Where the wall time went (``bigops goodput``), and the last launch's start-up budget."""
+    g.row("Goodput")
+    g.add(stat("Goodput", "Productive training over the run's wall time (restarts, redone steps, saves, slow "
+               "periods and the SLURM queue are the rest).", f"min by (run) ({m.GOODPUT_RATIO.name}{{{R}}})",
+               "percentunit", _thresholds((None, "red"), (0.5, "orange"), (0.8, "green"))), 4, 8)
+    g.add(stat("Optimal save interval", "Daly's optimum train.save_interval (steps) for the measured failure rate "
+               "and save cost; bigops goodput suggests it when the configured one is more than 2x off.",
+               f"max by (run) ({m.CKPT_INTERVAL_OPTIMAL.name}{{{R}}})"), 4, 8)
+    g.add(bargauge("Wall time by part", "Every second of the run in exactly one part: productive, slow, lost "
+                   "(redone), checkpoint, queue, restart, startup, stopped.",
+                   f"max by (run, part) ({m.GOODPUT_SECONDS.name}{{{R}}})", "{{part}}"), 8, 8)
+    g.add(bargauge("Start-up of the last launch", f"Seconds per start-up phase, max over ranks "
+                   f"({RELATIVE.startup_log}).", f"max by (run, phase) ({m.STARTUP_SECONDS.name}{{{R}}})",
+                   "{{phase}}"), 8, 8)
 
 
 def cluster_health() -> dict:

@@ -16,6 +16,31 @@ from trainer.rundir import RunDir, read_run_config
 
 ACTIONS = ("restart", "rollback", "kill", "give-up", "sync-layernorm")
 """Always exported (from 0), so that rate() and increase() see the first one."""
+GOODPUT_EVERY_S = 60.0
+"""The goodput split reads the run's whole history: recomputed at most this often (it moves slowly)."""
+
+
+def startup_facts(root: Path) -> dict:
+    """The last launch's start-up, phase -> max seconds over ranks (empty before a launch's first step)."""
+    from bigops.goodput import facts
+    startups = facts.startups(RunDir(root))
+    if not startups:
+        return {}
+    return {name: p["max_s"] for name, p in startups[-1]["phases"].items()
+            if isinstance(p, dict) and isinstance(p.get("max_s"), (int, float))}
+
+
+def goodput_facts(root: Path) -> dict:
+    """The goodput split and the optimal checkpoint interval (``bigops goodput``; empty before the first step)."""
+    from bigops.goodput import facts, report
+    run = RunDir(root)
+    out: dict = {}
+    records = facts.read_records(run)
+    if records.steps:
+        r = report.build(str(root), records, facts.save_interval(run))
+        out.update(goodput=dict(r.goodput.seconds), goodput_ratio=r.goodput.ratio,
+                   optimal_interval=r.advice.optimal_steps)
+    return out
 
 
 def _family(metric: m.Metric):
@@ -90,9 +115,17 @@ class RunCollector:
         self.reported = Counter()
         self.tick_time: float | None = None
         self.up = 0
+        self.goodput: dict = {}
+        """The goodput split, recomputed every GOODPUT_EVERY_S (every tick until the first step)."""
+        self.goodput_at: float | None = None
+        self.startup: dict = {}
 
     def update(self, facts: dict, findings: list, new_findings: list, now: float) -> None:
         extra = run_dir_facts(self.run_dir, self.events, facts) if self.run_dir is not None else {}
+        if self.run_dir is not None:
+            self.startup = startup_facts(self.run_dir)  # one small file: every tick
+            if not self.goodput or self.goodput_at is None or not 0 <= now - self.goodput_at < GOODPUT_EVERY_S:
+                self.goodput, self.goodput_at = goodput_facts(self.run_dir), now
         self.facts, self.extra, self.findings, self.tick_time, self.up = facts, extra, findings, now, 1
         for f in new_findings:
             self.reported[(f.kind, f.severity)] += 1
@@ -133,6 +166,12 @@ class RunCollector:
                 add(m.ACTIONS, self.extra["actions"].get(action, 0), action)
         for host, samples in sorted((self.facts.get("gpus") or {}).items()):
             _add_gpu_samples(add, host, samples)
+        for part, seconds in (self.goodput.get("goodput") or {}).items():
+            add(m.GOODPUT_SECONDS, seconds, part)
+        add(m.GOODPUT_RATIO, self.goodput.get("goodput_ratio"))
+        add(m.CKPT_INTERVAL_OPTIMAL, self.goodput.get("optimal_interval"))
+        for phase, seconds in self.startup.items():
+            add(m.STARTUP_SECONDS, seconds, phase)
         for (kind, severity), count in sorted(self.reported.items()):
             add(m.FINDINGS, count, kind, severity)
         for kind, severity in sorted({(f.kind, f.severity) for f in self.findings}):

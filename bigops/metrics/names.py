@@ -63,5 +63,13 @@ GPU_THROTTLED = Metric("bigops_gpu_throttled", "gauge", "1 for each throttle rea
 FINDINGS = Metric("bigops_findings_total", "counter", "Problems the watchdog reported, by kind and severity.",
                   ("run", "kind", "severity"))
 OPEN = Metric("bigops_finding_active", "gauge", "1 for each problem kind seen in the last scan.", ("run", "kind", "severity"))
+GOODPUT_SECONDS = Metric("bigops_goodput_seconds", "gauge", "Wall seconds of the run by part (productive, slow, lost, "
+                         "checkpoint, queue, restart, startup, stopped; bigops goodput): they sum to its wall time.",
+                         ("run", "part"))
+GOODPUT_RATIO = Metric("bigops_goodput_ratio", "gauge", "Productive training over the run's wall time (0-1).")
+CKPT_INTERVAL_OPTIMAL = Metric("bigops_checkpoint_interval_optimal_steps", "gauge", "Daly's optimum train.save_interval "
+                               "for the measured failure rate and save cost (absent before the first failure).")
+STARTUP_SECONDS = Metric("bigops_startup_seconds", "gauge", "The last launch's start-up by phase (spawn, imports, "
+                         "rendezvous, data, checkpoint, engine, load, first_step), max over ranks.", ("run", "phase"))
 
 ALL = [v for v in list(globals().values()) if isinstance(v, Metric)]

@@ -11,6 +11,9 @@ What is read, and by whom it was written:
 - ``watchdog/state.json`` (the watchdog: its incidents and pending approvals), ``watchdog/intents/``
   (its journal: a give-up), ``watchdog/supervisor.json`` (``bigops launch --watch`` while it owns the ranks);
 - ``slurm/chain.json`` and ``slurm/jobs/`` (``bigops launch --slurm`` and each job);
+- ``telemetry/startup.jsonl`` (rank 0, once per launch): the last launch's start-up budget;
+- the records ``bigops goodput`` accounts (all of metrics.jsonl, checkpoints.jsonl, events.jsonl, the SLURM
+  job records: ``bigops.goodput.facts``), for the goodput line;
 - ``checkpoints/`` through the inventory that ``bigops ckpt list`` uses (sizes against the manifest, no
   hashing), so both say the same about ``latest``;
 - a fresh pass of the watchdog's detectors over the tail (``bigops.watchdog.scan.scan_run``), for what is
@@ -86,11 +89,17 @@ class RunFacts:
     resolve_after_s: float = 900.0
     """The watchdog's quiet period (``alerts.resolve_after_s``): an open incident not seen for longer is stale."""
     val_loss: float | None = None
+    startup: dict | None = None
+    """The last launch's start-up budget (the last record of ``telemetry/startup.jsonl``)."""
+    goodput: object | None = None
+    """What ``bigops goodput`` accounts (``bigops.goodput.account.Records``; None: no step yet)."""
+    save_interval: int | None = None
 
 
 def collect(run: RunDir, now: float, config=None) -> RunFacts:
     """Read the run (read only). ``config``: the detectors' settings (``WatchConfig``; default: the run's own,
     from run.toml, as the watchdog uses them)."""
+    from bigops.goodput import facts as goodput_facts
     from bigops.watchdog.approvals import command, waiting
     from bigops.watchdog.scan import scan_run
     from bigops.watchdog.settings import watch_config
@@ -102,6 +111,7 @@ def collect(run: RunDir, now: float, config=None) -> RunFacts:
         config = watch_config(cfg or RunConfig())
     findings, facts = scan_run(run, now=now, config=config)
     records, _ = read_tail(run.metrics, TAIL_RECORDS) if run.metrics.exists() else ([], 0)
+    accounted = goodput_facts.read_records(run)
     incidents = read_section(run.watchdog_state, "incidents") or {}
     pending = [{"id": e.get("id"), "action": e.get("action"), "reason": e.get("reason"), "time": e.get("time"),
                 "approve": command(run, "approve", e["id"]), "deny": command(run, "deny", e["id"])}
@@ -115,7 +125,9 @@ def collect(run: RunDir, now: float, config=None) -> RunFacts:
         world_size=cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.dp if cfg else None,
         gpus=_newest_gpu_samples(facts.get("gpus") or {}),
         tensorboard=str(run.tensorboard) if run.tensorboard.is_dir() else None,
-        resolve_after_s=config.incidents.resolve_after_s, val_loss=facts.get("last_val_loss"))
+        resolve_after_s=config.incidents.resolve_after_s, val_loss=facts.get("last_val_loss"),
+        startup=(goodput_facts.startups(run) or [None])[-1], goodput=accounted if accounted.steps else None,
+        save_interval=cfg.train.save_interval if cfg else None)
 
 
 def checkpoint_facts(run: RunDir) -> CheckpointFacts:

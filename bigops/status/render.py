@@ -5,6 +5,8 @@ watchdog did and its runbook), what waits for a decision, then progress (step, r
 the checkpoint, the ranks (counted; only the odd ones named, at most ``MAX_NAMED_RANKS``), the GPUs (one
 line), what is no longer current, and where the TensorBoard logs are. With 384 ranks it stays a screen.
 
+Below the checkpoint: the goodput line (``bigops goodput`` tells the rest) and the last launch's start-up budget.
+
 The JSON holds the same facts under ``schema_version`` (``SCHEMA_VERSION``: bumped when a field changes
 meaning or goes away; new fields may come without a bump), plus ``last_record`` and ``problems`` as
 ``bigops status --format json`` always had them.
@@ -15,7 +17,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 
+from bigops.goodput.report import document as goodput_document
+from bigops.goodput.report import status_line as goodput_status_line
 from bigops.status.summary import MAX_NAMED_RANKS, Problem, Status, duration
+from trainer.startup import describe as describe_startup
 
 SCHEMA_VERSION = 1
 
@@ -42,6 +47,10 @@ def lines(s: Status) -> list[str]:
         t = s.loss_trend
         out.append(f"loss trend: {t.spark}  {t.low:.3f}..{t.high:.3f} over steps {t.first_step}-{t.last_step}")
     out.append(checkpoint_line(s))
+    if s.goodput is not None:
+        out.append(goodput_status_line(s.goodput))
+    if s.startup is not None:
+        out.append(f"start-up of the last launch: {describe_startup(s.startup)}")
     out += rank_lines(s)
     if s.gpus:
         visible = sum(g["visible"] for g in s.gpus.values())
@@ -159,4 +168,6 @@ def _document(s: Status) -> dict:
         "gpus": s.gpus,
         "tensorboard": s.tensorboard,
         "last_record": s.last_record,
+        "startup": s.startup,
+        "goodput": goodput_document(s.goodput) if s.goodput is not None else None,
     }

@@ -140,6 +140,10 @@ class Status:
     gpus: dict[str, dict]
     tensorboard: str | None
     last_record: dict | None
+    startup: dict | None = None
+    """The last launch's start-up budget (``trainer.startup``)."""
+    goodput: object | None = None
+    """The run's goodput (``bigops.goodput.report.Report``; None before the first step)."""
 
 
 # ------------------------------------------------------------------------------------------------ the state
@@ -415,6 +419,11 @@ def _majority(values: list) -> object | None:
 
 
 # ------------------------------------------------------------------------------------------------ status
+def build_goodput(root: str, records, save_interval: int | None):
+    from bigops.goodput.report import build
+    return build(root, records, save_interval)
+
+
 def summarize(f: RunFacts, now: float) -> Status:
     """The status of a run at ``now`` (pure: the same facts and now give the same status)."""
     hang = next((x for x in f.findings if x.kind == "TrainingHang" and not x.resolved), None)
@@ -430,7 +439,8 @@ def summarize(f: RunFacts, now: float) -> Status:
                   stale=tuple(stale), checkpoint=Checkpoint(c.latest, c.newest_complete, c.latest_problem, c.count,
                                                             c.partial, c.newest_verified),
                   ranks=ranks(f, state, hang), loss_trend=loss_trend(f.records), pending=tuple(f.pending),
-                  gpus=gpus, tensorboard=f.tensorboard, last_record=f.records[-1] if f.records else None)
+                  gpus=gpus, tensorboard=f.tensorboard, last_record=f.records[-1] if f.records else None,
+                  startup=f.startup, goodput=build_goodput(f.root, f.goodput, f.save_interval) if f.goodput else None)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -17,7 +17,8 @@ import shlex
 from pathlib import PurePosixPath
 
 from trainer.config import ConfigError, RunConfig, SlurmConfig, world_size_of
-from trainer.rundir import RunDir
+from trainer.rundir import RELATIVE, RunDir
+from trainer.startup import LAUNCH_TIME_ENV
 
 q = shlex.quote
 
@@ -211,6 +212,8 @@ def _script_ranks(cfg: RunConfig, cpus: int | None) -> list[str]:
     s = cfg.slurm
     script_run = RunDir("$RUN_DIR")  # the script's paths, spelled by the contract against its $RUN_DIR
     return [
+        f"# The ranks' start-up budget ({RELATIVE.startup_log}) counts from here.",
+        f'export {LAUNCH_TIME_ENV}="$(date +%s.%N)"',
         "# One srun task per node; torch's elastic launcher starts its ranks, rendezvous on the first node.",
         " ".join([
             "srun", "--kill-on-bad-exit=1", f"--wait={SRUN_WAIT_S}", f"--nodes={s.nodes}", "--ntasks-per-node=1",

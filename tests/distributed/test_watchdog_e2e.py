@@ -28,6 +28,17 @@ def actions(run, kind):
     return [e for e in events(run) if e.get("type") == "action" and e["action"] == kind]
 
 
+def goodput_of(run):
+    """``bigops goodput RUN --format json``, its parts checked to sum to the wall time, and the steps trained."""
+    out = bigops("goodput", run, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    goodput = json.loads(out.stdout)
+    assert sum(goodput["seconds"].values()) == pytest.approx(goodput["wall_s"], abs=1e-6)
+    trained = [r["step"] for r in read_jsonl(run / "telemetry" / "metrics.jsonl")]
+    assert goodput["steps_lost"] == len(trained) - len(set(trained))  # each redone step trained twice
+    return goodput
+
+
 def rank_pids(run):
     return {json.loads(p.read_text())["rank"]: json.loads(p.read_text())["pid"]
             for p in (run / "telemetry" / "heartbeat").glob("rank-*.json")}
@@ -43,6 +54,17 @@ def test_killed_rank_is_restarted_from_the_last_checkpoint(tmp_path):
     restarts = actions(run, "restart")
     assert len(restarts) == 1 and "crash" in restarts[0]["reason"] and restarts[0]["checkpoint_step"] >= 10
     assert max(losses(run)) == 60 and (run / "checkpoints" / "latest").read_text().strip() == "global_step60"
+    # the start-up budget of both launches, and the goodput of the run: the steps past the checkpoint were redone
+    first, second = read_jsonl(run / "telemetry" / "startup.jsonl")
+    resumed = restarts[0]["checkpoint_step"]
+    assert first["resumed_from"] is None and second["resumed_from"] == f"global_step{resumed}"
+    assert second["step"] == resumed + 1 and second["ranks"] == 4 and second["total_s"] > 0
+    assert set(second["phases"]) == {"spawn", "imports", "rendezvous", "data", "checkpoint", "engine", "load",
+                                     "first_step"}
+    goodput = goodput_of(run)
+    assert goodput["relaunches"] == 1
+    (crash,) = goodput["charges"]
+    assert crash["kind"] == "RankCrash" and crash["seconds"]["restart"] > second["total_s"]
 
 
 def test_stopped_rank_is_a_hang_named_then_killed_and_restarted(tmp_path):
@@ -67,6 +89,9 @@ def test_stopped_rank_is_a_hang_named_then_killed_and_restarted(tmp_path):
     assert sorted(p.name for p in folder.glob("rank-*.json")) == [f"rank-{r}.json" for r in range(4)]
     assert json.loads((folder / "rank-1.json").read_text())["threads"]  # the stopped rank, read as it stands
     assert actions(run, "restart") and max(losses(run)) == 60
+    goodput = goodput_of(run)  # the hang's restart overhead holds at least its 4 s timeout, charged to it
+    (hang,) = [c for c in goodput["charges"] if c["kind"] == "TrainingHang"]
+    assert hang["seconds"]["restart"] > 4 and hang["steps_lost"] == goodput["steps_lost"]
     from trainer.rundir import pid_alive
     assert not pid_alive(stopped)  # the stopped rank did not outlive the launch (torchrun could not stop it)
 
@@ -94,6 +119,10 @@ def test_loss_spike_is_rolled_back_and_its_data_skipped(tmp_path):
     assert rollback[0]["outcome"].count("set aside") == 1
     final = losses(run)
     assert max(final) == 150
+    goodput = goodput_of(run)  # the steps past global_step80 were trained, thrown away, trained again
+    (spiked,) = goodput["charges"]
+    assert spiked["kind"] == "LossSpike" and spiked["steps_lost"] == goodput["steps_lost"] > 0
+    assert spiked["seconds"]["lost"] > 0 and spiked["seconds"]["restart"] > 0
     clean_final = losses(clean)[150]
     assert abs(final[150] - clean_final) / clean_final < 0.1, (final[150], clean_final)
 

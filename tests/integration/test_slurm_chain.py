@@ -113,6 +113,18 @@ def test_a_chain_of_three_links_each_stopped_by_slurm_resumes_and_reaches_the_ta
     print(f"\nchain link overhead (end of job -> first step of the next): "
           f"{', '.join(f'{o:.1f} s' for o in overheads)}")
 
+    # Goodput: two planned relaunches, nothing lost; the time between the links is queue (job end -> next start)
+    # and restart (-> first step), charged to no incident; every second once.
+    out = bigops(slurm, "goodput", run, "--format", "json", timeout=120)
+    assert out.returncode == 0, out.stderr
+    goodput = json.loads(out.stdout)
+    assert goodput["relaunches"] == 2 and goodput["steps_lost"] == 0 and goodput["steps_productive"] == 24
+    assert abs(sum(goodput["seconds"].values()) - goodput["wall_s"]) < 1e-6
+    assert [c["cause"] for c in goodput["charges"]] == ["exit"] and goodput["interval"]["failures"] == 0
+    assert goodput["seconds"]["queue"] > 0
+    assert goodput["seconds"]["queue"] + goodput["seconds"]["restart"] >= sum(overheads)
+    print("goodput of the chain: " + ", ".join(f"{k} {v:.1f} s" for k, v in goodput["seconds"].items()))
+
     # The watchdog sees a clean end: the chain is done, nothing submitted; one squeue per tick.
     state = WatchState.load(state_path(RunDir(run)))
     env_before = os.environ.get("SLURM_CONF")

@@ -63,3 +63,16 @@ def test_main_turns_each_known_error_into_one_line_and_its_code(exc, code, monke
     assert main(["status", "x"]) == code == errors.exit_code_of(exc)
     err = capsys.readouterr().err
     assert err == f"error: {exc}\n"
+
+
+def test_a_rank_exits_at_once_with_its_code_after_the_exit_handlers():
+    """trainer.train.exit_now: the code reaches the launcher, the exit handlers and buffered output still run
+    (only the interpreter's teardown of torch and DeepSpeed is skipped)."""
+    import os
+    import subprocess
+    import sys
+    script = ("import atexit, sys, trainer.train as t; atexit.register(lambda: print('handlers ran')); "
+              "sys.stdout.write('buffered '); t.exit_now(11)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONUNBUFFERED": ""})
+    assert proc.returncode == 11 and proc.stdout == "buffered handlers ran\n", (proc.stdout, proc.stderr)

@@ -30,7 +30,8 @@ from tests.unit.test_ckpt_tools import make_checkpoint, run  # noqa: F401 (run: 
 from trainer import checkpoint as ckpt
 from trainer import exitcodes
 from trainer import config as config_mod
-from trainer.rundir import RunDir, atomic_write_text
+from trainer import startup
+from trainer.rundir import RunDir, append_jsonl, atomic_write_text
 from trainer.telemetry import Heartbeat, MetricsSink
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "status"
@@ -155,8 +156,23 @@ def test_finished_run_says_finished_and_keeps_an_old_throughput_drop_apart(run, 
     assert "ETA" not in text
 
 
+def write_startup(run: RunDir, launched: float, seconds: list[dict], resumed_from: str | None) -> None:
+    """The start-up record rank 0 appends after a launch's first step (``trainer.startup.summarize``)."""
+    own = []
+    for rank_seconds in seconds:
+        ready = launched + sum(rank_seconds.values())
+        own.append({"seconds": rank_seconds, "launched": launched, "started": launched + rank_seconds["spawn"],
+                    "ready": ready})
+    append_jsonl(run.startup_log, startup.summarize(own, launch="launch-1", step=1, resumed_from=resumed_from,
+                                                    now=max(o["ready"] for o in own)))
+
+
 def test_crashed_run_names_the_rank_and_the_message_not_a_hang(run, clock):
     write_config(run, "tiny", "train.train_steps=1000")
+    write_startup(run, T0 - 30.0, [{"spawn": 0.5, "imports": 10.0, "rendezvous": 2.0, "data": 0.5, "checkpoint": 0.1,
+                                    "engine": 12.0, "load": 0.0, "first_step": 1.0},
+                                   {"spawn": 0.6, "imports": 14.0, "rendezvous": 1.5, "data": 0.4, "checkpoint": 0.1,
+                                    "engine": 11.0, "load": 0.0, "first_step": 1.2}], None)
     write_metrics(run, range(1, 251))
     save_checkpoint(run, clock, 200)
     write_beats(run, range(4), 251, T0 + 502.0, phase="backward")
@@ -171,6 +187,11 @@ def test_crashed_run_names_the_rank_and_the_message_not_a_hang(run, clock):
     assert "rank 2 on n0: recorded the crash" in text
     assert "TrainingHang" not in text.split("not current")[0]  # the ranks exited: no hang today
     assert "ranks: 4, not running (4 backward)" in text
+    # the last launch's budget: max over its two ranks, the largest phase named with its rank
+    assert ("start-up of the last launch: 28.8 s to the first step: spawn 0.6, imports 14.0, rendezvous 2.0, data "
+            "0.5, checkpoint 0.1, engine 12.0, load 0.0, first step 1.2 s (max over ranks); largest: imports (rank 1)"
+            in lines_)
+    assert "goodput: 94.3% productive of 530 s; largest loss first start-up 5.7%" in lines_  # 30 s to step 1
 
 
 def test_damaged_checkpoint_is_a_problem_as_ckpt_list_says(run, clock, capsys):
@@ -242,6 +263,9 @@ def test_json_has_a_schema_version_and_the_same_facts(run, clock, capsys, monkey
     assert data["checkpoint"]["newest_complete"]["tag"] == "global_step300"
     assert data["ranks"]["healthy"] == 4 and data["last_record"]["step"] == 400
     assert data["tensorboard"] == str(run.tensorboard)
+    goodput = data["goodput"]  # steps 1-400 at 2 s each, one save (the checkpoint fixture logs none)
+    assert goodput["seconds"]["productive"] == pytest.approx(800.0) and goodput["wall_s"] == pytest.approx(800.0)
+    assert data["startup"] is None  # no launch recorded one
 
 
 def test_json_is_strict_even_with_a_nan_loss(run, clock):

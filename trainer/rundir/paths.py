@@ -30,6 +30,7 @@ HEARTBEAT = "heartbeat"
 HEARTBEAT_GLOB = "rank-*.json"
 CHECKPOINT_LOG = "checkpoints.jsonl"
 EXIT_RECORD = "exit.json"
+STARTUP_LOG = "startup.jsonl"
 GPU = "gpu"
 TENSORBOARD = "tensorboard"
 LOGS = "logs"
@@ -168,6 +169,11 @@ class RunDir:
     def checkpoint_log(self) -> Path:
         """Every save and load: tag, step, seconds, bytes."""
         return self.telemetry / CHECKPOINT_LOG
+
+    @property
+    def startup_log(self) -> Path:
+        """One record per launch: where its start-up seconds went, phase by phase (``trainer.startup``)."""
+        return self.telemetry / STARTUP_LOG
 
     @property
     def exit_record(self) -> Path:

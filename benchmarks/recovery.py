@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks import peers
 from benchmarks.cli import main_of
-from benchmarks.recovery_figures import hang_reported, ratio, resumption
+from benchmarks.recovery_figures import nvrx_worker_failed, ratio, reported, resumption
 from trainer.rundir import RunDir, read_jsonl
 
 BASE = ["data.source=synthetic", "model.vocab_size=512", "train.seq_length=32", "train.global_batch_size=8",
@@ -82,6 +82,20 @@ def _failure(run: RunDir, proc) -> str:
     return f"launcher rc {proc.returncode}" if proc.poll() is not None else "still running, no step resumed"
 
 
+def _detected(peer: str, fault: str, run_dir: Path, fault_time: float) -> float | None:
+    """Fault -> the peer's own record of it: bigops' RankCrash / TrainingHang event, ft_launcher's log line of the
+    failed worker (for a hang, that is its kill of the stopped rank); None for torchrun (not parsed)."""
+    if peer == "bigops":
+        at = reported(read_jsonl(RunDir(run_dir).events), "RankCrash" if fault == "kill" else "TrainingHang",
+                      fault_time)
+    elif peer == "nvrx":
+        log = run_dir.parent / f"{run_dir.name}.log"
+        at = nvrx_worker_failed(log.read_text(errors="replace"), fault_time) if log.exists() else None
+    else:
+        at = None
+    return at - fault_time if at else None
+
+
 def measure(peer: str, size: str, fault: str, base: Path, hang_timeout_s: float, recover_within_s: float) -> dict:
     """One peer, one size, one fault: the figures (or ``failed``: why it did not recover)."""
     _, _, fault_after = SIZES[size]
@@ -97,12 +111,11 @@ def measure(peer: str, size: str, fault: str, base: Path, hang_timeout_s: float,
         if fault == "hang":
             killed = peers.wait_until(lambda: not peers.alive(pid), hang_timeout_s + recover_within_s)
             result["hung_rank_killed_s"] = time.time() - fault_time if killed else None
-            reported = hang_reported(read_jsonl(run.events), fault_time)
-            result["hang_reported_s"] = reported - fault_time if reported else None
             if not killed:
                 result["failed"] = f"the stopped rank was not found hung within {hang_timeout_s + recover_within_s:.0f} s"
                 return result
         figures = _resumed(run, fault_time, proc, recover_within_s)
+        result["detected_s"] = _detected(peer, fault, run_dir, fault_time)
         if figures is None:
             result["failed"] = f"did not recover: {_failure(run, proc)}"
         else:
@@ -151,11 +164,10 @@ def report(r: dict) -> None:
                 continue
             m = row[peer]
             found = ""
+            if m.get("detected_s") is not None:
+                found = f"detected {_fmt(m['detected_s'])}, "
             if "hung_rank_killed_s" in m:
-                found = f"hung rank killed {_fmt(m['hung_rank_killed_s'])}"
-                if m.get("hang_reported_s") is not None:
-                    found += f" (reported {_fmt(m['hang_reported_s'])})"
-                found += ", "
+                found += f"hung rank killed {_fmt(m['hung_rank_killed_s'])}, "
             if m.get("failed"):
                 print(f"    {peer:<9} {found}{m['failed']}")
             else:

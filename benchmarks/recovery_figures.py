@@ -9,6 +9,13 @@ logged by rank 0 once loaded) after the fault, followed by a step (``telemetry/m
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
+
+# ft_launcher's agent log line for a worker that exited, e.g.
+# "[2026-12-04 20:21:36,210] [ERROR] [ft_launcher6425@vm] failed (exitcode: -9) local_rank: 2 (pid: 6497) ..."
+_NVRX_FAILED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] \[ERROR\] \[ft_launcher\S*\] failed \(exitcode")
+
 
 def resumption(metrics: list[dict], loads: list[dict], fault_time: float) -> dict | None:
     """Recovery figures for a fault at ``fault_time`` (unix s), or None while no step followed a load after it.
@@ -29,10 +36,23 @@ def resumption(metrics: list[dict], loads: list[dict], fault_time: float) -> dic
             "overhead_s": mttr - load["seconds"], "resumed_step": first["step"], "checkpoint_bytes": load.get("bytes")}
 
 
-def hang_reported(events: list[dict], since: float) -> float | None:
-    """When the watchdog first recorded a ``TrainingHang`` after ``since`` (unix s), or None."""
-    times = [e["time"] for e in events if e.get("kind") == "TrainingHang" and e.get("time", 0) > since]
+def reported(events: list[dict], kind: str, since: float) -> float | None:
+    """When the watchdog first recorded an event of ``kind`` (``RankCrash``, ``TrainingHang``) after ``since``
+    (unix s), or None."""
+    times = [e["time"] for e in events if e.get("kind") == kind and e.get("time", 0) > since]
     return min(times) if times else None
+
+
+def nvrx_worker_failed(log_text: str, since: float) -> float | None:
+    """When ft_launcher's agent first logged a failed worker after ``since`` (unix s; its log is in local
+    time, to the millisecond), or None."""
+    for line in log_text.splitlines():
+        match = _NVRX_FAILED.match(line)
+        if match:
+            at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if at > since:
+                return at
+    return None
 
 
 def ratio(ours: float | None, theirs: float | None) -> float | None:

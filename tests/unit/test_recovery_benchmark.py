@@ -9,7 +9,9 @@ import sys
 import pytest
 
 from benchmarks import peers, recovery, watch_cost
-from benchmarks.recovery_figures import hang_reported, ratio, resumption
+from datetime import datetime
+
+from benchmarks.recovery_figures import nvrx_worker_failed, ratio, reported, resumption
 from trainer import peer_heartbeat
 
 
@@ -43,11 +45,22 @@ def test_a_resumption_from_the_last_step_loses_nothing():
     assert r["steps_lost"] == 0
 
 
-def test_hang_reported_is_the_first_training_hang_after_the_fault():
+def test_reported_is_the_first_event_of_its_kind_after_the_fault():
     events = [{"kind": "TrainingHang", "time": 5.0}, {"kind": "RankCrash", "time": 12.0},
               {"kind": "TrainingHang", "time": 21.0}, {"kind": "TrainingHang", "time": 20.0}]
-    assert hang_reported(events, 10.0) == 20.0
-    assert hang_reported(events, 30.0) is None
+    assert reported(events, "TrainingHang", 10.0) == 20.0
+    assert reported(events, "RankCrash", 10.0) == 12.0
+    assert reported(events, "TrainingHang", 30.0) is None
+
+
+def test_nvrx_worker_failed_reads_the_agents_log_line_after_the_fault():
+    log = ("[2026-12-04 20:21:26,951] [ALWAYS] [RankMonServer.Restarter] [NestedRestarter] state=initialize\n"
+           "[2026-12-04 20:21:30,100] [ERROR] [ft_launcher6425@vm] failed (exitcode: 1) local_rank: 0 (pid: 1)\n"
+           "[rank2]: failed (exitcode: -9)\n"
+           "[2026-12-04 20:21:36,210] [ERROR] [ft_launcher6425@vm] failed (exitcode: -9) local_rank: 2 (pid: 6497)\n")
+    fault = datetime(2026, 12, 4, 20, 21, 35).timestamp()
+    assert nvrx_worker_failed(log, fault) == pytest.approx(fault + 1.21)
+    assert nvrx_worker_failed(log, fault + 2) is None
 
 
 def test_ratio_is_missing_when_a_peer_did_not_recover():

@@ -6,13 +6,14 @@ import platform
 import time
 
 from benchmarks import alerting, cli_startup, data_prepare, detection, incidents, model_throughput, parallel_overhead, recovery, \
-    reshape, resume_check, surgery, watchdog, watchdog_scale
+    rank_exit, reshape, resume_check, surgery, watch_cost, watchdog, watchdog_scale
 
 BENCHMARKS = {"model_throughput": model_throughput.main, "watchdog": watchdog.main, "recovery": recovery.main,
               "surgery": surgery.main, "parallel_overhead": parallel_overhead.main,
               "watchdog_scale": watchdog_scale.main, "alerting": alerting.main, "detection": detection.main,
               "incidents": incidents.main, "reshape": reshape.main, "cli_startup": cli_startup.main,
-              "data_prepare": data_prepare.main, "resume_check": resume_check.main}
+              "data_prepare": data_prepare.main, "resume_check": resume_check.main, "watch_cost": watch_cost.main,
+              "rank_exit": rank_exit.main}
 
 
 def _get(result: dict, *path):
@@ -28,8 +29,8 @@ def _get(result: dict, *path):
 HEADLINES = {
     "model_throughput": ("tokens/s, ours / transformers", lambda r: _get(r, "ratio_ours_vs_transformers")),
     "watchdog": ("spike -> notification, s (direct)", lambda r: _get(r, "spike_detection_latency_s")),
-    "recovery": ("MTTR bigops / torchrun (s if torchrun failed)",
-                 lambda r: _get(r, "ratio_mttr_bigops_vs_torchrun") or _get(r, "bigops", "mttr_s")),
+    "recovery": ("MTTR bigops / NVRx (s if NVRx failed; goal <= .5)",
+                 lambda r: _get(r, "ratio_mttr_bigops_vs_nvrx") or _get(r, "bigops", "mttr_s")),
     "surgery": ("surgery GB/s / (cp -r + sync)", lambda r: _get(r, "ratio_surgery_vs_cp_then_sync")),
     "reshape": ("reshape GB/s / (cp -r + sync)", lambda r: _get(r, "ratio_reshape_vs_cp_then_sync")),
     "data_prepare": ("data prepare tokens/s / tokenizers' batch", lambda r: _get(r, "ratio_ours_vs_tokenizers")),
@@ -38,6 +39,7 @@ HEADLINES = {
     "alerting": ("Prometheus+AM / watchdog direct latency", lambda r: _alerting_ratio(r)),
     "detection": ("rollbacks not needed (bigops, 20 recovering)", lambda r: _get(r, "unneeded_rollbacks_bigops")),
     "incidents": ("pages per incident, 90 sim. days (goal 1.0)", lambda r: _get(r, "pages_per_incident")),
+    "watch_cost": ("tokens/s with --watch / without (goal >= 0.97)", lambda r: _get(r, "ratio_watch_vs_no_watch")),
     "cli_startup": ("bigops --help wall s (goal < 0.5)", lambda r: _get(r, "help_s")),
     "resume_check": ("restart ckpt check, before / after (stamped, largest)",
                      lambda r: (r.get("rows") or [{}])[-1].get("ratio_before_vs_after_stamped")),

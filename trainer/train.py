@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from trainer import checkpoint as ckpt
 from trainer import config as config_mod
-from trainer import exitcodes, layout, resume_check, safe_load, verified
+from trainer import exitcodes, layout, peer_heartbeat, resume_check, safe_load, verified
 from trainer.control import ControlState, acknowledge_save, decide, start_skip_ranges, take_sync_request
 from trainer.data.dataset import DataError
 from trainer.data.sampler import batch_positions, rank_micro_batches
@@ -271,6 +271,8 @@ class Loop:
     clock: StartupClock | None = None
     """This launch's start-up budget, until the first step has been recorded (then None)."""
     resumed_from: str | None = None
+    peer_beat: Callable[[], None] | None = None
+    """A per-step heartbeat to another launcher's monitor (``trainer.peer_heartbeat``; None: not asked for)."""
 
     @property
     def cfg(self) -> config_mod.RunConfig:
@@ -432,7 +434,7 @@ def setup(run: RunDir, init_hf: str | None, faults: FaultHooks,
     sink = MetricsSink(run, seq_length=cfg.train.seq_length, batch_size=cfg.train.global_batch_size) \
         if ctx.is_logging_rank else None
     return Loop(run, ctx, engine, control, heartbeat, sample, faults, sink, flops, clock,
-                resumable.tag if resumable is not None else None), state
+                resumable.tag if resumable is not None else None, peer_heartbeat.from_env()), state
 
 
 def record_startup(loop: Loop, step: int) -> None:
@@ -509,6 +511,8 @@ def train_step(loop: Loop, state: TrainState) -> dict:
     elapsed = time.perf_counter() - started
     state.step, state.consumed = state.step + 1, next_consumed
     loop.heartbeat.beat("step", state.step, force=True)
+    if loop.peer_beat is not None:
+        loop.peer_beat()
     grad_norm = engine.get_global_grad_norm()
     # DeepSpeed's optimizers skip the update when the grad norm is NaN/Inf (a NaN loss makes NaN
     # gradients): the data is consumed, the weights and the LR schedule are left as they were.

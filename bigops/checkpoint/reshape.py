@@ -260,6 +260,12 @@ def _carry_rng(source: Source, partial: Path, target: Layout) -> str:
     return "carried"
 
 
+def kept_rows(source_cfg: config_mod.RunConfig, target_cfg: config_mod.RunConfig) -> int:
+    """Word-embedding rows the conversion keeps: the source's padded vocabulary, or the target's if smaller
+    (see :func:`stage_source`)."""
+    return min(source_cfg.padded_vocab_size, target_cfg.padded_vocab_size)
+
+
 def check_loss(source: Source, converted: Path, target: Layout,
                say: Callable[[str], None] = lambda s: None) -> "loss_check.LossCheck":
     """The converted checkpoint's loss on a fixed batch against the source's; CheckpointError when it differs."""
@@ -267,7 +273,7 @@ def check_loss(source: Source, converted: Path, target: Layout,
     from trainer import megatron
 
     target_cfg = target_config(source.config, target)
-    keep_rows = min(source.config.padded_vocab_size, target_cfg.padded_vocab_size)
+    keep_rows = kept_rows(source.config, target_cfg)
     say("checking the converted model: the loss on a fixed batch against the source's")
     result = loss_check.compare(megatron.full_tensor_reader(source.path, source.config),
                                 loss_check.universal_reader(converted, target_cfg.model.num_layers),
@@ -305,8 +311,7 @@ def write_universal(source: Source, target: Layout, say: Callable[[str], None] =
     for leftover in (partial, staging):
         if leftover.exists():
             shutil.rmtree(leftover)  # a crashed reshape's (never a source: tags never start with '.')
-    keep_rows = min(source.config.padded_vocab_size,
-                    target_config(source.config, target).padded_vocab_size)
+    keep_rows = kept_rows(source.config, target_config(source.config, target))
     try:
         convert(stage_source(source, staging, keep_rows), partial, say, on_progress)
         shutil.rmtree(staging)

@@ -344,46 +344,56 @@ def compare_tp_command(
     raise typer.Exit(0 if not report.out_of_sync else 1)
 
 
+class _FilesRead:
+    """Files and bytes done of a total, shown as one phase of a ``bar_reporter``; called from hashing threads."""
+
+    def __init__(self, bar, phase: str, suffix: str = ""):
+        import threading
+        self.bar, self.phase, self.suffix, self.lock = bar, phase, suffix, threading.Lock()
+        self.files = self.bytes = self.total_files = self.total_bytes = 0
+
+    def start(self, files: int, size: int, show: bool = True) -> None:
+        self.total_files, self.total_bytes = files, size
+        if show:
+            self.show()
+
+    def done(self, path: Path) -> None:
+        with self.lock:
+            self.files += 1
+            self.bytes += path.stat().st_size
+            self.show()
+
+    def show(self) -> None:
+        self.bar(self.phase, self.files, self.total_files,
+                 f"{_size(self.bytes)} of {_size(self.total_bytes)}{self.suffix}")
+
+
+def _stderr_bar(label: str):
+    from rich.console import Console
+
+    from bigops.cli.progress import bar_reporter
+    return bar_reporter(Console(stderr=True, highlight=False, soft_wrap=True), label)
+
+
 def _verify_with_progress(run, entry):
     """verify's hashing of one checkpoint, with a bar of files and bytes on stderr (plain lines off a
     terminal); the hashing threads report each file done."""
-    import threading
-
-    from rich.console import Console
-
     from bigops.checkpoint.inventory import verify_entry
-    from bigops.cli.progress import bar_reporter
 
-    lock, total, done = threading.Lock(), {"files": 0, "bytes": 0}, {"files": 0, "bytes": 0}
-    with bar_reporter(Console(stderr=True, highlight=False, soft_wrap=True), f"verifying {entry.tag}") as bar:
-        def started(files: int, size: int) -> None:
-            total.update(files=files, bytes=size)
-            bar("hashing", 0, files, f"0 B of {_size(size)}")
-
-        def finished(path: Path) -> None:
-            with lock:
-                done["files"] += 1
-                done["bytes"] += path.stat().st_size
-                bar("hashing", done["files"], total["files"], f"{_size(done['bytes'])} of {_size(total['bytes'])}")
-        return verify_entry(run, entry, on_start=started, on_done=finished)
+    with _stderr_bar(f"verifying {entry.tag}") as bar:
+        counter = _FilesRead(bar, "hashing")
+        return verify_entry(run, entry, on_start=counter.start, on_done=counter.done)
 
 
 def _compare_with_progress(layout) -> "tp_duplicates.Report":
     """compare-tp's reading, with a bar of files and bytes on stderr (plain lines off a terminal)."""
-    from rich.console import Console
-
     from bigops.checkpoint import tp_duplicates
-    from bigops.cli.progress import bar_reporter
 
     files = [f for group in (*layout.layer_files.values(), *layout.optim_files.values()) for f in group]
-    total_bytes = sum(f.stat().st_size for f in files)
-    read = {"files": 0, "bytes": 0}
-    with bar_reporter(Console(stderr=True, highlight=False, soft_wrap=True), "comparing") as bar:
-        def progress(path: Path) -> None:
-            read["files"] += 1
-            read["bytes"] += path.stat().st_size
-            bar("TP copies", read["files"], len(files), f"{_size(read['bytes'])} of {_size(total_bytes)} read")
-        return tp_duplicates.compare_tp(layout, progress)
+    with _stderr_bar("comparing") as bar:
+        counter = _FilesRead(bar, "TP copies", suffix=" read")
+        counter.start(len(files), sum(f.stat().st_size for f in files), show=False)
+        return tp_duplicates.compare_tp(layout, counter.done)
 
 
 @app.command("reshape")

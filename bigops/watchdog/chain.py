@@ -183,10 +183,7 @@ class _Pass:
                     continue
                 if intent["action"] == "chain-shrink":
                     shrunk = True
-                    loaded = self.chain_mod.Chain.load(self.local, str(self.run.root))
-                    if loaded is not None:
-                        loaded.keeper = self.k
-                        self.chain = loaded
+                    self.reload_chain()
                     if line:
                         self.facts["actions"].append(line)
         return shrunk
@@ -285,6 +282,14 @@ class _Pass:
             except CommandError:
                 pass
 
+    def reload_chain(self) -> None:
+        """After a shrink the executor rewrote chain.json (options, submitted jobs): take it, with this pass's
+        keeper notes, so the save at the end of the pass does not put the old one back."""
+        loaded = self.chain_mod.Chain.load(self.local, str(self.run.root))
+        if loaded is not None:
+            loaded.keeper = self.k
+            self.chain = loaded
+
     def usable(self, cfg) -> int | None:
         """Usable nodes for the chain's next job (``sinfo``), None when SLURM does not answer or lists no node
         at all (a partition it does not know: nothing to conclude from)."""
@@ -323,10 +328,7 @@ class _Pass:
         except CommandError as exc:  # SLURM refused: the journal finishes the rest at a later pass
             self.facts["actions"].append(f"[WARNING] chain shrink interrupted: {exc}")
             line = None
-        loaded = self.chain_mod.Chain.load(self.local, str(self.run.root))
-        if loaded is not None:  # the executor rewrote options and submitted jobs: keep them, and our keeper notes
-            loaded.keeper = self.k
-            self.chain = loaded
+        self.reload_chain()
         if line:
             self.facts["actions"].append(line)
 

@@ -20,8 +20,9 @@ a gap between launches, named by where it lies (before the first step: startup; 
 after the last: stopped). The parts therefore sum to the wall time, ``end - start``, exactly.
 
 A step's interval is the time since the previous record of the same launch (its data, forward, backward,
-the optimizer and its logging); the first step of a launch gets its own ``step_seconds`` only, and what lies
-before it is start-up. A step is productive when no later record has a step number as low or lower: a step
+the optimizer and its logging); the first step of a launch gets its own ``step_seconds`` at most the usual
+step time, and what lies before it is start-up (or restart): its warm-up beyond the usual step (DeepSpeed's
+first-call work, the start-up budget's ``first_step`` phase) is the launch's cost, not training. A step is productive when no later record has a step number as low or lower: a step
 redone after a restart, or past a rollback's target, was lost (even if the run never got back to it).
 
 Each lost, restart and slow second is charged to its cause (:class:`Charge`): the incident whose restart or
@@ -183,6 +184,8 @@ def step_spans(steps: list[Step], launches: list[float], events: list[dict], end
     calm = [b - a for (a, b), k, s in zip(raw, keep, steps) if k and window_of(s.time) is None]
     every = [b - a for (a, b), k in zip(raw, keep) if k]
     baseline = statistics.median(calm) if calm else (statistics.median(every) if every else None)
+    if baseline is not None:  # a launch's first step: its warm-up beyond the usual step is start-up, not training
+        raw = [(max(a, b - baseline), b) if first[i] else (a, b) for i, (a, b) in enumerate(raw)]
     lost_to = _relaunch_causes(events)
     spans = []
     for (a, b), k, s in zip(raw, keep, steps):

@@ -126,9 +126,28 @@ def test_records_of_a_real_killed_rank_run():
     assert second["resumed_from"] == "global_step10" and second["step"] == 11
     # the restart overhead holds the relaunch's whole start-up budget, and little else (the kill, the decision)
     assert second["total_s"] < crash.seconds["restart"] < second["total_s"] + 2.0
-    assert g.seconds["startup"] == pytest.approx(facts.startups(run)[0]["ready"] - facts.startups(run)[0]["launched"]
-                                                 - 0.29, abs=0.1)
+    # the first launch's start-up: from its launch to where its first step would have begun at the usual step
+    # time (that step's warm-up, DeepSpeed's first-call work, is start-up too)
+    first = facts.startups(run)[0]
+    assert g.seconds["startup"] == pytest.approx(r.goodput.spans[1].start - first["launched"], abs=1e-9)
+    assert g.spans[0].part == "startup" and g.spans[1].part == "productive"
+    assert g.spans[1].seconds == pytest.approx(g.baseline_step_s) and g.baseline_step_s < first_step_seconds(run)
     assert r.advice.failures == 1 and r.advice.configured_steps == 5
+
+
+def first_step_seconds(run: RunDir) -> float:
+    return facts.read_records(run).steps[0].seconds
+
+
+def test_a_launch_s_first_step_warm_up_is_its_start_up_not_training():
+    """Steps of 1 s; the first launch's step 1 takes 4 s, the relaunch's step 4 takes 3 s (first-call work): the
+    3 s and 2 s beyond the usual step are start-up and restart, the steps themselves 1 s each."""
+    steps = [acc.Step(1, 5, 4.0), acc.Step(2, 6, 1.0), acc.Step(3, 7, 1.0), acc.Step(4, 13, 3.0), acc.Step(5, 14, 1.0)]
+    events = [{"time": 8, "type": "action", "action": "restart", "incident": "c"}]
+    g = acc.account(acc.Records(steps=steps, launches=[0, 9], events=events))
+    assert g.seconds["startup"] == 4 and g.seconds["productive"] == 5 and g.seconds["restart"] == 5
+    (charge,) = g.charges
+    assert charge.cause == "c" and charge.seconds["restart"] == 5
 
 
 def test_cli_text_json_and_bad_input(tmp_path):

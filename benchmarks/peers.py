@@ -113,7 +113,7 @@ def stop(proc: subprocess.Popen, run_dir: Path) -> None:
                 cmdline = handle.read()
         except OSError:
             continue
-        if b"trainer.train" in cmdline and needle in cmdline:
+        if (b"trainer.train" in cmdline or b"trainer.spare" in cmdline) and needle in cmdline:
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:

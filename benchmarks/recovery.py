@@ -3,7 +3,8 @@
 the benchmark into a cache folder, see ``benchmarks.peers``), the same fault injected into rank 2, in one
 invocation. ``python -m benchmarks.recovery [--sizes tiny medium] [--faults kill hang] [--peers ...]``.
 
-- ``kill``: SIGKILL of rank 2 a step or more after a checkpoint: kill -> first resumed step (s),
+- ``kill``: SIGKILL of rank 2 a step or more after a checkpoint (bigops: once its supervisor reports its warm
+  spares ready, ``watchdog/spares.json``, as in any run past its first minutes): kill -> first resumed step (s),
   steps lost, and the restart overhead beyond the checkpoint load (MTTR minus the load time rank 0 logs).
 - ``hang``: SIGSTOP of rank 2: -> the peer found it (bigops: its TrainingHang event; every peer: the stopped
   rank killed) and -> first resumed step. Both hang detectors get the same timeout (``--hang-timeout``) and
@@ -60,6 +61,19 @@ def _past(run: RunDir, step: int, proc, timeout_s: float) -> list[dict]:
     return read_jsonl(run.metrics)
 
 
+def _spares_warm(run: RunDir, proc, timeout_s: float) -> str:
+    """Wait until the supervisor reports all its spares warm (``watchdog/spares.json``); "W/N" as reached."""
+    def state() -> dict:
+        try:
+            return json.loads(run.spares.read_text())
+        except (OSError, ValueError):
+            return {}
+    peers.wait_until(lambda: proc.poll() is not None or (state().get("wanted") or 0) > 0
+                     and state().get("warm") == state().get("wanted"), timeout_s, poll_s=0.2)
+    s = state()
+    return f"{s.get('warm', 0)}/{s.get('wanted', 0)}"
+
+
 def _resumed(run: RunDir, fault_time: float, proc, timeout_s: float) -> dict | None:
     """The resumption figures once a step follows a load after the fault (None: the run ended or timed out)."""
     found: list[dict] = []
@@ -104,10 +118,17 @@ def measure(peer: str, size: str, fault: str, base: Path, hang_timeout_s: float,
     proc = peers.start(peer, run_dir, _sets(size), hang_timeout_s)
     try:
         _past(run, fault_after, proc, timeout_s=peers.STARTUP_TIMEOUT_S + 60 * fault_after)
+        result: dict = {}
+        if peer == "bigops":  # a run in its steady state: the supervisor's spares have had time to warm
+            waited = time.time()
+            result["spares_warm"] = _spares_warm(run, proc, timeout_s=900)
+            result["spares_wait_s"] = time.time() - waited
+            _, interval, _ = SIZES[size]
+            now = (read_jsonl(run.metrics) or [{"step": fault_after}])[-1]["step"]
+            _past(run, now + (fault_after - now) % interval, proc, timeout_s=60 * interval)  # off a save step
         pid = _rank_pid(run)
         fault_time = time.time()
         os.kill(pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
-        result: dict = {}
         if fault == "hang":
             killed = peers.wait_until(lambda: not peers.alive(pid), hang_timeout_s + recover_within_s)
             result["hung_rank_killed_s"] = time.time() - fault_time if killed else None
@@ -168,6 +189,8 @@ def report(r: dict) -> None:
                 found = f"detected {_fmt(m['detected_s'])}, "
             if "hung_rank_killed_s" in m:
                 found += f"hung rank killed {_fmt(m['hung_rank_killed_s'])}, "
+            if m.get("spares_warm"):
+                found += f"spares {m['spares_warm']} warm, "
             if m.get("failed"):
                 print(f"    {peer:<9} {found}{m['failed']}")
             else:

@@ -1,6 +1,7 @@
-"""Start a run's ranks on this machine with torch's elastic launcher (torchrun), gloo on CPU.
+"""Start a run's ranks on this machine (``launcher.ranks``: warm spares or cold ones, torchrun's environment),
+gloo on CPU.
 
-The command is built as an argument list (never a shell string) and the environment sets
+Commands are argument lists (never a shell string) and the environment sets
 ``OMP_NUM_THREADS`` to share this machine's cores between ranks: without it, 4 ranks on 2 cores ran 5x
 slower (../shared/FACTS.md). The ranks' guardian is the launching process (``trainer.lifeline``): a
 ``bigops launch`` killed by any signal takes its ranks with it. SLURM jobs have none (srun owns the ranks).
@@ -70,29 +71,23 @@ def secure_run_dir(run_dir: str | Path) -> None:
 
 
 def spawn(run_dir: str | Path, nproc: int, trainer_args: list[str] = (), log_path: Path | None = None,
-          master_port: int | None = None, launch_id: str | None = None) -> subprocess.Popen:
-    """Start the ranks in their own process group (so the whole run can be signalled at once), with this
-    process as their guardian: they stop (saving at the next step, see ``trainer.lifeline``) when it is gone,
-    however it dies. ``launch_id`` names this start of the ranks (the supervisor's; default: a new one); the
-    Popen carries it as ``launch_id`` and the ranks' heartbeats as ``launch``.
+          master_port: int | None = None, launch_id: str | None = None, pool=None):
+    """Start the ranks (``launcher.ranks``: warm spares from ``pool`` where it has them, cold ones otherwise)
+    in one process group (so the whole run can be signalled at once), with this process as their guardian:
+    they stop (saving at the next step, see ``trainer.lifeline``) when it is gone, however it dies.
+    ``launch_id`` names this start of the ranks (the supervisor's; default: a new one); the returned
+    :class:`launcher.ranks.RankGroup` carries it as ``launch_id`` and the ranks' heartbeats as ``launch``.
 
     The run folder and the ones the ranks and the watchdog steer through are made 0750 first (see
     ``trainer.rundir.DIR_MODE``): nobody outside the owner's group reads checkpoints or telemetry, and only
     the owner writes control files; the rank log is 0640."""
+    from launcher import ranks
     from trainer.lifeline import guardian_env
     secure_run_dir(run_dir)
     launch_id = launch_id or uuid.uuid4().hex[:12]
-    command = rank_command(run_dir, nproc, master_port or free_port(), list(trainer_args))
     env = {**rank_env(nproc), **guardian_env(launch_id), LAUNCH_TIME_ENV: repr(time.time())}
-    stdout = open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), "ab") if log_path \
-        else subprocess.DEVNULL
-    try:
-        proc = subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
-    finally:
-        if log_path:
-            stdout.close()
-    proc.launch_id = launch_id
-    return proc
+    return ranks.launch(run_dir, nproc, ["--run-dir", str(run_dir), *trainer_args], env, launch_id,
+                        master_port or free_port(), log_path=log_path, pool=pool)
 
 
 def prepare(run, cfg) -> dict | None:
@@ -113,20 +108,17 @@ def prepare(run, cfg) -> dict | None:
         raise config_mod.ConfigError(str(exc)) from None
 
 
-def stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
-    """Stop the ranks (Ctrl-C): SIGTERM to torchrun's process group, which forwards it to the ranks: they save
-    and exit. If they have not within ``grace_s``, SIGKILL."""
+def stop(proc, grace_s: float = 60.0) -> None:
+    """Stop the ranks (Ctrl-C): SIGTERM to all of them (they save and exit); SIGKILL if they have not within
+    ``grace_s``."""
     import signal
+
+    from launcher.ranks import signal_launch
+    signal_launch(proc, signal.SIGTERM)
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=grace_s)
-    except ProcessLookupError:
-        pass
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        signal_launch(proc, signal.SIGKILL)
         proc.wait()
 
 

@@ -287,6 +287,10 @@ class WatchdogConfig:
     gpu_sampler_silent_s: int = 120
     """A node whose GPU sampler (``bigops gpu-monitor``) wrote no sample for this many seconds is
     GpuSamplerSilent (the watchdog's finding and the exported Prometheus alert alike)."""
+    warm_spares: bool = True
+    """``bigops launch --watch`` keeps one warm spare process per rank (``trainer.spare``: torch, DeepSpeed and
+    torch's compiler already imported, at the lowest CPU priority) so that a restart skips the imports; off:
+    every relaunch starts cold. Costs the spares' memory (a few hundred MB each) while the run trains."""
 
 
 @dataclass

@@ -5,8 +5,10 @@ is start-up, so it is measured phase by phase on every rank and kept per launch,
 ``telemetry/startup.jsonl`` (one record per launch, appended by rank 0 with one write; ``bigops status`` shows
 the last one, ``bigops goodput`` charges it to the restart that caused it). The phases, in order:
 
-    spawn       the launcher's start of the ranks (``BIGOPS_LAUNCH_TIME``) -> this process started
-    imports     process start -> ``trainer.train`` imported (python, torch, DeepSpeed, our modules)
+    spawn       the launcher's start of the ranks (``BIGOPS_LAUNCH_TIME``) -> this process started (a warm
+                spare, ``trainer.spare``: -> it was handed over)
+    imports     process start (handover) -> ``trainer.train`` imported (python, torch, DeepSpeed, our modules;
+                about nothing for a warm spare, which imported them before the launch)
     rendezvous  torch.distributed init, the config checked against the world, the TP groups
     data        the data made ready (rank 0 prepares it once, everyone opens it)
     checkpoint  the checkpoint to resume from found and preflighted (rank 0), the skip ranges
@@ -56,10 +58,11 @@ class StartupClock:
     """One rank's phase timer: :meth:`mark` closes the phase that just ended (wall clock, so that the
     launcher's and the process's start times share its scale)."""
 
-    def __init__(self, imported_at: float, clock=time.time, environ=None):
+    def __init__(self, imported_at: float, clock=time.time, environ=None, started: float | None = None):
+        """``started``: when this process became the rank (a warm spare's handover; default: its start)."""
         self.clock = clock
         self.launched = launch_time(environ)
-        self.started = process_start_time()
+        self.started = process_start_time() if started is None else started
         self.seconds: dict[str, float] = {}
         if self.launched is not None and self.started is not None:
             self.seconds["spawn"] = max(0.0, self.started - self.launched)

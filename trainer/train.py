@@ -571,14 +571,16 @@ def train(run: RunDir, init_hf: str | None = None, faults: FaultHooks = NO_FAULT
     return state.code
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
+    """One rank. ``started``: when this process became the rank, if not at its own start (a warm spare,
+    ``trainer.spare``: its imports were paid before the launch)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--init-hf", default=None, help="initial weights from a HF BLOOM directory")
     parser.add_argument("--init-megatron", default=None,
                         help="initial weights from a Megatron-DeepSpeed BLOOM checkpoint (tag or save directory)")
     args = parser.parse_args(argv)
-    clock = StartupClock(imported_at=time.time())
+    clock = StartupClock(imported_at=time.time(), started=started)
     run = RunDir(args.run_dir)
     rank = int(os.environ.get("RANK", "0"))
     try:

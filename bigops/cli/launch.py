@@ -84,7 +84,7 @@ def launch(
     ssh_key: SSHKeyOpt = None,
     known_hosts: KnownHostsOpt = None,
 ) -> None:
-    """Train BLOOM on this machine's ranks (torchrun, gloo on CPU) and show live progress; or, with --slurm,
+    """Train BLOOM on this machine's ranks (gloo on CPU; warm spares with --watch) and show live progress; or, with --slurm,
     submit it to SLURM as a chain of jobs (here or over SSH with --host)."""
     run_dir = run_dir_of(run, run_dir)
     overrides = [*(set_ or []), *_flag_overrides(tp, pp, dp, steps, seed, precision, save_interval,

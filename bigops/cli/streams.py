@@ -10,7 +10,7 @@ the ``deepspeed`` package's own, and runs it with ``sys.stdout`` pointing at std
 stderr from then on, and whatever the import prints lands there too. A DeepSpeed imported earlier in the
 process (a program that calls ``main()``) has its stdout handler moved to stderr instead.
 
-The ranks are other processes (torchrun starts them): their logs are untouched.
+The ranks are other processes (``launcher.ranks`` starts them): their logs are untouched.
 """
 
 from __future__ import annotations

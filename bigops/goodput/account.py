@@ -8,7 +8,8 @@ The parts, and the records each comes from:
     lost         a step trained and then redone after a restart or a rollback (the work     metrics.jsonl
                  since the last checkpoint that the fault threw away)
     checkpoint   saves (the training stalls while they write)                               checkpoints.jsonl
-    queue        waiting in SLURM between a job's end and the next job's start               slurm/jobs/
+    queue        waiting in SLURM: the first job from its submission, each next one from    slurm/jobs/
+                 the previous job's end, to its start
     restart      from the fault (or a planned exit) to the first resumed step: the dead      the gaps between
                  time, the supervisor's decision, the relaunch, the start-up budget          launches
     startup      the first launch's start-up, before its first step                         startup.jsonl
@@ -82,7 +83,7 @@ class Records:
     events: list[dict] = field(default_factory=list)
     """events.jsonl: findings and incident notices (kind, time, incident), actions (restart, rollback...)."""
     jobs: list[dict] = field(default_factory=list)
-    """SLURM job records ({"job_id", "start", "end"}), any order."""
+    """SLURM job records ({"job_id", "start", "end", "submitted"}), any order."""
     start: float | None = None
     """The run's first instant (default: the first launch, job start or step start, whichever is first)."""
     end: float | None = None
@@ -230,13 +231,18 @@ def _relaunch_causes(events: list[dict]):
 
 
 def queue_spans(jobs: list[dict]) -> list[Span]:
-    """Between one SLURM job's end and the next one's start: waiting in the queue."""
-    timed = sorted((float(j["start"]), j.get("end"), str(j.get("job_id"))) for j in jobs
+    """Waiting in the SLURM queue: before a job's start, since the previous job's end or (the first job, or
+    one submitted after the previous ended) since its own submission (``submitted``, when the record has it)."""
+    timed = sorted((float(j["start"]), j.get("end"), str(j.get("job_id")), j.get("submitted")) for j in jobs
                    if isinstance(j.get("start"), (int, float)))
     out = []
-    for (_, end, _), (start, _, job) in zip(timed, timed[1:]):
-        if isinstance(end, (int, float)) and start > end:
-            out.append(Span(float(end), start, "queue", job))
+    for i, (start, _, job, submitted) in enumerate(timed):
+        since = [float(submitted)] if isinstance(submitted, (int, float)) else []
+        if i > 0:  # the previous job's time is its own (a killed one, with no end recorded: nothing known)
+            previous_end = timed[i - 1][1]
+            since = since + [float(previous_end)] if isinstance(previous_end, (int, float)) else []
+        if since and max(since) < start:
+            out.append(Span(max(since), start, "queue", job))
     return out
 
 
@@ -322,6 +328,7 @@ def account(r: Records) -> Goodput:
     save_spans = sorted((Span(t - s, t, "checkpoint") for t, s in r.saves if s >= 0), key=lambda x: x.start)
     firsts = [s.time - s.seconds for s in steps[:1]] + [x.start for x in save_spans[:1]] + list(r.launches)
     firsts += [j["start"] for j in r.jobs if isinstance(j.get("start"), (int, float))]
+    firsts += [j["submitted"] for j in r.jobs if isinstance(j.get("submitted"), (int, float))]
     start = r.start if r.start is not None else min(firsts, default=0.0)
     end = r.end if r.end is not None else max([s.time for s in steps] + [x.end for x in save_spans], default=start)
     end = max(end, start)

@@ -91,6 +91,8 @@ class RunFacts:
     val_loss: float | None = None
     startup: dict | None = None
     """The last launch's start-up budget (the last record of ``telemetry/startup.jsonl``)."""
+    spares: dict | None = None
+    """The supervisor's warm spares ({"wanted", "warm", "time"}; None: no live supervisor keeps any)."""
     goodput: object | None = None
     """What ``bigops goodput`` accounts (``bigops.goodput.account.Records``; None: no step yet)."""
     save_interval: int | None = None
@@ -116,9 +118,11 @@ def collect(run: RunDir, now: float, config=None) -> RunFacts:
     pending = [{"id": e.get("id"), "action": e.get("action"), "reason": e.get("reason"), "time": e.get("time"),
                 "approve": command(run, "approve", e["id"]), "deny": command(run, "deny", e["id"])}
                for e in waiting(run)]
+    live = supervised(run, pid_alive, socket.gethostname())
+    spares = _json_object(run.spares) if live else None
     return RunFacts(
         root=str(run.root), records=records, heartbeats=facts.get("heartbeats") or {},
-        exit_record=read_exit_record(run), supervisor_live=supervised(run, pid_alive, socket.gethostname()),
+        exit_record=read_exit_record(run), supervisor_live=live, spares=spares or None,
         chain=_json_object(run.chain_record), slurm_jobs=_slurm_jobs(run), gave_up=_gave_up(run),
         incidents={k: v for k, v in incidents.items() if isinstance(v, dict)}, findings=findings, pending=pending,
         checkpoints=checkpoint_facts(run), target_step=cfg.train.train_steps if cfg else None,

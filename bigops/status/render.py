@@ -51,6 +51,8 @@ def lines(s: Status) -> list[str]:
         out.append(goodput_status_line(s.goodput))
     if s.startup is not None:
         out.append(f"start-up of the last launch: {describe_startup(s.startup)}")
+    if s.spares is not None and isinstance(s.spares.get("wanted"), int) and s.spares["wanted"] > 0:
+        out.append(f"warm spares for a restart: {s.spares.get('warm', 0)}/{s.spares['wanted']} ready")
     out += rank_lines(s)
     if s.gpus:
         visible = sum(g["visible"] for g in s.gpus.values())
@@ -169,5 +171,6 @@ def _document(s: Status) -> dict:
         "tensorboard": s.tensorboard,
         "last_record": s.last_record,
         "startup": s.startup,
+        "spares": s.spares,
         "goodput": goodput_document(s.goodput) if s.goodput is not None else None,
     }

@@ -142,6 +142,8 @@ class Status:
     last_record: dict | None
     startup: dict | None = None
     """The last launch's start-up budget (``trainer.startup``)."""
+    spares: dict | None = None
+    """The live supervisor's warm spare ranks: {"wanted", "warm", "time"}."""
     goodput: object | None = None
     """The run's goodput (``bigops.goodput.report.Report``; None before the first step)."""
 
@@ -440,7 +442,7 @@ def summarize(f: RunFacts, now: float) -> Status:
                                                             c.partial, c.newest_verified),
                   ranks=ranks(f, state, hang), loss_trend=loss_trend(f.records), pending=tuple(f.pending),
                   gpus=gpus, tensorboard=f.tensorboard, last_record=f.records[-1] if f.records else None,
-                  startup=f.startup, goodput=build_goodput(f.root, f.goodput, f.save_interval) if f.goodput else None)
+                  startup=f.startup, spares=f.spares, goodput=build_goodput(f.root, f.goodput, f.save_interval) if f.goodput else None)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

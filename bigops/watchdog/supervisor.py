@@ -72,16 +72,14 @@ from trainer.config import RunConfig
 from trainer.rundir import RunDir, atomic_write_text, pid_alive, read_heartbeats, read_tail
 
 
-def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Kill the ranks' whole process group (torchrun and its workers: a SIGSTOPped rank included)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
+def kill_group(proc, sig: int = signal.SIGKILL) -> None:
+    """Kill the launch's ranks (``launcher.ranks.RankGroup``: their process group, a SIGSTOPped rank included)."""
+    from launcher.ranks import signal_launch
+    signal_launch(proc, sig)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        signal_launch(proc, signal.SIGKILL)
         proc.wait()
 
 
@@ -94,9 +92,10 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _is_rank_of(pid: int, run: RunDir) -> bool:
-    """``pid`` runs ``trainer.train --run-dir`` this run (not a reused pid of something else)."""
+    """``pid`` runs ``trainer.train --run-dir`` this run, or is a spare of it (``trainer.spare``: a rank once
+    handed over), not a reused pid of something else."""
     args = _cmdline(pid).split(b"\0")
-    if b"trainer.train" not in args or b"--run-dir" not in args:
+    if not (b"trainer.train" in args or b"trainer.spare" in args) or b"--run-dir" not in args:
         return False
     index = args.index(b"--run-dir") + 1
     if index >= len(args):
@@ -119,8 +118,10 @@ class Stop(Exception):
 
 class Supervisor:
     def __init__(self, run: RunDir, cfg: RunConfig, spawn: Callable[[], subprocess.Popen], notifier=None,
-                 say: Callable[[str], None] = print, on_tick: Callable[[dict], None] | None = None):
+                 say: Callable[[str], None] = print, on_tick: Callable[[dict], None] | None = None, spares=None):
         self.run, self.cfg, self.spawn, self.notifier, self.say = run, cfg, spawn, notifier, say
+        self.spares = spares
+        """The warm spares of the next launch (``launcher.ranks.SparePool``), refilled once a launch trains."""
         self.on_tick = on_tick or (lambda facts: None)
         self.state = WatchState.load(state_path(run))
         self.config = watch_config(cfg)
@@ -188,7 +189,8 @@ class Supervisor:
         worker in its own session, so a rank it cannot stop (a SIGSTOPped one ignores its SIGTERM) would
         otherwise outlive the launch, stopped, holding memory and its port."""
         kill_group(proc)
-        left = self.orphans()
+        idle = self.spares.pids() if self.spares is not None else set()
+        left = {pid: group for pid, group in self.orphans().items() if pid not in idle}
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -402,6 +404,7 @@ class Supervisor:
             if getattr(self, "lock", None) is not None:
                 self.lock.renew()
             self.verifier.poll()
+            self.refill_spares(proc)
             new, facts = tick(self.run, self.state, config=self.config, notifier=self.notifier,
                               extra=self.carried_findings(spawned))
             self.on_tick(facts)
@@ -418,6 +421,22 @@ class Supervisor:
                 if reason is not None:
                     return reason
         return None
+
+    def refill_spares(self, proc) -> None:
+        """Once this launch has trained its first step (its start-up no longer competes for the CPU), warm as
+        many spares as it has ranks, for the next launch; ``watchdog/spares.json`` says how many are warm."""
+        if self.spares is None:
+            return
+        if getattr(self, "_spares_for", None) != self.launch_id \
+                and any(s.get("launch") == self.launch_id for s in read_tail(self.run.startup_log, 8)[0]):
+            self._spares_for = self.launch_id
+            self._spares_wanted = len(getattr(proc, "ranks", ())) or 1
+            self.spares.fill(self._spares_wanted)
+        shown = (getattr(self, "_spares_wanted", 0), self.spares.warm(), sorted(self.spares.pids()))
+        if shown != getattr(self, "_spares_shown", None):
+            self._spares_shown = shown
+            atomic_write_text(self.run.spares, json.dumps({"wanted": shown[0], "warm": shown[1], "pids": shown[2],
+                                                           "time": time.time()}) + "\n")
 
     # ------------------------------------------------------------------------------------- asking a person
     def await_decision(self, entry: dict) -> dict:
@@ -690,6 +709,7 @@ def supervise_local(run: RunDir, cfg: RunConfig, world: int, trainer_args: list[
     current ranks (they save first)."""
     from bigops.notify.notifier import for_run
     from launcher import local
+    from launcher.ranks import SparePool
 
     from trainer.config import world_size_of
     current: list = []
@@ -697,11 +717,12 @@ def supervise_local(run: RunDir, cfg: RunConfig, world: int, trainer_args: list[
     def spawn():  # a shrink changes the world size: it follows the supervisor's config (run.toml's layout)
         size = world if supervisor.cfg is cfg else world_size_of(supervisor.cfg)
         current[:] = [local.spawn(run.root, size, trainer_args, log_path=run.ranks_log,
-                                  launch_id=supervisor.launch_id)]
+                                  launch_id=supervisor.launch_id, pool=spares)]
         return current[0]
 
     notifier = for_run(run, cfg.alerts)
-    supervisor = Supervisor(run, cfg, spawn, notifier=notifier, say=say, on_tick=on_tick)
+    spares = SparePool(run.root, local.rank_env(world), run.ranks_log) if cfg.watchdog.warm_spares else None
+    supervisor = Supervisor(run, cfg, spawn, notifier=notifier, say=say, on_tick=on_tick, spares=spares)
     try:
         code = supervisor.run_until_done()
     except KeyboardInterrupt:
@@ -709,6 +730,8 @@ def supervise_local(run: RunDir, cfg: RunConfig, world: int, trainer_args: list[
             local.stop(current[0])
         raise
     finally:
+        if spares is not None:
+            spares.close()
         notifier.drain(timeout=10)
     if code == SUPERVISOR_GAVE_UP:
         return code, f"the watchdog stopped restarting (see {run.events})"

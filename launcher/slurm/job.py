@@ -1,6 +1,7 @@
 """What every job of a chain runs before and after its ranks (called by the rendered batch script).
 
-``python -m launcher.slurm.job start RUN``: record the job's start in ``RUN/slurm/jobs/<job id>.json``,
+``python -m launcher.slurm.job start RUN``: record the job's start (and when it was submitted: the first job's
+wait in the queue) in ``RUN/slurm/jobs/<job id>.json``,
 drop the previous job's ``telemetry/exit.json``, and tokenize the data if no job did yet.
 
 ``python -m launcher.slurm.job end RUN --srun-rc RC``: add the trainer's exit code to the record; when the
@@ -49,10 +50,25 @@ def _record_path(run: RunDir) -> Path:
     return run.slurm_job(job_id())
 
 
+def submitted_at(slurm_job_id: str | None) -> float | None:
+    """When SLURM accepted the job (``squeue -o %V``, the controller's local time), as unix time; None when
+    SLURM cannot say (no job id, squeue missing or failing: the record is written without it)."""
+    if not slurm_job_id:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", slurm_job_id, "-o", "%V"], capture_output=True, text=True,
+                             timeout=30)
+        return time.mktime(time.strptime(out.stdout.strip().splitlines()[0], "%Y-%m-%dT%H:%M:%S"))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError, OverflowError):
+        return None
+
+
 def start(run: RunDir) -> None:
+    started = time.time()
     record = {"job_id": job_id(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
               "name": os.environ.get("SLURM_JOB_NAME"), "nodes": os.environ.get("SLURM_JOB_NODELIST"),
-              "start": time.time(), "from_step": checkpoint_step(run)}
+              "start": started, "submitted": submitted_at(os.environ.get("SLURM_JOB_ID")),
+              "from_step": checkpoint_step(run)}
     atomic_write_text(_record_path(run), json.dumps(record) + "\n")
     run.exit_record.unlink(missing_ok=True)
     from trainer.rundir import make_dir

@@ -1,5 +1,5 @@
 """Ranks never outlive what started them: a `bigops launch` (with or without --watch) killed with SIGKILL
-takes torchrun and its ranks with it, and they save on the way out (trainer.lifeline)."""
+takes its ranks (and the supervisor's warm spares) with it, and the ranks save on the way out (trainer.lifeline)."""
 
 import json
 import os
@@ -25,7 +25,14 @@ def test_a_sigkilled_launcher_leaves_no_rank_behind_and_they_save(tmp_path, watc
         wait_for_step(run, 5, proc, timeout=300)
         ranks = [json.loads(p.read_text()) for p in (run / "telemetry" / "heartbeat").glob("rank-*.json")]
         assert len(ranks) == 4 and len({r.get("launch") for r in ranks}) == 1 and ranks[0].get("launch")
-        assert len(processes_naming(run)) >= 6  # the launcher, torchrun, 4 ranks
+        assert len(processes_naming(run)) >= 5  # the launcher, 4 ranks
+        if watch:  # and the supervisor's warm spares (started once the launch trained): they go with it too
+            spares = run / "watchdog" / "spares.json"
+            deadline = time.monotonic() + 300
+            while not (spares.exists() and len(json.loads(spares.read_text())["pids"]) == 4):
+                assert time.monotonic() < deadline and proc.poll() is None, "no spares"
+                time.sleep(0.1)
+            assert set(json.loads(spares.read_text())["pids"]) <= set(processes_naming(run))
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         killed = time.monotonic()

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from bigops.watchdog.supervisor import _cmdline
 from tests.distributed.test_training_run import FAST, bigops, losses, start, wait_for_step
 from tests.unit.test_notify import Receiver
 from trainer.rundir import read_jsonl
@@ -227,3 +228,53 @@ def test_a_lost_gpu_shrinks_the_run_to_fewer_replicas_and_it_trains_on(tmp_path)
     records = read_jsonl(run / "telemetry" / "metrics.jsonl")
     assert all(r["consumed_samples"] == r["step"] * 8 for r in records)  # samples carried over the shrink
     assert [r["step"] for r in records if r["time"] > restart["time"]][0] == resumed_from + 1
+
+
+def test_a_restart_takes_the_warm_spares(tmp_path):
+    """Once the launch trains, the supervisor warms one spare per rank (watchdog/spares.json); after rank 2 is
+    killed the relaunch's ranks ARE those spares (their pids), and the run goes on to its end. Rank 0 sleeps in
+    each forward so that the spares, warming at the lowest priority, find idle CPU on a small machine."""
+    run = tmp_path / "run"
+    env = {**os.environ, "BIGOPS_FAULT_SLOW_RANK": "0:0.2"}
+    proc = subprocess.Popen([sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(run), *FAST, *WATCH,
+                             "--steps", "400", "--save-interval", "5"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        spares_file = run / "watchdog" / "spares.json"
+
+        def warm() -> dict | None:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                state = json.loads(spares_file.read_text())
+            except (OSError, ValueError):
+                return None
+            return state if state["wanted"] == 4 and state["warm"] == 4 else None
+        deadline = time.time() + 600
+        while (state := warm()) is None:
+            assert time.time() < deadline, f"spares not warm: {spares_file.read_text() if spares_file.exists() else '-'}"
+            time.sleep(0.2)
+        status = bigops("status", run)
+        assert "warm spares for a restart: 4/4 ready" in status.stdout, status.stdout
+        first_launch = {json.loads(p.read_text())["launch"] for p in (run / "telemetry" / "heartbeat").glob("rank-*.json")}
+        os.kill(rank_pids(run)[2], signal.SIGKILL)
+
+        def relaunched() -> set[int] | None:
+            assert proc.poll() is None, proc.communicate()
+            beats = [json.loads(p.read_text()) for p in (run / "telemetry" / "heartbeat").glob("rank-*.json")]
+            new = [b for b in beats if b.get("launch") not in first_launch]
+            return {b["pid"] for b in new} if len(new) == 4 else None
+        deadline = time.time() + 600
+        while (pids := relaunched()) is None:
+            assert time.time() < deadline, "no relaunch"
+            time.sleep(0.2)
+        assert pids == set(state["pids"])
+        (run / "control" / "kill-switch").write_text("stop\n")  # done: the ranks save and stop
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 10, out + err  # exitcodes.STOPPED_ON_REQUEST
+        assert len(actions(run, "restart")) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and b"trainer.spare" in _cmdline(int(p))
+                and str(run).encode() in _cmdline(int(p))]

@@ -92,6 +92,8 @@ def test_a_chain_of_three_links_each_stopped_by_slurm_resumes_and_reaches_the_ta
     assert jobs[3] not in ended and ended[jobs[2]]["cancelled_rest"]  # the spare job never started
     assert ended[jobs[1]]["from_step"] == ended[jobs[0]]["to_step"] >= 8
     assert ended[jobs[2]]["from_step"] == ended[jobs[1]]["to_step"] >= 16
+    # each job knows when SLURM accepted it (the first job's queue wait; chained ones were submitted up front)
+    assert all(ended[j]["submitted"] <= ended[j]["start"] + 1 for j in jobs[:3])
     assert steps(run) == list(range(1, 25))  # no step trained twice, none missing
     assert RunDir(run).latest_tag() == "global_step24"
 

@@ -135,6 +135,17 @@ def test_records_of_a_real_killed_rank_run():
     assert r.advice.failures == 1 and r.advice.configured_steps == 5
 
 
+def test_the_first_jobs_wait_in_the_queue_counts_from_its_submission():
+    """Job 1 submitted at 0, starts at 5; job 2 (submitted at 1, long before) waits from job 1's end (20) to 23;
+    job 3 follows a killed job 2 (no end recorded): its wait is unknown, not guessed."""
+    jobs = [{"job_id": "1", "submitted": 0, "start": 5, "end": 20}, {"job_id": "2", "submitted": 1, "start": 23},
+            {"job_id": "3", "submitted": 2, "start": 40}]
+    assert [(s.start, s.end, s.cause) for s in acc.queue_spans(jobs)] == [(0, 5, "1"), (20, 23, "2")]
+    steps = [acc.Step(k, 5 + 2 * k, 2.0) for k in range(1, 8)]  # job 1 trains [5, 19]
+    g = acc.account(acc.Records(steps=steps, jobs=jobs[:1]))
+    assert g.start == 0 and g.seconds["queue"] == 5 and g.seconds["productive"] == 14
+
+
 def first_step_seconds(run: RunDir) -> float:
     return facts.read_records(run).steps[0].seconds
 

@@ -104,9 +104,11 @@ def test_one_world_size_rule():
     assert render.world_size(cfg) == C.world_size_of(cfg) == 96
 
 
-@pytest.mark.parametrize("option", [f.name for f in dataclasses.fields(C.WatchdogConfig) if f.name != "interval_s"])
+@pytest.mark.parametrize("option", [f.name for f in dataclasses.fields(C.WatchdogConfig)
+                                    if f.name not in ("interval_s", "warm_spares")])
 def test_every_watchdog_option_reaches_the_detectors_or_the_policy(option):
-    """``interval_s`` paces the loop itself; every other option changes what watch_config or Policy.of gives."""
+    """``interval_s`` paces the loop itself, ``warm_spares`` how the supervisor starts ranks
+    (tests/unit/test_spare.py); every other option changes what watch_config or Policy.of gives."""
     from bigops.watchdog.decide import Policy
     from bigops.watchdog.settings import watch_config
     default = C.RunConfig()

@@ -141,22 +141,34 @@ def test_a_sigkilled_guardian_takes_its_rank_with_it(mode, who):
 
 
 def test_spawn_names_its_guardian_and_launch(tmp_path, monkeypatch):
-    from launcher import local
-    seen = {}
+    import io
+    import json
+
+    from launcher import local, ranks
+    seen = []
 
     class FakePopen:
         def __init__(self, command, env, **kwargs):
-            seen.update(env=env, kwargs=kwargs)
-            self.pid = 1234
+            self.pid, self.kwargs, self.stdin = 1234 + len(seen), kwargs, io.BytesIO()
+            self.stdin.close = lambda: None
+            seen.append(self)
 
-    monkeypatch.setattr(local.subprocess, "Popen", FakePopen)
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(ranks.subprocess, "Popen", FakePopen)
     proc = local.spawn(tmp_path / "run", 2, launch_id="feedc0ffee12")
-    env = seen["env"]
+    orders = [json.loads(p.stdin.getvalue()) for p in seen]
+    env = orders[0]["env"]
     assert env[ll.GUARDIAN_PID_ENV] == str(os.getpid()) and env[ll.LAUNCH_ID_ENV] == "feedc0ffee12"
     assert env[ll.GUARDIAN_START_ENV] == str(ll.process_start(os.getpid()))
-    assert proc.launch_id == "feedc0ffee12" and seen["kwargs"]["start_new_session"]
+    # one process group for the launch: the first rank leads it, the second joins it at its handover
+    assert proc.launch_id == "feedc0ffee12" and all(p.kwargs["process_group"] == 0 for p in seen)
+    assert proc.pid == seen[0].pid and orders[0]["pgid"] is None and orders[1]["pgid"] == seen[0].pid
+    assert [o["env"]["RANK"] for o in orders] == ["0", "1"] and orders[1]["env"]["WORLD_SIZE"] == "2"
     other = local.spawn(tmp_path / "run", 2)
-    assert len(other.launch_id) == 12 and seen["env"][ll.LAUNCH_ID_ENV] == other.launch_id
+    assert len(other.launch_id) == 12 and json.loads(seen[-1].stdin.getvalue())["env"][ll.LAUNCH_ID_ENV] == \
+        other.launch_id
 
 
 def test_heartbeat_carries_the_launch(tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ SYNC_LAYERNORM = "sync-layernorm"
 WATCHDOG = "watchdog"
 WATCHDOG_STATE = "state.json"
 SUPERVISOR = "supervisor.json"
+SPARES = "spares.json"
 INTENTS = "intents"
 APPROVALS = "approvals"
 OUTBOX = "outbox"
@@ -249,6 +250,11 @@ class RunDir:
     def supervisor(self) -> Path:
         """Written by ``bigops launch --watch`` while it owns the ranks: {"pid", "host", "started"}."""
         return self.watchdog / SUPERVISOR
+
+    @property
+    def spares(self) -> Path:
+        """The supervisor's warm spare ranks (``launcher.ranks.SparePool``): {"wanted", "warm", "pids", "time"}."""
+        return self.watchdog / SPARES
 
     @property
     def intents(self) -> Path:

@@ -1,6 +1,8 @@
 """What the watchdog costs the run it watches: training tokens/s of the default tiny run with and without
 ``--watch``, alternated (the order swapped every round, so a drift of the machine's load falls on both), the
-median of each, and their ratio (goal >= 0.97). ``python -m benchmarks.watch_cost [--rounds 3 --steps 60]``.
+median of each, and their ratio (goal >= 0.97). ``python -m benchmarks.watch_cost [--rounds 3 --steps 60]
+[--spares-now]`` (``--spares-now``: the supervisor's warm spares import during the measured steps, as they do
+``watchdog.warm_spares_after_s`` after each launch's first step: the cost of that transient).
 
 Each run is a fresh ``bigops launch RUN --steps N``; its figure is the median ``tokens_per_second`` of
 ``telemetry/metrics.jsonl`` past the first steps (warm-up). The corpus is tokenized once, by a warm-up run
@@ -36,7 +38,8 @@ def order(rounds: int) -> list[bool]:
 
 def _launch(run_dir: Path, steps: int, watch: bool, sets: list[str], timeout_s: float) -> None:
     command = [sys.executable, "-m", "bigops.cli.main", "launch", str(run_dir), "--steps", str(steps),
-               "--watch" if watch else "--no-watch", *[a for s in sets for a in ("--set", s)]]
+               "--watch" if watch else "--no-watch",
+               *[a for s in sets if watch or not s.startswith("watchdog.") for a in ("--set", s)]]
     with open(run_dir.parent / f"{run_dir.name}.log", "wb") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
     if done.returncode != 0:
@@ -44,9 +47,11 @@ def _launch(run_dir: Path, steps: int, watch: bool, sets: list[str], timeout_s: 
 
 
 def run(rounds: int = 3, steps: int = 60, warmup_steps: int = 5, synthetic: bool = False,
-        timeout: float = 900.0) -> dict:
+        timeout: float = 900.0, spares_now: bool = False) -> dict:
     base = Path(tempfile.mkdtemp(prefix="bigops-watch-cost-"))
     sets = ["data.source=synthetic"] if synthetic else []
+    if spares_now:  # the supervisor's spares warm during the measured steps (the transient after each restart)
+        sets.append("watchdog.warm_spares_after_s=0")
     try:
         warm = base / "warm-up"
         _launch(warm, warmup_steps + 1, False, sets, timeout)
@@ -63,14 +68,16 @@ def run(rounds: int = 3, steps: int = 60, warmup_steps: int = 5, synthetic: bool
     with_watch = statistics.median([r["tokens_per_second"] for r in runs if r["watch"]])
     without = statistics.median([r["tokens_per_second"] for r in runs if not r["watch"]])
     return {"benchmark": "watch_cost", "rounds": rounds, "steps": steps, "synthetic": synthetic, "runs": runs,
+            "spares_now": spares_now,
             "tokens_per_second_watch": with_watch, "tokens_per_second_no_watch": without,
             "ratio_watch_vs_no_watch": ratio(with_watch, without)}
 
 
 def report(r: dict) -> None:
     data = "synthetic data" if r["synthetic"] else "the default data"
+    spares = "; the spares warming during them" if r.get("spares_now") else ""
     print(f"watchdog cost on the run (default tiny run, {data}, {r['rounds']} x 2 runs of {r['steps']} steps, "
-          "alternated):")
+          f"alternated{spares}):")
     for flag in (True, False):
         figures = ", ".join(f"{x['tokens_per_second']:,.0f}" for x in r["runs"] if x["watch"] is flag)
         median = r["tokens_per_second_watch" if flag else "tokens_per_second_no_watch"]
@@ -85,6 +92,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=60, help="steps per run")
     parser.add_argument("--warmup-steps", type=int, default=5, help="first steps of each run left out")
     parser.add_argument("--synthetic", action="store_true", help="synthetic data instead of the default corpus")
+    parser.add_argument("--spares-now", action="store_true",
+                        help="warm the supervisor's spares during the measured steps (watchdog.warm_spares_after_s=0)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take")
     return main_of(parser, run, report, argv)
 

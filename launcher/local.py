@@ -36,7 +36,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def rank_command(run_dir: str | Path, nproc: int, master_port: int, trainer_args: list[str] = ()) -> list[str]:
-    """torchrun's command line for ``nproc`` ranks of ``trainer.train`` on this host."""
+    """torchrun's command line for ``nproc`` ranks of ``trainer.train`` on this host (the launches here start
+    spares instead, ``launcher.ranks``; this serves the tests and benchmarks that run torchrun as a peer)."""
     return [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc-per-node={nproc}", "--nnodes=1", "--node-rank=0",

@@ -125,11 +125,14 @@ class SparePool:
         """How many idle spares have finished their imports."""
         return sum(1 for s in self.idle if _ready(s) and is_warm(s))
 
-    def fill(self, n: int) -> int:
-        """Start spares until ``n`` are idle; returns how many were started."""
+    def fill(self, n: int, at_once: int | None = None) -> int:
+        """Start spares until ``n`` are idle, with at most ``at_once`` still warming at a time (the supervisor
+        tops up one by one, each pass: one importer beside the training, not ``n``); returns how many started."""
         self._drop_dead()
         started = 0
-        while len(self.idle) < n:
+        warming = sum(1 for s in self.idle if not is_warm(s))
+        while len(self.idle) < n and (at_once is None or warming < at_once):
+            warming += 1
             self.idle.append(start_spare(self.run_dir, self.env, self.log_path, IDLE_NICE, report_warm=True))
             started += 1
         return started

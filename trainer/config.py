@@ -291,6 +291,9 @@ class WatchdogConfig:
     """``bigops launch --watch`` keeps one warm spare process per rank (``trainer.spare``: torch, DeepSpeed and
     torch's compiler already imported, at the lowest CPU priority) so that a restart skips the imports; off:
     every relaunch starts cold. Costs the spares' memory (a few hundred MB each) while the run trains."""
+    warm_spares_after_s: float = 60.0
+    """Seconds a launch trains (after its first step) before its spares start warming, one at a time: their
+    imports stay out of the launch's own warm-up, and on a machine with few cores out of short runs."""
 
 
 @dataclass
@@ -593,6 +596,7 @@ NUMERIC_RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "watchdog.straggler_factor": _GE1, "watchdog.straggler_min_gap_s": _GE0,
     "watchdog.straggler_min_samples": _GE1, "watchdog.gpu_temperature_warning_c": _GE1,
     "watchdog.gpu_temperature_critical_c": _GE1, "watchdog.gpu_sampler_silent_s": _GE1,
+    "watchdog.warm_spares_after_s": _GE0,
     "slurm.nodes": _GE1, "slurm.gpus_per_node": _GE0, "slurm.cpus_per_task": _GE0, "slurm.time_limit_min": _GE1,
     "slurm.signal_before_s": _GE0, "slurm.exit_margin_min": _GE0, "slurm.chain_jobs": _GE1,
     "slurm.min_queued": _GE1, "slurm.master_port": (("ge", 1), ("le", 65535)),

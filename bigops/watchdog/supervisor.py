@@ -423,15 +423,19 @@ class Supervisor:
         return None
 
     def refill_spares(self, proc) -> None:
-        """Once this launch has trained its first step (its start-up no longer competes for the CPU), warm as
-        many spares as it has ranks, for the next launch; ``watchdog/spares.json`` says how many are warm."""
+        """Once this launch has trained ``watchdog.warm_spares_after_s`` past its first step (its start-up no
+        longer competes for the CPU), warm as many spares as it has ranks for the next launch, one at a time; ``watchdog/spares.json`` says how many
+        are warm."""
         if self.spares is None:
             return
+        after = self.cfg.watchdog.warm_spares_after_s
         if getattr(self, "_spares_for", None) != self.launch_id \
-                and any(s.get("launch") == self.launch_id for s in read_tail(self.run.startup_log, 8)[0]):
+                and any(s.get("launch") == self.launch_id and isinstance(s.get("time"), (int, float))
+                        and s["time"] + after <= time.time() for s in read_tail(self.run.startup_log, 8)[0]):
             self._spares_for = self.launch_id
             self._spares_wanted = len(getattr(proc, "ranks", ())) or 1
-            self.spares.fill(self._spares_wanted)
+        if getattr(self, "_spares_for", None) == self.launch_id:
+            self.spares.fill(self._spares_wanted, at_once=1)
         shown = (getattr(self, "_spares_wanted", 0), self.spares.warm(), sorted(self.spares.pids()))
         if shown != getattr(self, "_spares_shown", None):
             self._spares_shown = shown

@@ -20,16 +20,17 @@ pytestmark = pytest.mark.distributed
 def test_a_sigkilled_launcher_leaves_no_rank_behind_and_they_save(tmp_path, watch):
     run = tmp_path / "run"
     proc = start("launch", "--run-dir", run, *FAST, "--steps", 100_000,
-                 *(["--watch", "--set", "watchdog.interval_s=0.5"] if watch else []))
+                 *(["--watch", "--set", "watchdog.interval_s=0.5", "--set", "watchdog.warm_spares_after_s=0"]
+                   if watch else []))
     try:
         wait_for_step(run, 5, proc, timeout=300)
         ranks = [json.loads(p.read_text()) for p in (run / "telemetry" / "heartbeat").glob("rank-*.json")]
         assert len(ranks) == 4 and len({r.get("launch") for r in ranks}) == 1 and ranks[0].get("launch")
         assert len(processes_naming(run)) >= 5  # the launcher, 4 ranks
-        if watch:  # and the supervisor's warm spares (started once the launch trained): they go with it too
+        if watch:  # and the supervisor's spares (warming one by one once the launch trained): they go with it too
             spares = run / "watchdog" / "spares.json"
             deadline = time.monotonic() + 300
-            while not (spares.exists() and len(json.loads(spares.read_text())["pids"]) == 4):
+            while not (spares.exists() and len(json.loads(spares.read_text())["pids"]) >= 1):
                 assert time.monotonic() < deadline and proc.poll() is None, "no spares"
                 time.sleep(0.1)
             assert set(json.loads(spares.read_text())["pids"]) <= set(processes_naming(run))

@@ -237,7 +237,8 @@ def test_a_restart_takes_the_warm_spares(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "BIGOPS_FAULT_SLOW_RANK": "0:0.2"}
     proc = subprocess.Popen([sys.executable, "-m", "bigops.cli.main", "launch", "--run-dir", str(run), *FAST, *WATCH,
-                             "--steps", "400", "--save-interval", "5"], stdout=subprocess.PIPE,
+                             "--steps", "400", "--save-interval", "5", "--set", "watchdog.warm_spares_after_s=0"],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         spares_file = run / "watchdog" / "spares.json"

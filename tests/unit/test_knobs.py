@@ -105,9 +105,9 @@ def test_one_world_size_rule():
 
 
 @pytest.mark.parametrize("option", [f.name for f in dataclasses.fields(C.WatchdogConfig)
-                                    if f.name not in ("interval_s", "warm_spares")])
+                                    if f.name not in ("interval_s", "warm_spares", "warm_spares_after_s")])
 def test_every_watchdog_option_reaches_the_detectors_or_the_policy(option):
-    """``interval_s`` paces the loop itself, ``warm_spares`` how the supervisor starts ranks
+    """``interval_s`` paces the loop itself, ``warm_spares(_after_s)`` how the supervisor starts ranks
     (tests/unit/test_spare.py); every other option changes what watch_config or Policy.of gives."""
     from bigops.watchdog.decide import Policy
     from bigops.watchdog.settings import watch_config

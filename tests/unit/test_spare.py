@@ -69,6 +69,34 @@ def test_a_pool_warms_its_spares_and_they_end_with_it(tmp_path):
     assert pool.pids() == set() and pool.take(2) == []
 
 
+def test_the_supervisor_s_top_up_warms_one_spare_at_a_time(tmp_path):
+    pool = ranks.SparePool(tmp_path / "run", rank_env(2))
+    try:
+        assert pool.fill(2, at_once=1) == 1 and pool.fill(2, at_once=1) == 0  # the first still warming
+        assert wait_until(lambda: pool.warm() == 1)
+        assert pool.fill(2, at_once=1) == 1 and len(pool.pids()) == 2
+    finally:
+        pool.close()
+
+
+def test_only_the_importing_thread_is_lowered():
+    """nice 19 and SCHED_IDLE for the spare's import thread; the thread that becomes the rank keeps its own."""
+    import threading
+    seen = {}
+
+    def importer():
+        spare.lower_this_thread(spare.IDLE_NICE)
+        tid = threading.get_native_id()
+        seen.update(policy=os.sched_getscheduler(tid), nice=os.getpriority(os.PRIO_PROCESS, tid))
+    main = (os.sched_getscheduler(threading.get_native_id()), os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    thread = threading.Thread(target=importer)
+    thread.start()
+    thread.join()
+    assert seen == {"policy": os.SCHED_IDLE, "nice": spare.IDLE_NICE}
+    assert (os.sched_getscheduler(threading.get_native_id()), os.getpriority(os.PRIO_PROCESS,
+                                                                             threading.get_native_id())) == main
+
+
 def test_a_dead_idle_spare_is_never_handed_over(tmp_path):
     pool = ranks.SparePool(tmp_path / "run", rank_env(2))
     try:

@@ -139,6 +139,7 @@ class SparePool:
 
     def take(self, n: int) -> list[subprocess.Popen]:
         self._drop_dead()
+        self.idle.sort(key=lambda s: not is_warm(s))  # the warm ones first; one still importing finishes as a rank
         taken, self.idle = self.idle[:n], self.idle[n:]
         for s in taken:
             _forget(s)

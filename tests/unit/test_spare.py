@@ -179,3 +179,16 @@ def test_signal_reaches_a_rank_outside_the_group(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_take_hands_over_the_warm_spares_first(tmp_path):
+    class Fake:
+        def __init__(self, warm):
+            self.warm, self.ready, self.pid = warm, None, id(self)
+
+        def poll(self):
+            return None
+    cold, warm = Fake(False), Fake(True)
+    pool = ranks.SparePool(tmp_path / "run", {})
+    pool.idle = [cold, warm]
+    assert pool.take(1) == [warm] and pool.idle == [cold]

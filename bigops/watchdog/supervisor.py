@@ -122,6 +122,10 @@ class Supervisor:
         self.run, self.cfg, self.spawn, self.notifier, self.say = run, cfg, spawn, notifier, say
         self.spares = spares
         """The warm spares of the next launch (``launcher.ranks.SparePool``), refilled once a launch trains."""
+        self._spares_for: str | None = None
+        """The launch whose spares are being warmed (for the launch after it)."""
+        self._spares_wanted = 0
+        self._spares_shown: tuple | None = None
         self.on_tick = on_tick or (lambda facts: None)
         self.state = WatchState.load(state_path(run))
         self.config = watch_config(cfg)
@@ -424,20 +428,20 @@ class Supervisor:
 
     def refill_spares(self, proc) -> None:
         """Once this launch has trained ``watchdog.warm_spares_after_s`` past its first step (its start-up no
-        longer competes for the CPU), warm as many spares as it has ranks for the next launch, one at a time; ``watchdog/spares.json`` says how many
-        are warm."""
+        longer competes for the CPU), warm as many spares as it has ranks for the next launch, one at a time;
+        ``watchdog/spares.json`` says how many are warm."""
         if self.spares is None:
             return
         after = self.cfg.watchdog.warm_spares_after_s
-        if getattr(self, "_spares_for", None) != self.launch_id \
+        if self._spares_for != self.launch_id \
                 and any(s.get("launch") == self.launch_id and isinstance(s.get("time"), (int, float))
                         and s["time"] + after <= time.time() for s in read_tail(self.run.startup_log, 8)[0]):
             self._spares_for = self.launch_id
             self._spares_wanted = len(getattr(proc, "ranks", ())) or 1
-        if getattr(self, "_spares_for", None) == self.launch_id:
+        if self._spares_for == self.launch_id:
             self.spares.fill(self._spares_wanted, at_once=1)
-        shown = (getattr(self, "_spares_wanted", 0), self.spares.warm(), sorted(self.spares.pids()))
-        if shown != getattr(self, "_spares_shown", None):
+        shown = (self._spares_wanted, self.spares.warm(), sorted(self.spares.pids()))
+        if shown != self._spares_shown:
             self._spares_shown = shown
             atomic_write_text(self.run.spares, json.dumps({"wanted": shown[0], "warm": shown[1], "pids": shown[2],
                                                            "time": time.time()}) + "\n")

@@ -25,9 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.spare import IDLE_NICE
+
 FAILED_GRACE_S = 30.0
 """After a rank fails, how long the others have to stop (torchrun's default) before they are killed."""
-IDLE_NICE = 19
 
 
 def spare_command(run_dir: str | Path, nice: int, ready_fd: int | None = None) -> list[str]:
@@ -74,8 +75,8 @@ def start_spare(run_dir: str | Path, env: dict[str, str], log_path: Path | None,
 
 def is_warm(spare: subprocess.Popen) -> bool:
     """Whether the spare has reported its imports done (reads its pipe without blocking)."""
-    if getattr(spare, "warm", False) or getattr(spare, "ready", None) is None:
-        return bool(getattr(spare, "warm", False))
+    if spare.warm or spare.ready is None:
+        return spare.warm
     try:
         got = os.read(spare.ready, 1)
     except BlockingIOError:
@@ -88,7 +89,7 @@ def is_warm(spare: subprocess.Popen) -> bool:
 
 
 def _forget(spare: subprocess.Popen) -> None:
-    if getattr(spare, "ready", None) is not None:
+    if spare.ready is not None:
         os.close(spare.ready)
         spare.ready = None
 
@@ -206,10 +207,7 @@ class RankGroup:
 
     def signal(self, sig: int) -> None:
         """``sig`` to the launch's process group, and to any rank outside it (a handover that never joined)."""
-        try:
-            os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
+        _signal_group(self.pid, sig)
         for r in self.ranks:
             if r.poll() is None:
                 try:
@@ -224,9 +222,13 @@ def signal_launch(proc, sig: int) -> None:
     started in a session of its own: torchrun, a test's stand-in)."""
     if isinstance(proc, RankGroup):
         proc.signal(sig)
-        return
+    else:
+        _signal_group(proc.pid, sig)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
     try:
-        os.killpg(proc.pid, sig)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
 
@@ -245,5 +247,5 @@ def launch(run_dir: str | Path, world: int, argv: list[str], env: dict[str, str]
             spare.wait()
             warm = [w for w in warm if w is not spare]
             spares[rank] = start_spare(run_dir, env, log_path, 0)
-            hand_over(spares[rank], own, argv, None if rank == 0 else spares[0].pid)
+            hand_over(spares[rank], own, argv, leader)
     return RankGroup(spares, launch_id, warm=len(warm))

@@ -97,19 +97,25 @@ def test_only_the_importing_thread_is_lowered():
                                                                              threading.get_native_id())) == main
 
 
+def end(*procs) -> None:
+    """Kill and reap whatever a test started and has not ended."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
 def test_a_dead_idle_spare_is_never_handed_over(tmp_path):
     pool = ranks.SparePool(tmp_path / "run", rank_env(2))
+    taken = []
     try:
         pool.fill(2)
         victim = pool.idle[0]
-        victim.kill()
-        victim.wait()
+        end(victim)
         taken = pool.take(2)
         assert victim not in taken and len(taken) == 1
     finally:
-        for s in pool.idle + locals().get("taken", []):
-            s.kill()
-            s.wait()
+        end(*pool.idle, *taken)
         pool.close()
 
 
@@ -160,10 +166,7 @@ def test_a_failed_rank_stops_the_rest_and_its_code_is_the_launchs(tmp_path):
         assert group.pid == leader.pid
         assert group.wait(timeout=120) == 3 and leader.returncode == -signal.SIGTERM
     finally:
-        for p in (leader, failing):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        end(leader, failing)
 
 
 def test_signal_reaches_a_rank_outside_the_group(tmp_path):
@@ -175,10 +178,7 @@ def test_signal_reaches_a_rank_outside_the_group(tmp_path):
         group.signal(signal.SIGKILL)
         assert group.wait(timeout=60) == -signal.SIGKILL and stray.returncode == -signal.SIGKILL
     finally:
-        for p in (leader, stray):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        end(leader, stray)
 
 
 def test_take_hands_over_the_warm_spares_first(tmp_path):

@@ -40,6 +40,14 @@ def goodput_of(run):
     return goodput
 
 
+def charges_of(goodput, kind):
+    """The goodput charges of ``kind``; any other may only be slowness (a ThroughputDrop warning on a loaded
+    machine is real, and costs no lost step and no restart)."""
+    others = [c for c in goodput["charges"] if c["kind"] != kind]
+    assert all(c["steps_lost"] == 0 and c["seconds"]["lost"] == c["seconds"]["restart"] == 0 for c in others), others
+    return [c for c in goodput["charges"] if c["kind"] == kind]
+
+
 def rank_pids(run):
     return {json.loads(p.read_text())["rank"]: json.loads(p.read_text())["pid"]
             for p in (run / "telemetry" / "heartbeat").glob("rank-*.json")}
@@ -64,7 +72,7 @@ def test_killed_rank_is_restarted_from_the_last_checkpoint(tmp_path):
                                      "first_step"}
     goodput = goodput_of(run)
     assert goodput["relaunches"] == 1
-    (crash,) = goodput["charges"]
+    (crash,) = charges_of(goodput, "RankCrash")
     # the restart is charged all of the relaunch's start-up: from its launch to its first step (less that step's
     # usual time), plus the fault's own dead time before the launch
     resumed_step = next(r for r in read_jsonl(run / "telemetry" / "metrics.jsonl")
@@ -126,7 +134,7 @@ def test_loss_spike_is_rolled_back_and_its_data_skipped(tmp_path):
     final = losses(run)
     assert max(final) == 150
     goodput = goodput_of(run)  # the steps past global_step80 were trained, thrown away, trained again
-    (spiked,) = goodput["charges"]
+    (spiked,) = charges_of(goodput, "LossSpike")
     assert spiked["kind"] == "LossSpike" and spiked["steps_lost"] == goodput["steps_lost"] > 0
     assert spiked["seconds"]["lost"] > 0 and spiked["seconds"]["restart"] > 0
     clean_final = losses(clean)[150]
